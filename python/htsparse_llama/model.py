@@ -1,0 +1,275 @@
+"""The Python API: Model (an immutable loaded GGUF) and Session (one
+conversation with its own KV cache).
+
+    model = Model("model.gguf", n_ctx=4096, n_threads=4, device="auto")
+    s = model.session()
+    s.add_message("user", "Hello!")
+    for piece in s.generate(max_tokens=64, temperature=0.7):
+        print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._native_loader import native
+from .errors import ContextOverflowError, InvalidArgumentError
+
+_TURN_MARK = "@@htsparse-turn-content@@"
+
+
+def supported_architectures() -> List[str]:
+    """Names of the GGUF architectures (general.architecture) this runtime runs."""
+    return list(native.supported_architectures())
+
+
+def _check_positive(name: str, value: int, allow_zero: bool = False) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+        raise InvalidArgumentError(f"{name} must be an integer, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise InvalidArgumentError(f"{name} must be {'>= 0' if allow_zero else 'positive'}, got {value}")
+    return int(value)
+
+
+class Model:
+    """A GGUF model loaded for inference.
+
+    Args:
+        path: a llama.cpp GGUF file (qwen2, qwen2vl or llama architecture).
+        n_ctx: default context length (tokens) of sessions made from this model.
+        n_threads: CPU threads; None or 0 uses every hardware thread.
+        device: "auto" (GPU when there is one), "cpu", "gpu" or a ggml device
+            name such as "CUDA0".
+        verbose: print llama.cpp's own log messages.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, os.PathLike],
+        n_ctx: int = 4096,
+        n_threads: Optional[int] = None,
+        device: str = "auto",
+        verbose: bool = False,
+    ) -> None:
+        self.path = os.fspath(path)
+        self.n_ctx = _check_positive("n_ctx", n_ctx)
+        threads = _check_positive("n_threads", n_threads or 0, allow_zero=True)
+        self._native = native.Model(self.path, device, threads, verbose)
+        self.info = dict(self._native.info())
+
+    # -- properties -----------------------------------------------------------------
+    @property
+    def arch(self) -> str:
+        return self.info["arch"]
+
+    @property
+    def n_vocab(self) -> int:
+        return self.info["n_vocab"]
+
+    @property
+    def n_layer(self) -> int:
+        return self.info["n_layer"]
+
+    @property
+    def device(self) -> str:
+        return self.info["device"]
+
+    @property
+    def n_threads(self) -> int:
+        return self.info["n_threads"]
+
+    def __repr__(self) -> str:
+        return f"Model({self.path!r}, arch={self.arch}, device={self.device}, n_threads={self.n_threads})"
+
+    # -- text -----------------------------------------------------------------------
+    def tokenize(self, text: str, add_special: bool = False, special: bool = True) -> List[int]:
+        """Token ids of `text`. add_special adds BOS/EOS as the model wants;
+        special parses markers such as "<|im_start|>" as their tokens."""
+        return list(self._native.tokenize(text, add_special, special))
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> str:
+        """Text of `tokens` (special tokens rendered when `special`)."""
+        return self._native.detokenize(list(tokens), special).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token (may be a partial UTF-8 sequence)."""
+        return self._native.token_to_piece(int(token), False)
+
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (end of turn, end of text)."""
+        return bool(self._native.is_eog(int(token)))
+
+    def apply_chat_template(self, messages: Sequence[Tuple[str, str]], add_assistant: bool = True) -> str:
+        """Renders (role, content) pairs with the GGUF's own chat template."""
+        return self._native.apply_chat_template([(r, c) for r, c in messages], add_assistant)
+
+    def session(self, n_ctx: Optional[int] = None, n_batch: int = 512) -> "Session":
+        """A new conversation with its own KV cache of n_ctx tokens."""
+        return Session(self, n_ctx=n_ctx or self.n_ctx, n_batch=n_batch)
+
+
+class Session:
+    """One conversation: the tokens seen so far and their KV cache.
+
+    Text goes in with add_text / add_tokens / add_message; generate() streams
+    the model's continuation. The session keeps the logits of the last token.
+    """
+
+    def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512) -> None:
+        self.model = model
+        _check_positive("n_ctx", n_ctx)
+        _check_positive("n_batch", n_batch)
+        self._native = native.Session(model._native, n_ctx, n_batch)
+        self._assistant_open = False
+        self.finish_reason: Optional[str] = None
+
+    @property
+    def n_past(self) -> int:
+        """Tokens in the context so far."""
+        return self._native.n_past
+
+    @property
+    def n_ctx(self) -> int:
+        return self._native.n_ctx
+
+    @property
+    def kv_bytes(self) -> int:
+        """Bytes held by this session's KV cache."""
+        return self._native.kv_bytes
+
+    def tokens(self) -> List[int]:
+        return list(self._native.tokens())
+
+    # -- input ----------------------------------------------------------------------
+    def add_tokens(self, tokens: Sequence[int], all_logits: bool = False) -> Optional[np.ndarray]:
+        """Evaluates token ids after the current context. With all_logits,
+        returns the logits of every new position, shape [len(tokens), n_vocab]."""
+        ids = [int(t) for t in tokens]
+        if not ids:
+            raise InvalidArgumentError("add_tokens needs at least one token")
+        self._native.eval(ids, all_logits)
+        return np.asarray(self._native.all_logits()) if all_logits else None
+
+    def add_text(self, text: str, special: bool = True) -> int:
+        """Tokenizes and evaluates text (special markers parsed when `special`);
+        BOS is added first when the session is empty and the model wants it.
+        Returns the number of tokens added."""
+        ids = self.model.tokenize(text, add_special=False, special=special)
+        if self.n_past == 0 and self.model.info["add_bos"] and self.model.info["bos"] >= 0:
+            ids = [self.model.info["bos"]] + ids
+        if ids:
+            self._native.eval(ids, False)
+        return len(ids)
+
+    def add_message(self, role: str, content: str) -> int:
+        """Adds one chat turn rendered with the GGUF's chat template. After a
+        user turn, generate() opens the assistant's reply."""
+        if not isinstance(content, str):
+            raise InvalidArgumentError("content must be a string (lists of parts come with video support)")
+        text = self.model.apply_chat_template([(role, content)], add_assistant=False)
+        self._assistant_open = False
+        self._pending_assistant = role != "assistant"
+        return self.add_text(text)
+
+    def _assistant_header(self) -> str:
+        with_header = self.model.apply_chat_template([("user", "x")], add_assistant=True)
+        without = self.model.apply_chat_template([("user", "x")], add_assistant=False)
+        return with_header[len(without):]
+
+    def _turn_tail(self) -> str:
+        """What the template puts after an assistant message's content."""
+        rendered = self.model.apply_chat_template([("assistant", _TURN_MARK)], add_assistant=False)
+        return rendered.split(_TURN_MARK, 1)[1]
+
+    # -- output ---------------------------------------------------------------------
+    def logits(self) -> np.ndarray:
+        """Logits of the last evaluated position, shape [n_vocab] (float32)."""
+        return np.asarray(self._native.logits())
+
+    def generate(
+        self,
+        max_tokens: int = 256,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        seed: Optional[int] = None,
+        stop: Sequence[str] = (),
+        stream: bool = True,
+    ) -> Union[Iterator[str], str]:
+        """Continues the conversation. Yields text pieces as they are decoded
+        (stream=True) or returns the whole text. Stops at an end-of-generation
+        token, a `stop` string, max_tokens, or a full context; the reason is
+        left in self.finish_reason ("stop", "length" or "context")."""
+        _check_positive("max_tokens", max_tokens)
+        sampler = native.Sampler(
+            self.model._native,
+            float(temperature),
+            int(top_k),
+            float(top_p),
+            float(min_p),
+            float(repeat_penalty),
+            64,
+            0xFFFFFFFF if seed is None else int(seed) & 0xFFFFFFFF,
+        )
+        pieces = self._generate(sampler, max_tokens, list(stop))
+        return pieces if stream else "".join(pieces)
+
+    def _generate(self, sampler, max_tokens: int, stop: List[str]) -> Iterator[str]:
+        if getattr(self, "_pending_assistant", False):
+            self.add_text(self._assistant_header())
+            self._pending_assistant = False
+            self._assistant_open = True
+        if self.n_past == 0:
+            raise InvalidArgumentError("nothing to continue: add text or a message first")
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = ""
+        self.finish_reason = "length"
+        for _ in range(max_tokens):
+            token = sampler.sample(self._native)
+            sampler.accept(token)
+            if self.model.is_eog(token):
+                self.finish_reason = "stop"
+                break
+            piece = decoder.decode(self.model.token_bytes(token))
+            text += piece
+            if self.n_past >= self.n_ctx:
+                self.finish_reason = "context"
+                if piece:
+                    yield piece
+                break
+            self._native.eval([token], False)
+            hit = next((s for s in stop if s and s in text), None)
+            if hit is not None:
+                piece = piece[: max(0, len(piece) - (len(text) - text.index(hit)))]
+                self.finish_reason = "stop"
+                if piece:
+                    yield piece
+                break
+            if piece:
+                yield piece
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+        self._close_assistant_turn()
+
+    def _close_assistant_turn(self) -> None:
+        if not self._assistant_open:
+            return
+        self._assistant_open = False
+        try:
+            self.add_text(self._turn_tail())
+        except ContextOverflowError:
+            self.finish_reason = "context"
+
+    def reset(self) -> None:
+        """Forgets the conversation: empty context, cleared KV cache."""
+        self._native.reset()
+        self._assistant_open = False
+        self._pending_assistant = False
+        self.finish_reason = None

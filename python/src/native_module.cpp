@@ -1,0 +1,166 @@
+// The Python extension `htsparse_llama._native`: thin pybind11 bindings over the
+// C++ runtime. Long computations release the GIL; every hts::Error becomes a
+// Python exception of the matching class (see htsparse_llama/errors.py), and
+// any other C++ exception a RuntimeError, so nothing aborts the interpreter.
+#include "errors.h"
+#include "model.h"
+#include "sampler.h"
+#include "session.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+namespace py = pybind11;
+using namespace hts;
+
+namespace {
+
+py::array_t<float> logits_array(const Session & s, bool last_only) {
+    const int n_vocab = static_cast<int>(s.logits().size() / std::max(1, s.n_logit_rows()));
+    if (last_only) {
+        const float * p = s.last_logits();
+        return py::array_t<float>(n_vocab, p);
+    }
+    py::array_t<float> out({s.n_logit_rows(), n_vocab});
+    std::copy(s.logits().begin(), s.logits().end(), out.mutable_data());
+    return out;
+}
+
+py::dict model_info(const Model & m) {
+    const HParams & hp = m.hparams();
+    py::dict d;
+    d["arch"] = hp.arch;
+    d["n_layer"] = hp.n_layer;
+    d["n_embd"] = hp.n_embd;
+    d["n_head"] = hp.n_head;
+    d["n_head_kv"] = hp.n_head_kv;
+    d["n_embd_head"] = hp.n_embd_head;
+    d["n_ff"] = hp.n_ff;
+    d["n_vocab"] = hp.n_vocab;
+    d["n_ctx_train"] = hp.n_ctx_train;
+    d["rope_freq_base"] = hp.rope_freq_base;
+    d["device"] = m.backends().device_name();
+    d["n_threads"] = m.backends().n_threads();
+    d["weight_bytes"] = m.weight_bytes();
+    d["chat_template"] = m.vocab().chat_template();
+    d["bos"] = m.vocab().bos();
+    d["add_bos"] = m.vocab().add_bos();
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_native, mod) {
+    mod.doc() = "htsparse-llama native runtime (C++ on upstream ggml / llama.cpp)";
+
+    // Exception classes are created in Python (errors.py) and handed in here,
+    // so the hierarchy lives in one readable place.
+    static py::object exc_classes[6];
+    mod.def("_register_errors", [](py::object invalid_argument, py::object not_found, py::object invalid_file,
+                                   py::object unsupported, py::object overflow, py::object backend) {
+        exc_classes[int(ErrorKind::InvalidArgument)] = invalid_argument;
+        exc_classes[int(ErrorKind::FileNotFound)] = not_found;
+        exc_classes[int(ErrorKind::InvalidFile)] = invalid_file;
+        exc_classes[int(ErrorKind::UnsupportedModel)] = unsupported;
+        exc_classes[int(ErrorKind::ContextOverflow)] = overflow;
+        exc_classes[int(ErrorKind::Backend)] = backend;
+    });
+    py::register_exception_translator([](std::exception_ptr p) {
+        try {
+            if (p) std::rethrow_exception(p);
+        } catch (const Error & e) {
+            py::object cls = exc_classes[int(e.kind())];
+            if (cls) {
+                PyErr_SetString(cls.ptr(), e.what());
+            } else {
+                PyErr_SetString(PyExc_RuntimeError, e.what());
+            }
+        }
+    });
+
+    mod.def("supported_architectures", &supported_architectures);
+    mod.def("available_devices", &Backends::available_devices);
+    mod.def("set_verbose", &set_verbose_logging, py::arg("verbose"));
+
+    py::class_<Model>(mod, "Model")
+        .def(py::init([](const std::string & path, const std::string & device, int n_threads, bool verbose) {
+                 ModelParams p;
+                 p.device = device;
+                 p.n_threads = n_threads;
+                 p.verbose = verbose;
+                 py::gil_scoped_release release;
+                 return std::make_unique<Model>(path, p);
+             }),
+             py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("verbose") = false)
+        .def("info", &model_info)
+        .def("tokenize",
+             [](const Model & m, const std::string & text, bool add_special, bool parse_special) {
+                 return m.vocab().tokenize(text, add_special, parse_special);
+             },
+             py::arg("text"), py::arg("add_special") = false, py::arg("parse_special") = true)
+        .def("token_to_piece",
+             [](const Model & m, int32_t token, bool special) { return py::bytes(m.vocab().token_to_piece(token, special)); },
+             py::arg("token"), py::arg("special") = false)
+        .def("detokenize",
+             [](const Model & m, const std::vector<int32_t> & tokens, bool special) {
+                 return py::bytes(m.vocab().detokenize(tokens, special));
+             },
+             py::arg("tokens"), py::arg("special") = false)
+        .def("is_eog", [](const Model & m, int32_t t) { return m.vocab().is_eog(t); })
+        .def("apply_chat_template",
+             [](const Model & m, const std::vector<std::pair<std::string, std::string>> & msgs, bool add_assistant) {
+                 std::vector<ChatMessage> v;
+                 for (const auto & [role, content] : msgs) v.push_back({role, content});
+                 return m.vocab().apply_chat_template(v, add_assistant);
+             },
+             py::arg("messages"), py::arg("add_assistant") = true)
+        .def("set_n_threads", [](Model & m, int n) { m.backends().set_n_threads(n); });
+
+    py::class_<Session>(mod, "Session")
+        .def(py::init([](const Model & m, int n_ctx, int n_batch) {
+                 SessionParams p;
+                 p.n_ctx = n_ctx;
+                 p.n_batch = n_batch;
+                 py::gil_scoped_release release;
+                 return std::make_unique<Session>(m, p);
+             }),
+             py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::keep_alive<1, 2>())
+        .def("eval",
+             [](Session & s, const std::vector<int32_t> & tokens, bool all_logits) {
+                 py::gil_scoped_release release;
+                 s.eval(tokens, all_logits);
+             },
+             py::arg("tokens"), py::arg("all_logits") = false)
+        .def("logits", [](const Session & s) { return logits_array(s, true); })
+        .def("all_logits", [](const Session & s) { return logits_array(s, false); })
+        .def_property_readonly("n_past", &Session::n_past)
+        .def_property_readonly("n_ctx", &Session::n_ctx)
+        .def_property_readonly("kv_bytes", &Session::kv_bytes)
+        .def("tokens", &Session::tokens)
+        .def("reset", &Session::reset);
+
+    py::class_<Sampler>(mod, "Sampler")
+        .def(py::init([](const Model & m, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
+                         int repeat_last_n, uint32_t seed) {
+                 SamplerParams p;
+                 p.temperature = temperature;
+                 p.top_k = top_k;
+                 p.top_p = top_p;
+                 p.min_p = min_p;
+                 p.repeat_penalty = repeat_penalty;
+                 p.repeat_last_n = repeat_last_n;
+                 p.seed = seed;
+                 return std::make_unique<Sampler>(p, m.hparams().n_vocab);
+             }),
+             py::arg("model"), py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
+             py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = 0xFFFFFFFFu)
+        .def("sample",
+             [](Sampler & smp, const Session & s) {
+                 const float * logits = s.last_logits();
+                 const int n_vocab = static_cast<int>(s.logits().size() / std::max(1, s.n_logit_rows()));
+                 return smp.sample(logits, n_vocab);
+             })
+        .def("accept", &Sampler::accept)
+        .def("reset", &Sampler::reset);
+}

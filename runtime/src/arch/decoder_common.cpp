@@ -1,0 +1,94 @@
+#include "decoder_common.h"
+
+#include "errors.h"
+
+namespace hts {
+
+void load_decoder_hparams(const GgufFile & file, const std::string & arch, HParams & hp) {
+    const std::string p = arch + ".";
+    hp.arch = arch;
+    hp.n_layer = static_cast<int>(file.get_int(p + "block_count"));
+    hp.n_embd = static_cast<int>(file.get_int(p + "embedding_length"));
+    hp.n_head = static_cast<int>(file.get_int(p + "attention.head_count"));
+    hp.n_head_kv = static_cast<int>(file.get_int(p + "attention.head_count_kv", hp.n_head));
+    hp.n_ff = static_cast<int>(file.get_int(p + "feed_forward_length"));
+    hp.n_ctx_train = static_cast<int>(file.get_int(p + "context_length", 4096));
+    hp.rms_eps = static_cast<float>(file.get_float(p + "attention.layer_norm_rms_epsilon", 1e-6));
+    hp.rope_freq_base = static_cast<float>(file.get_float(p + "rope.freq_base", 10000.0));
+    const double scale = file.get_float(p + "rope.scaling.factor", 0.0);
+    hp.rope_freq_scale = scale > 0.0 ? static_cast<float>(1.0 / scale) : 1.0f;
+    if (hp.n_layer <= 0 || hp.n_embd <= 0 || hp.n_head <= 0 || hp.n_head_kv <= 0 || hp.n_head % hp.n_head_kv != 0) {
+        fail(ErrorKind::InvalidFile, format("'%s': inconsistent head counts (n_head=%d, n_head_kv=%d)",
+                                            file.path().c_str(), hp.n_head, hp.n_head_kv));
+    }
+    hp.n_embd_head = static_cast<int>(file.get_int(p + "attention.key_length", hp.n_embd / hp.n_head));
+    hp.n_rot = static_cast<int>(file.get_int(p + "rope.dimension_count", hp.n_embd_head));
+    const ggml_tensor * embd = file.find_tensor("token_embd.weight");
+    if (!embd) fail(ErrorKind::InvalidFile, format("'%s' lacks the tensor 'token_embd.weight'", file.path().c_str()));
+    hp.n_vocab = static_cast<int>(embd->ne[1]);
+}
+
+static std::string layer_tensor(int il, const char * name) { return "blk." + std::to_string(il) + "." + name; }
+
+void load_decoder_tensors(TensorLoader & loader, const HParams & hp, ModelWeights & w, bool qkv_bias) {
+    const int64_t n_embd = hp.n_embd, n_vocab = hp.n_vocab, n_ff = hp.n_ff;
+    const int64_t n_q = int64_t(hp.n_embd_head) * hp.n_head, n_kv = hp.n_embd_kv();
+    // The embedding table stays on the host: a lookup needs no accelerator.
+    w.tok_embd = loader.require("token_embd.weight", {n_embd, n_vocab}, WeightUse::GetRows, /*on_host=*/true);
+    w.output_norm = loader.require("output_norm.weight", {n_embd}, WeightUse::Elementwise);
+    w.output = loader.optional("output.weight", {n_embd, n_vocab}, WeightUse::MatMul);
+    if (!w.output) w.output = loader.duplicate("token_embd.weight", {n_embd, n_vocab}, WeightUse::MatMul);
+    w.rope_freqs = loader.optional("rope_freqs.weight", {hp.n_rot / 2}, WeightUse::Elementwise);
+    w.layers.resize(hp.n_layer);
+    for (int il = 0; il < hp.n_layer; ++il) {
+        LayerWeights & l = w.layers[il];
+        l.attn_norm = loader.require(layer_tensor(il, "attn_norm.weight"), {n_embd}, WeightUse::Elementwise);
+        l.wq = loader.require(layer_tensor(il, "attn_q.weight"), {n_embd, n_q}, WeightUse::MatMul);
+        l.wk = loader.require(layer_tensor(il, "attn_k.weight"), {n_embd, n_kv}, WeightUse::MatMul);
+        l.wv = loader.require(layer_tensor(il, "attn_v.weight"), {n_embd, n_kv}, WeightUse::MatMul);
+        if (qkv_bias) {
+            l.bq = loader.require(layer_tensor(il, "attn_q.bias"), {n_q}, WeightUse::Elementwise);
+            l.bk = loader.require(layer_tensor(il, "attn_k.bias"), {n_kv}, WeightUse::Elementwise);
+            l.bv = loader.require(layer_tensor(il, "attn_v.bias"), {n_kv}, WeightUse::Elementwise);
+        }
+        l.wo = loader.require(layer_tensor(il, "attn_output.weight"), {n_q, n_embd}, WeightUse::MatMul);
+        l.ffn_norm = loader.require(layer_tensor(il, "ffn_norm.weight"), {n_embd}, WeightUse::Elementwise);
+        l.ffn_gate = loader.require(layer_tensor(il, "ffn_gate.weight"), {n_embd, n_ff}, WeightUse::MatMul);
+        l.ffn_up = loader.require(layer_tensor(il, "ffn_up.weight"), {n_embd, n_ff}, WeightUse::MatMul);
+        l.ffn_down = loader.require(layer_tensor(il, "ffn_down.weight"), {n_ff, n_embd}, WeightUse::MatMul);
+    }
+}
+
+}  // namespace hts
+
+#include "graph_context.h"
+
+namespace hts {
+
+ggml_tensor * build_decoder_graph(GraphContext & gc) {
+    ggml_tensor * inpL = gc.build_inp_embd();  // [n_embd, n_tokens]
+    gc.build_attn_inputs();
+    const int n_layer = gc.hp.n_layer;
+    for (int il = 0; il < n_layer; ++il) {
+        const LayerWeights & l = gc.w.layers[il];
+        ggml_tensor * cur = gc.build_norm(inpL, l.attn_norm, "attn_norm", il);
+        QKV qkv = gc.build_qkv(l, cur, il);
+        qkv.q = gc.build_rope(qkv.q, "Qrope", il);
+        qkv.k = gc.build_rope(qkv.k, "Krope", il);
+        cur = gc.build_attn(l, qkv, il);
+        if (il == n_layer - 1) {
+            // Only the output rows need the last FFN and the head.
+            cur = gc.select_outputs(cur);
+            inpL = gc.select_outputs(inpL);
+        }
+        ggml_tensor * ffn_inp = ggml_add(gc.ctx0, cur, inpL);
+        gc.name(ffn_inp, "ffn_inp", il);
+        cur = gc.build_norm(ffn_inp, l.ffn_norm, "ffn_norm", il);
+        cur = gc.build_ffn_swiglu(l, cur, il);
+        inpL = ggml_add(gc.ctx0, cur, ffn_inp);
+        gc.name(inpL, "l_out", il);
+    }
+    return gc.build_lm_head(inpL);
+}
+
+}  // namespace hts

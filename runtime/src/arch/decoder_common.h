@@ -1,0 +1,34 @@
+// Pieces shared by the llama-family decoders (qwen2, qwen2vl, llama): the
+// metadata keys and the tensor set they have in common. Each architecture file
+// adds what differs (biases, rope flavour, extra keys).
+#pragma once
+
+#include "gguf_file.h"
+#include "hparams.h"
+#include "model.h"
+#include "tensor_loader.h"
+
+namespace hts {
+
+// Reads {arch}.block_count, embedding_length, attention.head_count[_kv],
+// feed_forward_length, context_length, rope.*, attention.layer_norm_rms_epsilon.
+void load_decoder_hparams(const GgufFile & file, const std::string & arch, HParams & hp);
+
+// token_embd, output_norm, output (or a copy of token_embd when tied) and per
+// layer: attn_norm, attn_q/k/v (+ biases when `qkv_bias`), attn_output,
+// ffn_norm, ffn_gate/up/down.
+void load_decoder_tensors(TensorLoader & loader, const HParams & hp, ModelWeights & w, bool qkv_bias);
+
+}  // namespace hts
+
+namespace hts {
+
+class GraphContext;
+
+// The pre-norm decoder stack these architectures share:
+//   x = x + wo(attn(rope(q), rope(k), v)) over rms_norm(x)
+//   x = x + down(silu(gate(h)) * up(h)),     h = rms_norm(x)
+// then rms_norm and the output head. Rope flavour comes from hp.rope_type.
+ggml_tensor * build_decoder_graph(GraphContext & gc);
+
+}  // namespace hts

@@ -1,0 +1,117 @@
+#include "graph_context.h"
+
+#include "kv_cache.h"
+#include "model.h"
+
+#include <cmath>
+
+namespace hts {
+
+GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_context * ctx, ggml_cgraph * graph,
+                           const MicroBatch & mb)
+    : ctx0(ctx), gf(graph), hp(model.hparams()), w(model.weights()), kv(kv_cache), n_tokens(mb.n_tokens),
+      first_pos(mb.first_pos), n_outputs(mb.n_outputs), n_kv(kv_cache.n_kv_for(mb.first_pos + mb.n_tokens)) {}
+
+void GraphContext::name(ggml_tensor * t, const char * nm, int il) const {
+    if (il >= 0) ggml_format_name(t, "%s-%d", nm, il);
+    else ggml_set_name(t, nm);
+}
+
+ggml_tensor * GraphContext::build_inp_embd() {
+    inp_tokens = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
+    ggml_set_input(inp_tokens);
+    name(inp_tokens, "inp_tokens", -1);
+    ggml_tensor * x = ggml_get_rows(ctx0, w.tok_embd, inp_tokens);  // [n_embd, n_tokens]
+    name(x, "inp_embd", -1);
+    return x;
+}
+
+void GraphContext::build_attn_inputs() {
+    inp_pos = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, int64_t(n_tokens) * hp.n_pos_per_token);
+    ggml_set_input(inp_pos);
+    name(inp_pos, "inp_pos", -1);
+    inp_kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv, n_tokens);
+    ggml_set_input(inp_kq_mask);
+    name(inp_kq_mask, "inp_kq_mask", -1);
+    if (n_outputs < n_tokens) {
+        inp_out_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_outputs);
+        ggml_set_input(inp_out_ids);
+        name(inp_out_ids, "inp_out_ids", -1);
+    }
+}
+
+ggml_tensor * GraphContext::build_norm(ggml_tensor * x, ggml_tensor * weight, const char * nm, int il) {
+    ggml_tensor * cur = ggml_mul(ctx0, ggml_rms_norm(ctx0, x, hp.rms_eps), weight);
+    name(cur, nm, il);
+    return cur;
+}
+
+static ggml_tensor * project(ggml_context * ctx, ggml_tensor * wt, ggml_tensor * bias, ggml_tensor * x) {
+    ggml_tensor * cur = ggml_mul_mat(ctx, wt, x);
+    return bias ? ggml_add(ctx, cur, bias) : cur;
+}
+
+QKV GraphContext::build_qkv(const LayerWeights & l, ggml_tensor * x, int il) {
+    const int64_t d = hp.n_embd_head;
+    QKV r;
+    r.q = ggml_reshape_3d(ctx0, project(ctx0, l.wq, l.bq, x), d, hp.n_head, n_tokens);
+    r.k = ggml_reshape_3d(ctx0, project(ctx0, l.wk, l.bk, x), d, hp.n_head_kv, n_tokens);
+    r.v = ggml_reshape_3d(ctx0, project(ctx0, l.wv, l.bv, x), d, hp.n_head_kv, n_tokens);
+    name(r.q, "Qcur", il);
+    name(r.k, "Kcur", il);
+    name(r.v, "Vcur", il);
+    return r;
+}
+
+ggml_tensor * GraphContext::build_rope(ggml_tensor * x, const char * nm, int il) {
+    // No YaRN: ext_factor 0, attn_factor 1, beta_fast 32, beta_slow 1 (llama.cpp defaults).
+    ggml_tensor * cur;
+    if (hp.rope_type == GGML_ROPE_TYPE_MROPE || hp.rope_type == GGML_ROPE_TYPE_IMROPE) {
+        int sections[4];
+        for (int i = 0; i < 4; ++i) sections[i] = hp.rope_sections[i];
+        cur = ggml_rope_multi(ctx0, x, inp_pos, nullptr, hp.n_rot, sections, hp.rope_type, hp.n_ctx_train,
+                              hp.rope_freq_base, hp.rope_freq_scale, 0.0f, 1.0f, 32.0f, 1.0f);
+    } else {
+        cur = ggml_rope_ext(ctx0, x, inp_pos, w.rope_freqs, hp.n_rot, hp.rope_type, hp.n_ctx_train,
+                            hp.rope_freq_base, hp.rope_freq_scale, 0.0f, 1.0f, 32.0f, 1.0f);
+    }
+    name(cur, nm, il);
+    return cur;
+}
+
+ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, int il) {
+    kv.store(ctx0, gf, il, qkv.k, qkv.v, first_pos);
+    ggml_tensor * q = ggml_permute(ctx0, qkv.q, 0, 2, 1, 3);                   // [head_dim, n_tokens, n_head]
+    ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, n_kv), 0, 2, 1, 3);    // [head_dim, n_kv, n_head_kv]
+    ggml_tensor * v = ggml_permute(ctx0, kv.values(ctx0, il, n_kv), 0, 2, 1, 3);  // [head_dim, n_kv, n_head_kv]
+    const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
+    ggml_tensor * cur = ggml_flash_attn_ext(ctx0, q, k, v, inp_kq_mask, scale, 0.0f, 0.0f);  // [head_dim, n_head, n_tokens]
+    ggml_prec_set_acc(cur, GGML_PREC_F32);
+    name(cur, "attn_fa", il);
+    cur = ggml_reshape_2d(ctx0, cur, int64_t(hp.n_embd_head) * hp.n_head, n_tokens);
+    cur = ggml_mul_mat(ctx0, l.wo, cur);  // [n_embd, n_tokens]
+    name(cur, "attn_out", il);
+    return cur;
+}
+
+ggml_tensor * GraphContext::build_ffn_swiglu(const LayerWeights & l, ggml_tensor * x, int il) {
+    ggml_tensor * gate = ggml_mul_mat(ctx0, l.ffn_gate, x);  // [n_ff, n_tokens]
+    ggml_tensor * up = ggml_mul_mat(ctx0, l.ffn_up, x);      // [n_ff, n_tokens]
+    ggml_tensor * cur = ggml_swiglu_split(ctx0, gate, up);
+    cur = ggml_mul_mat(ctx0, l.ffn_down, cur);  // [n_embd, n_tokens]
+    name(cur, "ffn_out", il);
+    return cur;
+}
+
+ggml_tensor * GraphContext::select_outputs(ggml_tensor * x) {
+    return inp_out_ids ? ggml_get_rows(ctx0, x, inp_out_ids) : x;
+}
+
+ggml_tensor * GraphContext::build_lm_head(ggml_tensor * x) {
+    ggml_tensor * cur = build_norm(x, w.output_norm, "result_norm", -1);
+    cur = ggml_mul_mat(ctx0, w.output, cur);  // [n_vocab, n_outputs]
+    name(cur, "result_output", -1);
+    return cur;
+}
+
+}  // namespace hts

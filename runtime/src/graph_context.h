@@ -1,0 +1,61 @@
+// Builds one forward graph for a micro-batch: the graph inputs, and helpers an
+// architecture composes (norm, projections, rope, attention over the KV cache,
+// feed-forward, output head). Every intermediate is named "<name>-<layer>" so it
+// can be compared with llama.cpp's own graph.
+#pragma once
+
+#include "ggml.h"
+#include "hparams.h"
+
+namespace hts {
+
+class KvCache;
+class Model;
+struct LayerWeights;
+struct ModelWeights;
+
+struct MicroBatch {
+    int n_tokens = 0;   // tokens in this batch
+    int first_pos = 0;  // position (and KV cell) of the first token
+    int n_outputs = 1;  // logits rows: the last n_outputs tokens
+};
+
+struct QKV {
+    ggml_tensor * q;  // [head_dim, n_head, n_tokens]
+    ggml_tensor * k;  // [head_dim, n_head_kv, n_tokens]
+    ggml_tensor * v;  // [head_dim, n_head_kv, n_tokens]
+};
+
+class GraphContext {
+public:
+    GraphContext(const Model & model, const KvCache & kv, ggml_context * ctx, ggml_cgraph * gf, const MicroBatch & mb);
+
+    ggml_context * const ctx0;
+    ggml_cgraph * const gf;
+    const HParams & hp;
+    const ModelWeights & w;
+    const KvCache & kv;
+    const int n_tokens, first_pos, n_outputs, n_kv;
+
+    // Graph inputs, filled by the session once the graph is allocated.
+    ggml_tensor * inp_tokens = nullptr;   // I32 [n_tokens]
+    ggml_tensor * inp_pos = nullptr;      // I32 [n_tokens * n_pos_per_token]
+    ggml_tensor * inp_kq_mask = nullptr;  // F16 [n_kv, n_tokens]
+    ggml_tensor * inp_out_ids = nullptr;  // I32 [n_outputs]; nullptr when all rows are outputs
+
+    ggml_tensor * build_inp_embd();  // [n_embd, n_tokens]
+    void build_attn_inputs();
+    ggml_tensor * build_norm(ggml_tensor * x, ggml_tensor * weight, const char * name, int il);
+    QKV build_qkv(const LayerWeights & l, ggml_tensor * x, int il);
+    ggml_tensor * build_rope(ggml_tensor * x, const char * name, int il);  // rope flavour from hp.rope_type
+    // Stores k, v in the cache, attends q over cells [0, n_kv), projects by wo.
+    ggml_tensor * build_attn(const LayerWeights & l, const QKV & qkv, int il);  // [n_embd, n_tokens]
+    ggml_tensor * build_ffn_swiglu(const LayerWeights & l, ggml_tensor * x, int il);
+    // Keeps the rows that produce logits (a no-op when every row does).
+    ggml_tensor * select_outputs(ggml_tensor * x);
+    ggml_tensor * build_lm_head(ggml_tensor * x);  // [n_vocab, n_outputs]
+
+    void name(ggml_tensor * t, const char * name, int il) const;
+};
+
+}  // namespace hts

@@ -1,0 +1,134 @@
+#include "session.h"
+
+#include "errors.h"
+#include "graph_context.h"
+#include "model.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace hts {
+
+namespace {
+// Frees a ggml context on scope exit (the graph of one micro-batch).
+struct ContextGuard {
+    ggml_context * ctx;
+    ~ContextGuard() { ggml_free(ctx); }
+};
+}  // namespace
+
+Session::Session(const Model & model, const SessionParams & params) : model_(model) {
+    if (params.n_ctx < 0) fail(ErrorKind::InvalidArgument, format("n_ctx must be >= 0, got %d", params.n_ctx));
+    if (params.n_batch <= 0) fail(ErrorKind::InvalidArgument, format("n_batch must be positive, got %d", params.n_batch));
+    n_ctx_ = params.n_ctx > 0 ? params.n_ctx : model.hparams().n_ctx_train;
+    n_batch_ = std::min(params.n_batch, n_ctx_);
+    kv_ = std::make_unique<KvCache>(model, n_ctx_);
+    graph_size_ = static_cast<size_t>(64 * model.hparams().n_layer + 512);
+    graph_meta_.resize(ggml_tensor_overhead() * graph_size_ + ggml_graph_overhead_custom(graph_size_, false));
+    sched_ = model.backends().new_scheduler(graph_size_);
+    reserve();
+}
+
+Session::~Session() {
+    if (sched_) ggml_backend_sched_free(sched_);
+}
+
+// Allocates the compute buffers once, for the largest micro-batch over a full
+// cache, so a long prompt does not grow them midway.
+void Session::reserve() {
+    ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
+    ContextGuard guard{ggml_init(params)};
+    ggml_cgraph * gf = ggml_new_graph_custom(guard.ctx, graph_size_, false);
+    MicroBatch mb{n_batch_, kv_->capacity() - n_batch_, 1};
+    GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
+    ggml_build_forward_expand(gf, model_.arch().build_graph(gc));
+    if (!ggml_backend_sched_reserve(sched_, gf)) {
+        fail(ErrorKind::Backend, format("cannot allocate compute buffers for %d-token batches", n_batch_));
+    }
+}
+
+int Session::n_logit_rows() const { return static_cast<int>(logits_.size() / model_.hparams().n_vocab); }
+
+const float * Session::last_logits() const {
+    if (logits_.empty()) fail(ErrorKind::InvalidArgument, "no logits yet: evaluate some tokens first");
+    return logits_.data() + logits_.size() - model_.hparams().n_vocab;
+}
+
+void Session::reset() {
+    n_past_ = 0;
+    tokens_.clear();
+    logits_.clear();
+    kv_->clear();
+}
+
+void Session::eval(const std::vector<int32_t> & tokens, bool all_logits) {
+    const int n = static_cast<int>(tokens.size());
+    const int n_vocab = model_.hparams().n_vocab;
+    if (n == 0) fail(ErrorKind::InvalidArgument, "no tokens to evaluate");
+    for (int32_t t : tokens) {
+        if (t < 0 || t >= n_vocab) fail(ErrorKind::InvalidArgument, format("token id %d is outside the vocabulary (%d)", t, n_vocab));
+    }
+    if (n_past_ + n > n_ctx_) {
+        fail(ErrorKind::ContextOverflow,
+             format("%d tokens do not fit in the context: %d of %d positions are used (raise n_ctx)", n, n_past_, n_ctx_));
+    }
+    logits_.assign(size_t(all_logits ? n : 1) * n_vocab, 0.0f);
+    for (int i = 0; i < n; i += n_batch_) {
+        const int nb = std::min(n_batch_, n - i);
+        const bool last = i + nb == n;
+        // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
+        MicroBatch mb{nb, n_past_, all_logits ? nb : 1};
+        float * out = all_logits ? logits_.data() + size_t(i) * n_vocab : (last ? logits_.data() : nullptr);
+        eval_micro_batch(tokens.data() + i, mb, out);
+        n_past_ += nb;
+        tokens_.insert(tokens_.end(), tokens.begin() + i, tokens.begin() + i + nb);
+    }
+}
+
+static void set_inputs(const GraphContext & gc, const int32_t * tokens) {
+    ggml_backend_tensor_set(gc.inp_tokens, tokens, 0, sizeof(int32_t) * gc.n_tokens);
+
+    // Text positions: one per token; M-RoPE repeats it on t/y/x and puts 0 on the 4th stream.
+    const int n_pos = gc.hp.n_pos_per_token;
+    std::vector<int32_t> pos(size_t(gc.n_tokens) * n_pos, 0);
+    for (int s = 0; s < std::min(n_pos, 3); ++s) {
+        for (int i = 0; i < gc.n_tokens; ++i) pos[size_t(s) * gc.n_tokens + i] = gc.first_pos + i;
+    }
+    ggml_backend_tensor_set(gc.inp_pos, pos.data(), 0, sizeof(int32_t) * pos.size());
+
+    // Causal mask over cells: cell j holds position j.
+    const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
+    std::vector<ggml_fp16_t> mask(size_t(gc.n_kv) * gc.n_tokens);
+    for (int i = 0; i < gc.n_tokens; ++i) {
+        const int p = gc.first_pos + i;
+        ggml_fp16_t * row = mask.data() + size_t(i) * gc.n_kv;
+        for (int j = 0; j < gc.n_kv; ++j) row[j] = j <= p ? zero : neg_inf;
+    }
+    ggml_backend_tensor_set(gc.inp_kq_mask, mask.data(), 0, sizeof(ggml_fp16_t) * mask.size());
+
+    if (gc.inp_out_ids) {
+        std::vector<int32_t> ids(gc.n_outputs);
+        for (int k = 0; k < gc.n_outputs; ++k) ids[k] = gc.n_tokens - gc.n_outputs + k;
+        ggml_backend_tensor_set(gc.inp_out_ids, ids.data(), 0, sizeof(int32_t) * ids.size());
+    }
+}
+
+void Session::eval_micro_batch(const int32_t * tokens, const MicroBatch & mb, float * logits_out) {
+    ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
+    ContextGuard guard{ggml_init(params)};
+    ggml_cgraph * gf = ggml_new_graph_custom(guard.ctx, graph_size_, false);
+    GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
+    ggml_tensor * logits = model_.arch().build_graph(gc);  // [n_vocab, n_outputs]
+    ggml_set_output(logits);
+    ggml_build_forward_expand(gf, logits);
+
+    ggml_backend_sched_reset(sched_);
+    if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
+    set_inputs(gc, tokens);
+    if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {
+        fail(ErrorKind::Backend, "graph computation failed");
+    }
+    if (logits_out) ggml_backend_tensor_get(logits, logits_out, 0, ggml_nbytes(logits));
+}
+
+}  // namespace hts
