@@ -1,0 +1,85 @@
+"""`python -m htsparse_llama <command>`: a thin dispatcher. Each command lives
+in its own module with register(subparsers) and run(args) -> exit code."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import List, Optional
+
+from . import __version__
+from .errors import HtsError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (plus the usage hint)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
+    """Options shared by every command that loads a model."""
+    p.add_argument("-m", "--model", required=model_required, help="GGUF model file")
+    p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all hardware threads)")
+    p.add_argument("-c", "--ctx", type=int, default=4096, help="context length in tokens (default: 4096)")
+    p.add_argument("--device", default="auto", help="auto | cpu | gpu | a ggml device name such as CUDA0 (default: auto)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log output")
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-n", "--max-tokens", type=int, default=256, help="most tokens to generate (default: 256)")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature; 0 is greedy (default: 0.8)")
+    p.add_argument("--top-k", type=int, default=40, help="top-k, 0 disables (default: 40)")
+    p.add_argument("--top-p", type=float, default=0.95, help="top-p, 1 disables (default: 0.95)")
+    p.add_argument("--min-p", type=float, default=0.05, help="min-p, 0 disables (default: 0.05)")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, help="repetition penalty, 1 disables (default: 1.0)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        max_tokens=args.max_tokens,
+        temperature=args.temp,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repeat_penalty=args.repeat_penalty,
+        seed=args.seed,
+    )
+
+
+def load_model(args: argparse.Namespace):
+    from .model import Model
+
+    return Model(args.model, n_ctx=args.ctx, n_threads=args.threads, device=args.device, verbose=args.verbose)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench, cmd_chat, cmd_generate
+
+    parser = _Parser(
+        prog="python -m htsparse_llama",
+        description="Local long-video question answering on llama.cpp GGUF files (HT-Sparse).",
+    )
+    parser.add_argument("--version", action="version", version=f"htsparse-llama {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for module in (cmd_generate, cmd_chat, bench):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except HtsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0

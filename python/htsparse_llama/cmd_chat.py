@@ -1,0 +1,75 @@
+"""`chat`: an interactive multi-turn conversation on the terminal (or a pipe).
+
+Commands typed at the prompt: /reset forgets the conversation, /exit quits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import add_model_args, add_sampling_args, load_model, sampling_kwargs
+from .errors import ContextOverflowError
+
+HELP = "commands: /reset (forget the conversation), /exit (quit)"
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "chat",
+        help="interactive chat",
+        description="Chat with a GGUF model. Type /reset to forget the conversation, /exit or Ctrl-D to quit.",
+    )
+    add_model_args(p)
+    p.add_argument("--system", default=None, help="a system message for the conversation")
+    add_sampling_args(p)
+    p.set_defaults(run=run)
+
+
+def _read_line(interactive: bool):
+    if interactive:
+        try:
+            return input("> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return None if line == "" else line.rstrip("\n")
+
+
+def _start(session, system) -> None:
+    session.reset()
+    if system:
+        session.add_message("system", system)
+
+
+def run(args: argparse.Namespace) -> int:
+    model = load_model(args)
+    session = model.session()
+    _start(session, args.system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print(f"{model.arch} model on {model.device}; {HELP}", file=sys.stderr)
+    while True:
+        line = _read_line(interactive)
+        if line is None or line.strip() == "/exit":
+            return 0
+        text = line.strip()
+        if not text:
+            continue
+        if text == "/reset":
+            _start(session, args.system)
+            print("(conversation reset)", file=sys.stderr)
+            continue
+        if text.startswith("/"):
+            print(f"unknown command {text!r}; {HELP}", file=sys.stderr)
+            continue
+        try:
+            session.add_message("user", text)
+            for piece in session.generate(**sampling_kwargs(args)):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except ContextOverflowError as exc:
+            print(f"\nerror: {exc}; type /reset to start over", file=sys.stderr)
+            continue
+        sys.stdout.write("\n")
+        sys.stdout.flush()
