@@ -124,7 +124,8 @@ class Session:
         _check_positive("n_ctx", n_ctx)
         _check_positive("n_batch", n_batch)
         self._native = native.Session(model._native, n_ctx, n_batch)
-        self._assistant_open = False
+        self._assistant_open = False  # generated tokens belong to an open assistant turn
+        self._pending_assistant = False  # a user turn awaits the assistant header
         self.finish_reason: Optional[str] = None
 
     @property
@@ -217,16 +218,16 @@ class Session:
             64,
             0xFFFFFFFF if seed is None else int(seed) & 0xFFFFFFFF,
         )
+        if self.n_past == 0:
+            raise InvalidArgumentError("nothing to continue: add text or a message first")
+        if self._pending_assistant:
+            self.add_text(self._assistant_header())
+            self._pending_assistant = False
+            self._assistant_open = True
         pieces = self._generate(sampler, max_tokens, list(stop))
         return pieces if stream else "".join(pieces)
 
     def _generate(self, sampler, max_tokens: int, stop: List[str]) -> Iterator[str]:
-        if getattr(self, "_pending_assistant", False):
-            self.add_text(self._assistant_header())
-            self._pending_assistant = False
-            self._assistant_open = True
-        if self.n_past == 0:
-            raise InvalidArgumentError("nothing to continue: add text or a message first")
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""
         self.finish_reason = "length"

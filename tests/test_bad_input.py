@@ -1,0 +1,174 @@
+"""Bad input gives one clear error: a Python exception from the API (never a
+crash), one line on stderr and a non-zero exit from the CLI."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import htsparse_llama as hts
+from htsparse_llama import Model
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for frag in fragments:
+        assert frag in lines[0], lines[0]
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    p = tmp_path / "notes.gguf"
+    p.write_text("this is plain text, not a model\n" * 10)
+    return str(p)
+
+
+@pytest.fixture
+def truncated_copy(tmp_path, smollm_gguf):
+    """The first half of a real GGUF: the header parses, the tensor data is cut."""
+    p = tmp_path / "truncated.gguf"
+    size = os.path.getsize(smollm_gguf)
+    with open(smollm_gguf, "rb") as src, open(p, "wb") as dst:
+        dst.write(src.read(size // 2))
+    return str(p)
+
+
+@pytest.fixture
+def header_cut(tmp_path, smollm_gguf):
+    """Only the first 4 KiB: the metadata itself is cut."""
+    p = tmp_path / "header_cut.gguf"
+    with open(smollm_gguf, "rb") as src, open(p, "wb") as dst:
+        dst.write(src.read(4096))
+    return str(p)
+
+
+@pytest.fixture
+def unsupported_arch(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    p = tmp_path / "mamba.gguf"
+    w = gguf.GGUFWriter(str(p), "mamba")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((8, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(p)
+
+
+def test_missing_file_api(tmp_path):
+    with pytest.raises(hts.ModelNotFoundError, match="not found"):
+        Model(str(tmp_path / "nope.gguf"))
+
+
+def test_missing_file_is_also_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Model(str(tmp_path / "nope.gguf"))
+
+
+def test_directory_instead_of_file(tmp_path):
+    with pytest.raises(hts.ModelNotFoundError, match="directory"):
+        Model(str(tmp_path))
+
+
+def test_not_gguf(text_file):
+    with pytest.raises(hts.InvalidModelFileError, match="not a GGUF file"):
+        Model(text_file)
+
+
+def test_truncated_data(truncated_copy):
+    with pytest.raises(hts.InvalidModelFileError, match="truncated"):
+        Model(truncated_copy)
+
+
+def test_truncated_header(header_cut):
+    with pytest.raises(hts.InvalidModelFileError):
+        Model(header_cut)
+
+
+def test_unsupported_architecture_names_it_and_the_supported(unsupported_arch):
+    with pytest.raises(hts.UnsupportedModelError) as info:
+        Model(unsupported_arch)
+    msg = str(info.value)
+    assert "'mamba'" in msg
+    for arch in ("qwen2", "qwen2vl", "llama"):
+        assert arch in msg
+    assert hts.supported_architectures() == ["qwen2", "qwen2vl", "llama"]
+
+
+def test_prompt_longer_than_context(smollm_gguf):
+    model = Model(smollm_gguf, n_ctx=64, n_threads=2)
+    session = model.session()
+    with pytest.raises(hts.ContextOverflowError, match="do not fit"):
+        session.add_text("word " * 200)
+    # Nothing was evaluated: the session is still usable.
+    assert session.n_past == 0
+    session.add_text("Hello")
+    assert session.n_past > 0
+
+
+def test_bad_arguments(smollm_gguf):
+    with pytest.raises(hts.InvalidArgumentError):
+        Model(smollm_gguf, n_threads=-1)
+    with pytest.raises(hts.InvalidArgumentError, match="device 'nope' is not available"):
+        Model(smollm_gguf, device="nope")
+    model = Model(smollm_gguf, n_ctx=64, n_threads=2)
+    session = model.session()
+    with pytest.raises(hts.InvalidArgumentError, match="outside the vocabulary"):
+        session.add_tokens([model.n_vocab + 5])
+    with pytest.raises(hts.InvalidArgumentError):
+        session.generate(max_tokens=4)  # nothing to continue yet
+    session.add_text("Hi")
+    with pytest.raises(hts.InvalidArgumentError, match="top_p"):
+        session.generate(max_tokens=4, top_p=1.5, stream=False)
+
+
+@pytest.mark.parametrize(
+    "case, fragments",
+    [
+        ("missing", ("error:", "not found")),
+        ("text", ("error:", "not a GGUF file")),
+        ("truncated", ("error:", "truncated")),
+        ("unsupported", ("error:", "unsupported architecture 'mamba'", "qwen2")),
+    ],
+)
+def test_cli_bad_model_files(case, fragments, tmp_path, text_file, truncated_copy, unsupported_arch):
+    path = {"missing": str(tmp_path / "missing.gguf"), "text": text_file, "truncated": truncated_copy,
+            "unsupported": unsupported_arch}[case]
+    assert_one_line_error(run_cli("generate", "-m", path, "-p", "hi"), *fragments)
+
+
+def test_cli_prompt_longer_than_context(smollm_gguf):
+    proc = run_cli("generate", "-m", smollm_gguf, "-p", "word " * 300, "--ctx", "64", "-t", "2")
+    assert_one_line_error(proc, "error:", "do not fit in the context")
+
+
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["generate", "-m", "x.gguf"], "the following arguments are required: -p/--prompt"),
+        (["generate", "-m", "x.gguf", "-p", "hi", "--threads", "many"], "invalid int value"),
+        (["frobnicate"], "invalid choice"),
+        ([], "required"),
+    ],
+)
+def test_cli_bad_arguments(args, fragment):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, fragment)
+
+
+def test_cli_bad_device(smollm_gguf):
+    assert_one_line_error(run_cli("generate", "-m", smollm_gguf, "-p", "hi", "--device", "tpu9"),
+                          "device 'tpu9' is not available")
