@@ -23,6 +23,11 @@ void load_decoder_hparams(const GgufFile & file, const std::string & arch, HPara
     }
     hp.n_embd_head = static_cast<int>(file.get_int(p + "attention.key_length", hp.n_embd / hp.n_head));
     hp.n_rot = static_cast<int>(file.get_int(p + "rope.dimension_count", hp.n_embd_head));
+    // Checked here because ggml would abort on them inside the graph.
+    if (hp.n_embd_head <= 0 || hp.n_rot <= 0 || hp.n_rot > hp.n_embd_head || hp.n_rot % 2 != 0 || hp.n_ff <= 0) {
+        fail(ErrorKind::InvalidFile, format("'%s': inconsistent sizes (head_dim=%d, rope dims=%d, n_ff=%d)",
+                                            file.path().c_str(), hp.n_embd_head, hp.n_rot, hp.n_ff));
+    }
     const ggml_tensor * embd = file.find_tensor("token_embd.weight");
     if (!embd) fail(ErrorKind::InvalidFile, format("'%s' lacks the tensor 'token_embd.weight'", file.path().c_str()));
     hp.n_vocab = static_cast<int>(embd->ne[1]);

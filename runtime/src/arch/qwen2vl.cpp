@@ -23,7 +23,16 @@ public:
             fail(ErrorKind::InvalidFile, format("'%s': qwen2vl.rope.dimension_sections must hold 3 or 4 values",
                                                 file.path().c_str()));
         }
-        for (size_t i = 0; i < sections.size(); ++i) hp.rope_sections[i] = static_cast<int>(sections[i]);
+        int64_t total = 0;
+        for (size_t i = 0; i < sections.size(); ++i) {
+            hp.rope_sections[i] = static_cast<int>(sections[i]);
+            total += sections[i];
+        }
+        // Each section counts rotary pairs, so together they cover n_rot / 2.
+        if (sections[0] < 0 || total * 2 > hp.n_rot) {
+            fail(ErrorKind::InvalidFile, format("'%s': rope sections cover %lld pairs but rope has %d dimensions",
+                                                file.path().c_str(), (long long)total, hp.n_rot));
+        }
     }
 
     void load_tensors(TensorLoader & loader, const HParams & hp, ModelWeights & w) const override {
