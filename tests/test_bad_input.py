@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import htsparse_llama as hts
@@ -132,6 +133,19 @@ def test_bad_arguments(smollm_gguf):
     session.add_text("Hi")
     with pytest.raises(hts.InvalidArgumentError, match="top_p"):
         session.generate(max_tokens=4, top_p=1.5, stream=False)
+
+
+def test_bad_positions(smollm_gguf):
+    session = Model(smollm_gguf, n_ctx=64, n_threads=2).session()
+    with pytest.raises(hts.InvalidArgumentError, match="1 row"):
+        session.add_tokens([10, 11], positions=np.zeros((3, 2)))  # llama has one rope stream
+    with pytest.raises(hts.InvalidArgumentError, match="2 values"):
+        session.add_tokens([10, 11], positions=[0, 1, 2])
+    with pytest.raises(hts.InvalidArgumentError, match="negative"):
+        session.add_tokens([10, 11], positions=[0, -1])
+    with pytest.raises(hts.InvalidArgumentError, match="1-D"):
+        session.add_tokens([10], positions=np.zeros((1, 1, 1)))
+    assert session.n_past == 0
 
 
 @pytest.mark.parametrize(

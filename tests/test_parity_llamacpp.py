@@ -104,3 +104,42 @@ def test_generate_matches_llama_cpp_greedy_completion(smollm_gguf):
     ref_model.close()
     assert ours == ref_text
     assert len(ours) > 10
+
+
+def llama_cpp_logits_at(ref_model, ids, positions):
+    """llama.cpp's logits of every token of one batch with explicit positions
+    (the low-level batch API; Llama.eval only numbers tokens 0, 1, 2...)."""
+    ctx = ref_model._ctx.ctx
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+    batch = llama_cpp.llama_batch_init(len(ids), 0, 1)
+    try:
+        batch.n_tokens = len(ids)
+        for i, (tok, pos) in enumerate(zip(ids, positions)):
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, int(pos), 1, 1
+            batch.seq_id[i][0] = 0
+        assert llama_cpp.llama_decode(ctx, batch) == 0
+        n_vocab = ref_model.n_vocab()
+        return np.array([np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,))
+                         for i in range(len(ids))])
+    finally:
+        llama_cpp.llama_batch_free(batch)
+
+
+def test_explicit_positions_match_llama_cpp(smollm_gguf):
+    """Tokens given rope positions other than 0, 1, 2... (as images and
+    resumed text are) give llama.cpp's logits for the same positions; and the
+    positions are really used: shifting them changes the logits (F16 keys)."""
+    model = Model(smollm_gguf, n_ctx=512, n_threads=THREADS)
+    ids = model.tokenize("The quick brown fox jumps over the lazy dog and then runs away.")
+    positions = np.arange(len(ids)) + 37
+    session = model.session()
+    ours = session.add_tokens(ids, all_logits=True, positions=positions)
+    assert session.next_pos == 37 + len(ids)
+
+    ref_model = llama_cpp_model(smollm_gguf)
+    ref = llama_cpp_logits_at(ref_model, ids, positions)
+    ref_from_zero = llama_cpp_logits_at(ref_model, ids, np.arange(len(ids)))
+    ref_model.close()
+    assert np.array_equal(ours.argmax(-1), ref.argmax(-1))
+    assert np.linalg.norm(ours - ref) / np.linalg.norm(ref) < 1e-3
+    assert np.linalg.norm(ours - ref_from_zero) / np.linalg.norm(ref) > 1e-3

@@ -1,6 +1,6 @@
 """Type stubs of the compiled extension (python/src/native_module.cpp)."""
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -29,7 +29,11 @@ class Model:
 
 class Session:
     def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512) -> None: ...
-    def eval(self, tokens: Sequence[int], all_logits: bool = False) -> None: ...
+    def eval(
+        self, tokens: Sequence[int], all_logits: bool = False, positions: Optional[npt.ArrayLike] = None
+    ) -> None: ...
+    @property
+    def next_pos(self) -> int: ...
     def logits(self) -> npt.NDArray[np.float32]: ...
     def all_logits(self) -> npt.NDArray[np.float32]: ...
     @property

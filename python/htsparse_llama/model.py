@@ -134,6 +134,11 @@ class Session:
         return self._native.n_past
 
     @property
+    def next_pos(self) -> int:
+        """Rope position the next text token gets (past any M-RoPE image extent)."""
+        return self._native.next_pos
+
+    @property
     def n_ctx(self) -> int:
         return self._native.n_ctx
 
@@ -146,13 +151,19 @@ class Session:
         return list(self._native.tokens())
 
     # -- input ----------------------------------------------------------------------
-    def add_tokens(self, tokens: Sequence[int], all_logits: bool = False) -> Optional[np.ndarray]:
+    def add_tokens(
+        self, tokens: Sequence[int], all_logits: bool = False, positions: Optional[np.ndarray] = None
+    ) -> Optional[np.ndarray]:
         """Evaluates token ids after the current context. With all_logits,
-        returns the logits of every new position, shape [len(tokens), n_vocab]."""
+        returns the logits of every new position, shape [len(tokens), n_vocab].
+
+        `positions` overrides the rope positions (default: `next_pos` onwards):
+        shape (n,), or (3, n) with time/height/width rows on M-RoPE models
+        (qwen2vl), as Qwen-VL gives image tokens."""
         ids = [int(t) for t in tokens]
         if not ids:
             raise InvalidArgumentError("add_tokens needs at least one token")
-        self._native.eval(ids, all_logits)
+        self._native.eval(ids, all_logits, None if positions is None else np.asarray(positions, dtype=np.int32))
         return np.asarray(self._native.all_logits()) if all_logits else None
 
     def add_text(self, text: str, special: bool = True) -> int:

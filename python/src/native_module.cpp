@@ -51,6 +51,15 @@ py::dict model_info(const Model & m) {
 
 }  // namespace
 
+// positions from Python: shape (n,) for one stream or (n_streams, n).
+static TokenPositions token_positions(const py::array_t<int32_t, py::array::c_style | py::array::forcecast> & a) {
+    if (a.ndim() != 1 && a.ndim() != 2) fail(ErrorKind::InvalidArgument, "positions must be 1-D (n,) or 2-D (streams, n)");
+    TokenPositions pos;
+    pos.n_streams = a.ndim() == 1 ? 1 : static_cast<int>(a.shape(0));
+    pos.values.assign(a.data(), a.data() + a.size());
+    return pos;
+}
+
 PYBIND11_MODULE(_native, mod) {
     mod.doc() = "htsparse-llama native runtime (C++ on upstream ggml / llama.cpp)";
 
@@ -127,11 +136,15 @@ PYBIND11_MODULE(_native, mod) {
              }),
              py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::keep_alive<1, 2>())
         .def("eval",
-             [](Session & s, const std::vector<int32_t> & tokens, bool all_logits) {
+             [](Session & s, const std::vector<int32_t> & tokens, bool all_logits,
+                std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> positions) {
+                 TokenPositions pos;
+                 if (positions) pos = token_positions(*positions);
                  py::gil_scoped_release release;
-                 s.eval(tokens, all_logits);
+                 s.eval(tokens, all_logits, positions ? &pos : nullptr);
              },
-             py::arg("tokens"), py::arg("all_logits") = false)
+             py::arg("tokens"), py::arg("all_logits") = false, py::arg("positions") = py::none())
+        .def_property_readonly("next_pos", &Session::next_pos)
         .def("logits", [](const Session & s) { return logits_array(s, true); })
         .def("all_logits", [](const Session & s) { return logits_array(s, false); })
         .def_property_readonly("n_past", &Session::n_past)

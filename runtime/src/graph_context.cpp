@@ -10,7 +10,7 @@ namespace hts {
 GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_context * ctx, ggml_cgraph * graph,
                            const MicroBatch & mb)
     : ctx0(ctx), gf(graph), hp(model.hparams()), w(model.weights()), kv(kv_cache), n_tokens(mb.n_tokens),
-      first_pos(mb.first_pos), n_outputs(mb.n_outputs), n_kv(kv_cache.n_kv_for(mb.first_pos + mb.n_tokens)) {}
+      first_cell(mb.first_cell), n_outputs(mb.n_outputs), n_kv(kv_cache.n_kv_for(mb.first_cell + mb.n_tokens)) {}
 
 void GraphContext::name(ggml_tensor * t, const char * nm, int il) const {
     if (il >= 0) ggml_format_name(t, "%s-%d", nm, il);
@@ -80,7 +80,7 @@ ggml_tensor * GraphContext::build_rope(ggml_tensor * x, const char * nm, int il)
 }
 
 ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, int il) {
-    kv.store(ctx0, gf, il, qkv.k, qkv.v, first_pos);
+    kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);
     ggml_tensor * q = ggml_permute(ctx0, qkv.q, 0, 2, 1, 3);                   // [head_dim, n_tokens, n_head]
     ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, n_kv), 0, 2, 1, 3);    // [head_dim, n_kv, n_head_kv]
     ggml_tensor * v = ggml_permute(ctx0, kv.values(ctx0, il, n_kv), 0, 2, 1, 3);  // [head_dim, n_kv, n_head_kv]

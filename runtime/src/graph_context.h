@@ -16,7 +16,7 @@ struct ModelWeights;
 
 struct MicroBatch {
     int n_tokens = 0;   // tokens in this batch
-    int first_pos = 0;  // position (and KV cell) of the first token
+    int first_cell = 0;  // KV cell of the first token (cells fill in order)
     int n_outputs = 1;  // logits rows: the last n_outputs tokens
 };
 
@@ -35,7 +35,7 @@ public:
     const HParams & hp;
     const ModelWeights & w;
     const KvCache & kv;
-    const int n_tokens, first_pos, n_outputs, n_kv;
+    const int n_tokens, first_cell, n_outputs, n_kv;
 
     // Graph inputs, filled by the session once the graph is allocated.
     ggml_tensor * inp_tokens = nullptr;   // I32 [n_tokens]

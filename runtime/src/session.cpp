@@ -56,12 +56,41 @@ const float * Session::last_logits() const {
 
 void Session::reset() {
     n_past_ = 0;
+    next_pos_ = 0;
     tokens_.clear();
     logits_.clear();
     kv_->clear();
 }
 
-void Session::eval(const std::vector<int32_t> & tokens, bool all_logits) {
+// Rope positions of n new tokens laid out as the graph input wants them:
+// n_pos_per_token rows of n values (M-RoPE: t, h, w and a zero fourth row).
+std::vector<int32_t> Session::rope_positions(int n, const TokenPositions * positions) const {
+    const int n_rows = model_.hparams().n_pos_per_token;
+    const int n_rope_streams = std::min(n_rows, 3);
+    std::vector<int32_t> pos(size_t(n_rows) * n, 0);
+    if (!positions) {
+        for (int s = 0; s < n_rope_streams; ++s) {
+            for (int i = 0; i < n; ++i) pos[size_t(s) * n + i] = next_pos_ + i;
+        }
+        return pos;
+    }
+    const int given = positions->n_streams;
+    if ((given != 1 && given != n_rope_streams) || positions->values.size() != size_t(given) * n) {
+        fail(ErrorKind::InvalidArgument,
+             format("positions must hold 1%s row(s) of %d values, got %zu values in %d row(s)",
+                    n_rope_streams == 3 ? " or 3" : "", n, positions->values.size(), given));
+    }
+    for (int s = 0; s < n_rope_streams; ++s) {
+        const int32_t * src = positions->values.data() + size_t(given == 1 ? 0 : s) * n;
+        for (int i = 0; i < n; ++i) {
+            if (src[i] < 0) fail(ErrorKind::InvalidArgument, format("position %d is negative", src[i]));
+            pos[size_t(s) * n + i] = src[i];
+        }
+    }
+    return pos;
+}
+
+void Session::eval(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions) {
     const int n = static_cast<int>(tokens.size());
     const int n_vocab = model_.hparams().n_vocab;
     if (n == 0) fail(ErrorKind::InvalidArgument, "no tokens to evaluate");
@@ -72,6 +101,7 @@ void Session::eval(const std::vector<int32_t> & tokens, bool all_logits) {
         fail(ErrorKind::ContextOverflow,
              format("%d tokens do not fit in the context: %d of %d positions are used (raise n_ctx)", n, n_past_, n_ctx_));
     }
+    const std::vector<int32_t> pos = rope_positions(n, positions);
     logits_.assign(size_t(all_logits ? n : 1) * n_vocab, 0.0f);
     for (int i = 0; i < n; i += n_batch_) {
         const int nb = std::min(n_batch_, n - i);
@@ -79,28 +109,28 @@ void Session::eval(const std::vector<int32_t> & tokens, bool all_logits) {
         // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
         MicroBatch mb{nb, n_past_, all_logits ? nb : 1};
         float * out = all_logits ? logits_.data() + size_t(i) * n_vocab : (last ? logits_.data() : nullptr);
-        eval_micro_batch(tokens.data() + i, mb, out);
+        eval_micro_batch(tokens.data() + i, pos.data() + i, n, mb, out);
         n_past_ += nb;
         tokens_.insert(tokens_.end(), tokens.begin() + i, tokens.begin() + i + nb);
     }
+    next_pos_ = std::max(next_pos_, *std::max_element(pos.begin(), pos.end()) + 1);
 }
 
-static void set_inputs(const GraphContext & gc, const int32_t * tokens) {
+// pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
+static void set_inputs(const GraphContext & gc, const int32_t * tokens, const int32_t * pos, int pos_stride) {
     ggml_backend_tensor_set(gc.inp_tokens, tokens, 0, sizeof(int32_t) * gc.n_tokens);
 
-    // Text positions: one per token; M-RoPE repeats it on t/y/x and puts 0 on the 4th stream.
-    const int n_pos = gc.hp.n_pos_per_token;
-    std::vector<int32_t> pos(size_t(gc.n_tokens) * n_pos, 0);
-    for (int s = 0; s < std::min(n_pos, 3); ++s) {
-        for (int i = 0; i < gc.n_tokens; ++i) pos[size_t(s) * gc.n_tokens + i] = gc.first_pos + i;
+    for (int s = 0; s < gc.hp.n_pos_per_token; ++s) {
+        ggml_backend_tensor_set(gc.inp_pos, pos + size_t(s) * pos_stride, sizeof(int32_t) * size_t(s) * gc.n_tokens,
+                                sizeof(int32_t) * gc.n_tokens);
     }
-    ggml_backend_tensor_set(gc.inp_pos, pos.data(), 0, sizeof(int32_t) * pos.size());
 
-    // Causal mask over cells: cell j holds position j.
+    // Causal mask over cells, in the order tokens arrived (not by rope
+    // position: M-RoPE images reuse positions).
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
     std::vector<ggml_fp16_t> mask(size_t(gc.n_kv) * gc.n_tokens);
     for (int i = 0; i < gc.n_tokens; ++i) {
-        const int p = gc.first_pos + i;
+        const int p = gc.first_cell + i;
         ggml_fp16_t * row = mask.data() + size_t(i) * gc.n_kv;
         for (int j = 0; j < gc.n_kv; ++j) row[j] = j <= p ? zero : neg_inf;
     }
@@ -113,7 +143,8 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens) {
     }
 }
 
-void Session::eval_micro_batch(const int32_t * tokens, const MicroBatch & mb, float * logits_out) {
+void Session::eval_micro_batch(const int32_t * tokens, const int32_t * pos, int pos_stride, const MicroBatch & mb,
+                               float * logits_out) {
     ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
     ContextGuard guard{ggml_init(params)};
     ggml_cgraph * gf = ggml_new_graph_custom(guard.ctx, graph_size_, false);
@@ -124,7 +155,7 @@ void Session::eval_micro_batch(const int32_t * tokens, const MicroBatch & mb, fl
 
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
-    set_inputs(gc, tokens);
+    set_inputs(gc, tokens, pos, pos_stride);
     if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {
         fail(ErrorKind::Backend, "graph computation failed");
     }

@@ -15,6 +15,14 @@ namespace hts {
 class Model;
 struct MicroBatch;
 
+// Explicit rope positions for a batch of n tokens, stream-major: n_streams rows
+// of n values. One row serves every rope stream; M-RoPE models also take three
+// rows (time, height, width), the fourth stream being unused and zero.
+struct TokenPositions {
+    int n_streams = 1;
+    std::vector<int32_t> values;  // n_streams * n
+};
+
 struct SessionParams {
     int n_ctx = 4096;   // KV cells; 0: the model's training context
     int n_batch = 512;  // tokens per micro-batch
@@ -27,17 +35,22 @@ public:
     Session(const Session &) = delete;
     Session & operator=(const Session &) = delete;
 
-    // Appends tokens at the next positions and runs them through the model.
+    // Appends tokens to the next KV cells and runs them through the model.
     // Keeps the logits of the last token, or of every token when all_logits.
-    // Throws ContextOverflow (nothing evaluated) when they do not fit.
-    void eval(const std::vector<int32_t> & tokens, bool all_logits);
+    // Rope positions default to next_pos(), next_pos() + 1, ...; `positions`
+    // overrides them (see TokenPositions). Throws ContextOverflow (nothing
+    // evaluated) when the tokens do not fit.
+    void eval(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions = nullptr);
 
     // Logits rows of the last eval: n_logit_rows() x n_vocab, row-major.
     const std::vector<float> & logits() const { return logits_; }
     int n_logit_rows() const;
     const float * last_logits() const;
 
-    int n_past() const { return n_past_; }
+    int n_past() const { return n_past_; }  // KV cells in use
+    // Rope position of the next default token: one past the largest position
+    // used so far (after an M-RoPE image, text resumes past its extent).
+    int next_pos() const { return next_pos_; }
     int n_ctx() const { return n_ctx_; }
     const std::vector<int32_t> & tokens() const { return tokens_; }
     size_t kv_bytes() const { return kv_->bytes(); }
@@ -52,11 +65,14 @@ private:
     std::vector<uint8_t> graph_meta_;  // memory for graph and tensor headers
     size_t graph_size_ = 0;
     int n_past_ = 0;
+    int next_pos_ = 0;
     std::vector<int32_t> tokens_;
     std::vector<float> logits_;
 
     void reserve();
-    void eval_micro_batch(const int32_t * tokens, const MicroBatch & mb, float * logits_out);
+    std::vector<int32_t> rope_positions(int n, const TokenPositions * positions) const;
+    void eval_micro_batch(const int32_t * tokens, const int32_t * pos, int pos_stride, const MicroBatch & mb,
+                          float * logits_out);
 };
 
 }  // namespace hts
