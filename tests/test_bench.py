@@ -1,0 +1,43 @@
+"""`bench` as a user runs it: both engines measured, JSON with the agreed keys.
+Tiny lengths keep it quick; the numbers themselves are not asserted (speed is
+for BENCHMARKS.md, never a timed test)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_bench_writes_json_with_both_engines(smollm_gguf, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--prefill", "32,64", "--decode-ctx", "64",
+                   "--decode-tokens", "4", "--reps", "1", "--dense-only", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "prefill 64 tokens" in proc.stdout and "decode at 64 context" in proc.stdout
+    result = json.loads(out.read_text())
+    for engine in ("ours", "llama_cpp"):
+        assert set(result["prefill_tok_s"][engine]) == {"32", "64"}
+        assert all(v > 0 for v in result["prefill_tok_s"][engine].values())
+        assert result["decode_tok_s"][engine] > 0
+    assert result["threads"] == 2 and result["decode_tok_s"]["context"] == 64
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("bad", [["--prefill", "0"], ["--prefill", "abc"], ["--reps", "-1"]])
+def test_bench_bad_arguments_give_one_line(bad):
+    proc = run_cli("bench", "-m", "x.gguf", *bad)
+    assert proc.returncode == 2
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_bench_missing_model_is_one_clear_line(tmp_path):
+    proc = run_cli("bench", "-m", str(tmp_path / "absent.gguf"), "--reps", "1")
+    assert proc.returncode == 1
+    assert "absent.gguf" in proc.stderr and "Traceback" not in proc.stderr
