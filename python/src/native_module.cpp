@@ -4,6 +4,7 @@
 // any other C++ exception a RuntimeError, so nothing aborts the interpreter.
 #include "errors.h"
 #include "model.h"
+#include "native_ops.h"
 #include "sampler.h"
 #include "session.h"
 
@@ -62,6 +63,7 @@ static TokenPositions token_positions(const py::array_t<int32_t, py::array::c_st
 
 PYBIND11_MODULE(_native, mod) {
     mod.doc() = "htsparse-llama native runtime (C++ on upstream ggml / llama.cpp)";
+    register_ops(mod);
 
     // Exception classes are created in Python (errors.py) and handed in here,
     // so the hierarchy lives in one readable place.
