@@ -17,12 +17,14 @@ from .errors import (
     UnsupportedModelError,
 )
 from .model import Model, Session, supported_architectures
+from .sparse_config import SparseConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model",
     "Session",
+    "SparseConfig",
     "supported_architectures",
     "HtsError",
     "InvalidArgumentError",

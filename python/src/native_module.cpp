@@ -7,6 +7,7 @@
 #include "native_ops.h"
 #include "sampler.h"
 #include "session.h"
+#include "sparse_config.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -50,6 +51,42 @@ py::dict model_info(const Model & m) {
     return d;
 }
 
+// A SparseConfig from a dict of the fields that are set (None: unset).
+SparseConfig sparse_request(const py::dict & d) {
+    SparseConfig c;
+    auto take = [&](const char * key, auto & field) {
+        if (d.contains(key) && !d[key].is_none()) field = d[key].cast<std::decay_t<decltype(field)>>();
+    };
+    take("keep_ratio", c.keep_ratio);
+    take("keep_mass", c.keep_mass);
+    take("token_keep", c.token_keep);
+    take("full_head_ratio", c.full_head_ratio);
+    take("select_layer", c.select_layer);
+    take("prune_layer", c.prune_layer);
+    take("q_window", c.q_window);
+    take("segment_floor", c.segment_floor);
+    take("segment_tokens", c.segment_tokens);
+    take("reroute", c.reroute);
+    return c;
+}
+
+py::dict resolve_sparse(const Model & m, const py::dict & request) {
+    const SparseConfig c = resolve_sparse_config(sparse_request(request), m.file(), m.hparams());
+    py::dict d;
+    d["keep_ratio"] = c.keep_ratio;
+    d["keep_mass"] = c.keep_mass;
+    d["token_keep"] = c.token_keep;
+    d["full_head_ratio"] = c.full_head_ratio;
+    d["select_layer"] = c.select_layer;
+    d["prune_layer"] = c.prune_layer;
+    d["q_window"] = c.q_window;
+    d["segment_floor"] = c.segment_floor;
+    d["segment_tokens"] = c.segment_tokens;
+    d["reroute"] = c.reroute;
+    d["head_prior"] = c.head_prior;
+    return d;
+}
+
 }  // namespace
 
 // positions from Python: shape (n,) for one stream or (n_streams, n).
@@ -64,6 +101,8 @@ static TokenPositions token_positions(const py::array_t<int32_t, py::array::c_st
 PYBIND11_MODULE(_native, mod) {
     mod.doc() = "htsparse-llama native runtime (C++ on upstream ggml / llama.cpp)";
     register_ops(mod);
+    mod.def("sparse_gguf_keys", &htsparse_gguf_keys);
+    mod.def("resolve_sparse_config", &resolve_sparse, py::arg("model"), py::arg("request"));
 
     // Exception classes are created in Python (errors.py) and handed in here,
     // so the hierarchy lives in one readable place.

@@ -160,6 +160,20 @@ std::vector<int64_t> GgufFile::get_int_array(const std::string & key) const {
     return out;
 }
 
+std::vector<float> GgufFile::get_float_array(const std::string & key) const {
+    std::vector<float> out;
+    const int64_t id = key_id(key);
+    if (id < 0 || gguf_get_kv_type(gguf_, id) != GGUF_TYPE_ARRAY) return out;
+    const size_t n = gguf_get_arr_n(gguf_, id);
+    const void * data = gguf_get_arr_data(gguf_, id);
+    switch (gguf_get_arr_type(gguf_, id)) {
+        case GGUF_TYPE_FLOAT32: out.assign(static_cast<const float *>(data), static_cast<const float *>(data) + n); break;
+        case GGUF_TYPE_FLOAT64: for (size_t i = 0; i < n; ++i) out.push_back(float(static_cast<const double *>(data)[i])); break;
+        default: fail(ErrorKind::InvalidFile, format("metadata key '%s' is not a float array", key.c_str()));
+    }
+    return out;
+}
+
 ggml_tensor * GgufFile::find_tensor(const std::string & name) const { return ggml_get_tensor(meta_, name.c_str()); }
 
 int GgufFile::n_tensors() const { return static_cast<int>(gguf_get_n_tensors(gguf_)); }

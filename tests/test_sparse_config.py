@@ -1,0 +1,49 @@
+"""SparseConfig: key names agree between C++ and Python, unset values get the
+GGUF's calibrated keys or the built-in defaults, bad values are refused."""
+
+import pytest
+
+import htsparse_llama as hts
+from htsparse_llama import Model, SparseConfig
+from htsparse_llama._native_loader import native
+from htsparse_llama.sparse_config import GGUF_KEYS
+
+
+def test_gguf_key_names_match_between_cpp_and_python():
+    assert tuple(native.sparse_gguf_keys()) == GGUF_KEYS
+
+
+@pytest.fixture(scope="module")
+def smollm(smollm_gguf):
+    return Model(smollm_gguf, n_ctx=256, n_threads=2)
+
+
+def test_defaults_without_calibration_keys(smollm):
+    got = SparseConfig().resolve(smollm)
+    assert smollm.n_layer == 30
+    assert got["select_layer"] == 5  # about L/6: DESIGN.md section 4's measurement
+    assert got["select_layer"] <= got["prune_layer"] <= 30
+    assert 0 < got["keep_ratio"] <= 1 and 0 <= got["full_head_ratio"] <= 1
+    assert got["q_window"] >= 1 and got["head_prior"] == []
+
+
+def test_explicit_values_win(smollm):
+    got = SparseConfig(keep_ratio=0.5, select_layer=30, prune_layer=30, full_head_ratio=1.0).resolve(smollm)
+    assert (got["keep_ratio"], got["select_layer"], got["prune_layer"], got["full_head_ratio"]) == (0.5, 30, 30, 1.0)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (dict(keep_ratio=0.0), "keep_ratio must be in (0, 1]"),
+    (dict(keep_ratio=1.5), "keep_ratio must be in (0, 1]"),
+    (dict(token_keep=0.0), "token_keep"),
+    (dict(full_head_ratio=-0.1), "full_head_ratio"),
+    (dict(keep_mass=2.0), "keep_mass"),
+    (dict(select_layer=10, prune_layer=5), "prune_layer must be in [select_layer=10, 30]"),
+    (dict(select_layer=31), "select_layer must be in [0, 30]"),
+    (dict(q_window=0), "q_window"),
+    (dict(segment_tokens=0), "segment_tokens"),
+])
+def test_bad_values_are_refused(smollm, bad, fragment):
+    with pytest.raises(hts.InvalidArgumentError) as err:
+        SparseConfig(**bad).resolve(smollm)
+    assert fragment in str(err.value)
