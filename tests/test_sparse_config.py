@@ -47,3 +47,30 @@ def test_bad_values_are_refused(smollm, bad, fragment):
     with pytest.raises(hts.InvalidArgumentError) as err:
         SparseConfig(**bad).resolve(smollm)
     assert fragment in str(err.value)
+
+
+def test_calibration_keys_in_the_gguf_become_the_defaults(smollm_gguf, tmp_path):
+    from htsparse_convert import GgufVocab, write_text_gguf
+    from tiny_models import llama_model
+
+    vocab = GgufVocab(smollm_gguf)
+    model = llama_model(vocab.n_tokens)  # 3 layers, 2 KV heads
+    tensors = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+    prior = [0.1, 0.9, 0.5, 0.4, 0.3, 0.2]
+    path = write_text_gguf(tmp_path / "calibrated.gguf", tensors, model.config, vocab_from=vocab, extra_metadata={
+        "htsparse.version": 1, "htsparse.select_layer": 1, "htsparse.prune_layer": 2,
+        "htsparse.keep_ratio": 0.3, "htsparse.full_head_ratio": 0.5, "htsparse.q_window": 16,
+        "htsparse.head_prior": prior})
+    tiny = Model(path, n_ctx=64, n_threads=2)
+    got = SparseConfig().resolve(tiny)
+    assert (got["select_layer"], got["prune_layer"], got["q_window"]) == (1, 2, 16)
+    assert got["keep_ratio"] == pytest.approx(0.3) and got["full_head_ratio"] == pytest.approx(0.5)
+    assert got["head_prior"] == pytest.approx(prior)
+    # The caller still wins, and a select layer past the file's prune layer moves it along.
+    got = SparseConfig(keep_ratio=0.1, select_layer=3).resolve(tiny)
+    assert (got["keep_ratio"], got["select_layer"], got["prune_layer"]) == (pytest.approx(0.1), 3, 3)
+
+    bad = write_text_gguf(tmp_path / "bad_prior.gguf", tensors, model.config, vocab_from=vocab,
+                          extra_metadata={"htsparse.head_prior": [0.5, 0.5]})
+    with pytest.raises(hts.InvalidArgumentError, match="head_prior must hold 3 x 2 values"):
+        SparseConfig().resolve(Model(bad, n_ctx=64, n_threads=2))

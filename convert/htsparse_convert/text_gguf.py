@@ -1,0 +1,567 @@
+"""Hugging Face text decoders -> llama.cpp GGUF files.
+
+    from htsparse_convert import write_text_gguf
+
+    write_text_gguf("tiny.gguf", tensors, config, vocab_from="qwen2.5-0.5b.gguf")
+
+`tensors` maps Hugging Face parameter names to numpy arrays (a model's
+state_dict), `config` is the Hugging Face config (a dict or a transformers
+config object). Only the text decoder is written: the vision tower of a VLM
+goes to the mmproj file, which is another job.
+
+Upstream llama.cpp reads the result, so its convert_hf_to_gguf.py decides every
+choice here: tensor names, which metadata keys each architecture writes, the
+Q/K permutation of `llama`, which tensors stay f32 in an f16 file.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Protocol, Tuple, Union, runtime_checkable
+
+import gguf
+import numpy as np
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# --------------------------------------------------------------------------------------
+# Architectures
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """How one Hugging Face decoder family becomes one GGUF architecture."""
+
+    gguf_arch: str
+    # Prefixes of the decoder's parameters, tried in order. transformers 5 nests
+    # a VLM's decoder under model.language_model.; older checkpoints use model.
+    text_prefixes: Tuple[str, ...]
+    # Parameters that belong to another file (the vision tower -> mmproj).
+    skip_prefixes: Tuple[str, ...] = ()
+    # llama.cpp's `llama` uses NORMAL rope (rotates adjacent pairs) where HF
+    # rotates the two halves of each head, so Q and K rows are reordered.
+    permute_qk: bool = False
+    qkv_bias: bool = False
+    # Keys upstream writes for this architecture beyond the common ones.
+    writes_rope_dims: bool = False
+    writes_vocab_size: bool = False
+    mrope: bool = False
+
+
+_QWEN2 = ArchSpec("qwen2", ("model.",), qkv_bias=True)
+_LLAMA = ArchSpec("llama", ("model.",), permute_qk=True, writes_rope_dims=True, writes_vocab_size=True)
+_QWEN2VL = ArchSpec(
+    "qwen2vl",
+    ("model.language_model.", "model."),
+    skip_prefixes=("model.visual.", "visual."),
+    qkv_bias=True,
+    mrope=True,
+)
+
+# Keyed by the config's `architectures[0]` and, for configs built in code
+# (where `architectures` is empty), by its top-level model_type.
+ARCHITECTURES: Dict[str, ArchSpec] = {
+    "Qwen2ForCausalLM": _QWEN2,
+    "qwen2": _QWEN2,
+    "LlamaForCausalLM": _LLAMA,
+    "llama": _LLAMA,
+    "Qwen2VLForConditionalGeneration": _QWEN2VL,
+    "Qwen2_5_VLForConditionalGeneration": _QWEN2VL,
+    "qwen2_vl": _QWEN2VL,
+    "qwen2_5_vl": _QWEN2VL,
+}
+
+# Decoder parameters (after the text prefix) -> GGUF names.
+GLOBAL_TENSORS: Dict[str, str] = {
+    "embed_tokens.weight": "token_embd.weight",
+    "norm.weight": "output_norm.weight",
+}
+LAYER_TENSORS: Dict[str, str] = {
+    "input_layernorm.weight": "attn_norm.weight",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.o_proj.weight": "attn_output.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.down_proj.weight": "ffn_down.weight",
+}
+LM_HEAD = ("lm_head.weight", "output.weight")  # outside the decoder prefix
+
+# Buffers some checkpoints carry that llama.cpp recomputes.
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+OUT_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
+
+
+def arch_spec(config: Mapping[str, Any]) -> ArchSpec:
+    """The ArchSpec for a (flattened or raw) HF config dict."""
+    names = list(config.get("architectures") or []) + [config.get("model_type")]
+    for name in names:
+        if name in ARCHITECTURES:
+            return ARCHITECTURES[name]
+    raise ValueError(f"unsupported architecture {names[:-1] or names[-1]!r}; known: {sorted(ARCHITECTURES)}")
+
+
+# --------------------------------------------------------------------------------------
+# Hyper-parameters
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TextHParams:
+    """The decoder sizes the GGUF metadata needs, read from an HF config."""
+
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    head_dim_explicit: bool  # the config names head_dim (upstream then writes key/value_length)
+    n_ctx_train: int
+    rms_eps: float
+    rope_theta: float
+    rope_type: str
+    rope_scaling_factor: Optional[float]
+    mrope_section: Optional[List[int]]
+    tie_word_embeddings: bool
+
+
+def config_dict(config: Any) -> Dict[str, Any]:
+    """A plain dict from a dict or a transformers PretrainedConfig."""
+    if isinstance(config, Mapping):
+        return dict(config)
+    if hasattr(config, "to_dict"):
+        return config.to_dict()
+    raise TypeError(f"config must be a dict or a transformers config, got {type(config).__name__}")
+
+
+def _flatten(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    # A VLM keeps the decoder's sizes in text_config; those win over the top
+    # level, which in older checkpoints held the same values flat.
+    text = cfg.get("text_config") or {}
+    if not isinstance(text, Mapping):
+        text = config_dict(text)
+    flat = {**cfg, **text}
+    # Except tying: transformers 5 decides it on the outer config (and a text
+    # config can carry the class default there).
+    if "tie_word_embeddings" in cfg:
+        flat["tie_word_embeddings"] = cfg["tie_word_embeddings"]
+    return flat
+
+
+def _rope_params(hp: Mapping[str, Any]) -> Dict[str, Any]:
+    # transformers < 5: rope_theta + rope_scaling; 5: rope_parameters holds both.
+    return {**(hp.get("rope_scaling") or {}), **(hp.get("rope_parameters") or {})}
+
+
+def text_hparams(config: Any) -> TextHParams:
+    """Reads the decoder hyper-parameters of an HF config (dict or object)."""
+    hp = _flatten(config_dict(config))
+    rope = _rope_params(hp)
+    n_head = int(hp["num_attention_heads"])
+    head_dim = hp.get("head_dim")
+    rope_type = str(rope.get("rope_type", rope.get("type", "default")))
+    if rope_type not in ("default", "mrope", "linear"):
+        # yarn / llama3 / dynamic need extra keys or a rope_freqs tensor: not yet.
+        raise NotImplementedError(f"rope type {rope_type!r} is not supported by this converter yet")
+    section = rope.get("mrope_section")
+    tie = hp.get("tie_word_embeddings")
+    return TextHParams(
+        n_layer=int(hp["num_hidden_layers"]),
+        n_embd=int(hp["hidden_size"]),
+        n_ff=int(hp["intermediate_size"]),
+        n_head=n_head,
+        n_head_kv=int(hp.get("num_key_value_heads") or n_head),
+        head_dim=int(head_dim) if head_dim else int(hp["hidden_size"]) // n_head,
+        head_dim_explicit=head_dim is not None,
+        n_ctx_train=int(hp.get("max_position_embeddings") or 4096),
+        rms_eps=float(hp.get("rms_norm_eps", 1e-6)),
+        rope_theta=float(hp.get("rope_theta") or rope.get("rope_theta") or 10000.0),
+        rope_type=rope_type,
+        rope_scaling_factor=float(rope["factor"]) if rope_type == "linear" else None,
+        mrope_section=[int(s) for s in section] if section is not None else None,
+        tie_word_embeddings=bool(tie) if tie is not None else False,
+    )
+
+
+def add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, hp: TextHParams, n_vocab: int) -> None:
+    """Writes the {arch}.* keys llama.cpp reads for this architecture."""
+    writer.add_context_length(hp.n_ctx_train)
+    writer.add_embedding_length(hp.n_embd)
+    writer.add_block_count(hp.n_layer)
+    writer.add_feed_forward_length(hp.n_ff)
+    writer.add_head_count(hp.n_head)
+    writer.add_head_count_kv(hp.n_head_kv)
+    writer.add_layer_norm_rms_eps(hp.rms_eps)
+    writer.add_rope_freq_base(hp.rope_theta)
+    if hp.head_dim_explicit:
+        writer.add_key_length(hp.head_dim)
+        writer.add_value_length(hp.head_dim)
+    if spec.writes_rope_dims:
+        writer.add_rope_dimension_count(hp.head_dim)
+    if spec.writes_vocab_size:
+        writer.add_vocab_size(n_vocab)
+    if hp.rope_scaling_factor is not None:
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(hp.rope_scaling_factor)
+    if spec.mrope:
+        writer.add_rope_dimension_sections(mrope_sections(hp))
+
+
+def mrope_sections(hp: TextHParams) -> List[int]:
+    """HF's mrope_section (t, h, w pairs) padded to the four streams llama.cpp keeps."""
+    if not hp.mrope_section or len(hp.mrope_section) > 4:
+        raise ValueError(f"qwen2vl needs an mrope_section of 1 to 4 ints, got {hp.mrope_section!r}")
+    if sum(hp.mrope_section) * 2 > hp.head_dim:
+        raise ValueError(f"mrope_section {hp.mrope_section} covers more than head_dim {hp.head_dim} / 2 pairs")
+    return hp.mrope_section + [0] * (4 - len(hp.mrope_section))
+
+
+# --------------------------------------------------------------------------------------
+# Tensors
+# --------------------------------------------------------------------------------------
+
+
+def gguf_tensor_name(spec: ArchSpec, hf_name: str) -> Optional[str]:
+    """GGUF name of one HF parameter, None for one that is not written here.
+    Raises on a decoder parameter we do not know, so nothing is dropped silently."""
+    if hf_name == LM_HEAD[0]:
+        return LM_HEAD[1]
+    if hf_name.startswith(spec.skip_prefixes) or hf_name.endswith(_IGNORED_SUFFIXES):
+        return None
+    prefix = next((p for p in spec.text_prefixes if hf_name.startswith(p)), None)
+    if prefix is not None:
+        rest = hf_name[len(prefix):]
+        if rest in GLOBAL_TENSORS:
+            return GLOBAL_TENSORS[rest]
+        parts = rest.split(".", 2)
+        if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] in LAYER_TENSORS:
+            return f"blk.{int(parts[1])}.{LAYER_TENSORS[parts[2]]}"
+    raise ValueError(f"cannot map tensor {hf_name!r} to a {spec.gguf_arch} GGUF name")
+
+
+def permute_for_normal_rope(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Reorders Q/K rows from HF's rotate-half layout to adjacent pairs.
+
+    Same as upstream convert_hf_to_gguf.py LlamaModel.permute: within each head
+    the rows [0..d/2) and [d/2..d) are interleaved, so that the pair (i, i+d/2)
+    HF rotates together lands on rows (2i, 2i+1) that NORMAL rope rotates.
+    """
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def _prepare(spec: ArchSpec, hp: TextHParams, gguf_name: str, data: np.ndarray) -> np.ndarray:
+    if spec.permute_qk and gguf_name.endswith(("attn_q.weight", "attn_q.bias")):
+        data = permute_for_normal_rope(data, hp.n_head)
+    elif spec.permute_qk and gguf_name.endswith(("attn_k.weight", "attn_k.bias")):
+        data = permute_for_normal_rope(data, hp.n_head_kv)
+    return data
+
+
+def _out_dtype(gguf_name: str, data: np.ndarray, out_type: str) -> type:
+    # As upstream: in an f16 file, norms, biases (1-D) stay f32; matrices are f16.
+    if out_type == "f16" and data.ndim >= 2 and not gguf_name.endswith("_norm.weight"):
+        return np.float16
+    return np.float32
+
+
+def _expected_tensors(spec: ArchSpec, hp: TextHParams) -> List[str]:
+    names = list(GLOBAL_TENSORS.values())
+    if not hp.tie_word_embeddings:
+        names.append(LM_HEAD[1])
+    for il in range(hp.n_layer):
+        for gname in LAYER_TENSORS.values():
+            if gname.endswith(".bias") and not spec.qkv_bias:
+                continue
+            names.append(f"blk.{il}.{gname}")
+    return names
+
+
+def convert_tensors(
+    spec: ArchSpec, hp: TextHParams, tensors: Mapping[str, Any], out_type: str = "f32"
+) -> Iterator[Tuple[str, np.ndarray]]:
+    """Yields (gguf_name, array) for every decoder tensor, in GGUF naming and
+    layout, after checking that every tensor the architecture needs is there."""
+    mapped: Dict[str, Tuple[str, Any]] = {}
+    for hf_name, value in tensors.items():
+        gname = gguf_tensor_name(spec, hf_name)
+        if gname is None or (gname == LM_HEAD[1] and hp.tie_word_embeddings):
+            continue  # a tied lm_head is the embedding table; llama.cpp duplicates it
+        if gname in mapped:
+            raise ValueError(f"{hf_name!r} and {mapped[gname][0]!r} both map to {gname!r}")
+        mapped[gname] = (hf_name, value)
+    missing = [n for n in _expected_tensors(spec, hp) if n not in mapped]
+    if missing:
+        raise ValueError(f"checkpoint lacks {len(missing)} tensors, first: {missing[:4]}")
+    for gname, (_, value) in mapped.items():
+        data = _prepare(spec, hp, gname, np.asarray(value, dtype=np.float32))
+        yield gname, np.ascontiguousarray(data, dtype=_out_dtype(gname, data, out_type))
+
+
+# --------------------------------------------------------------------------------------
+# GGUF metadata reading
+# --------------------------------------------------------------------------------------
+
+
+class MetadataField(NamedTuple):
+    """One GGUF key-value pair, typed as GGUFWriter.add_key_value takes it."""
+
+    key: str
+    value: Any  # str, int, float, bool, or a list of them
+    type: gguf.GGUFValueType
+    sub_type: Optional[gguf.GGUFValueType]  # element type of an ARRAY
+
+
+_SCALARS: Dict[gguf.GGUFValueType, str] = {
+    gguf.GGUFValueType.UINT8: "<u1", gguf.GGUFValueType.INT8: "<i1",
+    gguf.GGUFValueType.UINT16: "<u2", gguf.GGUFValueType.INT16: "<i2",
+    gguf.GGUFValueType.UINT32: "<u4", gguf.GGUFValueType.INT32: "<i4",
+    gguf.GGUFValueType.UINT64: "<u8", gguf.GGUFValueType.INT64: "<i8",
+    gguf.GGUFValueType.FLOAT32: "<f4", gguf.GGUFValueType.FLOAT64: "<f8",
+    gguf.GGUFValueType.BOOL: "<u1",
+}
+
+
+class _Cursor:
+    """Sequential little-endian reads over a buffer."""
+
+    def __init__(self, buf: Any) -> None:
+        self.buf, self.off = buf, 0
+
+    def u32(self) -> int:
+        (v,) = struct.unpack_from("<I", self.buf, self.off)
+        self.off += 4
+        return v
+
+    def u64(self) -> int:
+        (v,) = struct.unpack_from("<Q", self.buf, self.off)
+        self.off += 8
+        return v
+
+    def string(self) -> str:
+        n = self.u64()
+        self.off += n
+        return bytes(self.buf[self.off - n:self.off]).decode("utf-8")
+
+    def scalars(self, vtype: gguf.GGUFValueType, count: int) -> np.ndarray:
+        dt = np.dtype(_SCALARS[vtype])
+        arr = np.frombuffer(self.buf, dtype=dt, count=count, offset=self.off)
+        self.off += count * dt.itemsize
+        return arr.astype(bool) if vtype == gguf.GGUFValueType.BOOL else arr
+
+    def value(self, vtype: gguf.GGUFValueType) -> Tuple[Any, Optional[gguf.GGUFValueType]]:
+        if vtype == gguf.GGUFValueType.STRING:
+            return self.string(), None
+        if vtype in _SCALARS:
+            return self.scalars(vtype, 1).tolist()[0], None
+        if vtype != gguf.GGUFValueType.ARRAY:
+            raise ValueError(f"unknown GGUF value type {vtype}")
+        sub = gguf.GGUFValueType(self.u32())
+        count = self.u64()
+        if sub in _SCALARS:
+            return self.scalars(sub, count).tolist(), sub
+        return [self.value(sub)[0] for _ in range(count)], sub
+
+
+class TensorInfo(NamedTuple):
+    """One tensor's entry in a GGUF header."""
+
+    name: str
+    shape: Tuple[int, ...]  # ggml order: ne[0] (the contiguous dimension) first
+    type: gguf.GGMLQuantizationType
+
+
+def read_gguf_header(path: PathLike, prefix: str = "") -> Tuple[List[MetadataField], List[TensorInfo]]:
+    """The key-value pairs (those whose key starts with `prefix`) and tensor
+    entries of a little-endian GGUF v2/v3 file, without reading tensor data.
+
+    gguf.GGUFReader does this too but builds numpy views of every value and
+    takes ~10 s on a 150k-token vocabulary; this takes well under a second.
+    """
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        cur = _Cursor(memoryview(mm))
+        try:
+            if bytes(cur.buf[:4]) != b"GGUF":
+                raise ValueError(f"{path}: not a GGUF file")
+            cur.off = 4
+            version = cur.u32()
+            if version not in (2, 3):
+                raise ValueError(f"{path}: unsupported GGUF version {version}")
+            n_tensors, n_kv = cur.u64(), cur.u64()
+            fields = []
+            for _ in range(n_kv):
+                key = cur.string()
+                vtype = gguf.GGUFValueType(cur.u32())
+                value, sub = cur.value(vtype)
+                if key.startswith(prefix):
+                    fields.append(MetadataField(key, value, vtype, sub))
+            tensors = []
+            for _ in range(n_tensors):
+                name = cur.string()
+                shape = tuple(cur.u64() for _ in range(cur.u32()))
+                tensors.append(TensorInfo(name, shape, gguf.GGMLQuantizationType(cur.u32())))
+                cur.u64()  # data offset
+            return fields, tensors
+        finally:
+            del cur  # the memoryview must go before the mmap closes
+
+
+def read_gguf_metadata(path: PathLike, prefix: str = "") -> List[MetadataField]:
+    """The key-value pairs of a GGUF file whose key starts with `prefix`."""
+    return read_gguf_header(path, prefix)[0]
+
+
+# --------------------------------------------------------------------------------------
+# Tokenizer sources
+# --------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class VocabSource(Protocol):
+    """Where a GGUF's tokenizer.* keys come from. GgufVocab copies them from an
+    existing GGUF; a source that converts HF tokenizer files fits here too."""
+
+    @property
+    def n_tokens(self) -> int: ...
+
+    def add_to(self, writer: gguf.GGUFWriter) -> None: ...
+
+
+class GgufVocab:
+    """The tokenizer of an existing GGUF: every tokenizer.* key, with its type.
+
+    Read once (with read_gguf_metadata, well under a second where
+    gguf.GGUFReader takes ~10 s on a 150k-token vocabulary) and reusable for
+    many files.
+    """
+
+    PREFIX = "tokenizer."
+
+    def __init__(self, path: PathLike) -> None:
+        self.path = Path(path)
+        self._fields: Optional[List[MetadataField]] = None
+
+    def _load(self) -> List[MetadataField]:
+        if self._fields is None:
+            fields = read_gguf_metadata(self.path, prefix=self.PREFIX)
+            if not any(f.key == "tokenizer.ggml.tokens" for f in fields):
+                raise ValueError(f"{self.path}: no tokenizer.ggml.tokens to copy")
+            self._fields = fields
+        return self._fields
+
+    @property
+    def n_tokens(self) -> int:
+        return next(len(f.value) for f in self._load() if f.key == "tokenizer.ggml.tokens")
+
+    def add_to(self, writer: gguf.GGUFWriter) -> None:
+        for f in self._load():
+            writer.add_key_value(f.key, f.value, f.type, sub_type=f.sub_type)
+
+
+def vocab_source(vocab_from: Union[PathLike, VocabSource]) -> VocabSource:
+    """A VocabSource as is, or a path read as a GGUF to copy the tokenizer from."""
+    if isinstance(vocab_from, VocabSource):
+        return vocab_from
+    return GgufVocab(vocab_from)
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+
+
+def _n_vocab(tensors: Mapping[str, Any], spec: ArchSpec) -> int:
+    for hf_name, value in tensors.items():
+        if gguf_tensor_name(spec, hf_name) == "token_embd.weight":
+            return int(np.shape(value)[0])
+    raise ValueError("checkpoint has no embed_tokens.weight")
+
+
+def _add_extra(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+    if isinstance(value, bool):
+        writer.add_bool(key, value)
+    elif isinstance(value, int):
+        writer.add_int32(key, value)
+    elif isinstance(value, float):
+        writer.add_float32(key, value)
+    elif isinstance(value, str):
+        writer.add_string(key, value)
+    elif isinstance(value, (list, tuple, np.ndarray)):
+        writer.add_array(key, [float(v) for v in value])
+    else:
+        raise TypeError(f"metadata {key!r}: cannot write a {type(value).__name__}")
+
+
+def write_text_gguf(
+    path: PathLike,
+    tensors: Mapping[str, Any],
+    config: Any,
+    *,
+    vocab_from: Union[PathLike, VocabSource],
+    out_type: str = "f32",
+    name: Optional[str] = None,
+    extra_metadata: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Writes the text decoder of an HF checkpoint as a llama.cpp GGUF.
+
+    Args:
+        path: the GGUF to write; it appears only once complete (written to a
+            temporary name in the same folder, then renamed).
+        tensors: HF parameter name -> array (numpy, or anything np.asarray
+            takes, such as CPU float32 torch tensors). Vision-tower tensors
+            are ignored.
+        config: the HF config, as a dict or a transformers config object.
+        vocab_from: where the tokenizer comes from: a GGUF path whose
+            tokenizer.* keys are copied, or any VocabSource. Its token count
+            must equal the embedding rows (llama.cpp sizes the vocabulary by it).
+        out_type: "f32", or "f16" (matrices in f16, norms and biases in f32).
+        name: general.name, optional.
+        extra_metadata: more keys to write (e.g. htsparse.* calibration):
+            int -> int32, float -> float32, str, bool, lists of float -> float32 arrays.
+    Returns:
+        The path written.
+    """
+    if out_type not in OUT_TYPES:
+        raise ValueError(f"out_type must be one of {sorted(OUT_TYPES)}, got {out_type!r}")
+    cfg = config_dict(config)
+    spec = arch_spec(cfg)
+    hp = text_hparams(cfg)
+    vocab = vocab_source(vocab_from)
+    n_vocab = _n_vocab(tensors, spec)
+    if vocab.n_tokens != n_vocab:
+        raise ValueError(f"the tokenizer has {vocab.n_tokens} tokens but the embedding has {n_vocab} rows")
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(tmp, spec.gguf_arch)
+    try:
+        if name:
+            writer.add_name(name)
+        add_hparams(writer, spec, hp, n_vocab)
+        writer.add_file_type(OUT_TYPES[out_type])
+        vocab.add_to(writer)
+        for key, value in (extra_metadata or {}).items():
+            _add_extra(writer, key, value)
+        for gname, data in convert_tensors(spec, hp, tensors, out_type):
+            writer.add_tensor(gname, data)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, path)
+    return path

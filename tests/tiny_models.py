@@ -1,0 +1,202 @@
+"""Tiny synthetic checkpoints (DESIGN.md section 6): random-weight transformers
+models with tiny configs, converted to GGUF by htsparse_convert. The reference
+output of each is the transformers forward pass itself.
+
+The vocabulary is the size of a real GGUF's tokenizer, copied into the tiny
+file, so llama.cpp loads it like any other model; only the embedding and
+output rows are that large, the decoder is 64 wide.
+
+The fixtures at the end are session-scoped; a test module imports them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import numpy as np
+import pytest
+import torch
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+)
+
+from htsparse_convert import GgufVocab, write_text_gguf
+
+# A small decoder that still has what the runtime must get right: GQA (4 query
+# heads on 2 KV heads), several layers, head_dim 16 so M-RoPE has 8 pairs.
+DECODER = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    rms_norm_eps=1e-2,  # large enough that a misread epsilon shows in the logits
+)
+MROPE_SECTION = [2, 3, 3]  # t, h, w pairs: sums to head_dim / 2
+# Vision towers are built (the HF classes need one), never converted.
+VISION_2_5 = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                  fullatt_block_indexes=[0])
+VISION_2 = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
+
+
+@dataclass
+class TinyModel:
+    arch: str  # GGUF architecture
+    gguf_path: Path
+    torch_model: torch.nn.Module
+    config: Any
+
+    @property
+    def label(self) -> str:
+        return f"{self.arch} ({type(self.torch_model).__name__})"
+
+    @property
+    def n_vocab(self) -> int:
+        return self.config.get_text_config().vocab_size
+
+
+def randomize_(model: torch.nn.Module, seed: int) -> None:
+    """Re-draws every parameter so the forward pass is far from degenerate.
+
+    transformers' init (std 0.02, norms 1, biases 0) gives near-uniform
+    attention and logits within ~0.1 of each other, where any rounding flips
+    the arg-max. Here linear maps keep unit scale (std 1/sqrt(fan_in)), Q and K
+    are 1.5x so attention scores spread over a few units, norms and biases are
+    non-trivial, and the output rows give logits of std ~3.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(shape: Sequence[int], std: float, mean: float = 0.0) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * std + mean
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # a tied lm_head is listed once
+            if name.endswith("norm.weight") or name.endswith("norm1.weight") or name.endswith("norm2.weight"):
+                p.copy_(normal(p.shape, 0.1, 1.0))
+            elif name.endswith(".bias"):
+                p.copy_(normal(p.shape, 0.3))
+            elif "embed_tokens" in name or "lm_head" in name:
+                p.copy_(normal(p.shape, 3.0 / np.sqrt(p.shape[-1])))
+            elif p.ndim >= 2:
+                gain = 1.5 if ("q_proj" in name or "k_proj" in name) else 1.0
+                fan_in = int(np.prod(p.shape[1:]))
+                p.copy_(normal(p.shape, gain / np.sqrt(fan_in)))
+            else:
+                p.copy_(normal(p.shape, 0.1))
+    model.eval()
+
+
+def qwen2_model(n_vocab: int, seed: int = 0) -> torch.nn.Module:
+    """Qwen2ForCausalLM: q/k/v biases, tied embeddings, NEOX rope."""
+    config = Qwen2Config(vocab_size=n_vocab, tie_word_embeddings=True, rope_theta=10000.0, **DECODER)
+    model = Qwen2ForCausalLM(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight, "expected tied embeddings"
+    randomize_(model, seed)
+    return model
+
+
+def llama_model(n_vocab: int, seed: int = 1) -> torch.nn.Module:
+    """LlamaForCausalLM: no biases, separate output matrix, NORMAL rope in GGUF."""
+    config = LlamaConfig(vocab_size=n_vocab, tie_word_embeddings=False, rope_theta=100000.0, **DECODER)
+    model = LlamaForCausalLM(config)
+    randomize_(model, seed)
+    return model
+
+
+def _vl_text_config(n_vocab: int, mrope_section: Sequence[int]) -> Dict[str, Any]:
+    rope = {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": list(mrope_section)}
+    return dict(DECODER, vocab_size=n_vocab, rope_parameters=rope)
+
+
+def qwen2vl_model(n_vocab: int, seed: int = 2, mrope_section: Sequence[int] = MROPE_SECTION) -> torch.nn.Module:
+    """Qwen2_5_VLForConditionalGeneration with a tiny vision tower; its text
+    decoder is what becomes the qwen2vl GGUF."""
+    config = Qwen2_5_VLConfig(text_config=_vl_text_config(n_vocab, mrope_section), vision_config=VISION_2_5,
+                              tie_word_embeddings=False)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    randomize_(model, seed)
+    return model
+
+
+def qwen2vl_v1_model(n_vocab: int, seed: int = 3) -> torch.nn.Module:
+    """Qwen2VLForConditionalGeneration (Qwen2-VL): same decoder layout, the other HF class."""
+    config = Qwen2VLConfig(text_config=_vl_text_config(n_vocab, MROPE_SECTION), vision_config=VISION_2,
+                           tie_word_embeddings=False)
+    model = Qwen2VLForConditionalGeneration(config)
+    randomize_(model, seed)
+    return model
+
+
+def attention_eager(model: torch.nn.Module) -> torch.nn.Module:
+    """Plain matmul-softmax attention in the reference (no fused kernels)."""
+    model.set_attn_implementation("eager")
+    return model
+
+
+def convert(model: torch.nn.Module, path: Path, vocab: GgufVocab, out_type: str = "f32", config: Any = None) -> Path:
+    """Writes `model` (its config, or `config` to override it) as a GGUF."""
+    tensors = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    return write_text_gguf(path, tensors, config if config is not None else model.config,
+                           vocab_from=vocab, out_type=out_type)
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def qwen_vocab(qwen_gguf) -> GgufVocab:
+    """The Qwen2.5 tokenizer (151936 tokens), read once."""
+    return GgufVocab(qwen_gguf)
+
+
+@pytest.fixture(scope="session")
+def smollm_vocab(smollm_gguf) -> GgufVocab:
+    """The SmolLM2 tokenizer (49152 tokens), read once."""
+    return GgufVocab(smollm_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2(qwen_vocab, tiny_dir) -> TinyModel:
+    model = attention_eager(qwen2_model(qwen_vocab.n_tokens))
+    return TinyModel("qwen2", convert(model, tiny_dir / "qwen2-f32.gguf", qwen_vocab), model, model.config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(smollm_vocab, tiny_dir) -> TinyModel:
+    model = attention_eager(llama_model(smollm_vocab.n_tokens))
+    return TinyModel("llama", convert(model, tiny_dir / "llama-f32.gguf", smollm_vocab), model, model.config)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_f16(tiny_llama, smollm_vocab, tiny_dir) -> TinyModel:
+    """The same llama checkpoint written with f16 matrices."""
+    m = tiny_llama
+    path = convert(m.torch_model, tiny_dir / "llama-f16.gguf", smollm_vocab, out_type="f16")
+    return TinyModel("llama", path, m.torch_model, m.config)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl(qwen_vocab, tiny_dir) -> TinyModel:
+    model = attention_eager(qwen2vl_model(qwen_vocab.n_tokens))
+    return TinyModel("qwen2vl", convert(model, tiny_dir / "qwen2vl-f32.gguf", qwen_vocab), model, model.config)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen2vl_v1(qwen_vocab, tiny_dir) -> TinyModel:
+    model = attention_eager(qwen2vl_v1_model(qwen_vocab.n_tokens))
+    return TinyModel("qwen2vl", convert(model, tiny_dir / "qwen2vl-v1-f32.gguf", qwen_vocab), model, model.config)
