@@ -98,6 +98,7 @@ class LlamaCppEngine:
         self.llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=N_BATCH,
                                    n_ubatch=N_BATCH, flash_attn=True, n_gpu_layers=-1 if on_gpu else 0,
                                    verbose=False)
+        self.n_vocab = self.llm.n_vocab()
 
     def prefill(self, ids: Sequence[int]) -> None:
         self.llm.reset()
@@ -105,7 +106,8 @@ class LlamaCppEngine:
 
     def decode_step(self, token: int) -> np.ndarray:
         self.llm.eval([token])
-        return self.llm.scores[self.llm.n_tokens - 1]
+        # Without logits_all, Llama.eval keeps no scores: read llama.cpp's own row.
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
 
 
 def _timed(fn: Callable[[], None]) -> float:
