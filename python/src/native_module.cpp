@@ -185,6 +185,12 @@ PYBIND11_MODULE(_native, mod) {
                  s.eval(tokens, all_logits, positions ? &pos : nullptr);
              },
              py::arg("tokens"), py::arg("all_logits") = false, py::arg("positions") = py::none())
+        .def("_eval_staged",
+             [](Session & s, const std::vector<int32_t> & tokens, bool all_logits, int split) {
+                 py::gil_scoped_release release;
+                 s.eval_staged(tokens, all_logits, split);
+             },
+             py::arg("tokens"), py::arg("all_logits"), py::arg("split"))
         .def_property_readonly("next_pos", &Session::next_pos)
         .def("logits", [](const Session & s) { return logits_array(s, true); })
         .def("all_logits", [](const Session & s) { return logits_array(s, false); })

@@ -10,11 +10,20 @@ namespace hts {
 GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_context * ctx, ggml_cgraph * graph,
                            const MicroBatch & mb)
     : ctx0(ctx), gf(graph), hp(model.hparams()), w(model.weights()), kv(kv_cache), n_tokens(mb.n_tokens),
-      first_cell(mb.first_cell), n_outputs(mb.n_outputs), n_kv(kv_cache.n_kv_for(mb.first_cell + mb.n_tokens)) {}
+      first_cell(mb.first_cell), n_outputs(mb.n_outputs), n_kv(kv_cache.n_kv_for(mb.first_cell + mb.n_tokens)),
+      layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end) {}
 
 void GraphContext::name(ggml_tensor * t, const char * nm, int il) const {
     if (il >= 0) ggml_format_name(t, "%s-%d", nm, il);
     else ggml_set_name(t, nm);
+}
+
+ggml_tensor * GraphContext::build_inp_stream() {
+    if (layer_begin == 0) return build_inp_embd();
+    inp_residual = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, hp.n_embd, n_tokens);
+    ggml_set_input(inp_residual);
+    name(inp_residual, "inp_residual", layer_begin);
+    return inp_residual;
 }
 
 ggml_tensor * GraphContext::build_inp_embd() {

@@ -18,6 +18,12 @@ struct MicroBatch {
     int n_tokens = 0;   // tokens in this batch
     int first_cell = 0;  // KV cell of the first token (cells fill in order)
     int n_outputs = 1;  // logits rows: the last n_outputs tokens
+    // Layers [layer_begin, layer_end) run; layer_end < 0 means all. A batch
+    // that starts past layer 0 takes the residual stream as input, one that
+    // stops before the last layer returns the residual instead of logits
+    // (staged prefill, DESIGN.md section 4).
+    int layer_begin = 0;
+    int layer_end = -1;
 };
 
 struct QKV {
@@ -36,14 +42,19 @@ public:
     const ModelWeights & w;
     const KvCache & kv;
     const int n_tokens, first_cell, n_outputs, n_kv;
+    const int layer_begin, layer_end;  // layer_end resolved to n_layer when "all"
+    bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
     // Graph inputs, filled by the session once the graph is allocated.
     ggml_tensor * inp_tokens = nullptr;   // I32 [n_tokens]
     ggml_tensor * inp_pos = nullptr;      // I32 [n_tokens * n_pos_per_token]
     ggml_tensor * inp_kq_mask = nullptr;  // F16 [n_kv, n_tokens]
     ggml_tensor * inp_out_ids = nullptr;  // I32 [n_outputs]; nullptr when all rows are outputs
+    ggml_tensor * inp_residual = nullptr; // F32 [n_embd, n_tokens]; when layer_begin > 0
 
-    ggml_tensor * build_inp_embd();  // [n_embd, n_tokens]
+    // The stream entering layer_begin: token embeddings, or the residual input.
+    ggml_tensor * build_inp_stream();  // [n_embd, n_tokens]
+    ggml_tensor * build_inp_embd();    // [n_embd, n_tokens]
     void build_attn_inputs();
     ggml_tensor * build_norm(ggml_tensor * x, ggml_tensor * weight, const char * name, int il);
     QKV build_qkv(const LayerWeights & l, ggml_tensor * x, int il);

@@ -90,7 +90,7 @@ std::vector<int32_t> Session::rope_positions(int n, const TokenPositions * posit
     return pos;
 }
 
-void Session::eval(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions) {
+void Session::check_fits(const std::vector<int32_t> & tokens) const {
     const int n = static_cast<int>(tokens.size());
     const int n_vocab = model_.hparams().n_vocab;
     if (n == 0) fail(ErrorKind::InvalidArgument, "no tokens to evaluate");
@@ -101,24 +101,54 @@ void Session::eval(const std::vector<int32_t> & tokens, bool all_logits, const T
         fail(ErrorKind::ContextOverflow,
              format("%d tokens do not fit in the context: %d of %d positions are used (raise n_ctx)", n, n_past_, n_ctx_));
     }
+}
+
+void Session::eval(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions) {
+    eval_staged(tokens, all_logits, model_.hparams().n_layer, positions);
+}
+
+void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, int split,
+                          const TokenPositions * positions) {
+    const int n_layer = model_.hparams().n_layer;
+    if (split < 0 || split > n_layer) fail(ErrorKind::InvalidArgument, format("split layer %d is outside [0, %d]", split, n_layer));
+    check_fits(tokens);
+    const int n = static_cast<int>(tokens.size());
+    const int n_vocab = model_.hparams().n_vocab, n_embd = model_.hparams().n_embd;
     const std::vector<int32_t> pos = rope_positions(n, positions);
+
+    // Stage 1: layers [0, split) for every token, keeping the residual stream.
+    std::vector<float> residual;
+    const bool staged = split < n_layer && split > 0;
+    if (staged) {
+        residual.resize(size_t(n) * n_embd);
+        for (int i = 0; i < n; i += n_batch_) {
+            const int nb = std::min(n_batch_, n - i);
+            MicroBatch mb{nb, n_past_ + i, nb, 0, split};
+            eval_micro_batch(tokens.data() + i, nullptr, pos.data() + i, n, mb, residual.data() + size_t(i) * n_embd);
+        }
+    }
+    // Last stage: the remaining layers, ending with the logits.
+    const int begin = staged ? split : 0;
     logits_.assign(size_t(all_logits ? n : 1) * n_vocab, 0.0f);
     for (int i = 0; i < n; i += n_batch_) {
         const int nb = std::min(n_batch_, n - i);
         const bool last = i + nb == n;
         // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
-        MicroBatch mb{nb, n_past_, all_logits ? nb : 1};
+        MicroBatch mb{nb, n_past_ + i, all_logits ? nb : 1, begin, n_layer};
         float * out = all_logits ? logits_.data() + size_t(i) * n_vocab : (last ? logits_.data() : nullptr);
-        eval_micro_batch(tokens.data() + i, pos.data() + i, n, mb, out);
-        n_past_ += nb;
-        tokens_.insert(tokens_.end(), tokens.begin() + i, tokens.begin() + i + nb);
+        const float * res = staged ? residual.data() + size_t(i) * n_embd : nullptr;
+        eval_micro_batch(tokens.data() + i, res, pos.data() + i, n, mb, out);
     }
+    n_past_ += n;
+    tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
     next_pos_ = std::max(next_pos_, *std::max_element(pos.begin(), pos.end()) + 1);
 }
 
 // pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
-static void set_inputs(const GraphContext & gc, const int32_t * tokens, const int32_t * pos, int pos_stride) {
-    ggml_backend_tensor_set(gc.inp_tokens, tokens, 0, sizeof(int32_t) * gc.n_tokens);
+static void set_inputs(const GraphContext & gc, const int32_t * tokens, const float * residual, const int32_t * pos,
+                       int pos_stride) {
+    if (gc.inp_tokens) ggml_backend_tensor_set(gc.inp_tokens, tokens, 0, sizeof(int32_t) * gc.n_tokens);
+    if (gc.inp_residual) ggml_backend_tensor_set(gc.inp_residual, residual, 0, ggml_nbytes(gc.inp_residual));
 
     for (int s = 0; s < gc.hp.n_pos_per_token; ++s) {
         ggml_backend_tensor_set(gc.inp_pos, pos + size_t(s) * pos_stride, sizeof(int32_t) * size_t(s) * gc.n_tokens,
@@ -143,23 +173,23 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const in
     }
 }
 
-void Session::eval_micro_batch(const int32_t * tokens, const int32_t * pos, int pos_stride, const MicroBatch & mb,
-                               float * logits_out) {
+void Session::eval_micro_batch(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride,
+                               const MicroBatch & mb, float * out) {
     ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
     ContextGuard guard{ggml_init(params)};
     ggml_cgraph * gf = ggml_new_graph_custom(guard.ctx, graph_size_, false);
     GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
-    ggml_tensor * logits = model_.arch().build_graph(gc);  // [n_vocab, n_outputs]
-    ggml_set_output(logits);
-    ggml_build_forward_expand(gf, logits);
+    ggml_tensor * result = model_.arch().build_graph(gc);  // [n_vocab, n_outputs] or residual [n_embd, n_tokens]
+    ggml_set_output(result);
+    ggml_build_forward_expand(gf, result);
 
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
-    set_inputs(gc, tokens, pos, pos_stride);
+    set_inputs(gc, tokens, residual_in, pos, pos_stride);
     if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {
         fail(ErrorKind::Backend, "graph computation failed");
     }
-    if (logits_out) ggml_backend_tensor_get(logits, logits_out, 0, ggml_nbytes(logits));
+    if (out) ggml_backend_tensor_get(result, out, 0, ggml_nbytes(result));
 }
 
 }  // namespace hts

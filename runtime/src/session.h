@@ -42,6 +42,12 @@ public:
     // evaluated) when the tokens do not fit.
     void eval(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions = nullptr);
 
+    // The same as eval(), computed in two stages as staged prefill does: every
+    // token through layers [0, split), the residual stream at `split` kept on
+    // the host, then every token through [split, n_layer). 0 <= split <= n_layer.
+    void eval_staged(const std::vector<int32_t> & tokens, bool all_logits, int split,
+                     const TokenPositions * positions = nullptr);
+
     // Logits rows of the last eval: n_logit_rows() x n_vocab, row-major.
     const std::vector<float> & logits() const { return logits_; }
     int n_logit_rows() const;
@@ -71,8 +77,12 @@ private:
 
     void reserve();
     std::vector<int32_t> rope_positions(int n, const TokenPositions * positions) const;
-    void eval_micro_batch(const int32_t * tokens, const int32_t * pos, int pos_stride, const MicroBatch & mb,
-                          float * logits_out);
+    void check_fits(const std::vector<int32_t> & tokens) const;
+    // Runs one micro-batch over mb's layer range. Input: token ids, or the
+    // residual [n_embd, n_tokens] when the range starts past layer 0. Output:
+    // logits rows, or the residual when the range stops early (may be null).
+    void eval_micro_batch(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride,
+                          const MicroBatch & mb, float * out);
 };
 
 }  // namespace hts

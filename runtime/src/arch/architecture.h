@@ -22,8 +22,9 @@ public:
     virtual const char * name() const = 0;
     virtual void load_hparams(const GgufFile & file, HParams & hp) const = 0;
     virtual void load_tensors(TensorLoader & loader, const HParams & hp, ModelWeights & w) const = 0;
-    // Builds the forward pass into gc's graph and returns the logits tensor
-    // [n_vocab, n_outputs].
+    // Builds the forward pass of gc's layer range into its graph and returns
+    // the logits [n_vocab, n_outputs], or, when the range stops before the
+    // last layer, the residual stream [n_embd, n_tokens].
     virtual ggml_tensor * build_graph(GraphContext & gc) const = 0;
 };
 

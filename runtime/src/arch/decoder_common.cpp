@@ -71,10 +71,10 @@ void load_decoder_tensors(TensorLoader & loader, const HParams & hp, ModelWeight
 namespace hts {
 
 ggml_tensor * build_decoder_graph(GraphContext & gc) {
-    ggml_tensor * inpL = gc.build_inp_embd();  // [n_embd, n_tokens]
+    ggml_tensor * inpL = gc.build_inp_stream();  // [n_embd, n_tokens]
     gc.build_attn_inputs();
     const int n_layer = gc.hp.n_layer;
-    for (int il = 0; il < n_layer; ++il) {
+    for (int il = gc.layer_begin; il < gc.layer_end; ++il) {
         const LayerWeights & l = gc.w.layers[il];
         ggml_tensor * cur = gc.build_norm(inpL, l.attn_norm, "attn_norm", il);
         QKV qkv = gc.build_qkv(l, cur, il);
@@ -93,7 +93,7 @@ ggml_tensor * build_decoder_graph(GraphContext & gc) {
         inpL = ggml_add(gc.ctx0, cur, ffn_inp);
         gc.name(inpL, "l_out", il);
     }
-    return gc.build_lm_head(inpL);
+    return gc.ends_with_logits() ? gc.build_lm_head(inpL) : inpL;  // staged prefill: the residual
 }
 
 }  // namespace hts
