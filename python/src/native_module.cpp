@@ -191,6 +191,14 @@ PYBIND11_MODULE(_native, mod) {
                  s.eval_staged(tokens, all_logits, split);
              },
              py::arg("tokens"), py::arg("all_logits"), py::arg("split"))
+        .def("_compact_kv",
+             [](Session & s, const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept) {
+                 py::gil_scoped_release release;
+                 s.compact_kv(full_kv, kept);
+             },
+             py::arg("full_kv"), py::arg("kept_cells"))
+        .def("_set_hidden_cells", &Session::set_hidden_cells, py::arg("cells"))
+        .def_property_readonly("kv_bytes_dense", &Session::kv_bytes_dense)
         .def_property_readonly("next_pos", &Session::next_pos)
         .def("logits", [](const Session & s) { return logits_array(s, true); })
         .def("all_logits", [](const Session & s) { return logits_array(s, false); })

@@ -1,5 +1,6 @@
 #include "graph_context.h"
 
+#include "hts_ops.h"
 #include "kv_cache.h"
 #include "model.h"
 
@@ -11,7 +12,9 @@ GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_c
                            const MicroBatch & mb)
     : ctx0(ctx), gf(graph), hp(model.hparams()), w(model.weights()), kv(kv_cache), n_tokens(mb.n_tokens),
       first_cell(mb.first_cell), n_outputs(mb.n_outputs), n_kv(kv_cache.n_kv_for(mb.first_cell + mb.n_tokens)),
-      layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end) {}
+      layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end),
+      first_sparse_cell(mb.first_sparse_cell),
+      n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0) {}
 
 void GraphContext::name(ggml_tensor * t, const char * nm, int il) const {
     if (il >= 0) ggml_format_name(t, "%s-%d", nm, il);
@@ -42,6 +45,7 @@ void GraphContext::build_attn_inputs() {
     inp_kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv, n_tokens);
     ggml_set_input(inp_kq_mask);
     name(inp_kq_mask, "inp_kq_mask", -1);
+    if (kv.is_split()) build_routed_inputs();
     if (n_outputs < n_tokens) {
         inp_out_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_outputs);
         ggml_set_input(inp_out_ids);
@@ -88,7 +92,46 @@ ggml_tensor * GraphContext::build_rope(ggml_tensor * x, const char * nm, int il)
     return cur;
 }
 
+void GraphContext::build_routed_inputs() {
+    auto input = [&](int64_t ne0, const char * nm, int il) {
+        if (ne0 == 0) return (ggml_tensor *) nullptr;
+        ggml_tensor * t = ggml_new_tensor_2d(ctx0, GGML_TYPE_I32, ne0, n_tokens);
+        ggml_set_input(t);
+        name(t, nm, il);
+        return t;
+    };
+    inp_kq_mask_sparse = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv_sparse, n_tokens);
+    ggml_set_input(inp_kq_mask_sparse);
+    name(inp_kq_mask_sparse, "inp_kq_mask_sparse", -1);
+    inp_routed.assign(hp.n_layer, {});
+    for (int il = layer_begin; il < layer_end; ++il) {
+        const int g_full = kv.n_full_heads(il);
+        inp_routed[il] = {input(hp.n_head, "inp_head_perm", il), input(hp.n_head, "inp_head_unperm", il),
+                          input(g_full, "inp_full_heads", il), input(hp.n_head_kv - g_full, "inp_sparse_heads", il)};
+    }
+}
+
+ggml_tensor * GraphContext::build_routed_attn(const LayerWeights & l, const QKV & qkv, int il) {
+    const RoutedLayerInputs & in = inp_routed[il];
+    kv.store_split(ctx0, gf, il, qkv.k, qkv.v, in.full_heads, in.sparse_heads, first_cell, first_sparse_cell);
+    auto kv_view = [&](ggml_tensor * t) { return t ? ggml_permute(ctx0, t, 0, 2, 1, 3) : nullptr; };  // [head_dim, n, G_group]
+    const bool has_full = in.full_heads != nullptr, has_sparse = in.sparse_heads != nullptr;
+    ggml_tensor * kf = has_full ? kv_view(kv.group_keys(ctx0, il, true, n_kv)) : nullptr;
+    ggml_tensor * vf = has_full ? kv_view(kv.group_values(ctx0, il, true, n_kv)) : nullptr;
+    ggml_tensor * ks = has_sparse ? kv_view(kv.group_keys(ctx0, il, false, n_kv_sparse)) : nullptr;
+    ggml_tensor * vs = has_sparse ? kv_view(kv.group_values(ctx0, il, false, n_kv_sparse)) : nullptr;
+    const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
+    ggml_tensor * cur = hts_routed_attention(ctx0, qkv.q, in.head_perm, in.head_unperm, kf, vf, inp_kq_mask, ks, vs,
+                                             inp_kq_mask_sparse, scale);  // [head_dim, n_head, n_tokens]
+    name(cur, "attn_routed", il);
+    cur = ggml_reshape_2d(ctx0, cur, int64_t(hp.n_embd_head) * hp.n_head, n_tokens);
+    cur = ggml_mul_mat(ctx0, l.wo, cur);  // [n_embd, n_tokens]
+    name(cur, "attn_out", il);
+    return cur;
+}
+
 ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, int il) {
+    if (kv.is_split()) return build_routed_attn(l, qkv, il);
     kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);
     ggml_tensor * q = ggml_permute(ctx0, qkv.q, 0, 2, 1, 3);                   // [head_dim, n_tokens, n_head]
     ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, n_kv), 0, 2, 1, 3);    // [head_dim, n_kv, n_head_kv]

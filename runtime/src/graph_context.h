@@ -7,6 +7,8 @@
 #include "ggml.h"
 #include "hparams.h"
 
+#include <vector>
+
 namespace hts {
 
 class KvCache;
@@ -24,6 +26,16 @@ struct MicroBatch {
     // (staged prefill, DESIGN.md section 4).
     int layer_begin = 0;
     int layer_end = -1;
+    int first_sparse_cell = 0;  // compacted KV cache: compact cell of the first token
+};
+
+// Graph inputs of one layer whose KV heads are split into full and sparse
+// groups (KvCache::compact): which q / KV heads go where.
+struct RoutedLayerInputs {
+    ggml_tensor * head_perm = nullptr;     // I32 [n_head, n_tokens]
+    ggml_tensor * head_unperm = nullptr;   // I32 [n_head, n_tokens]
+    ggml_tensor * full_heads = nullptr;    // I32 [G_full, n_tokens]; nullptr if none
+    ggml_tensor * sparse_heads = nullptr;  // I32 [G_sparse, n_tokens]; nullptr if none
 };
 
 struct QKV {
@@ -43,6 +55,7 @@ public:
     const KvCache & kv;
     const int n_tokens, first_cell, n_outputs, n_kv;
     const int layer_begin, layer_end;  // layer_end resolved to n_layer when "all"
+    const int first_sparse_cell, n_kv_sparse;  // compacted cache only
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
     // Graph inputs, filled by the session once the graph is allocated.
@@ -51,16 +64,22 @@ public:
     ggml_tensor * inp_kq_mask = nullptr;  // F16 [n_kv, n_tokens]
     ggml_tensor * inp_out_ids = nullptr;  // I32 [n_outputs]; nullptr when all rows are outputs
     ggml_tensor * inp_residual = nullptr; // F32 [n_embd, n_tokens]; when layer_begin > 0
+    ggml_tensor * inp_kq_mask_sparse = nullptr;  // F16 [n_kv_sparse, n_tokens]; compacted cache only
+    std::vector<RoutedLayerInputs> inp_routed;   // per layer; compacted cache only
 
     // The stream entering layer_begin: token embeddings, or the residual input.
     ggml_tensor * build_inp_stream();  // [n_embd, n_tokens]
     ggml_tensor * build_inp_embd();    // [n_embd, n_tokens]
     void build_attn_inputs();
+    void build_routed_inputs();
     ggml_tensor * build_norm(ggml_tensor * x, ggml_tensor * weight, const char * name, int il);
     QKV build_qkv(const LayerWeights & l, ggml_tensor * x, int il);
     ggml_tensor * build_rope(ggml_tensor * x, const char * name, int il);  // rope flavour from hp.rope_type
     // Stores k, v in the cache, attends q over cells [0, n_kv), projects by wo.
     ggml_tensor * build_attn(const LayerWeights & l, const QKV & qkv, int il);  // [n_embd, n_tokens]
+    // The same over a compacted cache: full and sparse KV heads attend over
+    // their own caches (hts_routed_attention).
+    ggml_tensor * build_routed_attn(const LayerWeights & l, const QKV & qkv, int il);  // [n_embd, n_tokens]
     ggml_tensor * build_ffn_swiglu(const LayerWeights & l, ggml_tensor * x, int il);
     // Keeps the rows that produce logits (a no-op when every row does).
     ggml_tensor * select_outputs(ggml_tensor * x);

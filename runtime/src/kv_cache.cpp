@@ -7,7 +7,7 @@
 
 namespace hts {
 
-KvCache::KvCache(const Model & model, int n_ctx, ggml_type type) {
+KvCache::KvCache(const Model & model, int n_ctx, ggml_type type) : model_(&model), type_(type) {
     const HParams & hp = model.hparams();
     if (n_ctx <= 0) fail(ErrorKind::InvalidArgument, format("n_ctx must be positive, got %d", n_ctx));
     capacity_ = GGML_PAD(n_ctx, kCellPad);
@@ -35,6 +35,8 @@ KvCache::KvCache(const Model & model, int n_ctx, ggml_type type) {
 KvCache::~KvCache() {
     if (buffer_) ggml_backend_buffer_free(buffer_);
     if (ctx_) ggml_free(ctx_);
+    if (split_buffer_) ggml_backend_buffer_free(split_buffer_);
+    if (split_ctx_) ggml_free(split_ctx_);
 }
 
 int KvCache::n_kv_for(int n_used) const {
@@ -61,10 +63,15 @@ ggml_tensor * KvCache::values(ggml_context * ctx, int il, int n_kv) const { retu
 
 size_t KvCache::bytes() const {
     size_t total = 0;
-    for (size_t i = 0; i < k_.size(); ++i) total += ggml_nbytes(k_[i]) + ggml_nbytes(v_[i]);
+    for (const auto * group : {&k_, &v_, &ks_, &vs_}) {
+        for (const ggml_tensor * t : *group) total += t ? ggml_nbytes(t) : 0;
+    }
     return total;
 }
 
-void KvCache::clear() { ggml_backend_buffer_clear(buffer_, 0); }
+void KvCache::clear() {
+    if (split_) fail(ErrorKind::InvalidArgument, "a compacted KV cache cannot be cleared; make a new one");
+    ggml_backend_buffer_clear(buffer_, 0);
+}
 
 }  // namespace hts

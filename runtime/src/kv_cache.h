@@ -43,6 +43,28 @@ public:
     size_t bytes() const;  // bytes the K/V tensors hold
     void clear();
 
+    // --- per-head split (HT-Sparse, DESIGN.md section 4) ----------------------
+    // After compact(), every layer's KV heads are in two groups: "full" heads
+    // keep every cell (same cell numbering as before), "sparse" heads keep only
+    // the listed cells, renumbered 0.. in order, in a compact tensor with room
+    // for the cells still to come. The dense tensors are freed.
+    //   full_kv[il][g]: KV head g of layer il is full
+    //   kept_cells:     ascending cells the sparse heads keep, all < n_used
+    void compact(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells, int n_used);
+    bool is_split() const { return split_; }
+    int sparse_capacity() const { return sparse_capacity_; }
+    int n_sparse_kv_for(int n_used_sparse) const;  // as n_kv_for, for compact cells
+    int n_full_heads(int il) const { return split_ ? n_full_[il] : n_head_kv_; }
+    const std::vector<bool> & full_heads(int il) const { return full_kv_[il]; }
+
+    // Split-mode counterparts of store/keys/values. store_split writes the
+    // full heads' rows to cell `full_cell`.. and the sparse heads' rows to
+    // compact cell `sparse_cell`..; keys/values give [head_dim, n, G_group].
+    void store_split(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
+                     ggml_tensor * full_heads_idx, ggml_tensor * sparse_heads_idx, int full_cell, int sparse_cell) const;
+    ggml_tensor * group_keys(ggml_context * ctx, int il, bool full, int n_kv) const;
+    ggml_tensor * group_values(ggml_context * ctx, int il, bool full, int n_kv) const;
+
 private:
     int capacity_ = 0;
     int n_embd_head_ = 0;
@@ -53,6 +75,17 @@ private:
     std::vector<ggml_tensor *> v_;
 
     ggml_tensor * view(ggml_context * ctx, ggml_tensor * t, int n_kv) const;
+    ggml_tensor * group_view(ggml_context * ctx, ggml_tensor * t, int n_kv) const;
+
+    const Model * model_ = nullptr;
+    ggml_type type_ = GGML_TYPE_F16;
+    bool split_ = false;
+    int sparse_capacity_ = 0;
+    std::vector<std::vector<bool>> full_kv_;  // per layer, per KV head
+    std::vector<int> n_full_;                 // per layer
+    std::vector<ggml_tensor *> ks_, vs_;      // split mode: sparse heads [head_dim * G_sparse, sparse_capacity]
+    ggml_context * split_ctx_ = nullptr;
+    ggml_backend_buffer_t split_buffer_ = nullptr;
 };
 
 }  // namespace hts

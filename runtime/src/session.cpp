@@ -2,6 +2,7 @@
 
 #include "errors.h"
 #include "graph_context.h"
+#include "hts_ops.h"
 #include "model.h"
 
 #include <algorithm>
@@ -55,6 +56,9 @@ const float * Session::last_logits() const {
 }
 
 void Session::reset() {
+    if (kv_->is_split()) kv_ = std::make_unique<KvCache>(model_, n_ctx_);  // back to one dense cache
+    n_sparse_cells_ = 0;
+    hidden_cells_.clear();
     n_past_ = 0;
     next_pos_ = 0;
     tokens_.clear();
@@ -90,6 +94,25 @@ std::vector<int32_t> Session::rope_positions(int n, const TokenPositions * posit
     return pos;
 }
 
+void Session::compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells) {
+    kv_->compact(full_kv, kept_cells, n_past_);
+    n_sparse_cells_ = static_cast<int>(kept_cells.size());
+}
+
+size_t Session::kv_bytes_dense() const {
+    const HParams & hp = model_.hparams();
+    return size_t(2) * hp.n_layer * hp.n_embd_kv() * size_t(GGML_PAD(n_ctx_, KvCache::kCellPad)) * sizeof(ggml_fp16_t);
+}
+
+void Session::set_hidden_cells(const std::vector<int32_t> & cells) {
+    if (kv_->is_split()) fail(ErrorKind::InvalidArgument, "hidden cells apply to a dense cache");
+    hidden_cells_.assign(kv_->capacity(), false);
+    for (int32_t c : cells) {
+        if (c < 0 || c >= kv_->capacity()) fail(ErrorKind::InvalidArgument, format("cell %d is outside the cache", c));
+        hidden_cells_[c] = true;
+    }
+}
+
 void Session::check_fits(const std::vector<int32_t> & tokens) const {
     const int n = static_cast<int>(tokens.size());
     const int n_vocab = model_.hparams().n_vocab;
@@ -123,7 +146,7 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
         residual.resize(size_t(n) * n_embd);
         for (int i = 0; i < n; i += n_batch_) {
             const int nb = std::min(n_batch_, n - i);
-            MicroBatch mb{nb, n_past_ + i, nb, 0, split};
+            MicroBatch mb{nb, n_past_ + i, nb, 0, split, n_sparse_cells_ + i};
             eval_micro_batch(tokens.data() + i, nullptr, pos.data() + i, n, mb, residual.data() + size_t(i) * n_embd);
         }
     }
@@ -134,19 +157,71 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
         const int nb = std::min(n_batch_, n - i);
         const bool last = i + nb == n;
         // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
-        MicroBatch mb{nb, n_past_ + i, all_logits ? nb : 1, begin, n_layer};
+        MicroBatch mb{nb, n_past_ + i, all_logits ? nb : 1, begin, n_layer, n_sparse_cells_ + i};
         float * out = all_logits ? logits_.data() + size_t(i) * n_vocab : (last ? logits_.data() : nullptr);
         const float * res = staged ? residual.data() + size_t(i) * n_embd : nullptr;
         eval_micro_batch(tokens.data() + i, res, pos.data() + i, n, mb, out);
     }
     n_past_ += n;
+    if (kv_->is_split()) n_sparse_cells_ += n;
     tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
     next_pos_ = std::max(next_pos_, *std::max_element(pos.begin(), pos.end()) + 1);
 }
 
 // pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
+namespace {
+
+// Causal mask [n_kv, n_tokens] over cells filled in arrival order (not by rope
+// position: M-RoPE images reuse positions): row i sees cells <= first + i,
+// except `hidden` ones.
+std::vector<ggml_fp16_t> causal_mask(int n_kv, int n_tokens, int first, const std::vector<bool> & hidden) {
+    const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
+    std::vector<ggml_fp16_t> mask(size_t(n_kv) * n_tokens);
+    for (int i = 0; i < n_tokens; ++i) {
+        ggml_fp16_t * row = mask.data() + size_t(i) * n_kv;
+        for (int j = 0; j < n_kv; ++j) {
+            const bool is_hidden = size_t(j) < hidden.size() && hidden[j];
+            row[j] = j <= first + i && !is_hidden ? zero : neg_inf;
+        }
+    }
+    return mask;
+}
+
+// Whether the scheduler gave an input memory: one that no node reads (the
+// full-head mask when every head is sparse, say) has none and needs no data.
+bool in_graph(const ggml_tensor * t) { return t && t->buffer; }
+
+void set_i32_rows(ggml_tensor * t, const std::vector<int32_t> & row) {
+    if (!in_graph(t)) return;
+    std::vector<int32_t> values;
+    for (int64_t i = 0; i < t->ne[1]; ++i) values.insert(values.end(), row.begin(), row.end());
+    ggml_backend_tensor_set(t, values.data(), 0, ggml_nbytes(t));
+}
+
+// Head routing of every layer of a compacted cache (hts_routed_attention).
+void set_routed_inputs(const GraphContext & gc) {
+    for (int il = gc.layer_begin; il < gc.layer_end; ++il) {
+        const RoutedLayerInputs & in = gc.inp_routed[il];
+        const std::vector<bool> & is_full = gc.kv.full_heads(il);
+        std::vector<int32_t> perm, unperm, full, sparse;
+        hts_head_permutation(is_full, gc.hp.n_head, perm, unperm);
+        for (int g = 0; g < gc.hp.n_head_kv; ++g) (is_full[g] ? full : sparse).push_back(g);
+        set_i32_rows(in.head_perm, perm);
+        set_i32_rows(in.head_unperm, unperm);
+        set_i32_rows(in.full_heads, full);
+        set_i32_rows(in.sparse_heads, sparse);
+    }
+    if (in_graph(gc.inp_kq_mask_sparse)) {
+        const std::vector<ggml_fp16_t> mask = causal_mask(gc.n_kv_sparse, gc.n_tokens, gc.first_sparse_cell, {});
+        ggml_backend_tensor_set(gc.inp_kq_mask_sparse, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask_sparse));
+    }
+}
+
+}  // namespace
+
+// pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
 static void set_inputs(const GraphContext & gc, const int32_t * tokens, const float * residual, const int32_t * pos,
-                       int pos_stride) {
+                       int pos_stride, const std::vector<bool> & hidden_cells) {
     if (gc.inp_tokens) ggml_backend_tensor_set(gc.inp_tokens, tokens, 0, sizeof(int32_t) * gc.n_tokens);
     if (gc.inp_residual) ggml_backend_tensor_set(gc.inp_residual, residual, 0, ggml_nbytes(gc.inp_residual));
 
@@ -154,17 +229,11 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
         ggml_backend_tensor_set(gc.inp_pos, pos + size_t(s) * pos_stride, sizeof(int32_t) * size_t(s) * gc.n_tokens,
                                 sizeof(int32_t) * gc.n_tokens);
     }
-
-    // Causal mask over cells, in the order tokens arrived (not by rope
-    // position: M-RoPE images reuse positions).
-    const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
-    std::vector<ggml_fp16_t> mask(size_t(gc.n_kv) * gc.n_tokens);
-    for (int i = 0; i < gc.n_tokens; ++i) {
-        const int p = gc.first_cell + i;
-        ggml_fp16_t * row = mask.data() + size_t(i) * gc.n_kv;
-        for (int j = 0; j < gc.n_kv; ++j) row[j] = j <= p ? zero : neg_inf;
+    if (in_graph(gc.inp_kq_mask)) {
+        const std::vector<ggml_fp16_t> mask = causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells);
+        ggml_backend_tensor_set(gc.inp_kq_mask, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask));
     }
-    ggml_backend_tensor_set(gc.inp_kq_mask, mask.data(), 0, sizeof(ggml_fp16_t) * mask.size());
+    if (gc.inp_kq_mask_sparse) set_routed_inputs(gc);
 
     if (gc.inp_out_ids) {
         std::vector<int32_t> ids(gc.n_outputs);
@@ -185,7 +254,7 @@ void Session::eval_micro_batch(const int32_t * tokens, const float * residual_in
 
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
-    set_inputs(gc, tokens, residual_in, pos, pos_stride);
+    set_inputs(gc, tokens, residual_in, pos, pos_stride, hidden_cells_);
     if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {
         fail(ErrorKind::Backend, "graph computation failed");
     }

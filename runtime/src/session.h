@@ -59,7 +59,15 @@ public:
     int next_pos() const { return next_pos_; }
     int n_ctx() const { return n_ctx_; }
     const std::vector<int32_t> & tokens() const { return tokens_; }
-    size_t kv_bytes() const { return kv_->bytes(); }
+    size_t kv_bytes() const { return kv_->bytes(); }          // what the cache tensors hold
+    size_t kv_bytes_dense() const;                             // what one dense cache of n_ctx holds
+
+    // Splits every layer's KV heads into full heads (every cell) and sparse
+    // heads (kept_cells only), freeing the dense cache; later tokens go to
+    // both and attend through hts_routed_attention. Undone by reset().
+    void compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells);
+    // Dense cache only, for tests: cells no query may see (mask -INF).
+    void set_hidden_cells(const std::vector<int32_t> & cells);
     void reset();
 
 private:
@@ -72,6 +80,8 @@ private:
     size_t graph_size_ = 0;
     int n_past_ = 0;
     int next_pos_ = 0;
+    int n_sparse_cells_ = 0;          // compact cells in use (after compact_kv)
+    std::vector<bool> hidden_cells_;  // set_hidden_cells
     std::vector<int32_t> tokens_;
     std::vector<float> logits_;
 
