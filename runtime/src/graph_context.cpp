@@ -14,7 +14,20 @@ GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_c
       first_cell(mb.first_cell), n_outputs(mb.n_outputs), n_kv(kv_cache.n_kv_for(mb.first_cell + mb.n_tokens)),
       layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end),
       first_sparse_cell(mb.first_sparse_cell),
-      n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0) {}
+      n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),
+      capture_q(mb.capture_q), captured_q(model.hparams().n_layer, nullptr) {}
+
+// The query window's roped queries, for saliency after the pass (selection).
+void GraphContext::capture_queries(ggml_tensor * q, int il) {
+    if (capture_q <= 0) return;
+    ggml_tensor * tail = ggml_view_3d(ctx0, q, q->ne[0], q->ne[1], capture_q, q->nb[1], q->nb[2],
+                                      size_t(n_tokens - capture_q) * q->nb[2]);
+    tail = ggml_cont(ctx0, tail);  // [head_dim, n_head, capture_q]
+    name(tail, "captured_q", il);
+    ggml_set_output(tail);
+    ggml_build_forward_expand(gf, tail);
+    captured_q[il] = tail;
+}
 
 void GraphContext::name(ggml_tensor * t, const char * nm, int il) const {
     if (il >= 0) ggml_format_name(t, "%s-%d", nm, il);
@@ -131,6 +144,7 @@ ggml_tensor * GraphContext::build_routed_attn(const LayerWeights & l, const QKV 
 }
 
 ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, int il) {
+    capture_queries(qkv.q, il);
     if (kv.is_split()) return build_routed_attn(l, qkv, il);
     kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);
     ggml_tensor * q = ggml_permute(ctx0, qkv.q, 0, 2, 1, 3);                   // [head_dim, n_tokens, n_head]

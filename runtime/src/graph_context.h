@@ -27,6 +27,7 @@ struct MicroBatch {
     int layer_begin = 0;
     int layer_end = -1;
     int first_sparse_cell = 0;  // compacted KV cache: compact cell of the first token
+    int capture_q = 0;          // keep the roped queries of the last capture_q tokens of each layer
 };
 
 // Graph inputs of one layer whose KV heads are split into full and sparse
@@ -56,6 +57,8 @@ public:
     const int n_tokens, first_cell, n_outputs, n_kv;
     const int layer_begin, layer_end;  // layer_end resolved to n_layer when "all"
     const int first_sparse_cell, n_kv_sparse;  // compacted cache only
+    const int capture_q;
+    std::vector<ggml_tensor *> captured_q;     // per layer F32 [head_dim, n_head, capture_q]; graph outputs
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
     // Graph inputs, filled by the session once the graph is allocated.
@@ -72,6 +75,7 @@ public:
     ggml_tensor * build_inp_embd();    // [n_embd, n_tokens]
     void build_attn_inputs();
     void build_routed_inputs();
+    void capture_queries(ggml_tensor * q, int il);
     ggml_tensor * build_norm(ggml_tensor * x, ggml_tensor * weight, const char * name, int il);
     QKV build_qkv(const LayerWeights & l, ggml_tensor * x, int il);
     ggml_tensor * build_rope(ggml_tensor * x, const char * name, int il);  // rope flavour from hp.rope_type

@@ -146,7 +146,7 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
         residual.resize(size_t(n) * n_embd);
         for (int i = 0; i < n; i += n_batch_) {
             const int nb = std::min(n_batch_, n - i);
-            MicroBatch mb{nb, n_past_ + i, nb, 0, split, n_sparse_cells_ + i};
+            MicroBatch mb{nb, n_past_ + i, nb, 0, split, n_sparse_cells_ + i, i + nb == n ? std::min(capture_q_, nb) : 0};
             eval_micro_batch(tokens.data() + i, nullptr, pos.data() + i, n, mb, residual.data() + size_t(i) * n_embd);
         }
     }
@@ -157,7 +157,8 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
         const int nb = std::min(n_batch_, n - i);
         const bool last = i + nb == n;
         // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
-        MicroBatch mb{nb, n_past_ + i, all_logits ? nb : 1, begin, n_layer, n_sparse_cells_ + i};
+        MicroBatch mb{nb, n_past_ + i, all_logits ? nb : 1, begin, n_layer, n_sparse_cells_ + i,
+                      last ? std::min(capture_q_, nb) : 0};
         float * out = all_logits ? logits_.data() + size_t(i) * n_vocab : (last ? logits_.data() : nullptr);
         const float * res = staged ? residual.data() + size_t(i) * n_embd : nullptr;
         eval_micro_batch(tokens.data() + i, res, pos.data() + i, n, mb, out);
@@ -259,6 +260,16 @@ void Session::eval_micro_batch(const int32_t * tokens, const float * residual_in
         fail(ErrorKind::Backend, "graph computation failed");
     }
     if (out) ggml_backend_tensor_get(result, out, 0, ggml_nbytes(result));
+    if (mb.capture_q > 0) {
+        captured_q_.resize(model_.hparams().n_layer);
+        n_captured_q_ = mb.capture_q;
+        for (size_t il = 0; il < gc.captured_q.size(); ++il) {
+            ggml_tensor * t = gc.captured_q[il];
+            if (!t) continue;
+            captured_q_[il].resize(ggml_nelements(t));
+            ggml_backend_tensor_get(t, captured_q_[il].data(), 0, ggml_nbytes(t));
+        }
+    }
 }
 
 }  // namespace hts

@@ -66,6 +66,15 @@ public:
     // heads (kept_cells only), freeing the dense cache; later tokens go to
     // both and attend through hts_routed_attention. Undone by reset().
     void compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells);
+    // The next evals keep, per layer, the roped queries of their last n
+    // tokens (the query window), for select_sparse(). 0 turns it off.
+    void set_query_capture(int n) { capture_q_ = n; }
+    // Per layer F32 [head_dim, n_head, n_captured_q()], from the last eval.
+    const std::vector<std::vector<float>> & captured_queries() const { return captured_q_; }
+    int n_captured_q() const { return n_captured_q_; }
+    const KvCache & kv_cache() const { return *kv_; }
+    const Model & model() const { return model_; }
+
     // Dense cache only, for tests: cells no query may see (mask -INF).
     void set_hidden_cells(const std::vector<int32_t> & cells);
     void reset();
@@ -81,6 +90,9 @@ private:
     int n_past_ = 0;
     int next_pos_ = 0;
     int n_sparse_cells_ = 0;          // compact cells in use (after compact_kv)
+    int capture_q_ = 0;
+    int n_captured_q_ = 0;
+    std::vector<std::vector<float>> captured_q_;
     std::vector<bool> hidden_cells_;  // set_hidden_cells
     std::vector<int32_t> tokens_;
     std::vector<float> logits_;

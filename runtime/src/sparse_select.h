@@ -1,0 +1,34 @@
+// The HT-Sparse selection step of a session (DESIGN.md section 4): from the
+// query window's queries and the cached keys, per-head saliency at every
+// layer, token selection at the select layer, and the full/sparse routing of
+// KV heads; the session then compacts its cache accordingly.
+#pragma once
+
+#include "sparse_config.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace hts {
+
+class Model;
+class Session;
+
+struct SparseSpan {
+    int begin = 0, end = 0;            // cells [begin, end) of the sparse span
+    std::vector<int32_t> seg_starts;   // segment starts relative to begin, ascending, first 0
+};
+
+struct SparseSelection {
+    std::vector<int32_t> kept_in_span;              // span-relative, ascending
+    std::vector<int32_t> kept_cells;                // every cell the sparse heads keep, ascending
+    std::vector<std::vector<bool>> full_kv;         // [layer][kv head]
+    std::vector<std::vector<float>> kv_head_score;  // [layer][kv head], as measured
+};
+
+// Needs a dense cache whose last eval captured the query window's queries
+// (Session::set_query_capture), the window lying after the span.
+SparseSelection select_sparse(const Model & model, const Session & session, const SparseSpan & span,
+                              const SparseConfig & config);
+
+}  // namespace hts
