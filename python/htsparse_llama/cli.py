@@ -39,6 +39,59 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: random)")
 
 
+def add_sparse_args(p: argparse.ArgumentParser) -> None:
+    """HT-Sparse options: a long file as a sparse span, and how much of it to keep."""
+    g = p.add_argument_group("HT-Sparse (a long context the question needs only parts of)")
+    g.add_argument("--context-file", metavar="FILE",
+                   help="a long text file put before the question as a sparse span")
+    g.add_argument("--dense", action="store_true", help="turn HT-Sparse off (keep every token, for comparison)")
+    g.add_argument("--keep-ratio", type=float, default=None, help="share of the sparse span kept per question, in (0, 1]")
+    g.add_argument("--keep-mass", type=float, default=None,
+                   help="instead, keep the fewest lines holding this share of the attention, in (0, 1]")
+    g.add_argument("--full-heads", type=float, default=None, metavar="RATIO",
+                   help="share of KV heads that keep the whole span, in [0, 1]")
+    g.add_argument("--select-layer", type=int, default=None, help="layer where tokens are selected")
+    g.add_argument("--prune-layer", type=int, default=None,
+                   help="layer from which unselected tokens are dropped (only the last layer is built so far)")
+    g.add_argument("--stats", action="store_true", help="print a line of statistics after each answer (stderr)")
+
+
+def sparse_config(args: argparse.Namespace):
+    """The SparseConfig the options ask for, or None for --dense."""
+    from .sparse_config import SparseConfig
+
+    if args.dense:
+        return None
+    config = SparseConfig(keep_ratio=args.keep_ratio, full_head_ratio=args.full_heads,
+                          select_layer=args.select_layer, prune_layer=args.prune_layer)
+    if args.keep_mass is not None:
+        config.keep_mass = args.keep_mass
+    return config
+
+
+def read_context_file(args: argparse.Namespace) -> "str | None":
+    """The --context-file text; a missing or unreadable file is one clear error."""
+    from .errors import InvalidArgumentError
+
+    if not args.context_file:
+        return None
+    try:
+        with open(args.context_file, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError as exc:
+        raise InvalidArgumentError(f"cannot read --context-file {args.context_file!r}: {exc.strerror}") from None
+    if not text.strip():
+        raise InvalidArgumentError(f"--context-file {args.context_file!r} is empty")
+    return text
+
+
+def user_content(question: str, context: "str | None"):
+    """A user turn: the question, after the context file as a sparse span."""
+    if context is None:
+        return question
+    return [{"text": context, "sparse": True}, {"text": "\n" + question}]
+
+
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         max_tokens=args.max_tokens,

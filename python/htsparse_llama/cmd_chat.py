@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_model_args, add_sampling_args, load_model, sampling_kwargs
+from .cli import (add_model_args, add_sampling_args, add_sparse_args, load_model, read_context_file,
+                  sampling_kwargs, sparse_config, user_content)
 from .errors import ContextOverflowError
 
 HELP = "commands: /reset (forget the conversation), /exit (quit)"
@@ -23,6 +24,7 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--system", default=None, help="a system message for the conversation")
     add_sampling_args(p)
+    add_sparse_args(p)
     p.set_defaults(run=run)
 
 
@@ -43,9 +45,11 @@ def _start(session, system) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    context = read_context_file(args)
     model = load_model(args)
-    session = model.session()
+    session = model.session(sparse=sparse_config(args))
     _start(session, args.system)
+    pending_context = context  # goes in the first question of each conversation
     interactive = sys.stdin.isatty()
     if interactive:
         print(f"{model.arch} model on {model.device}; {HELP}", file=sys.stderr)
@@ -58,13 +62,15 @@ def run(args: argparse.Namespace) -> int:
             continue
         if text == "/reset":
             _start(session, args.system)
+            pending_context = context
             print("(conversation reset)", file=sys.stderr)
             continue
         if text.startswith("/"):
             print(f"unknown command {text!r}; {HELP}", file=sys.stderr)
             continue
         try:
-            session.add_message("user", text)
+            session.add_message("user", user_content(text, pending_context))
+            pending_context = None
             for piece in session.generate(**sampling_kwargs(args)):
                 sys.stdout.write(piece)
                 sys.stdout.flush()
@@ -73,3 +79,5 @@ def run(args: argparse.Namespace) -> int:
             continue
         sys.stdout.write("\n")
         sys.stdout.flush()
+        if args.stats:
+            print(session.stats().line(), file=sys.stderr)

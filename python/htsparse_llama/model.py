@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import codecs
 import os
+import time
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._native_loader import native
 from .errors import ContextOverflowError, InvalidArgumentError
+from .sparse_config import SparseConfig
+from .sparse_session import SessionStats, SparseState
 
 _TURN_MARK = "@@htsparse-turn-content@@"
 
@@ -107,9 +110,12 @@ class Model:
         """Renders (role, content) pairs with the GGUF's own chat template."""
         return self._native.apply_chat_template([(r, c) for r, c in messages], add_assistant)
 
-    def session(self, n_ctx: Optional[int] = None, n_batch: int = 512) -> "Session":
-        """A new conversation with its own KV cache of n_ctx tokens."""
-        return Session(self, n_ctx=n_ctx or self.n_ctx, n_batch=n_batch)
+    def session(self, n_ctx: Optional[int] = None, n_batch: int = 512,
+                sparse: Optional[SparseConfig] = None) -> "Session":
+        """A new conversation with its own KV cache of n_ctx tokens. With
+        `sparse`, text added with sparse=True is thinned by HT-Sparse for each
+        question (None: the dense path)."""
+        return Session(self, n_ctx=n_ctx or self.n_ctx, n_batch=n_batch, sparse=sparse)
 
 
 class Session:
@@ -119,10 +125,16 @@ class Session:
     the model's continuation. The session keeps the logits of the last token.
     """
 
-    def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512) -> None:
+    def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512,
+                 sparse: Optional[SparseConfig] = None) -> None:
         self.model = model
         _check_positive("n_ctx", n_ctx)
         _check_positive("n_batch", n_batch)
+        if sparse is not None and not isinstance(sparse, SparseConfig):
+            raise InvalidArgumentError(f"sparse must be a SparseConfig or None, got {type(sparse).__name__}")
+        self._sparse_config = sparse
+        self._sparse = SparseState(model, sparse) if sparse is not None else None
+        self._stats = SessionStats()
         self._native = native.Session(model._native, n_ctx, n_batch)
         self._assistant_open = False  # generated tokens belong to an open assistant turn
         self._pending_assistant = False  # a user turn awaits the assistant header
@@ -163,29 +175,70 @@ class Session:
         ids = [int(t) for t in tokens]
         if not ids:
             raise InvalidArgumentError("add_tokens needs at least one token")
+        return self._eval(ids, all_logits, positions)
+
+    def _eval(self, ids: List[int], all_logits: bool = False,
+              positions: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
+        if self._sparse is not None and self._sparse.holds_back:
+            # The question after a sparse span: evaluated when the answer starts.
+            if all_logits or positions is not None:
+                raise InvalidArgumentError("all_logits and positions are not available between a sparse span "
+                                           "and the start of the answer")
+            self._sparse.pending += ids
+            return None
+        start = time.perf_counter()
         self._native.eval(ids, all_logits, None if positions is None else np.asarray(positions, dtype=np.int32))
+        self._count_prompt_time(start)
         return np.asarray(self._native.all_logits()) if all_logits else None
 
-    def add_text(self, text: str, special: bool = True) -> int:
+    def _count_prompt_time(self, start: float) -> None:
+        stage = "prompt" if self._stats.ttft_ms is None else "follow_up"
+        self._stats.prefill_ms[stage] = self._stats.prefill_ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
+
+    def add_text(self, text: str, special: bool = True, sparse: bool = False) -> int:
         """Tokenizes and evaluates text (special markers parsed when `special`);
         BOS is added first when the session is empty and the model wants it.
-        Returns the number of tokens added."""
+        Returns the number of tokens added.
+
+        sparse=True marks the text as a sparse span (a long document, a
+        transcript): in a session made with a SparseConfig, only the parts
+        each question needs stay in most heads' KV cache. In a dense session
+        it is ordinary text."""
         ids = self.model.tokenize(text, add_special=False, special=special)
         if self.n_past == 0 and self.model.info["add_bos"] and self.model.info["bos"] >= 0:
             ids = [self.model.info["bos"]] + ids
-        if ids:
-            self._native.eval(ids, False)
+        if not ids:
+            return 0
+        if sparse and self._sparse is not None:
+            start = time.perf_counter()
+            self._sparse.add_span(self._native, ids)
+            self._count_prompt_time(start)
+            self._stats.n_sparse += len(ids)
+        else:
+            self._eval(ids)
         return len(ids)
 
-    def add_message(self, role: str, content: str) -> int:
+    def add_message(self, role: str, content: Union[str, Sequence[dict]]) -> int:
         """Adds one chat turn rendered with the GGUF's chat template. After a
-        user turn, generate() opens the assistant's reply."""
-        if not isinstance(content, str):
-            raise InvalidArgumentError("content must be a string (lists of parts come with video support)")
-        text = self.model.apply_chat_template([(role, content)], add_assistant=False)
+        user turn, generate() opens the assistant's reply.
+
+        `content` is a string, or a list of parts {"text": str, "sparse":
+        bool}: a sparse part (a long document) is a sparse span, thinned by
+        HT-Sparse in a session made with a SparseConfig."""
+        parts = [{"text": content}] if isinstance(content, str) else list(content)
+        for part in parts:
+            if not isinstance(part, dict) or not isinstance(part.get("text"), str):
+                raise InvalidArgumentError('content must be a string or a list of {"text": str, "sparse": bool} parts')
+        rendered = self.model.apply_chat_template([(role, _TURN_MARK)], add_assistant=False)
+        before, after = rendered.split(_TURN_MARK, 1)
         self._assistant_open = False
         self._pending_assistant = role != "assistant"
-        return self.add_text(text)
+        if len(parts) == 1 and not parts[0].get("sparse"):
+            return self.add_text(before + parts[0]["text"] + after)
+        n = self.add_text(before)
+        for part in parts:
+            n += self.add_text(part["text"], sparse=bool(part.get("sparse")))
+        return n + self.add_text(after)
 
     def _assistant_header(self) -> str:
         with_header = self.model.apply_chat_template([("user", "x")], add_assistant=True)
@@ -231,20 +284,32 @@ class Session:
         )
         if self.n_past == 0:
             raise InvalidArgumentError("nothing to continue: add text or a message first")
+        started = time.perf_counter()
         if self._pending_assistant:
             self.add_text(self._assistant_header())
             self._pending_assistant = False
             self._assistant_open = True
-        pieces = self._generate(sampler, max_tokens, list(stop))
+        if self._sparse is not None and self._sparse.holds_back:
+            self._sparse.select(self._native, self._stats)
+        if self._stats.ttft_ms is None:
+            self._stats.n_prompt = self.n_past
+        pieces = self._generate(sampler, max_tokens, list(stop), started)
         return pieces if stream else "".join(pieces)
 
-    def _generate(self, sampler, max_tokens: int, stop: List[str]) -> Iterator[str]:
+    def _generate(self, sampler, max_tokens: int, stop: List[str], started: float) -> Iterator[str]:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""
         self.finish_reason = "length"
+        first_at, n_decoded = None, 0
         for _ in range(max_tokens):
             token = sampler.sample(self._native)
             sampler.accept(token)
+            if first_at is None:
+                first_at = time.perf_counter()
+                if self._stats.ttft_ms is None:
+                    self._stats.ttft_ms = (first_at - started) * 1000
+            else:
+                n_decoded += 1
             if self.model.is_eog(token):
                 self.finish_reason = "stop"
                 break
@@ -265,10 +330,22 @@ class Session:
                 break
             if piece:
                 yield piece
+        if first_at is not None and n_decoded > 0:
+            self._stats.decode_tok_s = n_decoded / (time.perf_counter() - first_at)
         tail = decoder.decode(b"", final=True)
         if tail:
             yield tail
         self._close_assistant_turn()
+
+    def stats(self) -> SessionStats:
+        """Sizes, KV memory (actual and what a dense cache would hold) and
+        timings of this conversation so far."""
+        self._stats.kv_bytes = self._native.kv_bytes
+        self._stats.kv_bytes_dense = self._native.kv_bytes_dense
+        if self._sparse is not None:
+            self._stats.select_layer = int(self._sparse.config["select_layer"])
+            self._stats.prune_layer = int(self._sparse.config["prune_layer"])
+        return self._stats
 
     def _close_assistant_turn(self) -> None:
         if not self._assistant_open:
@@ -282,6 +359,8 @@ class Session:
     def reset(self) -> None:
         """Forgets the conversation: empty context, cleared KV cache."""
         self._native.reset()
+        self._sparse = SparseState(self.model, self._sparse_config) if self._sparse_config is not None else None
+        self._stats = SessionStats()
         self._assistant_open = False
         self._pending_assistant = False
         self.finish_reason = None

@@ -1,0 +1,113 @@
+"""HT-Sparse bookkeeping of a Session (DESIGN.md section 4): the sparse span,
+the query window held back until the answer starts, the selection step, and
+the statistics a user sees.
+
+What runs today: the prompt is prefilled densely; when the answer starts, the
+query window (the tokens after the span) is evaluated with its queries
+captured, saliency and selection run at the select layer, KV heads are routed
+by saliency at every layer, and the cache is compacted for every layer
+(retroactive compaction), so decoding reads less memory. Prefill-time pruning
+(prune_layer < n_layer) and re-routing come next.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from .bench_tasks import line_segments
+from .errors import InvalidArgumentError
+from .sparse_config import SparseConfig
+
+
+@dataclass
+class SessionStats:
+    """What a session did: sizes, KV memory, timings. Times in milliseconds."""
+
+    n_prompt: int = 0
+    n_sparse: int = 0
+    n_kept: int = 0
+    full_heads: List[Tuple[int, int]] = field(default_factory=list)  # (layer, kv_head)
+    kv_bytes: int = 0
+    kv_bytes_dense: int = 0
+    prefill_ms: Dict[str, float] = field(default_factory=dict)  # per stage
+    ttft_ms: Optional[float] = None
+    decode_tok_s: Optional[float] = None
+    select_layer: Optional[int] = None
+    prune_layer: Optional[int] = None
+
+    def line(self) -> str:
+        """One human-readable line (the CLI's --stats)."""
+        parts = [f"{self.n_prompt} prompt tokens"]
+        if self.n_sparse:
+            parts.append(f"kept {self.n_kept} of {self.n_sparse} sparse tokens")
+        kv = f"KV {self.kv_bytes / 2**20:.1f} MiB"
+        if self.kv_bytes and self.kv_bytes < self.kv_bytes_dense:
+            kv += f" ({self.kv_bytes_dense / self.kv_bytes:.2f}x less than dense)"
+        parts.append(kv)
+        if self.ttft_ms is not None:
+            parts.append(f"first token {self.ttft_ms:.0f} ms")
+        if self.decode_tok_s:
+            parts.append(f"{self.decode_tok_s:.1f} tok/s")
+        return "; ".join(parts)
+
+
+def resolve_config(model, config: SparseConfig) -> Dict[str, object]:
+    """The settings this session runs with, refusing what is not built yet."""
+    resolved = config.resolve(model)
+    if config.prune_layer is not None and config.prune_layer < model.n_layer:
+        raise InvalidArgumentError(
+            f"prune_layer={config.prune_layer}: the pruned zone is not built yet; "
+            f"use prune_layer={model.n_layer} (KV routing only) or leave it unset")
+    if config.reroute:
+        raise InvalidArgumentError("reroute=True is not built yet: follow-up questions reuse the first routing")
+    resolved["prune_layer"] = model.n_layer  # KV routing only, for now
+    return resolved
+
+
+class SparseState:
+    """One sparse span per conversation; selection when the answer starts."""
+
+    def __init__(self, model, config: SparseConfig) -> None:
+        self.model = model
+        self.config = resolve_config(model, config)
+        self.span: Optional[Tuple[int, int]] = None
+        self.seg_starts: List[int] = []
+        self.pending: List[int] = []   # the query window, evaluated at answer time
+        self.selected = False
+        self.selection: Optional[dict] = None
+
+    @property
+    def holds_back(self) -> bool:
+        """Tokens after an unselected span wait for the answer (query window)."""
+        return self.span is not None and not self.selected
+
+    def add_span(self, native, ids: List[int]) -> None:
+        if self.span is not None:
+            raise InvalidArgumentError("one sparse span per conversation for now (call reset() for a new one)")
+        begin = native.n_past
+        native.eval(ids, False)
+        self.span = (begin, begin + len(ids))
+        self.seg_starts = line_segments(self.model, ids, int(self.config["segment_tokens"]))
+
+    def select(self, native, stats: SessionStats) -> None:
+        """Evaluates the query window with its queries captured, then selects
+        and compacts."""
+        if not self.pending:
+            raise InvalidArgumentError("a sparse span needs a question after it")
+        window = self.pending
+        self.pending = []
+        t0 = time.perf_counter()
+        native._set_query_capture(min(len(window), int(self.config["q_window"])))
+        native.eval(window, False)
+        native._set_query_capture(0)
+        t1 = time.perf_counter()
+        request = {k: v for k, v in self.config.items() if k != "head_prior"}
+        self.selection = native._select_sparse(self.span[0], self.span[1], self.seg_starts, request)
+        t2 = time.perf_counter()
+        self.selected = True
+        stats.prefill_ms["question"] = (t1 - t0) * 1000
+        stats.prefill_ms["select"] = (t2 - t1) * 1000
+        stats.n_kept = len(self.selection["kept_in_span"])
+        stats.full_heads = [(il, g) for il, layer in enumerate(self.selection["full_kv"]) for g, f in enumerate(layer) if f]

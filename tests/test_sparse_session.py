@@ -1,0 +1,111 @@
+"""HT-Sparse as a user meets it: a session made with a SparseConfig, a long
+document marked sparse in a chat turn, the answer, follow-ups, stats(), the
+CLI's --context-file; and clear refusals."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import htsparse_llama as hts
+from htsparse_llama import Model, SparseConfig
+
+QUESTION = "What is the pass key? Answer with the number only."
+
+
+def haystack(seed=5, n_lines=80, key=42817, where=33):
+    rng = np.random.default_rng(seed)
+    lines = [f"[{i:03d}] heartbeat on node {rng.integers(1, 99)}" for i in range(n_lines)]
+    lines[where] = f"[{where:03d}] The pass key is {key}. Remember it."
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def qwen(qwen_gguf):
+    return Model(qwen_gguf, n_ctx=2048, n_threads=2)
+
+
+def ask(session, doc, question=QUESTION):
+    session.add_message("user", [{"text": doc, "sparse": True}, {"text": "\n" + question}])
+    return session.generate(max_tokens=8, temperature=0, stream=False)
+
+
+def test_sparse_session_answers_like_dense_with_less_kv(qwen):
+    doc = haystack()
+    dense = qwen.session()
+    assert ask(dense, doc).strip() == "42817"
+    s = qwen.session(sparse=SparseConfig(keep_ratio=0.1, select_layer=4, full_head_ratio=0.25))
+    assert ask(s, doc).strip() == "42817"
+    st = s.stats()
+    assert st.n_sparse > 900 and 0.1 * st.n_sparse <= st.n_kept < 0.15 * st.n_sparse
+    assert len(st.full_heads) == round(0.25 * qwen.n_layer * qwen.info["n_head_kv"])
+    assert st.kv_bytes < st.kv_bytes_dense == dense.stats().kv_bytes
+    assert set(st.prefill_ms) >= {"prompt", "question", "select"} and st.ttft_ms > 0 and st.decode_tok_s > 0
+    assert (st.select_layer, st.prune_layer) == (4, qwen.n_layer)
+    assert "kept" in st.line() and "less than dense" in st.line()
+    # A follow-up reuses the routing and the compacted cache.
+    s.add_message("user", "Say it again.")
+    assert "42817" in s.generate(max_tokens=8, temperature=0, stream=False)
+    # reset() starts over with a dense cache and a fresh selection.
+    s.reset()
+    assert s.kv_bytes == st.kv_bytes_dense
+    assert ask(s, doc).strip() == "42817"
+
+
+def test_dense_session_treats_sparse_text_as_text(smollm_gguf):
+    model = Model(smollm_gguf, n_ctx=512, n_threads=2)
+    a, b = model.session(), model.session()
+    a.add_text("some long document\n", sparse=True)
+    b.add_text("some long document\n")
+    assert np.array_equal(a.logits(), b.logits()) and a.stats().n_sparse == 0
+
+
+def test_refusals(smollm_gguf):
+    model = Model(smollm_gguf, n_ctx=512, n_threads=2)
+    with pytest.raises(hts.InvalidArgumentError, match="pruned zone is not built yet"):
+        model.session(sparse=SparseConfig(prune_layer=5))
+    with pytest.raises(hts.InvalidArgumentError, match="reroute"):
+        model.session(sparse=SparseConfig(reroute=True))
+    with pytest.raises(hts.InvalidArgumentError, match="keep_ratio"):
+        model.session(sparse=SparseConfig(keep_ratio=3.0))
+    with pytest.raises(hts.InvalidArgumentError, match="SparseConfig"):
+        model.session(sparse={"keep_ratio": 0.2})
+    s = model.session(sparse=SparseConfig())
+    s.add_text("line one\nline two\n", sparse=True)
+    with pytest.raises(hts.InvalidArgumentError, match="one sparse span"):
+        s.add_text("another\n", sparse=True)
+    with pytest.raises(hts.InvalidArgumentError, match="all_logits"):
+        s.add_tokens([10, 11], all_logits=True)
+    with pytest.raises(hts.InvalidArgumentError, match="parts"):
+        s.add_message("user", [{"sparse": True}])
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True, timeout=600)
+
+
+def test_cli_context_file_with_stats(qwen_gguf, tmp_path):
+    doc = tmp_path / "log.txt"
+    doc.write_text(haystack(seed=9, key=61524, where=50))
+    common = ["generate", "-m", qwen_gguf, "-t", "2", "-c", "2048", "--temp", "0", "-n", "8", "-p", QUESTION,
+              "--context-file", str(doc)]
+    sparse = run_cli(*common, "--keep-ratio", "0.1", "--select-layer", "4", "--stats")
+    assert sparse.returncode == 0, sparse.stderr
+    assert sparse.stdout.strip() == "61524"
+    assert "kept" in sparse.stderr and "less than dense" in sparse.stderr
+    dense = run_cli(*common, "--dense")
+    assert dense.returncode == 0 and dense.stdout.strip() == "61524"
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--context-file", "/nonexistent/doc.txt"], "cannot read --context-file"),
+    (["--keep-ratio", "2"], "keep_ratio must be in (0, 1]"),
+    (["--prune-layer", "3"], "prune_layer must be in [select_layer=5, 30]"),
+    (["--prune-layer", "10"], "pruned zone is not built yet"),
+    (["--select-layer", "99"], "select_layer must be in [0, 30]"),
+])
+def test_cli_bad_sparse_options(smollm_gguf, extra, fragment):
+    proc = run_cli("generate", "-m", smollm_gguf, "-p", "hi", "-n", "2", *extra)
+    assert proc.returncode == 1
+    assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
