@@ -41,3 +41,18 @@ def test_bench_missing_model_is_one_clear_line(tmp_path):
     proc = run_cli("bench", "-m", str(tmp_path / "absent.gguf"), "--reps", "1")
     assert proc.returncode == 1
     assert "absent.gguf" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
+    out = tmp_path / "sparse.json"
+    proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--context", "600", "--trials", "1",
+                   "--keep-ratio", "0.3", "--select-layer", "3", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    for engine in ("llama_cpp", "dense", "sparse", "random"):
+        row = result[engine]
+        assert set(row) >= {"prefill_tok_s", "ttft_ms", "decode_tok_s", "kv_bytes", "accuracy"}
+        assert row["prefill_tok_s"] > 0 and row["decode_tok_s"] > 0 and 0 <= row["accuracy"] <= 1
+    assert result["sparse"]["kv_bytes"] < result["dense"]["kv_bytes"]
+    assert "needle_recall" in result["sparse"] and "needle_recall" in result["random"]
+    assert result["settings"]["keep_ratio"] == 0.3 and result["settings"]["select_layer"] == 3

@@ -59,7 +59,13 @@ def register(sub) -> None:
     p.add_argument("--decode-tokens", type=_positive, default=64, help="tokens to decode (default: 64)")
     p.add_argument("--reps", type=_positive, default=3, help="repetitions per measurement; the median is kept (default: 3)")
     p.add_argument("--dense-only", action="store_true",
-                   help="only the dense paths (ours and llama.cpp); the only mode until HT-Sparse lands")
+                   help="prefill/decode speed of the dense paths only (ours and llama.cpp)")
+    g = p.add_argument_group("HT-Sparse comparison (without --dense-only)")
+    g.add_argument("--context", type=_positive, default=8192, help="prompt length, 90%% of it sparse (default: 8192)")
+    g.add_argument("--keep-ratio", type=float, default=0.2, help="share of the sparse span kept (default: 0.2)")
+    g.add_argument("--full-heads", type=float, default=None, metavar="RATIO", help="full-head ratio (default: the model's)")
+    g.add_argument("--select-layer", type=int, default=None, help="select layer (default: the model's)")
+    g.add_argument("--trials", type=_positive, default=3, help="pass-key prompts (default: 3)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(run=run)
 
@@ -164,13 +170,21 @@ def _command_line(args: argparse.Namespace) -> str:
     """The command that repeats this run (recorded beside the numbers)."""
     return (f"python -m htsparse_llama bench -m {args.model} -t {args.threads} --device {args.device} "
             f"--prefill {','.join(map(str, args.prefill))} --decode-ctx {args.decode_ctx} "
-            f"--decode-tokens {args.decode_tokens} --reps {args.reps}" + (" --dense-only" if args.dense_only else ""))
+            f"--decode-tokens {args.decode_tokens} --reps {args.reps}" + (" --dense-only" if args.dense_only else
+            f" --context {args.context} --keep-ratio {args.keep_ratio} --trials {args.trials}"))
 
 
 def run(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     if not args.dense_only:
-        print("note: the HT-Sparse path is not built yet; measuring the dense paths only", file=sys.stderr)
+        from . import bench_sparse
+
+        result = bench_sparse.run(args, path)
+        result.update(date=date.today().isoformat(), command=_command_line(args), model=os.path.basename(path),
+                      machine={"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+                      threads=args.threads)
+        _write_json(args.json, result)
+        return 0
     n_ctx = max(max(args.prefill), args.decode_ctx + args.decode_tokens)
     ours = OursEngine(path, n_ctx, args.threads, args.device)
     ref = LlamaCppEngine(path, n_ctx, args.threads, ours.on_gpu)
@@ -212,10 +226,16 @@ def run(args: argparse.Namespace) -> int:
             "prefill_tok_s": prefill,
             "decode_tok_s": decode,
         }
-        tmp = args.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, args.json)
-        print(f"wrote {args.json}", file=sys.stderr)
+        _write_json(args.json, result)
     return 0
+
+
+def _write_json(path, result) -> None:
+    if not path:
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+    print(f"wrote {path}", file=sys.stderr)

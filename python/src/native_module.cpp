@@ -200,14 +200,15 @@ PYBIND11_MODULE(_native, mod) {
              py::arg("full_kv"), py::arg("kept_cells"))
         .def("_set_query_capture", &Session::set_query_capture, py::arg("n"))
         .def("_select_sparse",
-             [](Session & s, int begin, int end, const std::vector<int32_t> & seg_starts, const py::dict & request) {
+             [](Session & s, int begin, int end, const std::vector<int32_t> & seg_starts, const py::dict & request,
+                bool compact) {
                  const Model & m = s.model();
                  const SparseConfig config = resolve_sparse_config(sparse_request(request), m.file(), m.hparams());
                  SparseSelection sel;
                  {
                      py::gil_scoped_release release;
                      sel = select_sparse(m, s, SparseSpan{begin, end, seg_starts}, config);
-                     s.compact_kv(sel.full_kv, sel.kept_cells);
+                     if (compact) s.compact_kv(sel.full_kv, sel.kept_cells);
                  }
                  py::dict d;
                  d["kept_in_span"] = sel.kept_in_span;
@@ -216,7 +217,8 @@ PYBIND11_MODULE(_native, mod) {
                  d["select_layer"] = config.select_layer;
                  return d;
              },
-             py::arg("span_begin"), py::arg("span_end"), py::arg("seg_starts"), py::arg("config"))
+             py::arg("span_begin"), py::arg("span_end"), py::arg("seg_starts"), py::arg("config"),
+             py::arg("compact") = true)
         .def("_set_hidden_cells", &Session::set_hidden_cells, py::arg("cells"))
         .def_property_readonly("kv_bytes_dense", &Session::kv_bytes_dense)
         .def_property_readonly("next_pos", &Session::next_pos)

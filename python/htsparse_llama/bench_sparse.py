@@ -1,0 +1,192 @@
+"""`bench` without --dense-only: llama.cpp dense, our dense path and our
+HT-Sparse path on the same long-context retrieval prompts (a log marked
+sparse, a pass key in it, the question after it), same GGUF and threads, in
+one process run; plus a random-selection baseline that keeps as many tokens.
+
+Per engine: prefill tokens/s, time to first token (whole prompt to first
+answer token), decode tokens/s, KV bytes and pass-key accuracy; for the
+sparse paths also needle recall (whether the kept set held the needle line).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Dict, List
+
+import numpy as np
+
+from .bench_tasks import SparsePrompt, passkey
+
+ANSWER_TOKENS = 8     # enough for a five-digit key
+DECODE_TOKENS = 32    # decode speed is timed over this many tokens after the answer starts
+TOKENS_PER_LINE = 12.5
+
+
+def lines_for_context(context: int) -> int:
+    """Log lines whose span is about 90% of a `context`-token prompt."""
+    return max(8, int(0.9 * context / TOKENS_PER_LINE))
+
+
+class Trial:
+    """One engine on one prompt: timings, answer, KV bytes."""
+
+    def __init__(self) -> None:
+        self.prefill_s = 0.0
+        self.first_token_s = 0.0
+        self.decode_s = 0.0
+        self.n_prompt = 0
+        self.answer = ""
+        self.kv_bytes = 0
+        self.needle_kept = None
+
+
+def _greedy(step, first_logits, n: int) -> List[int]:
+    out, logits = [], first_logits
+    for _ in range(n):
+        out.append(int(np.argmax(logits)))
+        logits = step(out[-1])
+    return out
+
+
+def _run_ours(model, prompt: SparsePrompt, sparse: Dict, random_keep: bool, seed: int) -> Trial:
+    t = Trial()
+    s = model.session()
+    ids = prompt.prefix + prompt.span + prompt.suffix
+    t.n_prompt = len(ids)
+    start = time.perf_counter()
+    if sparse is None:
+        s.add_tokens(ids)
+    else:
+        s._native._set_query_capture(min(len(prompt.suffix), 64))
+        s.add_tokens(prompt.prefix + prompt.span)
+        s.add_tokens(prompt.suffix)
+        t.needle_kept = _select(s, prompt, sparse, random_keep, seed)
+    t.prefill_s = time.perf_counter() - start
+
+    def step(tok):
+        s.add_tokens([tok])
+        return s.logits()
+
+    answer = _greedy(step, s.logits(), 1)
+    t.first_token_s = time.perf_counter() - start
+    answer += _greedy(step, step(answer[0]), ANSWER_TOKENS - 1)
+    t.answer = model.detokenize(answer)
+    d0 = time.perf_counter()
+    _greedy(step, s.logits(), DECODE_TOKENS)
+    t.decode_s = time.perf_counter() - d0
+    t.kv_bytes = s.kv_bytes
+    return t
+
+
+def _select(s, prompt: SparsePrompt, sparse: Dict, random_keep: bool, seed: int) -> bool:
+    """HT-Sparse selection and compaction; or, for the random baseline, the
+    same head routing with as many tokens kept in randomly chosen lines.
+    Returns whether the needle line was kept."""
+    begin = len(prompt.prefix)
+    sel = s._native._select_sparse(begin, begin + len(prompt.span), prompt.seg_starts, sparse, not random_keep)
+    kept = sel["kept_in_span"]
+    if random_keep:
+        kept = _random_lines(prompt, len(kept), seed)
+        n_used = s.n_past
+        cells = list(range(begin)) + [begin + v for v in kept] + list(range(begin + len(prompt.span), n_used))
+        s._native._compact_kv(sel["full_kv"], cells)
+    return set(prompt.needle) <= set(kept)
+
+
+def _random_lines(prompt: SparsePrompt, n_tokens: int, seed: int) -> List[int]:
+    """Whole random segments of the span until n_tokens are kept, ascending."""
+    starts = prompt.seg_starts
+    ends = starts[1:] + [len(prompt.span)]
+    order = np.random.default_rng(seed).permutation(len(starts))
+    kept: List[int] = []
+    for seg in order:
+        if len(kept) >= n_tokens:
+            break
+        kept += range(starts[seg], ends[seg])
+    return sorted(kept)
+
+
+class LlamaCppRunner:
+    def __init__(self, path: str, n_ctx: int, threads: int, on_gpu: bool) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
+                                   n_ubatch=512, flash_attn=True, n_gpu_layers=-1 if on_gpu else 0, verbose=False)
+        self.n_vocab = self.llm.n_vocab()
+
+    def logits(self) -> np.ndarray:
+        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
+
+    def run(self, model, prompt: SparsePrompt) -> Trial:
+        t = Trial()
+        ids = prompt.prefix + prompt.span + prompt.suffix
+        t.n_prompt = len(ids)
+        self.llm.reset()
+        start = time.perf_counter()
+        self.llm.eval(ids)
+        t.prefill_s = time.perf_counter() - start
+
+        def step(tok):
+            self.llm.eval([tok])
+            return self.logits()
+
+        answer = _greedy(step, self.logits(), 1)
+        t.first_token_s = time.perf_counter() - start
+        answer += _greedy(step, step(answer[0]), ANSWER_TOKENS - 1)
+        t.answer = model.detokenize(answer)
+        d0 = time.perf_counter()
+        _greedy(step, self.logits(), DECODE_TOKENS)
+        t.decode_s = time.perf_counter() - d0
+        hp = model.info
+        t.kv_bytes = 2 * hp["n_layer"] * hp["n_embd_head"] * hp["n_head_kv"] * self.llm.n_ctx() * 2  # F16 K and V
+        return t
+
+
+def summarize(trials: List[Trial], prompts: List[SparsePrompt]) -> Dict[str, object]:
+    return {
+        "prefill_tok_s": round(statistics.median(t.n_prompt / t.prefill_s for t in trials), 2),
+        "ttft_ms": round(statistics.median(t.first_token_s * 1000 for t in trials), 1),
+        "decode_tok_s": round(statistics.median(DECODE_TOKENS / t.decode_s for t in trials), 2),
+        "kv_bytes": int(statistics.median(t.kv_bytes for t in trials)),
+        "accuracy": sum(p.answer in t.answer for t, p in zip(trials, prompts)) / len(trials),
+        **({"needle_recall": sum(bool(t.needle_kept) for t in trials) / len(trials)}
+           if trials[0].needle_kept is not None else {}),
+    }
+
+
+def run(args, path: str) -> Dict[str, object]:
+    """The comparison; prints one row per engine and returns the JSON body."""
+    from .model import Model
+    from .sparse_config import SparseConfig
+
+    n_ctx = args.context + ANSWER_TOKENS + DECODE_TOKENS + 256
+    model = Model(path, n_ctx=n_ctx, n_threads=args.threads, device=args.device)
+    sparse = SparseConfig(keep_ratio=args.keep_ratio, full_head_ratio=args.full_heads,
+                          select_layer=args.select_layer, prune_layer=model.n_layer).resolve(model)
+    sparse.pop("head_prior")
+    for key in ("keep_ratio", "full_head_ratio", "keep_mass", "token_keep"):
+        sparse[key] = round(float(sparse[key]), 6)  # float32 from C++; shown and stored as given
+    ref = LlamaCppRunner(path, n_ctx, args.threads, model.device.upper() != "CPU")
+    prompts = [passkey(model, seed=1000 + i, n_lines=lines_for_context(args.context)) for i in range(args.trials)]
+    print(f"model {model.arch}, {model.n_layer} layers, device {model.device}, {args.threads} threads; "
+          f"{args.trials} pass-key prompts of ~{len(prompts[0].prefix + prompts[0].span + prompts[0].suffix)} tokens "
+          f"(90% sparse); keep_ratio {sparse['keep_ratio']:.3g}, full_head_ratio {sparse['full_head_ratio']:.3g}, "
+          f"select_layer {sparse['select_layer']}", flush=True)
+    runs: Dict[str, List[Trial]] = {"llama_cpp": [], "dense": [], "sparse": [], "random": []}
+    for i, prompt in enumerate(prompts):  # engines interleaved per prompt
+        runs["llama_cpp"].append(ref.run(model, prompt))
+        runs["dense"].append(_run_ours(model, prompt, None, False, i))
+        runs["sparse"].append(_run_ours(model, prompt, sparse, False, i))
+        runs["random"].append(_run_ours(model, prompt, sparse, True, i))
+        print(f"  prompt {i + 1}/{len(prompts)}: key {prompt.answer}; answers "
+              + ", ".join(f"{k} {t[-1].answer.strip()!r}" for k, t in runs.items()), flush=True)
+    result = {name: summarize(trials, prompts) for name, trials in runs.items()}
+    for name, row in result.items():
+        print(f"{name:<10} prefill {row['prefill_tok_s']:8.1f} tok/s  ttft {row['ttft_ms']:8.0f} ms  "
+              f"decode {row['decode_tok_s']:6.1f} tok/s  KV {row['kv_bytes'] / 2**20:7.1f} MiB  "
+              f"accuracy {row['accuracy']:.2f}" + (f"  needle recall {row['needle_recall']:.2f}"
+                                                   if "needle_recall" in row else ""), flush=True)
+    result["settings"] = {"context": args.context, "trials": args.trials, **{k: sparse[k] for k in
+                          ("keep_ratio", "full_head_ratio", "select_layer", "prune_layer")}}
+    return result
