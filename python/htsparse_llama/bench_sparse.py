@@ -49,6 +49,21 @@ def _greedy(step, first_logits, n: int) -> List[int]:
     return out
 
 
+def _answer_and_decode(t: Trial, model, step, logits: np.ndarray, start: float) -> None:
+    """Greedy answer (time to its first token from `start`), then the timed
+    decode run; `step(token)` evaluates one token and returns its logits."""
+    answer = []
+    for _ in range(ANSWER_TOKENS):
+        answer.append(int(np.argmax(logits)))
+        if len(answer) == 1:
+            t.first_token_s = time.perf_counter() - start
+        logits = step(answer[-1])
+    t.answer = model.detokenize(answer)
+    d0 = time.perf_counter()
+    _greedy(step, logits, DECODE_TOKENS)
+    t.decode_s = time.perf_counter() - d0
+
+
 def _run_ours(model, prompt: SparsePrompt, sparse: Dict, random_keep: bool, seed: int) -> Trial:
     t = Trial()
     s = model.session()
@@ -68,13 +83,7 @@ def _run_ours(model, prompt: SparsePrompt, sparse: Dict, random_keep: bool, seed
         s.add_tokens([tok])
         return s.logits()
 
-    answer = _greedy(step, s.logits(), 1)
-    t.first_token_s = time.perf_counter() - start
-    answer += _greedy(step, step(answer[0]), ANSWER_TOKENS - 1)
-    t.answer = model.detokenize(answer)
-    d0 = time.perf_counter()
-    _greedy(step, s.logits(), DECODE_TOKENS)
-    t.decode_s = time.perf_counter() - d0
+    _answer_and_decode(t, model, step, s.logits(), start)
     t.kv_bytes = s.kv_bytes
     return t
 
@@ -131,13 +140,7 @@ class LlamaCppRunner:
             self.llm.eval([tok])
             return self.logits()
 
-        answer = _greedy(step, self.logits(), 1)
-        t.first_token_s = time.perf_counter() - start
-        answer += _greedy(step, step(answer[0]), ANSWER_TOKENS - 1)
-        t.answer = model.detokenize(answer)
-        d0 = time.perf_counter()
-        _greedy(step, self.logits(), DECODE_TOKENS)
-        t.decode_s = time.perf_counter() - d0
+        _answer_and_decode(t, model, step, self.logits(), start)
         hp = model.info
         t.kv_bytes = 2 * hp["n_layer"] * hp["n_embd_head"] * hp["n_head_kv"] * self.llm.n_ctx() * 2  # F16 K and V
         return t
