@@ -43,7 +43,8 @@ def test_passkey_survives_selection_at_layer_4_keeping_a_tenth(qwen_gguf):
     assert prompt.answer in dense_answer
 
     s = prefill(model, prompt)
-    sel = select(s, prompt, keep_ratio=0.1, select_layer=4, full_head_ratio=0.25)
+    # prune_layer = L: KV routing over every layer (the pruned zone is tested in test_pruned_zone.py).
+    sel = select(s, prompt, keep_ratio=0.1, select_layer=4, prune_layer=model.n_layer, full_head_ratio=0.25)
     kept = set(sel["kept_in_span"])
     assert set(prompt.needle) <= kept
     assert 0.1 * len(prompt.span) <= len(kept) < 0.15 * len(prompt.span)

@@ -39,10 +39,11 @@ def test_sparse_session_answers_like_dense_with_less_kv(qwen):
     assert ask(s, doc).strip() == "42817"
     st = s.stats()
     assert st.n_sparse > 900 and 0.1 * st.n_sparse <= st.n_kept < 0.15 * st.n_sparse
-    assert len(st.full_heads) == round(0.25 * qwen.n_layer * qwen.info["n_head_kv"])
+    # Default prune layer S + L/6 = 8: full heads are a quarter of the routed layers' KV heads.
+    assert (st.select_layer, st.prune_layer) == (4, 8)
+    assert len(st.full_heads) == round(0.25 * 8 * qwen.info["n_head_kv"]) and all(il < 8 for il, _ in st.full_heads)
     assert st.kv_bytes < st.kv_bytes_dense == dense.stats().kv_bytes
-    assert set(st.prefill_ms) >= {"prompt", "question", "select"} and st.ttft_ms > 0 and st.decode_tok_s > 0
-    assert (st.select_layer, st.prune_layer) == (4, qwen.n_layer)
+    assert set(st.prefill_ms) >= {"prompt", "question", "select", "pruned_zone"} and st.ttft_ms > 0 and st.decode_tok_s > 0
     assert "kept" in st.line() and "less than dense" in st.line()
     # A follow-up reuses the routing and the compacted cache.
     s.add_message("user", "Say it again.")
@@ -63,8 +64,6 @@ def test_dense_session_treats_sparse_text_as_text(smollm_gguf):
 
 def test_refusals(smollm_gguf):
     model = Model(smollm_gguf, n_ctx=512, n_threads=2)
-    with pytest.raises(hts.InvalidArgumentError, match="pruned zone is not built yet"):
-        model.session(sparse=SparseConfig(prune_layer=5))
     with pytest.raises(hts.InvalidArgumentError, match="reroute"):
         model.session(sparse=SparseConfig(reroute=True))
     with pytest.raises(hts.InvalidArgumentError, match="keep_ratio"):
@@ -94,6 +93,8 @@ def test_cli_context_file_with_stats(qwen_gguf, tmp_path):
     assert sparse.returncode == 0, sparse.stderr
     assert sparse.stdout.strip() == "61524"
     assert "kept" in sparse.stderr and "less than dense" in sparse.stderr
+    pruned_early = run_cli(*common, "--keep-ratio", "0.1", "--select-layer", "4", "--prune-layer", "4")
+    assert pruned_early.returncode == 0 and pruned_early.stdout.strip() == "61524", pruned_early.stderr
     dense = run_cli(*common, "--dense")
     assert dense.returncode == 0 and dense.stdout.strip() == "61524"
 
@@ -102,7 +103,6 @@ def test_cli_context_file_with_stats(qwen_gguf, tmp_path):
     (["--context-file", "/nonexistent/doc.txt"], "cannot read --context-file"),
     (["--keep-ratio", "2"], "keep_ratio must be in (0, 1]"),
     (["--prune-layer", "3"], "prune_layer must be in [select_layer=5, 30]"),
-    (["--prune-layer", "10"], "pruned zone is not built yet"),
     (["--select-layer", "99"], "select_layer must be in [0, 30]"),
 ])
 def test_cli_bad_sparse_options(smollm_gguf, extra, fragment):

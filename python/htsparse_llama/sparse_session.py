@@ -2,12 +2,20 @@
 the query window held back until the answer starts, the selection step, and
 the statistics a user sees.
 
-What runs today: the prompt is prefilled densely; when the answer starts, the
-query window (the tokens after the span) is evaluated with its queries
-captured, saliency and selection run at the select layer, KV heads are routed
-by saliency at every layer, and the cache is compacted for every layer
-(retroactive compaction), so decoding reads less memory. Prefill-time pruning
-(prune_layer < n_layer) and re-routing come next.
+Staged prefill: the span (and what follows it) runs through layers [0, P)
+only, as soon as it is added, its residual stream at P kept. When the answer
+starts, the query window (the tokens after the span) runs through [0, P) with
+its queries captured; saliency at every layer below P picks the full KV heads
+and the select layer S picks the kept segments; the cache is compacted for
+every layer (retroactive compaction); then only the kept tokens run through
+the pruned zone [P, L). With S = P, layer S's keys are written by a probe
+(no attention) so selection can read them.
+
+Deviation from DESIGN.md: layers [S, P) run every head over every token
+during prefill (routing applies from the answer on), because routing a layer
+needs that layer's own saliency, known only once the window has run through
+it. All tokens stay in the residual stream there anyway, so only attention
+FLOPs differ. Re-routing comes next.
 """
 
 from __future__ import annotations
@@ -56,13 +64,8 @@ class SessionStats:
 def resolve_config(model, config: SparseConfig) -> Dict[str, object]:
     """The settings this session runs with, refusing what is not built yet."""
     resolved = config.resolve(model)
-    if config.prune_layer is not None and config.prune_layer < model.n_layer:
-        raise InvalidArgumentError(
-            f"prune_layer={config.prune_layer}: the pruned zone is not built yet; "
-            f"use prune_layer={model.n_layer} (KV routing only) or leave it unset")
     if config.reroute:
         raise InvalidArgumentError("reroute=True is not built yet: follow-up questions reuse the first routing")
-    resolved["prune_layer"] = model.n_layer  # KV routing only, for now
     return resolved
 
 
@@ -87,13 +90,16 @@ class SparseState:
         if self.span is not None:
             raise InvalidArgumentError("one sparse span per conversation for now (call reset() for a new one)")
         begin = native.n_past
+        prune_layer = int(self.config["prune_layer"])
+        if prune_layer < self.model.n_layer:
+            native._hold_from_layer(prune_layer)  # stage 1 now, the pruned zone after selection
         native.eval(ids, False)
         self.span = (begin, begin + len(ids))
         self.seg_starts = line_segments(self.model, ids, int(self.config["segment_tokens"]))
 
     def select(self, native, stats: SessionStats) -> None:
-        """Evaluates the query window with its queries captured, then selects
-        and compacts."""
+        """Evaluates the query window with its queries captured, selects,
+        compacts, and runs the kept tokens through the pruned zone."""
         if not self.pending:
             raise InvalidArgumentError("a sparse span needs a question after it")
         window = self.pending
@@ -101,13 +107,21 @@ class SparseState:
         t0 = time.perf_counter()
         native._set_query_capture(min(len(window), int(self.config["q_window"])))
         native.eval(window, False)
+        held = native.n_held > 0
+        if held and int(self.config["select_layer"]) >= int(self.config["prune_layer"]):
+            native._probe_held_layer()  # S = P: layer S's keys for selection
         native._set_query_capture(0)
         t1 = time.perf_counter()
         request = {k: v for k, v in self.config.items() if k != "head_prior"}
         self.selection = native._select_sparse(self.span[0], self.span[1], self.seg_starts, request)
         t2 = time.perf_counter()
+        if held:
+            native._finish_held()
+        t3 = time.perf_counter()
         self.selected = True
         stats.prefill_ms["question"] = (t1 - t0) * 1000
         stats.prefill_ms["select"] = (t2 - t1) * 1000
+        if held:
+            stats.prefill_ms["pruned_zone"] = (t3 - t2) * 1000
         stats.n_kept = len(self.selection["kept_in_span"])
         stats.full_heads = [(il, g) for il, layer in enumerate(self.selection["full_kv"]) for g, f in enumerate(layer) if f]

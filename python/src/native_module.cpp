@@ -220,6 +220,10 @@ PYBIND11_MODULE(_native, mod) {
              py::arg("span_begin"), py::arg("span_end"), py::arg("seg_starts"), py::arg("config"),
              py::arg("compact") = true)
         .def("_set_hidden_cells", &Session::set_hidden_cells, py::arg("cells"))
+        .def("_hold_from_layer", &Session::hold_from_layer, py::arg("layer"))
+        .def("_probe_held_layer", &Session::probe_held_layer, py::call_guard<py::gil_scoped_release>())
+        .def("_finish_held", &Session::finish_held, py::call_guard<py::gil_scoped_release>())
+        .def_property_readonly("n_held", &Session::n_held)
         .def_property_readonly("kv_bytes_dense", &Session::kv_bytes_dense)
         .def_property_readonly("next_pos", &Session::next_pos)
         .def("logits", [](const Session & s) { return logits_array(s, true); })

@@ -15,7 +15,7 @@ GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_c
       layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end),
       first_sparse_cell(mb.first_sparse_cell),
       n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),
-      capture_q(mb.capture_q), captured_q(model.hparams().n_layer, nullptr) {}
+      capture_q(mb.capture_q), kv_only(mb.kv_only), captured_q(model.hparams().n_layer, nullptr) {}
 
 // The query window's roped queries, for saliency after the pass (selection).
 void GraphContext::capture_queries(ggml_tensor * q, int il) {
@@ -158,6 +158,12 @@ ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, 
     cur = ggml_mul_mat(ctx0, l.wo, cur);  // [n_embd, n_tokens]
     name(cur, "attn_out", il);
     return cur;
+}
+
+ggml_tensor * GraphContext::build_kv_probe(const QKV & qkv, int il) {
+    capture_queries(qkv.q, il);
+    kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);
+    return qkv.k;
 }
 
 ggml_tensor * GraphContext::build_ffn_swiglu(const LayerWeights & l, ggml_tensor * x, int il) {

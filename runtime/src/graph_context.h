@@ -28,6 +28,9 @@ struct MicroBatch {
     int layer_end = -1;
     int first_sparse_cell = 0;  // compacted KV cache: compact cell of the first token
     int capture_q = 0;          // keep the roped queries of the last capture_q tokens of each layer
+    // Selection probe: layer layer_begin only writes its K/V and captures
+    // queries; no attention, no output (Session::probe_held_layer).
+    bool kv_only = false;
 };
 
 // Graph inputs of one layer whose KV heads are split into full and sparse
@@ -58,6 +61,7 @@ public:
     const int layer_begin, layer_end;  // layer_end resolved to n_layer when "all"
     const int first_sparse_cell, n_kv_sparse;  // compacted cache only
     const int capture_q;
+    const bool kv_only;
     std::vector<ggml_tensor *> captured_q;     // per layer F32 [head_dim, n_head, capture_q]; graph outputs
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
@@ -84,6 +88,8 @@ public:
     // The same over a compacted cache: full and sparse KV heads attend over
     // their own caches (hts_routed_attention).
     ggml_tensor * build_routed_attn(const LayerWeights & l, const QKV & qkv, int il);  // [n_embd, n_tokens]
+    // Selection probe: captures q, stores k and v in the dense cache; returns k.
+    ggml_tensor * build_kv_probe(const QKV & qkv, int il);
     ggml_tensor * build_ffn_swiglu(const LayerWeights & l, ggml_tensor * x, int il);
     // Keeps the rows that produce logits (a no-op when every row does).
     ggml_tensor * select_outputs(ggml_tensor * x);

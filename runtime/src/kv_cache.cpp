@@ -37,6 +37,8 @@ KvCache::~KvCache() {
     if (ctx_) ggml_free(ctx_);
     if (split_buffer_) ggml_backend_buffer_free(split_buffer_);
     if (split_ctx_) ggml_free(split_ctx_);
+    if (sparse_buffer_) ggml_backend_buffer_free(sparse_buffer_);
+    if (sparse_ctx_) ggml_free(sparse_ctx_);
 }
 
 int KvCache::n_kv_for(int n_used) const {

@@ -46,13 +46,17 @@ public:
     // --- per-head split (HT-Sparse, DESIGN.md section 4) ----------------------
     // After compact(), every layer's KV heads are in two groups: "full" heads
     // keep every cell (same cell numbering as before), "sparse" heads keep only
-    // the listed cells, renumbered 0.. in order, in a compact tensor with room
-    // for the cells still to come. The dense tensors are freed.
+    // the listed cells, renumbered 0.. in order, in a compact tensor sized to
+    // them and grown by reserve_sparse() as cells come. The dense tensors are freed.
     //   full_kv[il][g]: KV head g of layer il is full
     //   kept_cells:     ascending cells the sparse heads keep, all < n_used
     void compact(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells, int n_used);
     bool is_split() const { return split_; }
     int sparse_capacity() const { return sparse_capacity_; }
+    // Grows the compact tensors to hold at least n_cells cells (a quarter
+    // more, to grow seldom; at most the dense capacity), keeping the first
+    // n_used. A no-op when they already do.
+    void reserve_sparse(int n_cells, int n_used);
     int n_sparse_kv_for(int n_used_sparse) const;  // as n_kv_for, for compact cells
     int n_full_heads(int il) const { return split_ ? n_full_[il] : n_head_kv_; }
     const std::vector<bool> & full_heads(int il) const { return full_kv_[il]; }
@@ -84,8 +88,14 @@ private:
     std::vector<std::vector<bool>> full_kv_;  // per layer, per KV head
     std::vector<int> n_full_;                 // per layer
     std::vector<ggml_tensor *> ks_, vs_;      // split mode: sparse heads [head_dim * G_sparse, sparse_capacity]
-    ggml_context * split_ctx_ = nullptr;
+    ggml_context * split_ctx_ = nullptr;  // full-head tensors
     ggml_backend_buffer_t split_buffer_ = nullptr;
+    ggml_context * sparse_ctx_ = nullptr;  // sparse-head tensors, reallocated as they grow
+    ggml_backend_buffer_t sparse_buffer_ = nullptr;
+
+    // New sparse-head tensors of `capacity` cells per layer (n_full: full heads per layer).
+    void alloc_sparse(int capacity, const std::vector<int> & n_full, ggml_context *& ctx, ggml_backend_buffer_t & buf,
+                      std::vector<ggml_tensor *> & ks, std::vector<ggml_tensor *> & vs) const;
 };
 
 }  // namespace hts

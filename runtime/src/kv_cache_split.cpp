@@ -36,7 +36,67 @@ IndexInput head_rows(ggml_context * ctx, const std::vector<int32_t> & heads, int
     return in;
 }
 
+// Allocates every tensor of ctx on backend, zero-filled so unused cells read
+// as finite numbers; nullptr when ctx has no tensor. Frees ctx on failure.
+ggml_backend_buffer_t alloc_zeroed(ggml_context * ctx, ggml_backend_t backend, const char * what) {
+    if (!ggml_get_first_tensor(ctx)) return nullptr;
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, backend);
+    if (!buf) {
+        ggml_free(ctx);
+        fail(ErrorKind::Backend, format("cannot allocate %s", what));
+    }
+    ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_COMPUTE);
+    ggml_backend_buffer_clear(buf, 0);
+    return buf;
+}
+
 }  // namespace
+
+void KvCache::alloc_sparse(int capacity, const std::vector<int> & n_full, ggml_context *& ctx,
+                           ggml_backend_buffer_t & buf, std::vector<ggml_tensor *> & ks,
+                           std::vector<ggml_tensor *> & vs) const {
+    const int n_layer = int(n_full.size());
+    ggml_init_params params = {ggml_tensor_overhead() * (2 * n_layer + 1), nullptr, true};
+    ctx = ggml_init(params);
+    ks.assign(n_layer, nullptr);
+    vs.assign(n_layer, nullptr);
+    for (int il = 0; il < n_layer; ++il) {
+        const int n_sparse = n_head_kv_ - n_full[il];
+        if (n_sparse == 0) continue;
+        ks[il] = ggml_new_tensor_2d(ctx, type_, int64_t(n_embd_head_) * n_sparse, capacity);
+        vs[il] = ggml_new_tensor_2d(ctx, type_, int64_t(n_embd_head_) * n_sparse, capacity);
+        ggml_format_name(ks[il], "cache_k_sparse_l%d", il);
+        ggml_format_name(vs[il], "cache_v_sparse_l%d", il);
+    }
+    buf = alloc_zeroed(ctx, model_->backends().main(), "the compacted KV cache");
+}
+
+void KvCache::reserve_sparse(int n_cells, int n_used) {
+    if (!split_ || n_cells <= sparse_capacity_) return;
+    if (n_cells > capacity_) fail(ErrorKind::ContextOverflow, format("%d compact cells exceed the context (%d)", n_cells, capacity_));
+    const int capacity = std::min(capacity_, GGML_PAD(n_cells + n_cells / 4, kCellPad));
+    ggml_context * ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    std::vector<ggml_tensor *> ks, vs;
+    alloc_sparse(capacity, n_full_, ctx, buf, ks, vs);
+    // Rows are cells, so the used cells are one contiguous prefix of each tensor.
+    std::vector<uint8_t> staging;
+    for (size_t il = 0; il < ks.size(); ++il) {
+        for (auto [src, dst] : {std::make_pair(ks_[il], ks[il]), std::make_pair(vs_[il], vs[il])}) {
+            if (!src || n_used == 0) continue;
+            staging.resize(src->nb[1] * size_t(n_used));
+            ggml_backend_tensor_get(src, staging.data(), 0, staging.size());
+            ggml_backend_tensor_set(dst, staging.data(), 0, staging.size());
+        }
+    }
+    if (sparse_buffer_) ggml_backend_buffer_free(sparse_buffer_);
+    if (sparse_ctx_) ggml_free(sparse_ctx_);
+    sparse_ctx_ = ctx;
+    sparse_buffer_ = buf;
+    ks_ = ks;
+    vs_ = vs;
+    sparse_capacity_ = capacity;
+}
 
 int KvCache::n_sparse_kv_for(int n_used_sparse) const {
     return std::min(sparse_capacity_, std::max(kCellPad, GGML_PAD(n_used_sparse, kCellPad)));
@@ -86,38 +146,33 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
         }
     }
     const int n_kept = int(kept_cells.size());
-    // Room for every cell still to come, as the dense cache had.
-    const int sparse_capacity = GGML_PAD(n_kept + (capacity_ - n_used), kCellPad);
+    // Room for the kept cells and a few more; reserve_sparse() grows it.
+    const int sparse_capacity = std::min(capacity_, GGML_PAD(n_kept + 1, kCellPad));
 
-    // The split tensors.
-    ggml_init_params params = {ggml_tensor_overhead() * (4 * n_layer + 1), nullptr, true};
-    ggml_context * sctx = ggml_init(params);
-    std::vector<ggml_tensor *> kf(n_layer, nullptr), vf(n_layer, nullptr), ks(n_layer, nullptr), vs(n_layer, nullptr);
+    // The split tensors: full heads at full length, sparse heads compact.
     std::vector<int> n_full(n_layer);
+    for (int il = 0; il < n_layer; ++il) n_full[il] = int(std::count(full_kv[il].begin(), full_kv[il].end(), true));
+    ggml_init_params params = {ggml_tensor_overhead() * (2 * n_layer + 1), nullptr, true};
+    ggml_context * sctx = ggml_init(params);
+    std::vector<ggml_tensor *> kf(n_layer, nullptr), vf(n_layer, nullptr), ks, vs;
     for (int il = 0; il < n_layer; ++il) {
-        n_full[il] = int(std::count(full_kv[il].begin(), full_kv[il].end(), true));
-        const int n_sparse = n_head_kv_ - n_full[il];
-        if (n_full[il] > 0) {
-            kf[il] = ggml_new_tensor_2d(sctx, type_, int64_t(n_embd_head_) * n_full[il], capacity_);
-            vf[il] = ggml_new_tensor_2d(sctx, type_, int64_t(n_embd_head_) * n_full[il], capacity_);
-            ggml_format_name(kf[il], "cache_k_full_l%d", il);
-            ggml_format_name(vf[il], "cache_v_full_l%d", il);
-        }
-        if (n_sparse > 0) {
-            ks[il] = ggml_new_tensor_2d(sctx, type_, int64_t(n_embd_head_) * n_sparse, sparse_capacity);
-            vs[il] = ggml_new_tensor_2d(sctx, type_, int64_t(n_embd_head_) * n_sparse, sparse_capacity);
-            ggml_format_name(ks[il], "cache_k_sparse_l%d", il);
-            ggml_format_name(vs[il], "cache_v_sparse_l%d", il);
-        }
+        if (n_full[il] == 0) continue;
+        kf[il] = ggml_new_tensor_2d(sctx, type_, int64_t(n_embd_head_) * n_full[il], capacity_);
+        vf[il] = ggml_new_tensor_2d(sctx, type_, int64_t(n_embd_head_) * n_full[il], capacity_);
+        ggml_format_name(kf[il], "cache_k_full_l%d", il);
+        ggml_format_name(vf[il], "cache_v_full_l%d", il);
     }
     ggml_backend_t backend = model_->backends().main();
-    ggml_backend_buffer_t sbuf = ggml_backend_alloc_ctx_tensors(sctx, backend);
-    if (!sbuf) {
+    ggml_backend_buffer_t sbuf = alloc_zeroed(sctx, backend, "the compacted KV cache");
+    ggml_context * pctx = nullptr;
+    ggml_backend_buffer_t pbuf = nullptr;
+    try {
+        alloc_sparse(sparse_capacity, n_full, pctx, pbuf, ks, vs);
+    } catch (...) {
+        if (sbuf) ggml_backend_buffer_free(sbuf);
         ggml_free(sctx);
-        fail(ErrorKind::Backend, "cannot allocate the compacted KV cache");
+        throw;
     }
-    ggml_backend_buffer_set_usage(sbuf, GGML_BACKEND_BUFFER_USAGE_COMPUTE);
-    ggml_backend_buffer_clear(sbuf, 0);
 
     // The copy graph: full heads keep every used cell, sparse heads the kept ones.
     const size_t graph_size = size_t(16 * n_layer + 64);
@@ -168,8 +223,9 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
     ggml_free(gctx);
     ggml_free(ictx);
     if (!ok) {
-        ggml_backend_buffer_free(sbuf);
+        for (ggml_backend_buffer_t b : {sbuf, pbuf}) if (b) ggml_backend_buffer_free(b);
         ggml_free(sctx);
+        ggml_free(pctx);
         fail(ErrorKind::Backend, "KV cache compaction failed");
     }
 
@@ -184,6 +240,8 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
     vs_ = vs;
     split_ctx_ = sctx;
     split_buffer_ = sbuf;
+    sparse_ctx_ = pctx;
+    sparse_buffer_ = pbuf;
     full_kv_ = full_kv;
     n_full_ = n_full;
     sparse_capacity_ = sparse_capacity;

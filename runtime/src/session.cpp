@@ -59,6 +59,8 @@ void Session::reset() {
     if (kv_->is_split()) kv_ = std::make_unique<KvCache>(model_, n_ctx_);  // back to one dense cache
     n_sparse_cells_ = 0;
     hidden_cells_.clear();
+    kept_cells_.clear();
+    held_ = HeldTokens{};
     n_past_ = 0;
     next_pos_ = 0;
     tokens_.clear();
@@ -97,6 +99,7 @@ std::vector<int32_t> Session::rope_positions(int n, const TokenPositions * posit
 void Session::compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells) {
     kv_->compact(full_kv, kept_cells, n_past_);
     n_sparse_cells_ = static_cast<int>(kept_cells.size());
+    kept_cells_ = kept_cells;
 }
 
 size_t Session::kv_bytes_dense() const {
@@ -134,39 +137,136 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
                           const TokenPositions * positions) {
     const int n_layer = model_.hparams().n_layer;
     if (split < 0 || split > n_layer) fail(ErrorKind::InvalidArgument, format("split layer %d is outside [0, %d]", split, n_layer));
+    if (held_.layer >= 0 && (all_logits || split != n_layer)) {
+        fail(ErrorKind::InvalidArgument, "tokens held at a layer give no logits and take no split: finish_held() first");
+    }
     check_fits(tokens);
     const int n = static_cast<int>(tokens.size());
-    const int n_vocab = model_.hparams().n_vocab, n_embd = model_.hparams().n_embd;
     const std::vector<int32_t> pos = rope_positions(n, positions);
+    const int n_embd = model_.hparams().n_embd;
+    kv_->reserve_sparse(n_sparse_cells_ + n, n_sparse_cells_);  // compacted cache: room for the new tokens
 
-    // Stage 1: layers [0, split) for every token, keeping the residual stream.
-    std::vector<float> residual;
-    const bool staged = split < n_layer && split > 0;
-    if (staged) {
-        residual.resize(size_t(n) * n_embd);
-        for (int i = 0; i < n; i += n_batch_) {
-            const int nb = std::min(n_batch_, n - i);
-            MicroBatch mb{nb, n_past_ + i, nb, 0, split, n_sparse_cells_ + i, i + nb == n ? std::min(capture_q_, nb) : 0};
-            eval_micro_batch(tokens.data() + i, nullptr, pos.data() + i, n, mb, residual.data() + size_t(i) * n_embd);
+    if (held_.layer >= 0) {
+        // Staged prefill: layers [0, P) now, the rest in finish_held().
+        std::vector<float> residual(held_.layer > 0 ? size_t(n) * n_embd : 0);
+        if (held_.layer > 0) {
+            run_layers(tokens.data(), nullptr, pos.data(), n, n, n_past_, n_sparse_cells_, 0, held_.layer, false, residual.data());
         }
-    }
-    // Last stage: the remaining layers, ending with the logits.
-    const int begin = staged ? split : 0;
-    logits_.assign(size_t(all_logits ? n : 1) * n_vocab, 0.0f);
-    for (int i = 0; i < n; i += n_batch_) {
-        const int nb = std::min(n_batch_, n - i);
-        const bool last = i + nb == n;
-        // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
-        MicroBatch mb{nb, n_past_ + i, all_logits ? nb : 1, begin, n_layer, n_sparse_cells_ + i,
-                      last ? std::min(capture_q_, nb) : 0};
-        float * out = all_logits ? logits_.data() + size_t(i) * n_vocab : (last ? logits_.data() : nullptr);
-        const float * res = staged ? residual.data() + size_t(i) * n_embd : nullptr;
-        eval_micro_batch(tokens.data() + i, res, pos.data() + i, n, mb, out);
+        append_held(tokens, pos, std::move(residual));
+        logits_.clear();
+    } else {
+        // Stage 1 (when split): layers [0, split) for every token, keeping the residual stream.
+        const bool staged = split < n_layer && split > 0;
+        std::vector<float> residual(staged ? size_t(n) * n_embd : 0);
+        if (staged) run_layers(tokens.data(), nullptr, pos.data(), n, n, n_past_, n_sparse_cells_, 0, split, false, residual.data());
+        run_layers(tokens.data(), staged ? residual.data() : nullptr, pos.data(), n, n, n_past_, n_sparse_cells_,
+                   staged ? split : 0, n_layer, all_logits, nullptr);
     }
     n_past_ += n;
     if (kv_->is_split()) n_sparse_cells_ += n;
     tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
     next_pos_ = std::max(next_pos_, *std::max_element(pos.begin(), pos.end()) + 1);
+}
+
+void Session::run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride, int n,
+                         int first_cell, int first_sparse_cell, int begin, int end, bool all_logits,
+                         float * residual_out, bool kv_only) {
+    const int n_vocab = model_.hparams().n_vocab, n_embd = model_.hparams().n_embd;
+    const bool logits = end == model_.hparams().n_layer && !kv_only;
+    if (logits) logits_.assign(size_t(all_logits ? n : 1) * n_vocab, 0.0f);
+    // The last micro-batch starts early enough to hold the whole query window.
+    const int capture = std::min({capture_q_, n_batch_, n});
+    int last_start = n - (n % n_batch_ == 0 ? std::min(n_batch_, n) : n % n_batch_);
+    if (n - last_start < capture) last_start = n - capture;
+    for (int i = 0; i < n;) {
+        const int nb = i < last_start ? std::min(n_batch_, last_start - i) : n - i;
+        const bool last = i + nb == n;
+        // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
+        MicroBatch mb{nb, first_cell + i, !logits || all_logits ? nb : 1, begin, end, first_sparse_cell + i,
+                      last ? capture : 0, kv_only};
+        float * out = nullptr;
+        if (residual_out) out = residual_out + size_t(i) * n_embd;
+        else if (logits && all_logits) out = logits_.data() + size_t(i) * n_vocab;
+        else if (logits && last) out = logits_.data();
+        const float * res = residual_in ? residual_in + size_t(i) * n_embd : nullptr;
+        eval_micro_batch(tokens ? tokens + i : nullptr, res, pos + i, pos_stride, mb, out);
+        i += nb;
+    }
+}
+
+void Session::hold_from_layer(int layer) {
+    const int n_layer = model_.hparams().n_layer;
+    if (layer < 0 || layer > n_layer) fail(ErrorKind::InvalidArgument, format("hold layer %d is outside [0, %d]", layer, n_layer));
+    if (n_held() > 0) fail(ErrorKind::InvalidArgument, "tokens are already held: finish_held() first");
+    if (layer < n_layer && kv_->is_split()) {
+        fail(ErrorKind::InvalidArgument, "staged prefill needs a dense cache; this one is already compacted");
+    }
+    held_ = HeldTokens{};
+    held_.layer = layer < n_layer ? layer : -1;
+    held_.pos_rows.assign(model_.hparams().n_pos_per_token, {});
+}
+
+void Session::append_held(const std::vector<int32_t> & tokens, const std::vector<int32_t> & pos,
+                          std::vector<float> && residual) {
+    const size_t n = tokens.size();
+    if (held_.tokens.empty()) held_.first_cell = n_past_;
+    held_.tokens.insert(held_.tokens.end(), tokens.begin(), tokens.end());
+    for (size_t s = 0; s < held_.pos_rows.size(); ++s) {
+        held_.pos_rows[s].insert(held_.pos_rows[s].end(), pos.begin() + s * n, pos.begin() + (s + 1) * n);
+    }
+    held_.residual.insert(held_.residual.end(), residual.begin(), residual.end());
+}
+
+namespace {
+// Positions of the chosen held tokens, stream-major (n_rows rows of idx.size()).
+std::vector<int32_t> gather_positions(const std::vector<std::vector<int32_t>> & rows, const std::vector<int> & idx) {
+    std::vector<int32_t> out;
+    for (const auto & row : rows) {
+        for (int k : idx) out.push_back(row[k]);
+    }
+    return out;
+}
+}  // namespace
+
+void Session::probe_held_layer() {
+    if (held_.layer < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
+    const int n = n_held();
+    std::vector<int> all(n);
+    for (int k = 0; k < n; ++k) all[k] = k;
+    const std::vector<int32_t> pos = gather_positions(held_.pos_rows, all);
+    const float * residual = held_.layer > 0 ? held_.residual.data() : nullptr;  // layer 0 starts from the tokens
+    run_layers(held_.tokens.data(), residual, pos.data(), n, n, held_.first_cell, 0, held_.layer, held_.layer + 1,
+               false, nullptr, /*kv_only=*/true);
+}
+
+void Session::finish_held() {
+    const int n_layer = model_.hparams().n_layer, n_embd = model_.hparams().n_embd, P = held_.layer;
+    if (P < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
+    std::vector<int> idx;  // held tokens to finish
+    int first_sparse = 0;
+    for (int k = 0; k < n_held(); ++k) {
+        const int cell = held_.first_cell + k;
+        if (!kv_->is_split() || std::binary_search(kept_cells_.begin(), kept_cells_.end(), cell)) idx.push_back(k);
+    }
+    if (kv_->is_split()) {
+        for (int il = P; il < n_layer; ++il) {
+            if (kv_->n_full_heads(il) > 0) fail(ErrorKind::InvalidArgument, format("layer %d of the pruned zone has full KV heads", il));
+        }
+        if (idx.empty() || idx.back() != n_held() - 1) fail(ErrorKind::InvalidArgument, "the last held token must be kept");
+        first_sparse = int(std::lower_bound(kept_cells_.begin(), kept_cells_.end(), held_.first_cell + idx[0]) - kept_cells_.begin());
+    }
+    const int m = static_cast<int>(idx.size());
+    std::vector<int32_t> tokens(m);
+    std::vector<float> residual(P > 0 ? size_t(m) * n_embd : 0);  // layer 0 starts from the tokens
+    for (int j = 0; j < m; ++j) {
+        tokens[j] = held_.tokens[idx[j]];
+        if (P > 0) std::copy_n(held_.residual.begin() + size_t(idx[j]) * n_embd, n_embd, residual.begin() + size_t(j) * n_embd);
+    }
+    const std::vector<int32_t> pos = gather_positions(held_.pos_rows, idx);
+    // Pruned-zone layers have no full heads, so first_cell only sizes the (unused) full mask.
+    run_layers(tokens.data(), P > 0 ? residual.data() : nullptr, pos.data(), m, m, held_.first_cell + idx[0], first_sparse,
+               P, n_layer, false, nullptr);
+    held_ = HeldTokens{};
 }
 
 // pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
@@ -236,7 +336,7 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
     }
     if (gc.inp_kq_mask_sparse) set_routed_inputs(gc);
 
-    if (gc.inp_out_ids) {
+    if (in_graph(gc.inp_out_ids)) {
         std::vector<int32_t> ids(gc.n_outputs);
         for (int k = 0; k < gc.n_outputs; ++k) ids[k] = gc.n_tokens - gc.n_outputs + k;
         ggml_backend_tensor_set(gc.inp_out_ids, ids.data(), 0, sizeof(int32_t) * ids.size());

@@ -75,6 +75,23 @@ public:
     const KvCache & kv_cache() const { return *kv_; }
     const Model & model() const { return model_; }
 
+    // --- staged prefill (HT-Sparse, DESIGN.md section 4) ---------------------
+    // While a hold layer P is set (0 <= P < n_layer, dense cache), eval() runs
+    // its tokens through layers [0, P) only: they fill the KV cells of those
+    // layers and wait, with their residual stream at P kept on the host, for
+    // finish_held(). Such evals leave no logits. n_layer: no hold.
+    void hold_from_layer(int layer);
+    int hold_layer() const { return held_.layer; }  // -1: none
+    int n_held() const { return static_cast<int>(held_.tokens.size()); }
+    // For selection at S = P: writes layer P's K/V for every held token and
+    // captures the query window's queries there, without running the layer.
+    void probe_held_layer();
+    // Runs the held tokens through [P, n_layer) and clears the hold: after
+    // compact_kv, only the tokens whose cells the sparse heads keep (every KV
+    // head of those layers must be sparse), else all of them. Leaves the
+    // logits of the last token, which must be kept.
+    void finish_held();
+
     // Dense cache only, for tests: cells no query may see (mask -INF).
     void set_hidden_cells(const std::vector<int32_t> & cells);
     void reset();
@@ -94,6 +111,16 @@ private:
     int n_captured_q_ = 0;
     std::vector<std::vector<float>> captured_q_;
     std::vector<bool> hidden_cells_;  // set_hidden_cells
+    std::vector<int32_t> kept_cells_; // compact_kv: cells the sparse heads keep
+
+    // Tokens that ran through [0, layer) and wait for the rest (hold_from_layer).
+    struct HeldTokens {
+        int layer = -1;      // -1: no hold
+        int first_cell = 0;  // cell of tokens[0]; the held cells are contiguous
+        std::vector<int32_t> tokens;
+        std::vector<std::vector<int32_t>> pos_rows;  // n_pos_per_token rows of positions
+        std::vector<float> residual;                 // [n_embd, tokens.size()] at `layer`; none at 0
+    } held_;
     std::vector<int32_t> tokens_;
     std::vector<float> logits_;
 
@@ -103,6 +130,15 @@ private:
     // Runs one micro-batch over mb's layer range. Input: token ids, or the
     // residual [n_embd, n_tokens] when the range starts past layer 0. Output:
     // logits rows, or the residual when the range stops early (may be null).
+    // Runs n tokens through layers [begin, end) in micro-batches from KV cell
+    // first_cell (compact cell first_sparse_cell). Input: token ids, or
+    // residual rows when begin > 0. Output: the residual rows at `end` into
+    // residual_out when end < n_layer, else logits_ (every row or the last).
+    // The last micro-batch holds the last `tail` tokens at least (query capture).
+    void run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride, int n,
+                    int first_cell, int first_sparse_cell, int begin, int end, bool all_logits, float * residual_out,
+                    bool kv_only = false);
+    void append_held(const std::vector<int32_t> & tokens, const std::vector<int32_t> & pos, std::vector<float> && residual);
     void eval_micro_batch(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride,
                           const MicroBatch & mb, float * out);
 };

@@ -32,7 +32,9 @@ std::vector<float> window_mask(int n_used, int n_q) {
     return mask;
 }
 
-LayerSaliency measure(const Model & model, const Session & session, const SparseSpan & span, int select_layer) {
+// Saliency at layers [0, n_measured): those whose queries the window captured.
+LayerSaliency measure(const Model & model, const Session & session, const SparseSpan & span, int select_layer,
+                      int n_measured) {
     const HParams & hp = model.hparams();
     const int n_used = session.n_past(), n_q = session.n_captured_q();
     const int64_t n_chunks = (n_used + kKeyChunk - 1) / kKeyChunk;
@@ -42,8 +44,12 @@ LayerSaliency measure(const Model & model, const Session & session, const Sparse
     const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
     std::vector<ggml_tensor *> outputs;
     ggml_tensor * token_attn = nullptr;
-    for (int il = 0; il < hp.n_layer; ++il) {
-        ggml_tensor * q = runner.input_f32(session.captured_queries()[il], {hp.n_embd_head, hp.n_head, n_q});
+    for (int il = 0; il < n_measured; ++il) {
+        const std::vector<float> & captured = session.captured_queries()[il];
+        if (captured.size() != size_t(hp.n_embd_head) * hp.n_head * n_q) {
+            fail(ErrorKind::InvalidArgument, format("no captured queries at layer %d", il));
+        }
+        ggml_tensor * q = runner.input_f32(captured, {hp.n_embd_head, hp.n_head, n_q});
         q = ggml_cont(ctx, ggml_permute(ctx, q, 0, 2, 1, 3));                                        // [d, n_q, H]
         ggml_tensor * k = ggml_permute(ctx, session.kv_cache().keys(ctx, il, n_used), 0, 2, 1, 3);  // [d, n_used, G]
         ggml_tensor * lse = hts_attn_lse(ctx, q, k, mask, scale, kKeyChunk);
@@ -54,7 +60,9 @@ LayerSaliency measure(const Model & model, const Session & session, const Sparse
     outputs.push_back(token_attn);
     runner.compute(outputs);
     LayerSaliency out;
-    for (int il = 0; il < hp.n_layer; ++il) out.head_score.push_back(GraphRunner::read_f32(outputs[il]));
+    for (int il = 0; il < hp.n_layer; ++il) {
+        out.head_score.push_back(il < n_measured ? GraphRunner::read_f32(outputs[il]) : std::vector<float>(hp.n_head, 0.0f));
+    }
     out.token_attn = GraphRunner::read_f32(token_attn);
     return out;
 }
@@ -85,10 +93,12 @@ std::vector<int32_t> pick_tokens(const Model & model, const SparseSpan & span, c
                              GraphRunner::read_f32(o.token_score), p);
 }
 
-// The top full_head_ratio of (layer, KV head) pairs by score become full heads.
-std::vector<std::vector<bool>> route_heads(const std::vector<std::vector<float>> & kv_score, float full_head_ratio) {
+// The top full_head_ratio of (layer, KV head) pairs of layers [0, n_routed) by
+// score become full heads; the heads of later layers (pruned zone) are sparse.
+std::vector<std::vector<bool>> route_heads(const std::vector<std::vector<float>> & kv_score, float full_head_ratio,
+                                           int n_routed) {
     std::vector<std::pair<float, std::pair<int, int>>> ranked;
-    for (size_t il = 0; il < kv_score.size(); ++il) {
+    for (size_t il = 0; il < size_t(n_routed); ++il) {
         for (size_t g = 0; g < kv_score[il].size(); ++g) ranked.push_back({kv_score[il][g], {int(il), int(g)}});
     }
     std::stable_sort(ranked.begin(), ranked.end(), [](const auto & a, const auto & b) { return a.first > b.first; });
@@ -113,7 +123,11 @@ SparseSelection select_sparse(const Model & model, const Session & session, cons
                                                 span.begin, span.end, n_q, n_used));
     }
     const int select_layer = std::min(config.select_layer, hp.n_layer - 1);
-    LayerSaliency sal = measure(model, session, span, select_layer);
+    // Staged prefill holds tokens at P: queries exist for layers [0, P), and
+    // for layer P too when S = P (the probe). Routing covers layers [0, P).
+    const int n_routed = config.prune_layer;
+    const int n_measured = std::min(hp.n_layer, std::max(n_routed, select_layer + 1));
+    LayerSaliency sal = measure(model, session, span, select_layer, n_measured);
 
     SparseSelection sel;
     const int group = hp.n_gqa();
@@ -134,7 +148,7 @@ SparseSelection select_sparse(const Model & model, const Session & session, cons
             }
         }
     }
-    sel.full_kv = route_heads(ranking, config.full_head_ratio);
+    sel.full_kv = route_heads(ranking, config.full_head_ratio, n_routed);
 
     // Head weights at the select layer: normalised scores (uniform if all vanish).
     std::vector<float> head_w = sal.head_score[select_layer];

@@ -80,6 +80,7 @@ ggml_tensor * build_decoder_graph(GraphContext & gc) {
         QKV qkv = gc.build_qkv(l, cur, il);
         qkv.q = gc.build_rope(qkv.q, "Qrope", il);
         qkv.k = gc.build_rope(qkv.k, "Krope", il);
+        if (gc.kv_only) return gc.build_kv_probe(qkv, il);  // [head_dim, n_head_kv, n_tokens]
         cur = gc.build_attn(l, qkv, il);
         if (il == n_layer - 1) {
             // Only the output rows need the last FFN and the head.
