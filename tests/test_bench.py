@@ -46,7 +46,7 @@ def test_bench_missing_model_is_one_clear_line(tmp_path):
 def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
     out = tmp_path / "sparse.json"
     proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--context", "600", "--trials", "1",
-                   "--keep-ratio", "0.3", "--select-layer", "3", "--json", str(out))
+                   "--keep-ratio", "0.3", "--select-layer", "3", "--prune-layer", "5", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     for engine in ("llama_cpp", "dense", "sparse", "random"):
@@ -56,3 +56,4 @@ def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
     assert result["sparse"]["kv_bytes"] < result["dense"]["kv_bytes"]
     assert "needle_recall" in result["sparse"] and "needle_recall" in result["random"]
     assert result["settings"]["keep_ratio"] == 0.3 and result["settings"]["select_layer"] == 3
+    assert result["settings"]["prune_layer"] == 5 and result["sparse"]["stage_ms"]["pruned_zone"] > 0

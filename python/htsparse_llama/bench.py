@@ -65,6 +65,7 @@ def register(sub) -> None:
     g.add_argument("--keep-ratio", type=float, default=0.2, help="share of the sparse span kept (default: 0.2)")
     g.add_argument("--full-heads", type=float, default=None, metavar="RATIO", help="full-head ratio (default: the model's)")
     g.add_argument("--select-layer", type=int, default=None, help="select layer (default: the model's)")
+    g.add_argument("--prune-layer", type=int, default=None, help="prune layer (default: the model's)")
     g.add_argument("--trials", type=_positive, default=3, help="pass-key prompts (default: 3)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(run=run)

@@ -39,6 +39,7 @@ class Trial:
         self.answer = ""
         self.kv_bytes = 0
         self.needle_kept = None
+        self.stages_ms: Dict[str, float] = {}  # sparse sessions: prefill time per stage
 
 
 def _greedy(step, first_logits, n: int) -> List[int]:
@@ -64,19 +65,24 @@ def _answer_and_decode(t: Trial, model, step, logits: np.ndarray, start: float) 
     t.decode_s = time.perf_counter() - d0
 
 
-def _run_ours(model, prompt: SparsePrompt, sparse: Dict, random_keep: bool, seed: int) -> Trial:
+def _run_ours(model, prompt: SparsePrompt, sparse, random_keep: bool, seed: int) -> Trial:
+    """Our dense path (sparse=None) or a session with that SparseConfig, the
+    span marked sparse; with random_keep, as many tokens in random lines."""
     t = Trial()
-    s = model.session()
+    s = model.session(sparse=sparse)
     ids = prompt.prefix + prompt.span + prompt.suffix
     t.n_prompt = len(ids)
     start = time.perf_counter()
     if sparse is None:
         s.add_tokens(ids)
     else:
-        s._native._set_query_capture(min(len(prompt.suffix), 64))
-        s.add_tokens(prompt.prefix + prompt.span)
-        s.add_tokens(prompt.suffix)
-        t.needle_kept = _select(s, prompt, sparse, random_keep, seed)
+        s.add_tokens(prompt.prefix)
+        s.add_tokens(prompt.span, sparse=True)
+        s.add_tokens(prompt.suffix)  # the query window: runs when the answer starts
+        replace = (lambda kept: _random_lines(prompt, len(kept), seed)) if random_keep else None
+        s._sparse.select(s._native, s._stats, replace)
+        t.needle_kept = set(prompt.needle) <= set(s._sparse.selection["kept_in_span"])
+        t.stages_ms = dict(s._stats.prefill_ms)
     t.prefill_s = time.perf_counter() - start
 
     def step(tok):
@@ -86,21 +92,6 @@ def _run_ours(model, prompt: SparsePrompt, sparse: Dict, random_keep: bool, seed
     _answer_and_decode(t, model, step, s.logits(), start)
     t.kv_bytes = s.kv_bytes
     return t
-
-
-def _select(s, prompt: SparsePrompt, sparse: Dict, random_keep: bool, seed: int) -> bool:
-    """HT-Sparse selection and compaction; or, for the random baseline, the
-    same head routing with as many tokens kept in randomly chosen lines.
-    Returns whether the needle line was kept."""
-    begin = len(prompt.prefix)
-    sel = s._native._select_sparse(begin, begin + len(prompt.span), prompt.seg_starts, sparse, not random_keep)
-    kept = sel["kept_in_span"]
-    if random_keep:
-        kept = _random_lines(prompt, len(kept), seed)
-        n_used = s.n_past
-        cells = list(range(begin)) + [begin + v for v in kept] + list(range(begin + len(prompt.span), n_used))
-        s._native._compact_kv(sel["full_kv"], cells)
-    return set(prompt.needle) <= set(kept)
 
 
 def _random_lines(prompt: SparsePrompt, n_tokens: int, seed: int) -> List[int]:
@@ -155,6 +146,8 @@ def summarize(trials: List[Trial], prompts: List[SparsePrompt]) -> Dict[str, obj
         "accuracy": sum(p.answer in t.answer for t, p in zip(trials, prompts)) / len(trials),
         **({"needle_recall": sum(bool(t.needle_kept) for t in trials) / len(trials)}
            if trials[0].needle_kept is not None else {}),
+        **({"stage_ms": {k: round(statistics.median(t.stages_ms.get(k, 0.0) for t in trials), 1)
+                         for k in trials[0].stages_ms}} if trials[0].stages_ms else {}),
     }
 
 
@@ -165,8 +158,9 @@ def run(args, path: str) -> Dict[str, object]:
 
     n_ctx = args.context + ANSWER_TOKENS + DECODE_TOKENS + 256
     model = Model(path, n_ctx=n_ctx, n_threads=args.threads, device=args.device)
-    sparse = SparseConfig(keep_ratio=args.keep_ratio, full_head_ratio=args.full_heads,
-                          select_layer=args.select_layer, prune_layer=model.n_layer).resolve(model)
+    config = SparseConfig(keep_ratio=args.keep_ratio, full_head_ratio=args.full_heads,
+                          select_layer=args.select_layer, prune_layer=args.prune_layer)
+    sparse = config.resolve(model)
     sparse.pop("head_prior")
     for key in ("keep_ratio", "full_head_ratio", "keep_mass", "token_keep"):
         sparse[key] = round(float(sparse[key]), 6)  # float32 from C++; shown and stored as given
@@ -175,13 +169,13 @@ def run(args, path: str) -> Dict[str, object]:
     print(f"model {model.arch}, {model.n_layer} layers, device {model.device}, {args.threads} threads; "
           f"{args.trials} pass-key prompts of ~{len(prompts[0].prefix + prompts[0].span + prompts[0].suffix)} tokens "
           f"(90% sparse); keep_ratio {sparse['keep_ratio']:.3g}, full_head_ratio {sparse['full_head_ratio']:.3g}, "
-          f"select_layer {sparse['select_layer']}", flush=True)
+          f"select_layer {sparse['select_layer']}, prune_layer {sparse['prune_layer']}", flush=True)
     runs: Dict[str, List[Trial]] = {"llama_cpp": [], "dense": [], "sparse": [], "random": []}
     for i, prompt in enumerate(prompts):  # engines interleaved per prompt
         runs["llama_cpp"].append(ref.run(model, prompt))
         runs["dense"].append(_run_ours(model, prompt, None, False, i))
-        runs["sparse"].append(_run_ours(model, prompt, sparse, False, i))
-        runs["random"].append(_run_ours(model, prompt, sparse, True, i))
+        runs["sparse"].append(_run_ours(model, prompt, config, False, i))
+        runs["random"].append(_run_ours(model, prompt, config, True, i))
         print(f"  prompt {i + 1}/{len(prompts)}: key {prompt.answer}; answers "
               + ", ".join(f"{k} {t[-1].answer.strip()!r}" for k, t in runs.items()), flush=True)
     result = {name: summarize(trials, prompts) for name, trials in runs.items()}
@@ -190,6 +184,9 @@ def run(args, path: str) -> Dict[str, object]:
               f"decode {row['decode_tok_s']:6.1f} tok/s  KV {row['kv_bytes'] / 2**20:7.1f} MiB  "
               f"accuracy {row['accuracy']:.2f}" + (f"  needle recall {row['needle_recall']:.2f}"
                                                    if "needle_recall" in row else ""), flush=True)
+        if "stage_ms" in row:
+            print(" " * 11 + "prefill stages: " + ", ".join(f"{k} {v:.0f} ms" for k, v in row["stage_ms"].items()),
+                  flush=True)
     result["settings"] = {"context": args.context, "trials": args.trials, **{k: sparse[k] for k in
                           ("keep_ratio", "full_head_ratio", "select_layer", "prune_layer")}}
     return result

@@ -52,7 +52,8 @@ def add_sparse_args(p: argparse.ArgumentParser) -> None:
                    help="share of KV heads that keep the whole span, in [0, 1]")
     g.add_argument("--select-layer", type=int, default=None, help="layer where tokens are selected")
     g.add_argument("--prune-layer", type=int, default=None,
-                   help="layer from which unselected tokens are dropped (only the last layer is built so far)")
+                   help="layer from which unselected tokens are not computed (default: the select layer; "
+                        "the layer count keeps every token and only routes KV heads)")
     g.add_argument("--stats", action="store_true", help="print a line of statistics after each answer (stderr)")
 
 

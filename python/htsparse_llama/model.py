@@ -164,18 +164,31 @@ class Session:
 
     # -- input ----------------------------------------------------------------------
     def add_tokens(
-        self, tokens: Sequence[int], all_logits: bool = False, positions: Optional[np.ndarray] = None
+        self, tokens: Sequence[int], all_logits: bool = False, positions: Optional[np.ndarray] = None,
+        sparse: bool = False,
     ) -> Optional[np.ndarray]:
         """Evaluates token ids after the current context. With all_logits,
         returns the logits of every new position, shape [len(tokens), n_vocab].
 
         `positions` overrides the rope positions (default: `next_pos` onwards):
         shape (n,), or (3, n) with time/height/width rows on M-RoPE models
-        (qwen2vl), as Qwen-VL gives image tokens."""
+        (qwen2vl), as Qwen-VL gives image tokens. sparse=True marks the tokens
+        as a sparse span, as add_text(sparse=True) does."""
         ids = [int(t) for t in tokens]
         if not ids:
             raise InvalidArgumentError("add_tokens needs at least one token")
+        if sparse and self._sparse is not None:
+            if all_logits or positions is not None:
+                raise InvalidArgumentError("a sparse span takes neither all_logits nor positions yet")
+            self._add_span(ids)
+            return None
         return self._eval(ids, all_logits, positions)
+
+    def _add_span(self, ids: List[int]) -> None:
+        start = time.perf_counter()
+        self._sparse.add_span(self._native, ids)
+        self._count_prompt_time(start)
+        self._stats.n_sparse += len(ids)
 
     def _eval(self, ids: List[int], all_logits: bool = False,
               positions: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
@@ -210,10 +223,7 @@ class Session:
         if not ids:
             return 0
         if sparse and self._sparse is not None:
-            start = time.perf_counter()
-            self._sparse.add_span(self._native, ids)
-            self._count_prompt_time(start)
-            self._stats.n_sparse += len(ids)
+            self._add_span(ids)
         else:
             self._eval(ids)
         return len(ids)

@@ -33,7 +33,9 @@ class SparseConfig:
     token_keep: token-level cut inside the kept segments, in (0, 1].
     full_head_ratio: share of KV heads that keep the whole span, in [0, 1].
     select_layer: layer S where saliency and selection run, in [0, L].
-    prune_layer: layer P from which unselected tokens are not computed, in [S, L].
+    prune_layer: layer P from which unselected tokens are not computed, in [S, L]
+        (default S; L keeps every token and only routes KV heads). Full heads
+        are chosen among the layers before P.
     q_window: query-window tokens (the question) used to score the span.
     segment_floor: keep at least one segment in each of this many equal
         stretches of a span (no stretch of a long video left blind).

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from .bench_tasks import line_segments
 from .errors import InvalidArgumentError
@@ -97,9 +97,12 @@ class SparseState:
         self.span = (begin, begin + len(ids))
         self.seg_starts = line_segments(self.model, ids, int(self.config["segment_tokens"]))
 
-    def select(self, native, stats: SessionStats) -> None:
+    def select(self, native, stats: SessionStats,
+               replace_kept: Optional[Callable[[List[int]], List[int]]] = None) -> None:
         """Evaluates the query window with its queries captured, selects,
-        compacts, and runs the kept tokens through the pruned zone."""
+        compacts, and runs the kept tokens through the pruned zone.
+        `replace_kept` (baselines) maps the selected span-relative tokens to
+        the ones kept instead; head routing stays as selected."""
         if not self.pending:
             raise InvalidArgumentError("a sparse span needs a question after it")
         window = self.pending
@@ -113,7 +116,13 @@ class SparseState:
         native._set_query_capture(0)
         t1 = time.perf_counter()
         request = {k: v for k, v in self.config.items() if k != "head_prior"}
-        self.selection = native._select_sparse(self.span[0], self.span[1], self.seg_starts, request)
+        self.selection = native._select_sparse(self.span[0], self.span[1], self.seg_starts, request,
+                                               replace_kept is None)
+        if replace_kept is not None:
+            self.selection["kept_in_span"] = kept = sorted(replace_kept(self.selection["kept_in_span"]))
+            begin, end = self.span
+            cells = list(range(begin)) + [begin + v for v in kept] + list(range(end, native.n_past))
+            native._compact_kv(self.selection["full_kv"], cells)
         t2 = time.perf_counter()
         if held:
             native._finish_held()
