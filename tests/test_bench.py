@@ -57,3 +57,23 @@ def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
     assert "needle_recall" in result["sparse"] and "needle_recall" in result["random"]
     assert result["settings"]["keep_ratio"] == 0.3 and result["settings"]["select_layer"] == 3
     assert result["settings"]["prune_layer"] == 5 and result["sparse"]["stage_ms"]["pruned_zone"] > 0
+
+
+def test_bench_sweep_writes_one_point_per_context_and_keep_ratio(smollm_gguf, tmp_path):
+    out = tmp_path / "sweep.json"
+    proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--context", "300,500", "--trials", "1",
+                   "--keep-ratio", "0.2,0.5", "--select-layer", "3", "--json", str(out))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(out.read_text())
+    points = result["points"]
+    assert [(p["context"], p["keep_ratio"]) for p in points] == [(300, 0.2), (300, 0.5), (500, 0.2), (500, 0.5)]
+    for a, b in (points[0:2], points[2:4]):
+        assert a["llama_cpp"] == b["llama_cpp"]  # dense engines run once per prompt
+        assert a["sparse"]["kv_bytes"] <= b["sparse"]["kv_bytes"] < b["dense"]["kv_bytes"]  # 256-cell padding
+    assert points[2]["n_tokens"] > points[0]["n_tokens"]
+    assert result["settings"]["context"] == [300, 500] and "--keep-ratio 0.2,0.5" in result["command"]
+
+
+def test_bench_refuses_a_bad_keep_ratio_before_measuring(smollm_gguf):
+    proc = run_cli("bench", "-m", smollm_gguf, "--context", "300", "--keep-ratio", "0.2,1.5")
+    assert proc.returncode == 1 and "keep_ratio must be in (0, 1]" in proc.stderr

@@ -4,8 +4,8 @@ on the same GGUF, threads, batch size and tokens, in one process run.
 Measures prefill tokens/s at each --prefill length (a fresh context each
 time) and decode tokens/s after a --decode-ctx prompt. Runs alternate between
 the two engines rep by rep so that a busy machine slows both alike; the
-median of --reps runs is reported. The HT-Sparse path joins these rows when
-the sparse runtime lands; today every run is dense.
+median of --reps runs is reported (--dense-only). Without --dense-only the
+HT-Sparse comparison of bench_sparse.py runs instead.
 """
 
 from __future__ import annotations
@@ -37,6 +37,16 @@ def _int_list(text: str) -> List[int]:
     return values
 
 
+def _ratio_list(text: str) -> List[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
+    return values
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
@@ -61,8 +71,10 @@ def register(sub) -> None:
     p.add_argument("--dense-only", action="store_true",
                    help="prefill/decode speed of the dense paths only (ours and llama.cpp)")
     g = p.add_argument_group("HT-Sparse comparison (without --dense-only)")
-    g.add_argument("--context", type=_positive, default=8192, help="prompt length, 90%% of it sparse (default: 8192)")
-    g.add_argument("--keep-ratio", type=float, default=0.2, help="share of the sparse span kept (default: 0.2)")
+    g.add_argument("--context", type=_int_list, default=[8192],
+                   help="prompt length, 90%% of it sparse; a comma list measures each (default: 8192)")
+    g.add_argument("--keep-ratio", type=_ratio_list, default=[0.2],
+                   help="share of the sparse span kept; a comma list measures each (default: 0.2)")
     g.add_argument("--full-heads", type=float, default=None, metavar="RATIO", help="full-head ratio (default: the model's)")
     g.add_argument("--select-layer", type=int, default=None, help="select layer (default: the model's)")
     g.add_argument("--prune-layer", type=int, default=None, help="prune layer (default: the model's)")
@@ -172,7 +184,8 @@ def _command_line(args: argparse.Namespace) -> str:
     return (f"python -m htsparse_llama bench -m {args.model} -t {args.threads} --device {args.device} "
             f"--prefill {','.join(map(str, args.prefill))} --decode-ctx {args.decode_ctx} "
             f"--decode-tokens {args.decode_tokens} --reps {args.reps}" + (" --dense-only" if args.dense_only else
-            f" --context {args.context} --keep-ratio {args.keep_ratio} --trials {args.trials}"))
+            f" --context {','.join(map(str, args.context))} --keep-ratio {','.join(map(str, args.keep_ratio))}"
+            f" --trials {args.trials}"))
 
 
 def run(args: argparse.Namespace) -> int:

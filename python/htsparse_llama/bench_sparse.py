@@ -151,34 +151,7 @@ def summarize(trials: List[Trial], prompts: List[SparsePrompt]) -> Dict[str, obj
     }
 
 
-def run(args, path: str) -> Dict[str, object]:
-    """The comparison; prints one row per engine and returns the JSON body."""
-    from .model import Model
-    from .sparse_config import SparseConfig
-
-    n_ctx = args.context + ANSWER_TOKENS + DECODE_TOKENS + 256
-    model = Model(path, n_ctx=n_ctx, n_threads=args.threads, device=args.device)
-    config = SparseConfig(keep_ratio=args.keep_ratio, full_head_ratio=args.full_heads,
-                          select_layer=args.select_layer, prune_layer=args.prune_layer)
-    sparse = config.resolve(model)
-    sparse.pop("head_prior")
-    for key in ("keep_ratio", "full_head_ratio", "keep_mass", "token_keep"):
-        sparse[key] = round(float(sparse[key]), 6)  # float32 from C++; shown and stored as given
-    ref = LlamaCppRunner(path, n_ctx, args.threads, model.device.upper() != "CPU")
-    prompts = [passkey(model, seed=1000 + i, n_lines=lines_for_context(args.context)) for i in range(args.trials)]
-    print(f"model {model.arch}, {model.n_layer} layers, device {model.device}, {args.threads} threads; "
-          f"{args.trials} pass-key prompts of ~{len(prompts[0].prefix + prompts[0].span + prompts[0].suffix)} tokens "
-          f"(90% sparse); keep_ratio {sparse['keep_ratio']:.3g}, full_head_ratio {sparse['full_head_ratio']:.3g}, "
-          f"select_layer {sparse['select_layer']}, prune_layer {sparse['prune_layer']}", flush=True)
-    runs: Dict[str, List[Trial]] = {"llama_cpp": [], "dense": [], "sparse": [], "random": []}
-    for i, prompt in enumerate(prompts):  # engines interleaved per prompt
-        runs["llama_cpp"].append(ref.run(model, prompt))
-        runs["dense"].append(_run_ours(model, prompt, None, False, i))
-        runs["sparse"].append(_run_ours(model, prompt, config, False, i))
-        runs["random"].append(_run_ours(model, prompt, config, True, i))
-        print(f"  prompt {i + 1}/{len(prompts)}: key {prompt.answer}; answers "
-              + ", ".join(f"{k} {t[-1].answer.strip()!r}" for k, t in runs.items()), flush=True)
-    result = {name: summarize(trials, prompts) for name, trials in runs.items()}
+def _print_rows(result: Dict[str, Dict]) -> None:
     for name, row in result.items():
         print(f"{name:<10} prefill {row['prefill_tok_s']:8.1f} tok/s  ttft {row['ttft_ms']:8.0f} ms  "
               f"decode {row['decode_tok_s']:6.1f} tok/s  KV {row['kv_bytes'] / 2**20:7.1f} MiB  "
@@ -187,6 +160,67 @@ def run(args, path: str) -> Dict[str, object]:
         if "stage_ms" in row:
             print(" " * 11 + "prefill stages: " + ", ".join(f"{k} {v:.0f} ms" for k, v in row["stage_ms"].items()),
                   flush=True)
-    result["settings"] = {"context": args.context, "trials": args.trials, **{k: sparse[k] for k in
-                          ("keep_ratio", "full_head_ratio", "select_layer", "prune_layer")}}
-    return result
+
+
+def _measure_context(model, ref, context: int, keep_ratios: List[float], base, trials: int) -> List[Dict]:
+    """Every engine on `trials` prompts of one length: the dense engines once
+    per prompt, the sparse ones once per keep ratio. One result per ratio."""
+    from dataclasses import replace
+
+    prompts = [passkey(model, seed=1000 + i, n_lines=lines_for_context(context)) for i in range(trials)]
+    n_tokens = len(prompts[0].prefix + prompts[0].span + prompts[0].suffix)
+    print(f"context {context}: {trials} pass-key prompts of ~{n_tokens} tokens (90% sparse)", flush=True)
+    dense: Dict[str, List[Trial]] = {"llama_cpp": [], "dense": []}
+    sparse = {r: {"sparse": [], "random": []} for r in keep_ratios}
+    for i, prompt in enumerate(prompts):  # engines interleaved per prompt
+        dense["llama_cpp"].append(ref.run(model, prompt))
+        dense["dense"].append(_run_ours(model, prompt, None, False, i))
+        answers = [f"{k} {t[-1].answer.strip()!r}" for k, t in dense.items()]
+        for r in keep_ratios:
+            config = replace(base, keep_ratio=r)
+            sparse[r]["sparse"].append(_run_ours(model, prompt, config, False, i))
+            sparse[r]["random"].append(_run_ours(model, prompt, config, True, i))
+            answers += [f"{k}@{r:g} {t[-1].answer.strip()!r}" for k, t in sparse[r].items()]
+        print(f"  prompt {i + 1}/{len(prompts)}: key {prompt.answer}; answers " + ", ".join(answers), flush=True)
+    dense_rows = {name: summarize(trials_, prompts) for name, trials_ in dense.items()}
+    points = []
+    for r in keep_ratios:
+        point = {**dense_rows, **{name: summarize(t, prompts) for name, t in sparse[r].items()}}
+        print(f"context {context}, keep_ratio {r:g}:", flush=True)
+        _print_rows(point)
+        points.append({"context": context, "n_tokens": n_tokens, "keep_ratio": r, **point})
+    return points
+
+
+def run(args, path: str) -> Dict[str, object]:
+    """The comparison; prints one row per engine and returns the JSON body:
+    the engines' rows for one context and keep ratio, or under "points" one
+    entry per (context, keep ratio) when several are given."""
+    from .model import Model
+    from .sparse_config import SparseConfig
+
+    n_ctx = max(args.context) + ANSWER_TOKENS + DECODE_TOKENS + 256
+    model = Model(path, n_ctx=n_ctx, n_threads=args.threads, device=args.device)
+    base = SparseConfig(keep_ratio=args.keep_ratio[0], full_head_ratio=args.full_heads,
+                        select_layer=args.select_layer, prune_layer=args.prune_layer)
+    settings = base.resolve(model)  # checks every value before the long run
+    for r in args.keep_ratio:
+        SparseConfig(keep_ratio=r).resolve(model)
+    ref = LlamaCppRunner(path, n_ctx, args.threads, model.device.upper() != "CPU")
+    print(f"model {model.arch}, {model.n_layer} layers, device {model.device}, {args.threads} threads; "
+          f"keep_ratio {','.join(f'{r:g}' for r in args.keep_ratio)}, full_head_ratio "
+          f"{settings['full_head_ratio']:.3g}, select_layer {settings['select_layer']}, "
+          f"prune_layer {settings['prune_layer']}", flush=True)
+    points = []
+    for context in args.context:
+        points += _measure_context(model, ref, context, args.keep_ratio, base, args.trials)
+    common = {"trials": args.trials, "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
+              "select_layer": settings["select_layer"], "prune_layer": settings["prune_layer"]}
+    if len(points) == 1:
+        point = points[0]
+        return {**{k: point[k] for k in ENGINES},
+                "settings": {"context": point["context"], "keep_ratio": point["keep_ratio"], **common}}
+    return {"points": points, "settings": {"context": args.context, "keep_ratio": args.keep_ratio, **common}}
+
+
+ENGINES = ("llama_cpp", "dense", "sparse", "random")
