@@ -62,7 +62,7 @@ def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
 def test_bench_sweep_writes_one_point_per_context_and_keep_ratio(smollm_gguf, tmp_path):
     out = tmp_path / "sweep.json"
     proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--context", "300,500", "--trials", "1",
-                   "--keep-ratio", "0.2,0.5", "--select-layer", "3", "--json", str(out))
+                   "--keep-ratio", "0.2,0.5", "--select-layer", "3", "--json", str(out), "--plot", str(tmp_path / "c.png"))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     points = result["points"]
@@ -72,6 +72,8 @@ def test_bench_sweep_writes_one_point_per_context_and_keep_ratio(smollm_gguf, tm
         assert a["sparse"]["kv_bytes"] <= b["sparse"]["kv_bytes"] < b["dense"]["kv_bytes"]  # 256-cell padding
     assert points[2]["n_tokens"] > points[0]["n_tokens"]
     assert result["settings"]["context"] == [300, 500] and "--keep-ratio 0.2,0.5" in result["command"]
+    png = (tmp_path / "c.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
 
 
 def test_bench_refuses_a_bad_keep_ratio_before_measuring(smollm_gguf):

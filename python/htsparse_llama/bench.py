@@ -80,6 +80,7 @@ def register(sub) -> None:
     g.add_argument("--prune-layer", type=int, default=None, help="prune layer (default: the model's)")
     g.add_argument("--trials", type=_positive, default=3, help="pass-key prompts (default: 3)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    g.add_argument("--plot", metavar="FILE.png", help="also draw the curve over keep ratio (needs matplotlib)")
     p.set_defaults(run=run)
 
 
@@ -181,23 +182,34 @@ def _cpu_name() -> str:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The command that repeats this run (recorded beside the numbers)."""
-    return (f"python -m htsparse_llama bench -m {args.model} -t {args.threads} --device {args.device} "
-            f"--prefill {','.join(map(str, args.prefill))} --decode-ctx {args.decode_ctx} "
-            f"--decode-tokens {args.decode_tokens} --reps {args.reps}" + (" --dense-only" if args.dense_only else
-            f" --context {','.join(map(str, args.context))} --keep-ratio {','.join(map(str, args.keep_ratio))}"
-            f" --trials {args.trials}"))
+    cmd = f"python -m htsparse_llama bench -m {args.model} -t {args.threads} --device {args.device}"
+    if args.dense_only:
+        return (cmd + f" --prefill {','.join(map(str, args.prefill))} --decode-ctx {args.decode_ctx}"
+                f" --decode-tokens {args.decode_tokens} --reps {args.reps} --dense-only")
+    cmd += (f" --context {','.join(map(str, args.context))} --keep-ratio {','.join(map(str, args.keep_ratio))}"
+            f" --trials {args.trials}")
+    for flag, value in (("--full-heads", args.full_heads), ("--select-layer", args.select_layer),
+                        ("--prune-layer", args.prune_layer)):
+        if value is not None:
+            cmd += f" {flag} {value}"
+    return cmd
 
 
 def run(args: argparse.Namespace) -> int:
     path = resolve_model_path(args.model)
     if not args.dense_only:
-        from . import bench_sparse
+        from . import bench_plot, bench_sparse
 
+        if args.plot:
+            bench_plot.require_matplotlib()
         result = bench_sparse.run(args, path)
         result.update(date=date.today().isoformat(), command=_command_line(args), model=os.path.basename(path),
                       machine={"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
                       threads=args.threads)
         _write_json(args.json, result)
+        if args.plot:
+            bench_plot.plot_curve(result, args.plot)
+            print(f"wrote {args.plot}")
         return 0
     n_ctx = max(max(args.prefill), args.decode_ctx + args.decode_tokens)
     ours = OursEngine(path, n_ctx, args.threads, args.device)
