@@ -46,7 +46,8 @@ def test_bench_missing_model_is_one_clear_line(tmp_path):
 def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
     out = tmp_path / "sparse.json"
     proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--context", "600", "--trials", "1",
-                   "--keep-ratio", "0.3", "--select-layer", "3", "--prune-layer", "5", "--json", str(out))
+                   "--keep-ratio", "0.3", "--select-layer", "3", "--prune-layer", "5", "--task", "multikey",
+                   "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     for engine in ("llama_cpp", "dense", "sparse", "random"):
@@ -57,6 +58,21 @@ def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
     assert "needle_recall" in result["sparse"] and "needle_recall" in result["random"]
     assert result["settings"]["keep_ratio"] == 0.3 and result["settings"]["select_layer"] == 3
     assert result["settings"]["prune_layer"] == 5 and result["sparse"]["stage_ms"]["pruned_zone"] > 0
+    assert result["settings"]["task"] == "multikey" and "--task multikey" in result["command"]
+
+
+def test_multikey_prompt_asks_for_one_of_several_keys(smollm_gguf):
+    from htsparse_llama import Model
+    from htsparse_llama.bench_tasks import multikey
+
+    model = Model(smollm_gguf, n_ctx=512, n_threads=2)
+    p = multikey(model, seed=4, n_lines=40)
+    text = model.detokenize(p.span)
+    assert text.count("The pass key of") == 4
+    needle_line = model.detokenize(p.span[p.needle.start:p.needle.stop])
+    service = needle_line.split("The pass key of ")[1].split(" is ")[0]
+    assert p.answer in needle_line and f"pass key of {service}?" in model.detokenize(p.suffix)
+    assert p.needle.start in p.seg_starts
 
 
 def test_bench_sweep_writes_one_point_per_context_and_keep_ratio(smollm_gguf, tmp_path):

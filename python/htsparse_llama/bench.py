@@ -78,6 +78,9 @@ def register(sub) -> None:
     g.add_argument("--full-heads", type=float, default=None, metavar="RATIO", help="full-head ratio (default: the model's)")
     g.add_argument("--select-layer", type=int, default=None, help="select layer (default: the model's)")
     g.add_argument("--prune-layer", type=int, default=None, help="prune layer (default: the model's)")
+    g.add_argument("--task", choices=["passkey", "multikey"], default="passkey",
+                   help="passkey: one key in the log; multikey: four services' keys, the question names one "
+                        "(default: passkey)")
     g.add_argument("--trials", type=_positive, default=3, help="pass-key prompts (default: 3)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     g.add_argument("--plot", metavar="FILE.png", help="also draw the curve over keep ratio (needs matplotlib)")
@@ -187,7 +190,7 @@ def _command_line(args: argparse.Namespace) -> str:
         return (cmd + f" --prefill {','.join(map(str, args.prefill))} --decode-ctx {args.decode_ctx}"
                 f" --decode-tokens {args.decode_tokens} --reps {args.reps} --dense-only")
     cmd += (f" --context {','.join(map(str, args.context))} --keep-ratio {','.join(map(str, args.keep_ratio))}"
-            f" --trials {args.trials}")
+            f" --trials {args.trials} --task {args.task}")
     for flag, value in (("--full-heads", args.full_heads), ("--select-layer", args.select_layer),
                         ("--prune-layer", args.prune_layer)):
         if value is not None:

@@ -4,7 +4,7 @@ sparse, a pass key in it, the question after it), same GGUF and threads, in
 one process run; plus a random-selection baseline that keeps as many tokens.
 
 Per engine: prefill tokens/s, time to first token (whole prompt to first
-answer token), decode tokens/s, KV bytes and pass-key accuracy; for the
+answer token), decode tokens/s, KV bytes and retrieval accuracy (--task passkey or multikey); for the
 sparse paths also needle recall (whether the kept set held the needle line).
 """
 
@@ -16,7 +16,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from .bench_tasks import SparsePrompt, passkey
+from .bench_tasks import TASKS, SparsePrompt
 
 ANSWER_TOKENS = 8     # enough for a five-digit key
 DECODE_TOKENS = 32    # decode speed is timed over this many tokens after the answer starts
@@ -162,14 +162,15 @@ def _print_rows(result: Dict[str, Dict]) -> None:
                   flush=True)
 
 
-def _measure_context(model, ref, context: int, keep_ratios: List[float], base, trials: int) -> List[Dict]:
+def _measure_context(model, ref, context: int, keep_ratios: List[float], base, trials: int,
+                     task: str) -> List[Dict]:
     """Every engine on `trials` prompts of one length: the dense engines once
     per prompt, the sparse ones once per keep ratio. One result per ratio."""
     from dataclasses import replace
 
-    prompts = [passkey(model, seed=1000 + i, n_lines=lines_for_context(context)) for i in range(trials)]
+    prompts = [TASKS[task](model, seed=1000 + i, n_lines=lines_for_context(context)) for i in range(trials)]
     n_tokens = len(prompts[0].prefix + prompts[0].span + prompts[0].suffix)
-    print(f"context {context}: {trials} pass-key prompts of ~{n_tokens} tokens (90% sparse)", flush=True)
+    print(f"context {context}: {trials} {task} prompts of ~{n_tokens} tokens (90% sparse)", flush=True)
     dense: Dict[str, List[Trial]] = {"llama_cpp": [], "dense": []}
     sparse = {r: {"sparse": [], "random": []} for r in keep_ratios}
     for i, prompt in enumerate(prompts):  # engines interleaved per prompt
@@ -213,8 +214,8 @@ def run(args, path: str) -> Dict[str, object]:
           f"prune_layer {settings['prune_layer']}", flush=True)
     points = []
     for context in args.context:
-        points += _measure_context(model, ref, context, args.keep_ratio, base, args.trials)
-    common = {"trials": args.trials, "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
+        points += _measure_context(model, ref, context, args.keep_ratio, base, args.trials, args.task)
+    common = {"task": args.task, "trials": args.trials, "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
               "select_layer": settings["select_layer"], "prune_layer": settings["prune_layer"]}
     if len(points) == 1:
         point = points[0]
