@@ -1,10 +1,11 @@
 """`bench` without --dense-only: llama.cpp dense, our dense path and our
 HT-Sparse path on the same long-context retrieval prompts (a log marked
-sparse, a pass key in it, the question after it), same GGUF and threads, in
-one process run; plus a random-selection baseline that keeps as many tokens.
+sparse, one pass key in it or several with the question naming one, the
+question after it), same GGUF and threads, in one process run; plus a
+random-selection baseline that keeps as many tokens.
 
 Per engine: prefill tokens/s, time to first token (whole prompt to first
-answer token), decode tokens/s, KV bytes and retrieval accuracy (--task passkey or multikey); for the
+answer token), decode tokens/s, KV bytes and retrieval accuracy; for the
 sparse paths also needle recall (whether the kept set held the needle line).
 """
 
