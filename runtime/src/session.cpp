@@ -150,7 +150,7 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
         // Staged prefill: layers [0, P) now, the rest in finish_held().
         std::vector<float> residual(held_.layer > 0 ? size_t(n) * n_embd : 0);
         if (held_.layer > 0) {
-            run_layers(tokens.data(), nullptr, pos.data(), n, n, n_past_, n_sparse_cells_, 0, held_.layer, false, residual.data());
+            run_layers(tokens.data(), nullptr, pos.data(), n, n_past_, n_sparse_cells_, 0, held_.layer, false, residual.data());
         }
         append_held(tokens, pos, std::move(residual));
         logits_.clear();
@@ -158,8 +158,8 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
         // Stage 1 (when split): layers [0, split) for every token, keeping the residual stream.
         const bool staged = split < n_layer && split > 0;
         std::vector<float> residual(staged ? size_t(n) * n_embd : 0);
-        if (staged) run_layers(tokens.data(), nullptr, pos.data(), n, n, n_past_, n_sparse_cells_, 0, split, false, residual.data());
-        run_layers(tokens.data(), staged ? residual.data() : nullptr, pos.data(), n, n, n_past_, n_sparse_cells_,
+        if (staged) run_layers(tokens.data(), nullptr, pos.data(), n, n_past_, n_sparse_cells_, 0, split, false, residual.data());
+        run_layers(tokens.data(), staged ? residual.data() : nullptr, pos.data(), n, n_past_, n_sparse_cells_,
                    staged ? split : 0, n_layer, all_logits, nullptr);
     }
     n_past_ += n;
@@ -168,9 +168,9 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
     next_pos_ = std::max(next_pos_, *std::max_element(pos.begin(), pos.end()) + 1);
 }
 
-void Session::run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride, int n,
-                         int first_cell, int first_sparse_cell, int begin, int end, bool all_logits,
-                         float * residual_out, bool kv_only) {
+void Session::run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int n, int first_cell,
+                         int first_sparse_cell, int begin, int end, bool all_logits, float * residual_out,
+                         bool kv_only) {
     const int n_vocab = model_.hparams().n_vocab, n_embd = model_.hparams().n_embd;
     const bool logits = end == model_.hparams().n_layer && !kv_only;
     if (logits) logits_.assign(size_t(all_logits ? n : 1) * n_vocab, 0.0f);
@@ -189,7 +189,7 @@ void Session::run_layers(const int32_t * tokens, const float * residual_in, cons
         else if (logits && all_logits) out = logits_.data() + size_t(i) * n_vocab;
         else if (logits && last) out = logits_.data();
         const float * res = residual_in ? residual_in + size_t(i) * n_embd : nullptr;
-        eval_micro_batch(tokens ? tokens + i : nullptr, res, pos + i, pos_stride, mb, out);
+        eval_micro_batch(tokens ? tokens + i : nullptr, res, pos + i, n, mb, out);
         i += nb;
     }
 }
@@ -231,11 +231,10 @@ std::vector<int32_t> gather_positions(const std::vector<std::vector<int32_t>> & 
 void Session::probe_held_layer() {
     if (held_.layer < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
     const int n = n_held();
-    std::vector<int> all(n);
-    for (int k = 0; k < n; ++k) all[k] = k;
-    const std::vector<int32_t> pos = gather_positions(held_.pos_rows, all);
+    std::vector<int32_t> pos;  // every held token: the rows end to end
+    for (const auto & row : held_.pos_rows) pos.insert(pos.end(), row.begin(), row.end());
     const float * residual = held_.layer > 0 ? held_.residual.data() : nullptr;  // layer 0 starts from the tokens
-    run_layers(held_.tokens.data(), residual, pos.data(), n, n, held_.first_cell, 0, held_.layer, held_.layer + 1,
+    run_layers(held_.tokens.data(), residual, pos.data(), n, held_.first_cell, 0, held_.layer, held_.layer + 1,
                false, nullptr, /*kv_only=*/true);
 }
 
@@ -264,12 +263,11 @@ void Session::finish_held() {
     }
     const std::vector<int32_t> pos = gather_positions(held_.pos_rows, idx);
     // Pruned-zone layers have no full heads, so first_cell only sizes the (unused) full mask.
-    run_layers(tokens.data(), P > 0 ? residual.data() : nullptr, pos.data(), m, m, held_.first_cell + idx[0], first_sparse,
+    run_layers(tokens.data(), P > 0 ? residual.data() : nullptr, pos.data(), m, held_.first_cell + idx[0], first_sparse,
                P, n_layer, false, nullptr);
     held_ = HeldTokens{};
 }
 
-// pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
 namespace {
 
 // Causal mask [n_kv, n_tokens] over cells filled in arrival order (not by rope

@@ -127,18 +127,19 @@ private:
     void reserve();
     std::vector<int32_t> rope_positions(int n, const TokenPositions * positions) const;
     void check_fits(const std::vector<int32_t> & tokens) const;
+    // Runs n tokens through layers [begin, end) in micro-batches from KV cell
+    // first_cell (compact cell first_sparse_cell). pos: n_pos_per_token rows
+    // of n positions. Input: token ids, or residual rows when begin > 0.
+    // Output: the residual rows at `end` into residual_out when end < n_layer,
+    // else logits_ (every row or the last). The last micro-batch holds the
+    // whole query window (capture_q_ tokens) when queries are captured.
+    void run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int n, int first_cell,
+                    int first_sparse_cell, int begin, int end, bool all_logits, float * residual_out,
+                    bool kv_only = false);
+    void append_held(const std::vector<int32_t> & tokens, const std::vector<int32_t> & pos, std::vector<float> && residual);
     // Runs one micro-batch over mb's layer range. Input: token ids, or the
     // residual [n_embd, n_tokens] when the range starts past layer 0. Output:
     // logits rows, or the residual when the range stops early (may be null).
-    // Runs n tokens through layers [begin, end) in micro-batches from KV cell
-    // first_cell (compact cell first_sparse_cell). Input: token ids, or
-    // residual rows when begin > 0. Output: the residual rows at `end` into
-    // residual_out when end < n_layer, else logits_ (every row or the last).
-    // The last micro-batch holds the last `tail` tokens at least (query capture).
-    void run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride, int n,
-                    int first_cell, int first_sparse_cell, int begin, int end, bool all_logits, float * residual_out,
-                    bool kv_only = false);
-    void append_held(const std::vector<int32_t> & tokens, const std::vector<int32_t> & pos, std::vector<float> && residual);
     void eval_micro_batch(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride,
                           const MicroBatch & mb, float * out);
 };
