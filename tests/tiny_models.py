@@ -170,16 +170,20 @@ def tiny_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("tiny_models")
 
 
+def _tiny(arch: str, model: torch.nn.Module, path: Path, vocab: GgufVocab) -> TinyModel:
+    """An eager-attention reference model and its f32 GGUF."""
+    model = attention_eager(model)
+    return TinyModel(arch, convert(model, path, vocab), model, model.config)
+
+
 @pytest.fixture(scope="session")
 def tiny_qwen2(qwen_vocab, tiny_dir) -> TinyModel:
-    model = attention_eager(qwen2_model(qwen_vocab.n_tokens))
-    return TinyModel("qwen2", convert(model, tiny_dir / "qwen2-f32.gguf", qwen_vocab), model, model.config)
+    return _tiny("qwen2", qwen2_model(qwen_vocab.n_tokens), tiny_dir / "qwen2-f32.gguf", qwen_vocab)
 
 
 @pytest.fixture(scope="session")
 def tiny_llama(smollm_vocab, tiny_dir) -> TinyModel:
-    model = attention_eager(llama_model(smollm_vocab.n_tokens))
-    return TinyModel("llama", convert(model, tiny_dir / "llama-f32.gguf", smollm_vocab), model, model.config)
+    return _tiny("llama", llama_model(smollm_vocab.n_tokens), tiny_dir / "llama-f32.gguf", smollm_vocab)
 
 
 @pytest.fixture(scope="session")
@@ -192,11 +196,9 @@ def tiny_llama_f16(tiny_llama, smollm_vocab, tiny_dir) -> TinyModel:
 
 @pytest.fixture(scope="session")
 def tiny_qwen2vl(qwen_vocab, tiny_dir) -> TinyModel:
-    model = attention_eager(qwen2vl_model(qwen_vocab.n_tokens))
-    return TinyModel("qwen2vl", convert(model, tiny_dir / "qwen2vl-f32.gguf", qwen_vocab), model, model.config)
+    return _tiny("qwen2vl", qwen2vl_model(qwen_vocab.n_tokens), tiny_dir / "qwen2vl-f32.gguf", qwen_vocab)
 
 
 @pytest.fixture(scope="session")
 def tiny_qwen2vl_v1(qwen_vocab, tiny_dir) -> TinyModel:
-    model = attention_eager(qwen2vl_v1_model(qwen_vocab.n_tokens))
-    return TinyModel("qwen2vl", convert(model, tiny_dir / "qwen2vl-v1-f32.gguf", qwen_vocab), model, model.config)
+    return _tiny("qwen2vl", qwen2vl_v1_model(qwen_vocab.n_tokens), tiny_dir / "qwen2vl-v1-f32.gguf", qwen_vocab)

@@ -27,24 +27,25 @@ from .cli import PACKAGED_PREFIX, resolve_model_path
 N_BATCH = 512  # llama.cpp's default logical batch; ours uses the same micro-batch
 
 
-def _int_list(text: str) -> List[int]:
+def _comma_list(text: str, cast, kind: str) -> list:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
-    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r}")
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected at least one of the {kind}, got {text!r}")
+    return values
+
+
+def _int_list(text: str) -> List[int]:
+    values = _comma_list(text, int, "integers")
+    if min(values) <= 0:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return values
 
 
 def _ratio_list(text: str) -> List[float]:
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected at least one number, got {text!r}")
-    return values
+    return _comma_list(text, float, "numbers")  # ranges are SparseConfig's to check
 
 
 def _positive(text: str) -> int:
@@ -129,7 +130,11 @@ class LlamaCppEngine:
 
     def decode_step(self, token: int) -> np.ndarray:
         self.llm.eval([token])
-        # Without logits_all, Llama.eval keeps no scores: read llama.cpp's own row.
+        return self.logits()
+
+    def logits(self) -> np.ndarray:
+        """The last evaluated token's logits. Without logits_all, Llama.eval
+        keeps no scores: read llama.cpp's own row."""
         return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -43,24 +43,22 @@ class Trial:
         self.stages_ms: Dict[str, float] = {}  # sparse sessions: prefill time per stage
 
 
-def _greedy(step, first_logits, n: int) -> List[int]:
-    out, logits = [], first_logits
+def _greedy(step, logits: np.ndarray, n: int) -> Tuple[List[int], np.ndarray]:
+    """n greedy tokens, each fed back through `step`; and the logits after the last."""
+    out = []
     for _ in range(n):
         out.append(int(np.argmax(logits)))
         logits = step(out[-1])
-    return out
+    return out, logits
 
 
 def _answer_and_decode(t: Trial, model, step, logits: np.ndarray, start: float) -> None:
     """Greedy answer (time to its first token from `start`), then the timed
     decode run; `step(token)` evaluates one token and returns its logits."""
-    answer = []
-    for _ in range(ANSWER_TOKENS):
-        answer.append(int(np.argmax(logits)))
-        if len(answer) == 1:
-            t.first_token_s = time.perf_counter() - start
-        logits = step(answer[-1])
-    t.answer = model.detokenize(answer)
+    first = int(np.argmax(logits))
+    t.first_token_s = time.perf_counter() - start
+    rest, logits = _greedy(step, step(first), ANSWER_TOKENS - 1)
+    t.answer = model.detokenize([first] + rest)
     d0 = time.perf_counter()
     _greedy(step, logits, DECODE_TOKENS)
     t.decode_s = time.perf_counter() - d0
@@ -109,32 +107,24 @@ def _random_lines(prompt: SparsePrompt, n_tokens: int, seed: int) -> List[int]:
 
 
 class LlamaCppRunner:
+    """llama.cpp dense on one prompt, through the dense bench's engine (same
+    GGUF, threads, batch, flash attention and offload as ours)."""
+
     def __init__(self, path: str, n_ctx: int, threads: int, on_gpu: bool) -> None:
-        import llama_cpp
+        from .bench import LlamaCppEngine
 
-        self.llm = llama_cpp.Llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=512,
-                                   n_ubatch=512, flash_attn=True, n_gpu_layers=-1 if on_gpu else 0, verbose=False)
-        self.n_vocab = self.llm.n_vocab()
-
-    def logits(self) -> np.ndarray:
-        return np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
+        self.engine = LlamaCppEngine(path, n_ctx, threads, on_gpu)
 
     def run(self, model, prompt: SparsePrompt) -> Trial:
         t = Trial()
         ids = prompt.prefix + prompt.span + prompt.suffix
         t.n_prompt = len(ids)
-        self.llm.reset()
         start = time.perf_counter()
-        self.llm.eval(ids)
+        self.engine.prefill(ids)
         t.prefill_s = time.perf_counter() - start
-
-        def step(tok):
-            self.llm.eval([tok])
-            return self.logits()
-
-        _answer_and_decode(t, model, step, self.logits(), start)
+        _answer_and_decode(t, model, self.engine.decode_step, self.engine.logits(), start)
         hp = model.info
-        t.kv_bytes = 2 * hp["n_layer"] * hp["n_embd_head"] * hp["n_head_kv"] * self.llm.n_ctx() * 2  # F16 K and V
+        t.kv_bytes = 2 * hp["n_layer"] * hp["n_embd_head"] * hp["n_head_kv"] * self.engine.llm.n_ctx() * 2  # F16 K and V
         return t
 
 
