@@ -74,7 +74,7 @@ def test_keeping_everything_with_full_heads_is_dense(tiny, prompt, select_layer,
     """keep_ratio = full_head_ratio = 1: the pruned zone sees every token, so
     the answer is the dense one, for S = P (selection probe), S < P and P = L:
     bit for bit against the same batches without selection, and within
-    batching noise (measured 2e-4) of one dense pass."""
+    batching noise (measured 5.8e-4 to 6.2e-4 rel L2) of one dense pass."""
     config = SparseConfig(keep_ratio=1.0, full_head_ratio=1.0, select_layer=select_layer, prune_layer=prune_layer)
     text, s = sparse_answer(tiny, prompt, config)
     assert s.tokens()[:s.n_past - 4] == prompt.prefix + prompt.span + prompt.suffix  # the span round-trips as text
