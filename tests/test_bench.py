@@ -47,7 +47,7 @@ def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
     out = tmp_path / "sparse.json"
     proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--context", "600", "--trials", "1",
                    "--keep-ratio", "0.3", "--select-layer", "3", "--prune-layer", "5", "--task", "multikey",
-                   "--json", str(out))
+                   "--reroute", "--json", str(out))
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     for engine in ("llama_cpp", "dense", "sparse", "random"):
@@ -59,6 +59,11 @@ def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
     assert result["settings"]["keep_ratio"] == 0.3 and result["settings"]["select_layer"] == 3
     assert result["settings"]["prune_layer"] == 5 and result["sparse"]["stage_ms"]["pruned_zone"] > 0
     assert result["settings"]["task"] == "multikey" and "--task multikey" in result["command"]
+    # multikey asks a follow-up on our engines; --reroute selects anew for it.
+    assert all("follow_up_accuracy" in result[e] for e in ("dense", "sparse", "random"))
+    assert "follow_up_accuracy" not in result["llama_cpp"]
+    assert "follow_up_recall" in result["sparse"] and result["sparse"]["stage_ms"]["reroute"] > 0
+    assert result["settings"]["reroute"] is True and "--reroute" in result["command"]
 
 
 def test_multikey_prompt_asks_for_one_of_several_keys(smollm_gguf):
@@ -95,3 +100,20 @@ def test_bench_sweep_writes_one_point_per_context_and_keep_ratio(smollm_gguf, tm
 def test_bench_refuses_a_bad_keep_ratio_before_measuring(smollm_gguf):
     proc = run_cli("bench", "-m", smollm_gguf, "--context", "300", "--keep-ratio", "0.2,1.5")
     assert proc.returncode == 1 and "keep_ratio must be in (0, 1]" in proc.stderr
+
+
+def test_timestamp_and_order_prompts(smollm_gguf):
+    from htsparse_llama import Model
+    from htsparse_llama.bench_tasks import order, timestamp
+
+    model = Model(smollm_gguf, n_ctx=512, n_threads=2)
+    p = timestamp(model, seed=5, n_lines=30)
+    needle_line = model.detokenize([p.span[i] for i in p.needle])
+    time_asked = model.detokenize(p.suffix).split("logged at ")[1].split("?")[0]
+    assert needle_line.startswith(time_asked) and needle_line.strip().endswith(p.answer)
+    assert model.detokenize(p.span).count(time_asked) == 1
+    p = order(model, seed=5, n_lines=30)
+    lines = model.detokenize([p.span[i] for i in p.needle]).splitlines()
+    assert len(lines) == 2 and p.answer in lines[0] and p.wrong in lines[1]
+    assert p.is_right(f"The {p.answer}.") and not p.is_right(f"The {p.wrong}.")
+    assert not p.is_right(f"The {p.answer} and then the {p.wrong}.")

@@ -64,8 +64,6 @@ def test_dense_session_treats_sparse_text_as_text(smollm_gguf):
 
 def test_refusals(smollm_gguf):
     model = Model(smollm_gguf, n_ctx=512, n_threads=2)
-    with pytest.raises(hts.InvalidArgumentError, match="reroute"):
-        model.session(sparse=SparseConfig(reroute=True))
     with pytest.raises(hts.InvalidArgumentError, match="keep_ratio"):
         model.session(sparse=SparseConfig(keep_ratio=3.0))
     with pytest.raises(hts.InvalidArgumentError, match="SparseConfig"):

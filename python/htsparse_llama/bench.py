@@ -79,9 +79,12 @@ def register(sub) -> None:
     g.add_argument("--full-heads", type=float, default=None, metavar="RATIO", help="full-head ratio (default: the model's)")
     g.add_argument("--select-layer", type=int, default=None, help="select layer (default: the model's)")
     g.add_argument("--prune-layer", type=int, default=None, help="prune layer (default: the model's)")
-    g.add_argument("--task", choices=["passkey", "multikey"], default="passkey",
-                   help="passkey: one key in the log; multikey: four services' keys, the question names one "
-                        "(default: passkey)")
+    g.add_argument("--task", choices=["passkey", "multikey", "timestamp", "order"], default="passkey",
+                   help="passkey: one key in the log; multikey: four services' keys, the question names one, "
+                        "then a follow-up names another; timestamp: the code logged at a given time; order: "
+                        "which of two events came first (default: passkey)")
+    g.add_argument("--reroute", action="store_true",
+                   help="select anew for the follow-up question (multikey) instead of keeping the first routing")
     g.add_argument("--trials", type=_positive, default=3, help="pass-key prompts (default: 3)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     g.add_argument("--plot", metavar="FILE.png", help="also draw the curve over keep ratio (needs matplotlib)")
@@ -200,6 +203,8 @@ def _command_line(args: argparse.Namespace) -> str:
                         ("--prune-layer", args.prune_layer)):
         if value is not None:
             cmd += f" {flag} {value}"
+    if args.reroute:
+        cmd += " --reroute"
     return cmd
 
 

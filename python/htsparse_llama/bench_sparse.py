@@ -1,12 +1,15 @@
 """`bench` without --dense-only: llama.cpp dense, our dense path and our
 HT-Sparse path on the same long-context retrieval prompts (a log marked
-sparse, one pass key in it or several with the question naming one, the
-question after it), same GGUF and threads, in one process run; plus a
-random-selection baseline that keeps as many tokens.
+sparse with the question after it; tasks in bench_tasks.py), same GGUF and
+threads, in one process run; plus a random-selection baseline that keeps as
+many tokens.
 
 Per engine: prefill tokens/s, time to first token (whole prompt to first
 answer token), decode tokens/s, KV bytes and retrieval accuracy; for the
-sparse paths also needle recall (whether the kept set held the needle line).
+sparse paths also needle recall (whether the kept set held the needle
+lines). Tasks with follow-up questions (multikey) also ask one follow-up
+after the answer, on our engines: follow-up accuracy and recall, with the
+first routing kept or, with --reroute, selected anew.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .bench_tasks import TASKS, SparsePrompt
+from .bench_tasks import TASKS, SparsePrompt, follow_up_tokens
 
 ANSWER_TOKENS = 8     # enough for a five-digit key
 DECODE_TOKENS = 32    # decode speed is timed over this many tokens after the answer starts
@@ -40,6 +43,8 @@ class Trial:
         self.answer = ""
         self.kv_bytes = 0
         self.needle_kept = None
+        self.follow_up_answer = None       # tasks with follow-ups, our engines
+        self.follow_up_needle_kept = None  # ... sparse ones
         self.stages_ms: Dict[str, float] = {}  # sparse sessions: prefill time per stage
 
 
@@ -52,13 +57,17 @@ def _greedy(step, logits: np.ndarray, n: int) -> Tuple[List[int], np.ndarray]:
     return out, logits
 
 
-def _answer_and_decode(t: Trial, model, step, logits: np.ndarray, start: float) -> None:
+def _answer_and_decode(t: Trial, model, step, logits: np.ndarray, start: float, between=None) -> None:
     """Greedy answer (time to its first token from `start`), then the timed
-    decode run; `step(token)` evaluates one token and returns its logits."""
+    decode run; `step(token)` evaluates one token and returns its logits.
+    `between(logits)`, when given, continues the conversation after the
+    answer (a follow-up question) and returns the logits to decode from."""
     first = int(np.argmax(logits))
     t.first_token_s = time.perf_counter() - start
     rest, logits = _greedy(step, step(first), ANSWER_TOKENS - 1)
     t.answer = model.detokenize([first] + rest)
+    if between is not None:
+        logits = between(logits)
     d0 = time.perf_counter()
     _greedy(step, logits, DECODE_TOKENS)
     t.decode_s = time.perf_counter() - d0
@@ -88,7 +97,23 @@ def _run_ours(model, prompt: SparsePrompt, sparse, random_keep: bool, seed: int)
         s.add_tokens([tok])
         return s.logits()
 
-    _answer_and_decode(t, model, step, s.logits(), start)
+    def follow_up(_logits):
+        """The first follow-up question and its greedy answer."""
+        question = prompt.follow_ups[0]
+        if sparse is not None:
+            s._sparse.answered()  # with reroute, the question is held for a new selection
+        s.add_tokens(follow_up_tokens(model, question.question))
+        if sparse is not None:
+            if s._sparse.holds_back:
+                replace = (lambda kept: _random_lines(prompt, len(kept), seed + 7919)) if random_keep else None
+                s._sparse.select(s._native, s._stats, replace)
+            t.follow_up_needle_kept = set(question.needle) <= set(s._sparse.selection["kept_in_span"])
+            t.stages_ms = dict(s._stats.prefill_ms)
+        tokens, logits = _greedy(step, s.logits(), ANSWER_TOKENS)
+        t.follow_up_answer = model.detokenize(tokens)
+        return logits
+
+    _answer_and_decode(t, model, step, s.logits(), start, follow_up if prompt.follow_ups else None)
     t.kv_bytes = s.kv_bytes
     return t
 
@@ -134,9 +159,14 @@ def summarize(trials: List[Trial], prompts: List[SparsePrompt]) -> Dict[str, obj
         "ttft_ms": round(statistics.median(t.first_token_s * 1000 for t in trials), 1),
         "decode_tok_s": round(statistics.median(DECODE_TOKENS / t.decode_s for t in trials), 2),
         "kv_bytes": int(statistics.median(t.kv_bytes for t in trials)),
-        "accuracy": sum(p.answer in t.answer for t, p in zip(trials, prompts)) / len(trials),
+        "accuracy": sum(p.is_right(t.answer) for t, p in zip(trials, prompts)) / len(trials),
         **({"needle_recall": sum(bool(t.needle_kept) for t in trials) / len(trials)}
            if trials[0].needle_kept is not None else {}),
+        **({"follow_up_accuracy": sum(p.follow_ups[0].answer in t.follow_up_answer
+                                      for t, p in zip(trials, prompts)) / len(trials)}
+           if trials[0].follow_up_answer is not None else {}),
+        **({"follow_up_recall": sum(bool(t.follow_up_needle_kept) for t in trials) / len(trials)}
+           if trials[0].follow_up_needle_kept is not None else {}),
         **({"stage_ms": {k: round(statistics.median(t.stages_ms.get(k, 0.0) for t in trials), 1)
                          for k in trials[0].stages_ms}} if trials[0].stages_ms else {}),
     }
@@ -147,7 +177,9 @@ def _print_rows(result: Dict[str, Dict]) -> None:
         print(f"{name:<10} prefill {row['prefill_tok_s']:8.1f} tok/s  ttft {row['ttft_ms']:8.0f} ms  "
               f"decode {row['decode_tok_s']:6.1f} tok/s  KV {row['kv_bytes'] / 2**20:7.1f} MiB  "
               f"accuracy {row['accuracy']:.2f}" + (f"  needle recall {row['needle_recall']:.2f}"
-                                                   if "needle_recall" in row else ""), flush=True)
+                                                   if "needle_recall" in row else "")
+              + (f"  follow-up accuracy {row['follow_up_accuracy']:.2f}" if "follow_up_accuracy" in row else "")
+              + (f" recall {row['follow_up_recall']:.2f}" if "follow_up_recall" in row else ""), flush=True)
         if "stage_ms" in row:
             print(" " * 11 + "prefill stages: " + ", ".join(f"{k} {v:.0f} ms" for k, v in row["stage_ms"].items()),
                   flush=True)
@@ -173,7 +205,7 @@ def _measure_context(model, ref, context: int, keep_ratios: List[float], base, t
             sparse[r]["sparse"].append(_run_ours(model, prompt, config, False, i))
             sparse[r]["random"].append(_run_ours(model, prompt, config, True, i))
             answers += [f"{k}@{r:g} {t[-1].answer.strip()!r}" for k, t in sparse[r].items()]
-        print(f"  prompt {i + 1}/{len(prompts)}: key {prompt.answer}; answers " + ", ".join(answers), flush=True)
+        print(f"  prompt {i + 1}/{len(prompts)}: answer {prompt.answer}; answers " + ", ".join(answers), flush=True)
     dense_rows = {name: summarize(trials_, prompts) for name, trials_ in dense.items()}
     points = []
     for r in keep_ratios:
@@ -194,7 +226,7 @@ def run(args, path: str) -> Dict[str, object]:
     n_ctx = max(args.context) + ANSWER_TOKENS + DECODE_TOKENS + 256
     model = Model(path, n_ctx=n_ctx, n_threads=args.threads, device=args.device)
     base = SparseConfig(keep_ratio=args.keep_ratio[0], full_head_ratio=args.full_heads,
-                        select_layer=args.select_layer, prune_layer=args.prune_layer)
+                        select_layer=args.select_layer, prune_layer=args.prune_layer, reroute=args.reroute)
     settings = base.resolve(model)  # checks every value before the long run
     for r in args.keep_ratio:
         SparseConfig(keep_ratio=r).resolve(model)
@@ -206,7 +238,7 @@ def run(args, path: str) -> Dict[str, object]:
     points = []
     for context in args.context:
         points += _measure_context(model, ref, context, args.keep_ratio, base, args.trials, args.task)
-    common = {"task": args.task, "trials": args.trials, "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
+    common = {"task": args.task, "trials": args.trials, "reroute": args.reroute, "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
               "select_layer": settings["select_layer"], "prune_layer": settings["prune_layer"]}
     if len(points) == 1:
         point = points[0]

@@ -1,16 +1,33 @@
 """Retrieval tasks over a long sparse span, for the HT-Sparse fidelity
 benchmark and tests: a haystack of log lines marked sparse, a needle in it,
-and a question after it (DESIGN.md section 6)."""
+and a question after it (DESIGN.md section 6).
+
+- passkey: one pass key in the log.
+- multikey: four services' keys on look-alike lines; the question names one
+  (and the others make follow-up questions, for re-routing).
+- timestamp: every line has a time and a code; the question gives a time.
+- order: two rare events far apart; the question asks which came first, so
+  both lines must be kept (a whole-span task: one needle is not enough).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List
+from dataclasses import dataclass, field
+from typing import List, Sequence
 
 import numpy as np
 
 _EVENTS = ("disk check ok", "cache warmed", "user login", "backup done", "queue drained", "cron tick",
            "config reloaded", "heartbeat")
+
+
+@dataclass
+class FollowUp:
+    """Another question about the same span (multi-turn), with its needle."""
+
+    question: str
+    needle: range           # span-relative tokens of the needle's line
+    answer: str
 
 
 @dataclass
@@ -22,8 +39,14 @@ class SparsePrompt:
     span: List[int]
     suffix: List[int]
     seg_starts: List[int]   # span-relative starts of its segments (lines)
-    needle: range           # span-relative tokens of the needle's line
+    needle: Sequence[int]   # span-relative tokens of the needle line(s)
     answer: str
+    follow_ups: List[FollowUp] = field(default_factory=list)
+    wrong: str = ""         # order task: the answer that must not be given
+
+    def is_right(self, text: str) -> bool:
+        """Whether a model's answer text is right."""
+        return self.answer in text and not (self.wrong and self.wrong in text)
 
 
 def line_segments(model, span: List[int], max_tokens: int = 32) -> List[int]:
@@ -45,21 +68,26 @@ def _log_lines(rng, n_lines: int) -> List[str]:
     return [f"[{i:03d}] {_EVENTS[rng.integers(len(_EVENTS))]} on node {rng.integers(1, 99)}" for i in range(n_lines)]
 
 
+def _line_ranges(model, lines: List[str]):
+    """The span's tokens, tokenised line by line so that line boundaries are
+    token boundaries, and each line's token range."""
+    span: List[int] = []
+    ranges = []
+    for line in lines:
+        ids = model.tokenize(line + "\n")
+        ranges.append(range(len(span), len(span) + len(ids)))
+        span += ids
+    return span, ranges
+
+
 def _chat_prompt(model, lines: List[str], where: int, question: str, answer: str) -> SparsePrompt:
     """The log as the sparse span of one user turn, the question after it;
     line `where` is the needle."""
     template = model.apply_chat_template([("user", "@@span@@")], add_assistant=True)
     before, after = template.split("@@span@@")
-    # Tokenised line by line so that line boundaries are token boundaries.
-    span: List[int] = []
-    needle = range(0)
-    for i, line in enumerate(lines):
-        ids = model.tokenize(line + "\n")
-        if i == where:
-            needle = range(len(span), len(span) + len(ids))
-        span += ids
+    span, ranges = _line_ranges(model, lines)
     suffix = model.tokenize("\n" + question + after)
-    return SparsePrompt(model.tokenize(before), span, suffix, line_segments(model, span), needle, answer)
+    return SparsePrompt(model.tokenize(before), span, suffix, line_segments(model, span), ranges[where], answer)
 
 
 def passkey(model, seed: int, n_lines: int = 80) -> SparsePrompt:
@@ -85,8 +113,57 @@ def multikey(model, seed: int, n_lines: int = 80, n_keys: int = 4) -> SparseProm
     for where, service, key in zip(places, services, keys):
         lines[where] = f"[{where:03d}] The pass key of {service} is {key}. Remember it."
     asked = int(rng.integers(n_keys))
-    question = f"What is the pass key of {services[asked]}? Answer with the number only."
-    return _chat_prompt(model, lines, places[asked], question, str(keys[asked]))
+
+    def question(k: int) -> str:
+        return f"What is the pass key of {services[k]}? Answer with the number only."
+
+    prompt = _chat_prompt(model, lines, places[asked], question(asked), str(keys[asked]))
+    _, ranges = _line_ranges(model, lines)
+    # The other keys, as follow-up questions (multi-turn, re-routing).
+    prompt.follow_ups = [FollowUp(question(k), ranges[places[k]], str(keys[k])) for k in range(n_keys) if k != asked]
+    return prompt
 
 
-TASKS = {"passkey": passkey, "multikey": multikey}
+def timestamp(model, seed: int, n_lines: int = 80) -> SparsePrompt:
+    """A log whose every line has a time and a five-digit code; the question
+    gives one line's time and asks for its code."""
+    rng = np.random.default_rng(seed)
+    seconds = np.sort(rng.choice(np.arange(8 * 3600, 20 * 3600), size=n_lines, replace=False))
+    codes = rng.choice(np.arange(10000, 99999), size=n_lines, replace=False)
+    stamps = [f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}" for t in seconds]
+    lines = [f"{stamp} {_EVENTS[rng.integers(len(_EVENTS))]}, code {code}" for stamp, code in zip(stamps, codes)]
+    where = int(rng.integers(n_lines // 8, n_lines - n_lines // 8))
+    question = f"What code was logged at {stamps[where]}? Answer with the number only."
+    return _chat_prompt(model, lines, where, question, str(codes[where]))
+
+
+_RARE_EVENTS = ("fire alarm", "power outage", "flood warning", "earthquake drill")
+
+
+def order(model, seed: int, n_lines: int = 80) -> SparsePrompt:
+    """Two rare events on lines far apart; which came first?"""
+    rng = np.random.default_rng(seed)
+    lines = _log_lines(rng, n_lines)
+    first, second = (str(e) for e in rng.choice(_RARE_EVENTS, size=2, replace=False))
+    a = int(rng.integers(n_lines // 8, n_lines // 2 - n_lines // 8))
+    b = int(rng.integers(n_lines // 2 + n_lines // 8, n_lines - n_lines // 8))
+    lines[a] = f"[{a:03d}] {first} on node {rng.integers(1, 99)}"
+    lines[b] = f"[{b:03d}] {second} on node {rng.integers(1, 99)}"
+    options = sorted([first, second], key=lambda _: rng.random())  # the question lists them in random order
+    question = f"Which happened first in the log, the {options[0]} or the {options[1]}? Answer with the event only."
+    prompt = _chat_prompt(model, lines, a, question, first)
+    _, ranges = _line_ranges(model, lines)
+    prompt.needle = list(ranges[a]) + list(ranges[b])
+    prompt.wrong = second
+    return prompt
+
+
+def follow_up_tokens(model, question: str) -> List[int]:
+    """Tokens that close an assistant answer and ask `question` in a new user
+    turn, up to the assistant header, as the model's chat template puts them."""
+    mark = "@@answer@@"
+    rendered = model.apply_chat_template([("user", "q"), ("assistant", mark), ("user", question)], add_assistant=True)
+    return model.tokenize(rendered.split(mark, 1)[1])
+
+
+TASKS = {"passkey": passkey, "multikey": multikey, "timestamp": timestamp, "order": order}

@@ -54,6 +54,8 @@ def add_sparse_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prune-layer", type=int, default=None,
                    help="layer from which unselected tokens are not computed (default: the select layer; "
                         "the layer count keeps every token and only routes KV heads)")
+    g.add_argument("--reroute", action="store_true",
+                   help="select anew for each follow-up question (keeps the layers before the select layer whole)")
     g.add_argument("--stats", action="store_true", help="print a line of statistics after each answer (stderr)")
 
 
@@ -64,7 +66,7 @@ def sparse_config(args: argparse.Namespace):
     if args.dense:
         return None
     config = SparseConfig(keep_ratio=args.keep_ratio, full_head_ratio=args.full_heads,
-                          select_layer=args.select_layer, prune_layer=args.prune_layer)
+                          select_layer=args.select_layer, prune_layer=args.prune_layer, reroute=args.reroute)
     if args.keep_mass is not None:
         config.keep_mass = args.keep_mass
     return config

@@ -133,9 +133,9 @@ class Session:
         if sparse is not None and not isinstance(sparse, SparseConfig):
             raise InvalidArgumentError(f"sparse must be a SparseConfig or None, got {type(sparse).__name__}")
         self._sparse_config = sparse
-        self._sparse = SparseState(model, sparse) if sparse is not None else None
-        self._stats = SessionStats()
         self._native = native.Session(model._native, n_ctx, n_batch)
+        self._sparse = SparseState(model, sparse, self._native) if sparse is not None else None
+        self._stats = SessionStats()
         self._assistant_open = False  # generated tokens belong to an open assistant turn
         self._pending_assistant = False  # a user turn awaits the assistant header
         self.finish_reason: Optional[str] = None
@@ -346,6 +346,8 @@ class Session:
         if tail:
             yield tail
         self._close_assistant_turn()
+        if self._sparse is not None:
+            self._sparse.answered()
 
     def stats(self) -> SessionStats:
         """Sizes, KV memory (actual and what a dense cache would hold) and
@@ -369,7 +371,8 @@ class Session:
     def reset(self) -> None:
         """Forgets the conversation: empty context, cleared KV cache."""
         self._native.reset()
-        self._sparse = SparseState(self.model, self._sparse_config) if self._sparse_config is not None else None
+        self._sparse = (SparseState(self.model, self._sparse_config, self._native)
+                        if self._sparse_config is not None else None)
         self._stats = SessionStats()
         self._assistant_open = False
         self._pending_assistant = False

@@ -15,7 +15,13 @@ Deviation from DESIGN.md: layers [S, P) run every head over every token
 during prefill (routing applies from the answer on), because routing a layer
 needs that layer's own saliency, known only once the window has run through
 it. All tokens stay in the residual stream there anyway, so only attention
-FLOPs differ. Re-routing comes next.
+FLOPs differ.
+
+Re-routing (reroute=True): the session logs the residual stream at S of
+every token from the start, and the dense zone [0, S) keeps every token (no
+retroactive compaction there). Each follow-up question rewinds layers
+[S, L) to a dense state, reruns [S, P) for every logged token, and then
+selects, compacts and finishes as the first question did.
 """
 
 from __future__ import annotations
@@ -61,25 +67,29 @@ class SessionStats:
         return "; ".join(parts)
 
 
-def resolve_config(model, config: SparseConfig) -> Dict[str, object]:
-    """The settings this session runs with, refusing what is not built yet."""
-    resolved = config.resolve(model)
-    if config.reroute:
-        raise InvalidArgumentError("reroute=True is not built yet: follow-up questions reuse the first routing")
-    return resolved
-
-
 class SparseState:
-    """One sparse span per conversation; selection when the answer starts."""
+    """One sparse span per conversation; selection when the answer starts,
+    again for each follow-up question when re-routing."""
 
-    def __init__(self, model, config: SparseConfig) -> None:
+    def __init__(self, model, config: SparseConfig, native) -> None:
         self.model = model
-        self.config = resolve_config(model, config)
+        self.config = config.resolve(model)
         self.span: Optional[Tuple[int, int]] = None
         self.seg_starts: List[int] = []
         self.pending: List[int] = []   # the query window, evaluated at answer time
         self.selected = False
         self.selection: Optional[dict] = None
+        self.n_selections = 0
+        self.reroute = bool(self.config["reroute"])
+        if self.reroute:
+            # The whole conversation's residual stream at S, for re-running
+            # layers [S, L) with each new question's selection.
+            native._log_residual_at(int(self.config["select_layer"]))
+
+    def answered(self) -> None:
+        """An answer ended: with re-routing, the next question selects anew."""
+        if self.reroute and self.selected:
+            self.selected = False
 
     @property
     def holds_back(self) -> bool:
@@ -104,10 +114,16 @@ class SparseState:
         `replace_kept` (baselines) maps the selected span-relative tokens to
         the ones kept instead; head routing stays as selected."""
         if not self.pending:
-            raise InvalidArgumentError("a sparse span needs a question after it")
+            if self.n_selections == 0:
+                raise InvalidArgumentError("a sparse span needs a question after it")
+            self.selected = True  # a continuation, no new question: the routing stands
+            return
         window = self.pending
         self.pending = []
         t0 = time.perf_counter()
+        if self.n_selections > 0:
+            # Re-route: layers [S, L) start over; the span waits at P again.
+            native._rewind_to_logged_layer(int(self.config["prune_layer"]))
         native._set_query_capture(min(len(window), int(self.config["q_window"])))
         native.eval(window, False)
         held = native.n_held > 0
@@ -128,9 +144,13 @@ class SparseState:
             native._finish_held()
         t3 = time.perf_counter()
         self.selected = True
-        stats.prefill_ms["question"] = (t1 - t0) * 1000
-        stats.prefill_ms["select"] = (t2 - t1) * 1000
-        if held:
-            stats.prefill_ms["pruned_zone"] = (t3 - t2) * 1000
+        self.n_selections += 1
+        if self.n_selections == 1:
+            stats.prefill_ms["question"] = (t1 - t0) * 1000
+            stats.prefill_ms["select"] = (t2 - t1) * 1000
+            if held:
+                stats.prefill_ms["pruned_zone"] = (t3 - t2) * 1000
+        else:  # follow-ups: rewind, question, selection and pruned zone together
+            stats.prefill_ms["reroute"] = stats.prefill_ms.get("reroute", 0.0) + (t3 - t0) * 1000
         stats.n_kept = len(self.selection["kept_in_span"])
         stats.full_heads = [(il, g) for il, layer in enumerate(self.selection["full_kv"]) for g, f in enumerate(layer) if f]

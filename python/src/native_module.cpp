@@ -223,6 +223,9 @@ PYBIND11_MODULE(_native, mod) {
         .def("_hold_from_layer", &Session::hold_from_layer, py::arg("layer"))
         .def("_probe_held_layer", &Session::probe_held_layer, py::call_guard<py::gil_scoped_release>())
         .def("_finish_held", &Session::finish_held, py::call_guard<py::gil_scoped_release>())
+        .def("_log_residual_at", &Session::log_residual_at, py::arg("layer"))
+        .def("_rewind_to_logged_layer", &Session::rewind_to_logged_layer, py::arg("hold_layer"),
+             py::call_guard<py::gil_scoped_release>())
         .def_property_readonly("n_held", &Session::n_held)
         .def_property_readonly("kv_bytes_dense", &Session::kv_bytes_dense)
         .def_property_readonly("next_pos", &Session::next_pos)

@@ -71,6 +71,20 @@ size_t KvCache::bytes() const {
     return total;
 }
 
+void KvCache::copy_layers_from(const KvCache & src, int n_layers) {
+    if (split_) fail(ErrorKind::InvalidArgument, "layers are copied into a dense cache");
+    if (src.capacity_ != capacity_ || n_layers < 0 || n_layers > int(k_.size())) {
+        fail(ErrorKind::InvalidArgument, "the caches differ in capacity or layer count");
+    }
+    for (int il = 0; il < n_layers; ++il) {
+        if (src.n_full_heads(il) != n_head_kv_) {
+            fail(ErrorKind::InvalidArgument, format("layer %d keeps only some KV heads at full length", il));
+        }
+        ggml_backend_tensor_copy(src.k_[il], k_[il]);  // same shape: [n_embd_kv, capacity]
+        ggml_backend_tensor_copy(src.v_[il], v_[il]);
+    }
+}
+
 void KvCache::clear() {
     if (split_) fail(ErrorKind::InvalidArgument, "a compacted KV cache cannot be cleared; make a new one");
     ggml_backend_buffer_clear(buffer_, 0);

@@ -42,6 +42,11 @@ public:
 
     size_t bytes() const;  // bytes the K/V tensors hold
     void clear();
+    // Copies layers [0, n_layers) from `src` into this dense cache of the same
+    // capacity; src must hold every KV head of those layers at full length
+    // (dense, or split with only full heads there). Re-routing keeps the dense
+    // zone this way while it rebuilds the layers after it.
+    void copy_layers_from(const KvCache & src, int n_layers);
 
     // --- per-head split (HT-Sparse, DESIGN.md section 4) ----------------------
     // After compact(), every layer's KV heads are in two groups: "full" heads

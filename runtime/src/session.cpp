@@ -60,7 +60,8 @@ void Session::reset() {
     n_sparse_cells_ = 0;
     hidden_cells_.clear();
     kept_cells_.clear();
-    held_ = HeldTokens{};
+    held_ = ResidualRows{};
+    logged_ = ResidualRows{};
     n_past_ = 0;
     next_pos_ = 0;
     tokens_.clear();
@@ -145,23 +146,34 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
     const std::vector<int32_t> pos = rope_positions(n, positions);
     const int n_embd = model_.hparams().n_embd;
     kv_->reserve_sparse(n_sparse_cells_ + n, n_sparse_cells_);  // compacted cache: room for the new tokens
+    if (logged_.layer >= 0 && split != n_layer && split != logged_.layer) {
+        fail(ErrorKind::InvalidArgument, "a session that logs its residual stream splits at the logged layer only");
+    }
 
-    if (held_.layer >= 0) {
-        // Staged prefill: layers [0, P) now, the rest in finish_held().
-        std::vector<float> residual(held_.layer > 0 ? size_t(n) * n_embd : 0);
-        if (held_.layer > 0) {
-            run_layers(tokens.data(), nullptr, pos.data(), n, n_past_, n_sparse_cells_, 0, held_.layer, false, residual.data());
+    // The tokens run [0, stop): every layer, or up to the hold layer P (staged
+    // prefill: the rest in finish_held()). On the way the residual stream is
+    // kept at `mid`: the logged layer S, or the requested split.
+    const int stop = held_.layer >= 0 ? held_.layer : n_layer;
+    const int mid = logged_.layer >= 0 ? logged_.layer : split;
+    std::vector<float> at_mid, at_stop;
+    int from = 0;
+    if (mid > 0 && mid < stop) {
+        at_mid.resize(size_t(n) * n_embd);
+        run_layers(tokens.data(), nullptr, pos.data(), n, n_past_, n_sparse_cells_, 0, mid, false, at_mid.data());
+        from = mid;
+    }
+    const float * residual_in = from > 0 ? at_mid.data() : nullptr;
+    if (stop < n_layer) {
+        if (stop > 0) {  // at 0 the tokens themselves are the input
+            at_stop.resize(size_t(n) * n_embd);
+            run_layers(tokens.data(), residual_in, pos.data(), n, n_past_, n_sparse_cells_, from, stop, false, at_stop.data());
         }
-        append_held(tokens, pos, std::move(residual));
         logits_.clear();
     } else {
-        // Stage 1 (when split): layers [0, split) for every token, keeping the residual stream.
-        const bool staged = split < n_layer && split > 0;
-        std::vector<float> residual(staged ? size_t(n) * n_embd : 0);
-        if (staged) run_layers(tokens.data(), nullptr, pos.data(), n, n_past_, n_sparse_cells_, 0, split, false, residual.data());
-        run_layers(tokens.data(), staged ? residual.data() : nullptr, pos.data(), n, n_past_, n_sparse_cells_,
-                   staged ? split : 0, n_layer, all_logits, nullptr);
+        run_layers(tokens.data(), residual_in, pos.data(), n, n_past_, n_sparse_cells_, from, n_layer, all_logits, nullptr);
     }
+    if (logged_.layer >= 0) logged_.append(n_past_, tokens, pos, logged_.layer == stop ? at_stop : at_mid);
+    if (held_.layer >= 0) held_.append(n_past_, tokens, pos, at_stop);
     n_past_ += n;
     if (kv_->is_split()) n_sparse_cells_ += n;
     tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
@@ -201,20 +213,29 @@ void Session::hold_from_layer(int layer) {
     if (layer < n_layer && kv_->is_split()) {
         fail(ErrorKind::InvalidArgument, "staged prefill needs a dense cache; this one is already compacted");
     }
-    held_ = HeldTokens{};
+    if (layer < n_layer && layer < logged_.layer) {
+        fail(ErrorKind::InvalidArgument, format("hold layer %d is below the logged layer %d", layer, logged_.layer));
+    }
+    held_ = ResidualRows{};
     held_.layer = layer < n_layer ? layer : -1;
     held_.pos_rows.assign(model_.hparams().n_pos_per_token, {});
 }
 
-void Session::append_held(const std::vector<int32_t> & tokens, const std::vector<int32_t> & pos,
-                          std::vector<float> && residual) {
-    const size_t n = tokens.size();
-    if (held_.tokens.empty()) held_.first_cell = n_past_;
-    held_.tokens.insert(held_.tokens.end(), tokens.begin(), tokens.end());
-    for (size_t s = 0; s < held_.pos_rows.size(); ++s) {
-        held_.pos_rows[s].insert(held_.pos_rows[s].end(), pos.begin() + s * n, pos.begin() + (s + 1) * n);
+void Session::ResidualRows::append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
+                                   const std::vector<float> & rows) {
+    const size_t n = new_tokens.size();
+    if (tokens.empty()) first_cell = cell;
+    tokens.insert(tokens.end(), new_tokens.begin(), new_tokens.end());
+    for (size_t s = 0; s < pos_rows.size(); ++s) {
+        pos_rows[s].insert(pos_rows[s].end(), pos.begin() + s * n, pos.begin() + (s + 1) * n);
     }
-    held_.residual.insert(held_.residual.end(), residual.begin(), residual.end());
+    residual.insert(residual.end(), rows.begin(), rows.end());
+}
+
+std::vector<int32_t> Session::ResidualRows::flat_positions() const {
+    std::vector<int32_t> pos;
+    for (const auto & row : pos_rows) pos.insert(pos.end(), row.begin(), row.end());
+    return pos;
 }
 
 namespace {
@@ -231,8 +252,7 @@ std::vector<int32_t> gather_positions(const std::vector<std::vector<int32_t>> & 
 void Session::probe_held_layer() {
     if (held_.layer < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
     const int n = n_held();
-    std::vector<int32_t> pos;  // every held token: the rows end to end
-    for (const auto & row : held_.pos_rows) pos.insert(pos.end(), row.begin(), row.end());
+    const std::vector<int32_t> pos = held_.flat_positions();
     const float * residual = held_.layer > 0 ? held_.residual.data() : nullptr;  // layer 0 starts from the tokens
     run_layers(held_.tokens.data(), residual, pos.data(), n, held_.first_cell, 0, held_.layer, held_.layer + 1,
                false, nullptr, /*kv_only=*/true);
@@ -265,7 +285,46 @@ void Session::finish_held() {
     // Pruned-zone layers have no full heads, so first_cell only sizes the (unused) full mask.
     run_layers(tokens.data(), P > 0 ? residual.data() : nullptr, pos.data(), m, held_.first_cell + idx[0], first_sparse,
                P, n_layer, false, nullptr);
-    held_ = HeldTokens{};
+    held_ = ResidualRows{};
+}
+
+void Session::log_residual_at(int layer) {
+    const int n_layer = model_.hparams().n_layer;
+    if (layer < 0 || layer >= n_layer) fail(ErrorKind::InvalidArgument, format("log layer %d is outside [0, %d)", layer, n_layer));
+    if (n_past_ > 0) fail(ErrorKind::InvalidArgument, "the residual log starts with an empty session");
+    logged_ = ResidualRows{};
+    logged_.layer = layer;
+    logged_.pos_rows.assign(model_.hparams().n_pos_per_token, {});
+}
+
+void Session::rewind_to_logged_layer(int hold_layer) {
+    const int n_layer = model_.hparams().n_layer, S = logged_.layer;
+    if (S < 0) fail(ErrorKind::InvalidArgument, "no residual log: call log_residual_at() on the empty session");
+    if (n_held() > 0) fail(ErrorKind::InvalidArgument, "tokens are held: finish_held() first");
+    if (hold_layer < S || hold_layer > n_layer) {
+        fail(ErrorKind::InvalidArgument, format("hold layer %d is outside [%d, %d]", hold_layer, S, n_layer));
+    }
+    if (logged_.tokens.empty()) fail(ErrorKind::InvalidArgument, "nothing to rewind: the log is empty");
+    // The dense zone stays; layers [S, n_layer) start over from a zeroed dense cache.
+    auto fresh = std::make_unique<KvCache>(model_, n_ctx_);
+    fresh->copy_layers_from(*kv_, S);
+    kv_ = std::move(fresh);
+    n_sparse_cells_ = 0;
+    kept_cells_.clear();
+    hidden_cells_.clear();
+
+    hold_from_layer(hold_layer);
+    const int n = static_cast<int>(logged_.tokens.size());
+    const std::vector<int32_t> pos = logged_.flat_positions();
+    const float * residual = S > 0 ? logged_.residual.data() : nullptr;
+    std::vector<float> at_hold(hold_layer > 0 && hold_layer < n_layer ? size_t(n) * model_.hparams().n_embd : 0);
+    if (hold_layer > S) {
+        run_layers(logged_.tokens.data(), residual, pos.data(), n, logged_.first_cell, 0, S, hold_layer, false,
+                   hold_layer < n_layer ? at_hold.data() : nullptr);
+    } else {
+        at_hold = logged_.residual;  // hold_layer == S
+    }
+    if (held_.layer >= 0) held_.append(logged_.first_cell, logged_.tokens, pos, at_hold);
 }
 
 namespace {

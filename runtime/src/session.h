@@ -92,6 +92,21 @@ public:
     // logits of the last token, which must be kept.
     void finish_held();
 
+    // --- re-routing (SparseConfig::reroute) ------------------------------------
+    // From an empty session on, every eval also keeps its tokens' residual
+    // stream at `layer` (S, < n_layer) on the host: the whole conversation, so
+    // that a follow-up question can rebuild layers [S, n_layer) for itself.
+    void log_residual_at(int layer);
+    int logged_layer() const { return logged_.layer; }  // -1: none
+    // Undoes the routing of layers [S, n_layer) for a new question: the cache
+    // is dense again, layers [0, S) as they were (they must keep every KV head
+    // at full length), and every logged token runs [S, hold_layer) again and
+    // is held at hold_layer (S <= hold_layer <= n_layer; n_layer: no hold, the
+    // tokens run every layer). The question then goes as the first one did:
+    // eval with query capture, probe_held_layer, selection, compact_kv,
+    // finish_held.
+    void rewind_to_logged_layer(int hold_layer);
+
     // Dense cache only, for tests: cells no query may see (mask -INF).
     void set_hidden_cells(const std::vector<int32_t> & cells);
     void reset();
@@ -113,14 +128,20 @@ private:
     std::vector<bool> hidden_cells_;  // set_hidden_cells
     std::vector<int32_t> kept_cells_; // compact_kv: cells the sparse heads keep
 
-    // Tokens that ran through [0, layer) and wait for the rest (hold_from_layer).
-    struct HeldTokens {
-        int layer = -1;      // -1: no hold
-        int first_cell = 0;  // cell of tokens[0]; the held cells are contiguous
+    // Tokens with their residual stream at one layer (that layer's input), on the host.
+    struct ResidualRows {
+        int layer = -1;      // -1: none
+        int first_cell = 0;  // cell of tokens[0]; the cells are contiguous
         std::vector<int32_t> tokens;
         std::vector<std::vector<int32_t>> pos_rows;  // n_pos_per_token rows of positions
         std::vector<float> residual;                 // [n_embd, tokens.size()] at `layer`; none at 0
-    } held_;
+        // Adds n tokens from `cell`; pos: n_pos_per_token rows of n values.
+        void append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
+                    const std::vector<float> & rows);
+        std::vector<int32_t> flat_positions() const;  // the rows end to end
+    };
+    ResidualRows held_;    // hold_from_layer: waiting for finish_held()
+    ResidualRows logged_;  // log_residual_at: every token of the conversation, for re-routing
     std::vector<int32_t> tokens_;
     std::vector<float> logits_;
 
@@ -136,7 +157,6 @@ private:
     void run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int n, int first_cell,
                     int first_sparse_cell, int begin, int end, bool all_logits, float * residual_out,
                     bool kv_only = false);
-    void append_held(const std::vector<int32_t> & tokens, const std::vector<int32_t> & pos, std::vector<float> && residual);
     // Runs one micro-batch over mb's layer range. Input: token ids, or the
     // residual [n_embd, n_tokens] when the range starts past layer 0. Output:
     // logits rows, or the residual when the range stops early (may be null).

@@ -37,6 +37,8 @@ void validate(const SparseConfig & c, const HParams & hp) {
           format("select_layer must be in [0, %d] for this %d-layer model, got %d", L, L, c.select_layer));
     check(c.prune_layer >= c.select_layer && c.prune_layer <= L,
           format("prune_layer must be in [select_layer=%d, %d], got %d", c.select_layer, L, c.prune_layer));
+    check(!c.reroute || c.select_layer < L,
+          format("reroute needs a select layer below the layer count (%d), got %d", L, c.select_layer));
     check(c.q_window >= 1, format("q_window must be >= 1, got %d", c.q_window));
     check(c.segment_floor >= 0, format("segment_floor must be >= 0, got %d", c.segment_floor));
     check(c.segment_tokens >= 1, format("segment_tokens must be >= 1, got %d", c.segment_tokens));

@@ -93,18 +93,20 @@ std::vector<int32_t> pick_tokens(const Model & model, const SparseSpan & span, c
                              GraphRunner::read_f32(o.token_score), p);
 }
 
-// The top full_head_ratio of (layer, KV head) pairs of layers [0, n_routed) by
-// score become full heads; the heads of later layers (pruned zone) are sparse.
+// Every KV head of layers [0, first_routed) is full; of the (layer, KV head)
+// pairs of layers [first_routed, n_routed) the top full_head_ratio by score
+// are; the heads of later layers (pruned zone) are sparse.
 std::vector<std::vector<bool>> route_heads(const std::vector<std::vector<float>> & kv_score, float full_head_ratio,
-                                           int n_routed) {
+                                           int first_routed, int n_routed) {
     std::vector<std::pair<float, std::pair<int, int>>> ranked;
-    for (size_t il = 0; il < size_t(n_routed); ++il) {
+    for (size_t il = size_t(first_routed); il < size_t(n_routed); ++il) {
         for (size_t g = 0; g < kv_score[il].size(); ++g) ranked.push_back({kv_score[il][g], {int(il), int(g)}});
     }
     std::stable_sort(ranked.begin(), ranked.end(), [](const auto & a, const auto & b) { return a.first > b.first; });
     const size_t n_full = size_t(std::lround(double(full_head_ratio) * ranked.size()));
     std::vector<std::vector<bool>> full(kv_score.size(), std::vector<bool>(kv_score.empty() ? 0 : kv_score[0].size(), false));
     for (size_t i = 0; i < n_full; ++i) full[ranked[i].second.first][ranked[i].second.second] = true;
+    for (int il = 0; il < first_routed; ++il) full[il].assign(full[il].size(), true);
     return full;
 }
 
@@ -148,7 +150,10 @@ SparseSelection select_sparse(const Model & model, const Session & session, cons
             }
         }
     }
-    sel.full_kv = route_heads(ranking, config.full_head_ratio, n_routed);
+    // Re-routing rebuilds layers [S, L) for each question, so the dense zone
+    // keeps every token (no retroactive compaction there).
+    const int first_routed = config.reroute ? std::min(select_layer, n_routed) : 0;
+    sel.full_kv = route_heads(ranking, config.full_head_ratio, first_routed, n_routed);
 
     // Head weights at the select layer: normalised scores (uniform if all vanish).
     std::vector<float> head_w = sal.head_score[select_layer];
