@@ -106,6 +106,36 @@ def test_pruning_from_layer_0_equals_dropping_the_tokens(tiny, prompt):
     assert rel_l2(full.logits(), ref.logits()) > 1e-2
 
 
+def test_two_spans_from_layer_0_equal_dropping_their_tokens(tiny, prompt):
+    """Two sparse spans with text between them, S = P = 0: each span keeps
+    its own share, the text between and after them is kept whole, and the
+    result is a dense pass over exactly those tokens at their positions."""
+    cut = prompt.seg_starts[len(prompt.seg_starts) // 2]
+    between = tiny.tokenize("\nAnd the second half of the log:\n")
+    s = tiny.session(sparse=SparseConfig(keep_ratio=0.3, select_layer=0, prune_layer=0))
+    s.add_tokens(prompt.prefix)
+    s.add_tokens(prompt.span[:cut], sparse=True)
+    s.add_tokens(between)
+    s.add_tokens(prompt.span[cut:], sparse=True)
+    s.add_tokens(prompt.suffix)
+    text = s.generate(max_tokens=4, temperature=0, stream=False)
+    spans = s._sparse.spans
+    assert spans == [(len(prompt.prefix), len(prompt.prefix) + cut),
+                     (len(prompt.prefix) + cut + len(between), len(prompt.prefix) + len(prompt.span) + len(between))]
+    kept = [spans[0][0] + v for v in s._sparse.selection["kept_in_span"]]
+    for b, e in spans:
+        assert 0.3 * (e - b) <= sum(b <= c < e for c in kept) < 0.5 * (e - b)
+    assert all(any(b <= c < e for b, e in spans) for c in kept) and s.stats().n_kept == len(kept)
+    dropped = set().union(*(range(b, e) for b, e in spans)) - set(kept)
+    cells = [c for c in range(len(prompt.prefix), s.n_past - 4) if c not in dropped]
+    all_ids = s.tokens()
+    ref = tiny.session()
+    ref.add_tokens(prompt.prefix)
+    ref.add_tokens([all_ids[c] for c in cells], positions=np.array(cells))
+    assert text == ref.generate(max_tokens=4, temperature=0, stream=False)
+    assert np.array_equal(s.logits(), ref.logits())
+
+
 def test_selection_probe_reads_what_a_dense_pass_reads(tiny, prompt):
     """With S = P the select layer's keys come from a probe, not a run of the
     layer; it must select exactly what a full prefill selects at S."""

@@ -30,7 +30,7 @@ def greedy(model, session, n=8):
 
 def select(session, prompt, **config):
     begin = len(prompt.prefix)
-    return session._native._select_sparse(begin, begin + len(prompt.span), prompt.seg_starts, config)
+    return session._native._select_sparse([(begin, begin + len(prompt.span), prompt.seg_starts)], config)
 
 
 def test_passkey_survives_selection_at_layer_4_keeping_a_tenth(qwen_gguf):
@@ -72,8 +72,12 @@ def test_selection_needs_a_query_window_after_the_span(smollm_gguf):
     with pytest.raises(hts.InvalidArgumentError, match="query window"):
         select(no_capture, prompt)
     s = prefill(model, prompt)
-    with pytest.raises(hts.InvalidArgumentError, match="must lie before"):
-        s._native._select_sparse(0, s.n_past, [0], {})
+    with pytest.raises(hts.InvalidArgumentError, match="before the .*query window"):
+        s._native._select_sparse([(0, s.n_past, [0])], {})
+    with pytest.raises(hts.InvalidArgumentError, match="after the previous one"):
+        s._native._select_sparse([(10, 20, [0]), (15, 30, [0])], {})
+    with pytest.raises(hts.InvalidArgumentError, match="no sparse span"):
+        s._native._select_sparse([], {})
     with pytest.raises(hts.InvalidArgumentError, match="keep_ratio"):
         select(s, prompt, keep_ratio=0.0)
     select(s, prompt, keep_ratio=0.5)

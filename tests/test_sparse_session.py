@@ -70,10 +70,12 @@ def test_refusals(smollm_gguf):
         model.session(sparse={"keep_ratio": 0.2})
     s = model.session(sparse=SparseConfig())
     s.add_text("line one\nline two\n", sparse=True)
-    with pytest.raises(hts.InvalidArgumentError, match="one sparse span"):
-        s.add_text("another\n", sparse=True)
     with pytest.raises(hts.InvalidArgumentError, match="all_logits"):
         s.add_tokens([10, 11], all_logits=True)
+    s.add_text("What is on line two?")
+    s.generate(max_tokens=1, temperature=0, stream=False)
+    with pytest.raises(hts.InvalidArgumentError, match="before the first question"):
+        s.add_text("another\n", sparse=True)
     with pytest.raises(hts.InvalidArgumentError, match="parts"):
         s.add_message("user", [{"sparse": True}])
 

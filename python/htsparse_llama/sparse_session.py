@@ -68,15 +68,16 @@ class SessionStats:
 
 
 class SparseState:
-    """One sparse span per conversation; selection when the answer starts,
-    again for each follow-up question when re-routing."""
+    """The sparse spans of a conversation (all before its first question);
+    selection when the answer starts, again for each follow-up question when
+    re-routing."""
 
     def __init__(self, model, config: SparseConfig, native) -> None:
         self.model = model
         self.config = config.resolve(model)
-        self.span: Optional[Tuple[int, int]] = None
-        self.seg_starts: List[int] = []
-        self.pending: List[int] = []   # the query window, evaluated at answer time
+        self.spans: List[Tuple[int, int]] = []   # cells [begin, end) of each sparse span
+        self.seg_starts: List[List[int]] = []    # per span, span-relative segment starts
+        self.pending: List[int] = []   # tokens after the last span: the query window, evaluated at answer time
         self.selected = False
         self.selection: Optional[dict] = None
         self.n_selections = 0
@@ -92,20 +93,40 @@ class SparseState:
             self.selected = False
 
     @property
+    def span(self) -> Optional[Tuple[int, int]]:
+        """Cells from the first span's start to the last span's end."""
+        return (self.spans[0][0], self.spans[-1][1]) if self.spans else None
+
+    @property
     def holds_back(self) -> bool:
         """Tokens after an unselected span wait for the answer (query window)."""
-        return self.span is not None and not self.selected
+        return bool(self.spans) and not self.selected
 
     def add_span(self, native, ids: List[int]) -> None:
-        if self.span is not None:
-            raise InvalidArgumentError("one sparse span per conversation for now (call reset() for a new one)")
+        if self.n_selections > 0:
+            raise InvalidArgumentError("sparse spans go before the first question; call reset() to start over "
+                                       "with new ones")
+        if not self.spans:
+            prune_layer = int(self.config["prune_layer"])
+            if prune_layer < self.model.n_layer:
+                native._hold_from_layer(prune_layer)  # stage 1 now, the pruned zone after selection
+        elif self.pending:
+            # Text between two spans is no query window: it runs now, with the spans.
+            native.eval(self.pending, False)
+            self.pending = []
         begin = native.n_past
-        prune_layer = int(self.config["prune_layer"])
-        if prune_layer < self.model.n_layer:
-            native._hold_from_layer(prune_layer)  # stage 1 now, the pruned zone after selection
         native.eval(ids, False)
-        self.span = (begin, begin + len(ids))
-        self.seg_starts = line_segments(self.model, ids, int(self.config["segment_tokens"]))
+        self.spans.append((begin, begin + len(ids)))
+        self.seg_starts.append(line_segments(self.model, ids, int(self.config["segment_tokens"])))
+
+    def _kept_cells(self, n_past: int, kept_in_span: List[int]) -> List[int]:
+        """Every cell outside the spans, and the span tokens kept (relative to
+        the first span's start)."""
+        first = self.spans[0][0]
+        in_spans = set()
+        for begin, end in self.spans:
+            in_spans.update(range(begin, end))
+        return sorted([c for c in range(n_past) if c not in in_spans] + [first + v for v in kept_in_span])
 
     def select(self, native, stats: SessionStats,
                replace_kept: Optional[Callable[[List[int]], List[int]]] = None) -> None:
@@ -132,13 +153,11 @@ class SparseState:
         native._set_query_capture(0)
         t1 = time.perf_counter()
         request = {k: v for k, v in self.config.items() if k != "head_prior"}
-        self.selection = native._select_sparse(self.span[0], self.span[1], self.seg_starts, request,
-                                               replace_kept is None)
+        spans = [(begin, end, starts) for (begin, end), starts in zip(self.spans, self.seg_starts)]
+        self.selection = native._select_sparse(spans, request, replace_kept is None)
         if replace_kept is not None:
             self.selection["kept_in_span"] = kept = sorted(replace_kept(self.selection["kept_in_span"]))
-            begin, end = self.span
-            cells = list(range(begin)) + [begin + v for v in kept] + list(range(end, native.n_past))
-            native._compact_kv(self.selection["full_kv"], cells)
+            native._compact_kv(self.selection["full_kv"], self._kept_cells(native.n_past, kept))
         t2 = time.perf_counter()
         if held:
             native._finish_held()

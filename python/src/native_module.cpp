@@ -200,14 +200,16 @@ PYBIND11_MODULE(_native, mod) {
              py::arg("full_kv"), py::arg("kept_cells"))
         .def("_set_query_capture", &Session::set_query_capture, py::arg("n"))
         .def("_select_sparse",
-             [](Session & s, int begin, int end, const std::vector<int32_t> & seg_starts, const py::dict & request,
-                bool compact) {
+             [](Session & s, const std::vector<std::tuple<int, int, std::vector<int32_t>>> & span_list,
+                const py::dict & request, bool compact) {
                  const Model & m = s.model();
                  const SparseConfig config = resolve_sparse_config(sparse_request(request), m.file(), m.hparams());
+                 std::vector<SparseSpan> spans;
+                 for (const auto & [begin, end, seg_starts] : span_list) spans.push_back(SparseSpan{begin, end, seg_starts});
                  SparseSelection sel;
                  {
                      py::gil_scoped_release release;
-                     sel = select_sparse(m, s, SparseSpan{begin, end, seg_starts}, config);
+                     sel = select_sparse(m, s, spans, config);
                      if (compact) s.compact_kv(sel.full_kv, sel.kept_cells);
                  }
                  py::dict d;
@@ -217,8 +219,7 @@ PYBIND11_MODULE(_native, mod) {
                  d["select_layer"] = config.select_layer;
                  return d;
              },
-             py::arg("span_begin"), py::arg("span_end"), py::arg("seg_starts"), py::arg("config"),
-             py::arg("compact") = true)
+             py::arg("spans"), py::arg("config"), py::arg("compact") = true)
         .def("_set_hidden_cells", &Session::set_hidden_cells, py::arg("cells"))
         .def("_hold_from_layer", &Session::hold_from_layer, py::arg("layer"))
         .def("_probe_held_layer", &Session::probe_held_layer, py::call_guard<py::gil_scoped_release>())

@@ -19,8 +19,8 @@ namespace {
 constexpr int64_t kKeyChunk = 4096;  // keys per saliency block: bounded memory at long contexts
 
 struct LayerSaliency {
-    std::vector<std::vector<float>> head_score;  // [layer][q head]
-    std::vector<float> token_attn;               // select layer: [n_head][n_v]
+    std::vector<std::vector<float>> head_score;  // [layer][q head], weighted over the spans
+    std::vector<std::vector<float>> token_attn;  // select layer, per span: [n_head][n_v]
 };
 
 // Causal mask of the query window (the last n_q of n_used cells): F32 [n_used, n_q].
@@ -33,17 +33,18 @@ std::vector<float> window_mask(int n_used, int n_q) {
 }
 
 // Saliency at layers [0, n_measured): those whose queries the window captured.
-LayerSaliency measure(const Model & model, const Session & session, const SparseSpan & span, int select_layer,
-                      int n_measured) {
+LayerSaliency measure(const Model & model, const Session & session, const std::vector<SparseSpan> & spans,
+                      int select_layer, int n_measured) {
     const HParams & hp = model.hparams();
     const int n_used = session.n_past(), n_q = session.n_captured_q();
     const int64_t n_chunks = (n_used + kKeyChunk - 1) / kKeyChunk;
-    GraphRunner runner(model.backends().main(), size_t(64 * (n_chunks + 2) * hp.n_layer + 1024));
+    const size_t n_spans = spans.size();
+    GraphRunner runner(model.backends().main(), size_t(64 * (n_chunks + 2) * hp.n_layer * (n_spans + 1) + 1024));
     ggml_context * ctx = runner.ctx();
     ggml_tensor * mask = runner.input_f32(window_mask(n_used, n_q), {n_used, n_q});
     const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
-    std::vector<ggml_tensor *> outputs;
-    ggml_tensor * token_attn = nullptr;
+    std::vector<ggml_tensor *> outputs;  // head scores: layer-major, then span
+    std::vector<ggml_tensor *> token_attn;
     for (int il = 0; il < n_measured; ++il) {
         const std::vector<float> & captured = session.captured_queries()[il];
         if (captured.size() != size_t(hp.n_embd_head) * hp.n_head * n_q) {
@@ -52,18 +53,30 @@ LayerSaliency measure(const Model & model, const Session & session, const Sparse
         ggml_tensor * q = runner.input_f32(captured, {hp.n_embd_head, hp.n_head, n_q});
         q = ggml_cont(ctx, ggml_permute(ctx, q, 0, 2, 1, 3));                                        // [d, n_q, H]
         ggml_tensor * k = ggml_permute(ctx, session.kv_cache().keys(ctx, il, n_used), 0, 2, 1, 3);  // [d, n_used, G]
-        ggml_tensor * lse = hts_attn_lse(ctx, q, k, mask, scale, kKeyChunk);
-        hts_saliency s = hts_head_saliency(ctx, q, k, lse, span.begin, span.end, scale, kKeyChunk);
-        outputs.push_back(s.head_score);
-        if (il == select_layer) token_attn = s.token_attn;
+        ggml_tensor * lse = hts_attn_lse(ctx, q, k, mask, scale, kKeyChunk);  // once for every span
+        for (const SparseSpan & span : spans) {
+            hts_saliency s = hts_head_saliency(ctx, q, k, lse, span.begin, span.end, scale, kKeyChunk);
+            outputs.push_back(s.head_score);
+            if (il == select_layer) token_attn.push_back(s.token_attn);
+        }
     }
-    outputs.push_back(token_attn);
-    runner.compute(outputs);
+    std::vector<ggml_tensor *> all = outputs;
+    all.insert(all.end(), token_attn.begin(), token_attn.end());
+    runner.compute(all);
+
+    int n_sparse = 0;
+    for (const SparseSpan & span : spans) n_sparse += span.end - span.begin;
     LayerSaliency out;
     for (int il = 0; il < hp.n_layer; ++il) {
-        out.head_score.push_back(il < n_measured ? GraphRunner::read_f32(outputs[il]) : std::vector<float>(hp.n_head, 0.0f));
+        std::vector<float> score(hp.n_head, 0.0f);
+        for (size_t i = 0; il < n_measured && i < n_spans; ++i) {
+            const float w = float(spans[i].end - spans[i].begin) / float(n_sparse);
+            const std::vector<float> s = GraphRunner::read_f32(outputs[size_t(il) * n_spans + i]);
+            for (int h = 0; h < hp.n_head; ++h) score[h] += w * s[h];
+        }
+        out.head_score.push_back(score);
     }
-    out.token_attn = GraphRunner::read_f32(token_attn);
+    for (ggml_tensor * t : token_attn) out.token_attn.push_back(GraphRunner::read_f32(t));
     return out;
 }
 
@@ -112,7 +125,24 @@ std::vector<std::vector<bool>> route_heads(const std::vector<std::vector<float>>
 
 }  // namespace
 
-SparseSelection select_sparse(const Model & model, const Session & session, const SparseSpan & span,
+namespace {
+
+void check_spans(const std::vector<SparseSpan> & spans, int n_used, int n_q) {
+    if (spans.empty()) fail(ErrorKind::InvalidArgument, "no sparse span to select from");
+    for (size_t i = 0; i < spans.size(); ++i) {
+        const SparseSpan & s = spans[i];
+        const int floor = i > 0 ? spans[i - 1].end : 0;
+        if (s.begin < floor || s.begin >= s.end || s.end > n_used - n_q) {
+            fail(ErrorKind::InvalidArgument,
+                 format("sparse span [%d, %d) must be non-empty, after the previous one and before the %d-token "
+                        "query window of %d cells", s.begin, s.end, n_q, n_used));
+        }
+    }
+}
+
+}  // namespace
+
+SparseSelection select_sparse(const Model & model, const Session & session, const std::vector<SparseSpan> & spans,
                               const SparseConfig & config) {
     const HParams & hp = model.hparams();
     const int n_used = session.n_past(), n_q = session.n_captured_q();
@@ -120,16 +150,13 @@ SparseSelection select_sparse(const Model & model, const Session & session, cons
     if (n_q <= 0 || int(session.captured_queries().size()) != hp.n_layer) {
         fail(ErrorKind::InvalidArgument, "no query window: evaluate the question with query capture on");
     }
-    if (span.begin < 0 || span.begin >= span.end || span.end > n_used - n_q) {
-        fail(ErrorKind::InvalidArgument, format("the sparse span [%d, %d) must lie before the %d-token query window of %d cells",
-                                                span.begin, span.end, n_q, n_used));
-    }
+    check_spans(spans, n_used, n_q);
     const int select_layer = std::min(config.select_layer, hp.n_layer - 1);
     // Staged prefill holds tokens at P: queries exist for layers [0, P), and
     // for layer P too when S = P (the probe). Routing covers layers [0, P).
     const int n_routed = config.prune_layer;
     const int n_measured = std::min(hp.n_layer, std::max(n_routed, select_layer + 1));
-    LayerSaliency sal = measure(model, session, span, select_layer, n_measured);
+    LayerSaliency sal = measure(model, session, spans, select_layer, n_measured);
 
     SparseSelection sel;
     const int group = hp.n_gqa();
@@ -159,11 +186,17 @@ SparseSelection select_sparse(const Model & model, const Session & session, cons
     std::vector<float> head_w = sal.head_score[select_layer];
     const float total = std::accumulate(head_w.begin(), head_w.end(), 0.0f);
     for (float & w : head_w) w = total > 0.0f ? w / total : 1.0f / float(head_w.size());
-    sel.kept_in_span = pick_tokens(model, span, sal.token_attn, head_w, config);
-
-    for (int c = 0; c < span.begin; ++c) sel.kept_cells.push_back(c);
-    for (int32_t v : sel.kept_in_span) sel.kept_cells.push_back(span.begin + v);
-    for (int c = span.end; c < n_used; ++c) sel.kept_cells.push_back(c);
+    // Each span keeps its share; cells outside the spans are all kept.
+    int cell = 0;
+    for (size_t i = 0; i < spans.size(); ++i) {
+        for (; cell < spans[i].begin; ++cell) sel.kept_cells.push_back(cell);
+        for (int32_t v : pick_tokens(model, spans[i], sal.token_attn[i], head_w, config)) {
+            sel.kept_in_span.push_back(spans[i].begin - spans[0].begin + v);
+            sel.kept_cells.push_back(spans[i].begin + v);
+        }
+        cell = spans[i].end;
+    }
+    for (; cell < n_used; ++cell) sel.kept_cells.push_back(cell);
     return sel;
 }
 

@@ -20,15 +20,17 @@ struct SparseSpan {
 };
 
 struct SparseSelection {
-    std::vector<int32_t> kept_in_span;              // span-relative, ascending
+    std::vector<int32_t> kept_in_span;              // kept span tokens, relative to the first span's begin, ascending
     std::vector<int32_t> kept_cells;                // every cell the sparse heads keep, ascending
     std::vector<std::vector<bool>> full_kv;         // [layer][kv head]
     std::vector<std::vector<float>> kv_head_score;  // [layer][kv head], as measured
 };
 
 // Needs a dense cache whose last eval captured the query window's queries
-// (Session::set_query_capture), the window lying after the span.
-SparseSelection select_sparse(const Model & model, const Session & session, const SparseSpan & span,
+// (Session::set_query_capture), the window lying after the last span. Spans
+// ascending and disjoint; each keeps its own keep_ratio share. A head's
+// score is the span-length-weighted mean of its scores over the spans.
+SparseSelection select_sparse(const Model & model, const Session & session, const std::vector<SparseSpan> & spans,
                               const SparseConfig & config);
 
 }  // namespace hts
