@@ -24,12 +24,13 @@ from .bench_tasks import TASKS, SparsePrompt, follow_up_tokens
 
 ANSWER_TOKENS = 8     # enough for a five-digit key
 DECODE_TOKENS = 32    # decode speed is timed over this many tokens after the answer starts
-TOKENS_PER_LINE = 12.5
 
 
-def lines_for_context(context: int) -> int:
-    """Log lines whose span is about 90% of a `context`-token prompt."""
-    return max(8, int(0.9 * context / TOKENS_PER_LINE))
+def lines_for_context(model, task: str, context: int) -> int:
+    """Log lines whose span is about 90% of a `context`-token prompt (the
+    tasks' lines differ in length: measured on a 40-line prompt)."""
+    probe = TASKS[task](model, seed=0, n_lines=40)
+    return max(8, int(0.9 * context * 40 / len(probe.span)))
 
 
 class Trial:
@@ -191,7 +192,7 @@ def _measure_context(model, ref, context: int, keep_ratios: List[float], base, t
     per prompt, the sparse ones once per keep ratio. One result per ratio."""
     from dataclasses import replace
 
-    prompts = [TASKS[task](model, seed=1000 + i, n_lines=lines_for_context(context)) for i in range(trials)]
+    prompts = [TASKS[task](model, seed=1000 + i, n_lines=lines_for_context(model, task, context)) for i in range(trials)]
     n_tokens = len(prompts[0].prefix + prompts[0].span + prompts[0].suffix)
     print(f"context {context}: {trials} {task} prompts of ~{n_tokens} tokens (90% sparse)", flush=True)
     dense: Dict[str, List[Trial]] = {"llama_cpp": [], "dense": []}
