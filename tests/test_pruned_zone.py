@@ -14,15 +14,8 @@ import pytest
 import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
 from htsparse_llama.bench_tasks import passkey
+from sparse_helpers import dense_over_cells, rel_l2, tiny  # noqa: F401  (tiny: fixture)
 from tiny_models import smollm_vocab, tiny_dir, tiny_llama  # noqa: F401  (fixtures)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama):
-    # One thread: the compact cache puts kept keys at other cell numbers, and
-    # the CPU flash-attention kernel splits cells among threads, so sums
-    # would round differently with several (see test_kv_split.py).
-    return Model(str(tiny_llama.gguf_path), n_ctx=1024, n_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +42,6 @@ def dense_answer(model, ids, n=4):
     s = model.session()
     s.add_tokens(ids)
     return s.generate(max_tokens=n, temperature=0, stream=False), s
-
-
-def rel_l2(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def staged_without_selection(model, prompt, prune_layer, n=4):
@@ -96,10 +85,8 @@ def test_pruning_from_layer_0_equals_dropping_the_tokens(tiny, prompt):
     assert 0.3 * (end - begin) <= len(kept_in_span) < 0.45 * (end - begin)
     rest = kept_in_span + list(range(end, s.n_past - 4))  # the question, not the 4 answer tokens
     all_ids = s.tokens()
-    ref = tiny.session()
-    ref.add_tokens(prompt.prefix)
-    ref.add_tokens([all_ids[c] for c in rest], positions=np.array(rest))
-    assert text == ref.generate(max_tokens=4, temperature=0, stream=False)
+    ref_text, ref = dense_over_cells(tiny, prompt.prefix, all_ids, rest)
+    assert text == ref_text
     assert np.array_equal(s.logits(), ref.logits())
     # And it is not the full-context answer: the dropped tokens mattered.
     _, full = dense_answer(tiny, all_ids[:s.n_past - 4])
@@ -128,11 +115,8 @@ def test_two_spans_from_layer_0_equal_dropping_their_tokens(tiny, prompt):
     assert all(any(b <= c < e for b, e in spans) for c in kept) and s.stats().n_kept == len(kept)
     dropped = set().union(*(range(b, e) for b, e in spans)) - set(kept)
     cells = [c for c in range(len(prompt.prefix), s.n_past - 4) if c not in dropped]
-    all_ids = s.tokens()
-    ref = tiny.session()
-    ref.add_tokens(prompt.prefix)
-    ref.add_tokens([all_ids[c] for c in cells], positions=np.array(cells))
-    assert text == ref.generate(max_tokens=4, temperature=0, stream=False)
+    ref_text, ref = dense_over_cells(tiny, prompt.prefix, s.tokens(), cells)
+    assert text == ref_text
     assert np.array_equal(s.logits(), ref.logits())
 
 

@@ -11,28 +11,14 @@ import pytest
 
 import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
-from htsparse_llama.bench_tasks import multikey, passkey
+from htsparse_llama.bench_tasks import follow_up_tokens, multikey, passkey
+from sparse_helpers import dense_over_cells, rel_l2, tiny  # noqa: F401  (tiny: fixture)
 from tiny_models import smollm_vocab, tiny_dir, tiny_llama  # noqa: F401  (fixtures)
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_llama):
-    return Model(str(tiny_llama.gguf_path), n_ctx=1024, n_threads=1)
 
 
 @pytest.fixture(scope="module")
 def smollm(smollm_gguf):
     return Model(smollm_gguf, n_ctx=2048, n_threads=2)
-
-
-def rel_l2(a, b):
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def follow_up_ids(model, question):
-    """A new user turn after an answer, ending with the assistant header."""
-    turn = model.apply_chat_template([("user", question)], add_assistant=True)
-    return model.tokenize("<|im_end|>\n" + turn)
 
 
 def two_questions(model, prompt, config, second_question, n=4):
@@ -43,7 +29,7 @@ def two_questions(model, prompt, config, second_question, n=4):
     s.add_text(model.detokenize(prompt.span), sparse=True)
     s.add_tokens(prompt.suffix)
     answers, picks = [], []
-    for ids in ([], follow_up_ids(model, second_question)):
+    for ids in ([], follow_up_tokens(model, second_question)):
         if ids:
             s.add_tokens(ids)
         answers.append(s.generate(max_tokens=n, temperature=0, stream=False))
@@ -85,10 +71,8 @@ def test_rerouted_pruning_from_layer_0_equals_dropping_the_tokens(tiny, prompt):
     assert picks[0] != picks[1]
     begin, end = s._sparse.span
     cells = list(range(begin)) + [begin + v for v in picks[1]] + list(range(end, s.n_past - 4))
-    all_ids = s.tokens()
-    ref = tiny.session()
-    ref.add_tokens([all_ids[c] for c in cells], positions=np.array(cells))
-    assert answers[1] == ref.generate(max_tokens=4, temperature=0, stream=False)
+    ref_text, ref = dense_over_cells(tiny, [], s.tokens(), cells)
+    assert answers[1] == ref_text
     assert np.array_equal(s.logits(), ref.logits())
     assert s.stats().n_kept == len(picks[1])
 

@@ -88,9 +88,7 @@ def _run_ours(model, prompt: SparsePrompt, sparse, random_keep: bool, seed: int)
         s.add_tokens(prompt.prefix)
         s.add_tokens(prompt.span, sparse=True)
         s.add_tokens(prompt.suffix)  # the query window: runs when the answer starts
-        replace = (lambda kept: _random_lines(prompt, len(kept), seed)) if random_keep else None
-        s._sparse.select(s._native, s._stats, replace)
-        t.needle_kept = set(prompt.needle) <= set(s._sparse.selection["kept_in_span"])
+        t.needle_kept = _select(s, prompt, prompt.needle, random_keep, seed)
         t.stages_ms = dict(s._stats.prefill_ms)
     t.prefill_s = time.perf_counter() - start
 
@@ -105,10 +103,7 @@ def _run_ours(model, prompt: SparsePrompt, sparse, random_keep: bool, seed: int)
             s._sparse.answered()  # with reroute, the question is held for a new selection
         s.add_tokens(follow_up_tokens(model, question.question))
         if sparse is not None:
-            if s._sparse.holds_back:
-                replace = (lambda kept: _random_lines(prompt, len(kept), seed + 7919)) if random_keep else None
-                s._sparse.select(s._native, s._stats, replace)
-            t.follow_up_needle_kept = set(question.needle) <= set(s._sparse.selection["kept_in_span"])
+            t.follow_up_needle_kept = _select(s, prompt, question.needle, random_keep, seed + 7919)
             t.stages_ms = dict(s._stats.prefill_ms)
         tokens, logits = _greedy(step, s.logits(), ANSWER_TOKENS)
         t.follow_up_answer = model.detokenize(tokens)
@@ -117,6 +112,16 @@ def _run_ours(model, prompt: SparsePrompt, sparse, random_keep: bool, seed: int)
     _answer_and_decode(t, model, step, s.logits(), start, follow_up if prompt.follow_ups else None)
     t.kv_bytes = s.kv_bytes
     return t
+
+
+def _select(s, prompt: SparsePrompt, needle, random_keep: bool, seed: int) -> bool:
+    """Selection for the held-back question, when one waits (the first, or a
+    re-routed follow-up), with random lines instead when random_keep; whether
+    the kept set holds every needle token."""
+    if s._sparse.holds_back:
+        replace = (lambda kept: _random_lines(prompt, len(kept), seed)) if random_keep else None
+        s._sparse.select(s._native, s._stats, replace)
+    return set(needle) <= set(s._sparse.selection["kept_in_span"])
 
 
 def _random_lines(prompt: SparsePrompt, n_tokens: int, seed: int) -> List[int]:
@@ -192,7 +197,8 @@ def _measure_context(model, ref, context: int, keep_ratios: List[float], base, t
     per prompt, the sparse ones once per keep ratio. One result per ratio."""
     from dataclasses import replace
 
-    prompts = [TASKS[task](model, seed=1000 + i, n_lines=lines_for_context(model, task, context)) for i in range(trials)]
+    n_lines = lines_for_context(model, task, context)
+    prompts = [TASKS[task](model, seed=1000 + i, n_lines=n_lines) for i in range(trials)]
     n_tokens = len(prompts[0].prefix + prompts[0].span + prompts[0].suffix)
     print(f"context {context}: {trials} {task} prompts of ~{n_tokens} tokens (90% sparse)", flush=True)
     dense: Dict[str, List[Trial]] = {"llama_cpp": [], "dense": []}
@@ -239,7 +245,8 @@ def run(args, path: str) -> Dict[str, object]:
     points = []
     for context in args.context:
         points += _measure_context(model, ref, context, args.keep_ratio, base, args.trials, args.task)
-    common = {"task": args.task, "trials": args.trials, "reroute": args.reroute, "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
+    common = {"task": args.task, "trials": args.trials, "reroute": args.reroute,
+              "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
               "select_layer": settings["select_layer"], "prune_layer": settings["prune_layer"]}
     if len(points) == 1:
         point = points[0]

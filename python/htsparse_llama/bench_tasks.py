@@ -13,7 +13,7 @@ and a question after it (DESIGN.md section 6).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 import numpy as np
 
@@ -80,14 +80,16 @@ def _line_ranges(model, lines: List[str]):
     return span, ranges
 
 
-def _chat_prompt(model, lines: List[str], where: int, question: str, answer: str) -> SparsePrompt:
+def _chat_prompt(model, lines: List[str], where: int, question: str,
+                 answer: str) -> Tuple[SparsePrompt, List[range]]:
     """The log as the sparse span of one user turn, the question after it;
-    line `where` is the needle."""
+    line `where` is the needle. Also every line's token range in the span."""
     template = model.apply_chat_template([("user", "@@span@@")], add_assistant=True)
     before, after = template.split("@@span@@")
     span, ranges = _line_ranges(model, lines)
     suffix = model.tokenize("\n" + question + after)
-    return SparsePrompt(model.tokenize(before), span, suffix, line_segments(model, span), ranges[where], answer)
+    prompt = SparsePrompt(model.tokenize(before), span, suffix, line_segments(model, span), ranges[where], answer)
+    return prompt, ranges
 
 
 def passkey(model, seed: int, n_lines: int = 80) -> SparsePrompt:
@@ -97,7 +99,7 @@ def passkey(model, seed: int, n_lines: int = 80) -> SparsePrompt:
     key = int(rng.integers(10000, 99999))
     where = int(rng.integers(n_lines // 8, n_lines - n_lines // 8))
     lines[where] = f"[{where:03d}] The pass key is {key}. Remember it."
-    return _chat_prompt(model, lines, where, "What is the pass key? Answer with the number only.", str(key))
+    return _chat_prompt(model, lines, where, "What is the pass key? Answer with the number only.", str(key))[0]
 
 
 def multikey(model, seed: int, n_lines: int = 80, n_keys: int = 4) -> SparsePrompt:
@@ -117,8 +119,7 @@ def multikey(model, seed: int, n_lines: int = 80, n_keys: int = 4) -> SparseProm
     def question(k: int) -> str:
         return f"What is the pass key of {services[k]}? Answer with the number only."
 
-    prompt = _chat_prompt(model, lines, places[asked], question(asked), str(keys[asked]))
-    _, ranges = _line_ranges(model, lines)
+    prompt, ranges = _chat_prompt(model, lines, places[asked], question(asked), str(keys[asked]))
     # The other keys, as follow-up questions (multi-turn, re-routing).
     prompt.follow_ups = [FollowUp(question(k), ranges[places[k]], str(keys[k])) for k in range(n_keys) if k != asked]
     return prompt
@@ -134,7 +135,7 @@ def timestamp(model, seed: int, n_lines: int = 80) -> SparsePrompt:
     lines = [f"{stamp} {_EVENTS[rng.integers(len(_EVENTS))]}, code {code}" for stamp, code in zip(stamps, codes)]
     where = int(rng.integers(n_lines // 8, n_lines - n_lines // 8))
     question = f"What code was logged at {stamps[where]}? Answer with the number only."
-    return _chat_prompt(model, lines, where, question, str(codes[where]))
+    return _chat_prompt(model, lines, where, question, str(codes[where]))[0]
 
 
 _RARE_EVENTS = ("fire alarm", "power outage", "flood warning", "earthquake drill")
@@ -151,8 +152,7 @@ def order(model, seed: int, n_lines: int = 80) -> SparsePrompt:
     lines[b] = f"[{b:03d}] {second} on node {rng.integers(1, 99)}"
     options = sorted([first, second], key=lambda _: rng.random())  # the question lists them in random order
     question = f"Which happened first in the log, the {options[0]} or the {options[1]}? Answer with the event only."
-    prompt = _chat_prompt(model, lines, a, question, first)
-    _, ranges = _line_ranges(model, lines)
+    prompt, ranges = _chat_prompt(model, lines, a, question, first)
     prompt.needle = list(ranges[a]) + list(ranges[b])
     prompt.wrong = second
     return prompt

@@ -141,14 +141,14 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
     if (held_.layer >= 0 && (all_logits || split != n_layer)) {
         fail(ErrorKind::InvalidArgument, "tokens held at a layer give no logits and take no split: finish_held() first");
     }
+    if (logged_.layer >= 0 && split != n_layer && split != logged_.layer) {
+        fail(ErrorKind::InvalidArgument, "a session that logs its residual stream splits at the logged layer only");
+    }
     check_fits(tokens);
     const int n = static_cast<int>(tokens.size());
     const std::vector<int32_t> pos = rope_positions(n, positions);
     const int n_embd = model_.hparams().n_embd;
     kv_->reserve_sparse(n_sparse_cells_ + n, n_sparse_cells_);  // compacted cache: room for the new tokens
-    if (logged_.layer >= 0 && split != n_layer && split != logged_.layer) {
-        fail(ErrorKind::InvalidArgument, "a session that logs its residual stream splits at the logged layer only");
-    }
 
     // The tokens run [0, stop): every layer, or up to the hold layer P (staged
     // prefill: the rest in finish_held()). On the way the residual stream is
@@ -216,9 +216,7 @@ void Session::hold_from_layer(int layer) {
     if (layer < n_layer && layer < logged_.layer) {
         fail(ErrorKind::InvalidArgument, format("hold layer %d is below the logged layer %d", layer, logged_.layer));
     }
-    held_ = ResidualRows{};
-    held_.layer = layer < n_layer ? layer : -1;
-    held_.pos_rows.assign(model_.hparams().n_pos_per_token, {});
+    held_ = ResidualRows::at(layer < n_layer ? layer : -1, model_.hparams().n_pos_per_token);
 }
 
 void Session::ResidualRows::append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
@@ -230,6 +228,13 @@ void Session::ResidualRows::append(int cell, const std::vector<int32_t> & new_to
         pos_rows[s].insert(pos_rows[s].end(), pos.begin() + s * n, pos.begin() + (s + 1) * n);
     }
     residual.insert(residual.end(), rows.begin(), rows.end());
+}
+
+Session::ResidualRows Session::ResidualRows::at(int layer, int n_pos_rows) {
+    ResidualRows rows;
+    rows.layer = layer;
+    rows.pos_rows.assign(n_pos_rows, {});
+    return rows;
 }
 
 std::vector<int32_t> Session::ResidualRows::flat_positions() const {
@@ -292,9 +297,7 @@ void Session::log_residual_at(int layer) {
     const int n_layer = model_.hparams().n_layer;
     if (layer < 0 || layer >= n_layer) fail(ErrorKind::InvalidArgument, format("log layer %d is outside [0, %d)", layer, n_layer));
     if (n_past_ > 0) fail(ErrorKind::InvalidArgument, "the residual log starts with an empty session");
-    logged_ = ResidualRows{};
-    logged_.layer = layer;
-    logged_.pos_rows.assign(model_.hparams().n_pos_per_token, {});
+    logged_ = ResidualRows::at(layer, model_.hparams().n_pos_per_token);
 }
 
 void Session::rewind_to_logged_layer(int hold_layer) {

@@ -97,7 +97,6 @@ public:
     // stream at `layer` (S, < n_layer) on the host: the whole conversation, so
     // that a follow-up question can rebuild layers [S, n_layer) for itself.
     void log_residual_at(int layer);
-    int logged_layer() const { return logged_.layer; }  // -1: none
     // Undoes the routing of layers [S, n_layer) for a new question: the cache
     // is dense again, layers [0, S) as they were (they must keep every KV head
     // at full length), and every logged token runs [S, hold_layer) again and
@@ -135,6 +134,7 @@ private:
         std::vector<int32_t> tokens;
         std::vector<std::vector<int32_t>> pos_rows;  // n_pos_per_token rows of positions
         std::vector<float> residual;                 // [n_embd, tokens.size()] at `layer`; none at 0
+        static ResidualRows at(int layer, int n_pos_rows);  // empty, with its position rows
         // Adds n tokens from `cell`; pos: n_pos_per_token rows of n values.
         void append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
                     const std::vector<float> & rows);
