@@ -81,7 +81,7 @@ def test_pruning_from_layer_0_equals_dropping_the_tokens(tiny, prompt):
     config = SparseConfig(keep_ratio=0.3, select_layer=0, prune_layer=0)
     text, s = sparse_answer(tiny, prompt, config)
     begin, end = s._sparse.span
-    kept_in_span = [begin + v for v in s._sparse.selection["kept_in_span"]]
+    kept_in_span = [begin + v for v in s.selection["kept_in_span"]]
     assert 0.3 * (end - begin) <= len(kept_in_span) < 0.45 * (end - begin)
     rest = kept_in_span + list(range(end, s.n_past - 4))  # the question, not the 4 answer tokens
     all_ids = s.tokens()
@@ -109,7 +109,7 @@ def test_two_spans_from_layer_0_equal_dropping_their_tokens(tiny, prompt):
     spans = s._sparse.spans
     assert spans == [(len(prompt.prefix), len(prompt.prefix) + cut),
                      (len(prompt.prefix) + cut + len(between), len(prompt.prefix) + len(prompt.span) + len(between))]
-    kept = [spans[0][0] + v for v in s._sparse.selection["kept_in_span"]]
+    kept = [spans[0][0] + v for v in s.selection["kept_in_span"]]
     for b, e in spans:
         assert 0.3 * (e - b) <= sum(b <= c < e for c in kept) < 0.5 * (e - b)
     assert all(any(b <= c < e for b, e in spans) for c in kept) and s.stats().n_kept == len(kept)
@@ -127,7 +127,7 @@ def test_selection_probe_reads_what_a_dense_pass_reads(tiny, prompt):
     for prune_layer in (1, 3):
         config = SparseConfig(keep_ratio=0.2, select_layer=1, prune_layer=prune_layer, full_head_ratio=0.0)
         _, s = sparse_answer(tiny, prompt, config, n=1)
-        picks.append(s._sparse.selection["kept_in_span"])
+        picks.append(s.selection["kept_in_span"])
     assert picks[0] == picks[1]
 
 

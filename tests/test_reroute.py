@@ -33,7 +33,7 @@ def two_questions(model, prompt, config, second_question, n=4):
         if ids:
             s.add_tokens(ids)
         answers.append(s.generate(max_tokens=n, temperature=0, stream=False))
-        picks.append(list(s._sparse.selection["kept_in_span"]) if s._sparse else None)
+        picks.append(list(s.selection["kept_in_span"]) if s._sparse else None)
     return answers, picks, s
 
 

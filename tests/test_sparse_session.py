@@ -80,6 +80,28 @@ def test_refusals(smollm_gguf):
         s.add_message("user", [{"sparse": True}])
 
 
+def test_hand_decoding_selects_on_logits_and_reports_the_selection(smollm_gguf):
+    """add_tokens/logits instead of generate(): logits() runs the waiting
+    selection, `selection` shows it, select(replace_kept) keeps other lines."""
+    model = Model(smollm_gguf, n_ctx=1024, n_threads=2)
+    doc = haystack(n_lines=30, where=12)
+    s = model.session(sparse=SparseConfig(keep_ratio=0.2, select_layer=2))
+    s.add_text(doc, sparse=True)
+    s.add_text("\n" + QUESTION)
+    assert s.selection is None
+    logits = s.logits()
+    kept = s.selection["kept_in_span"]
+    assert s.stats().n_kept == len(kept) > 0 and logits.shape == (model.n_vocab,)
+    assert s.select() is None  # nothing waits any more
+    b = model.session(sparse=SparseConfig(keep_ratio=0.2, select_layer=2))
+    b.add_text(doc, sparse=True)
+    b.add_text("\n" + QUESTION)
+    first_line = list(range(len(model.tokenize(doc.splitlines(keepends=True)[0]))))
+    assert b.select(lambda picked: first_line)["kept_in_span"] == first_line
+    assert b.stats().n_kept == len(first_line) and not np.array_equal(b.logits(), logits)
+    assert model.session().select() is None and model.session().selection is None
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True, timeout=600)
 

@@ -89,7 +89,7 @@ def _run_ours(model, prompt: SparsePrompt, sparse, random_keep: bool, seed: int)
         s.add_tokens(prompt.span, sparse=True)
         s.add_tokens(prompt.suffix)  # the query window: runs when the answer starts
         t.needle_kept = _select(s, prompt, prompt.needle, random_keep, seed)
-        t.stages_ms = dict(s._stats.prefill_ms)
+        t.stages_ms = dict(s.stats().prefill_ms)
     t.prefill_s = time.perf_counter() - start
 
     def step(tok):
@@ -99,12 +99,11 @@ def _run_ours(model, prompt: SparsePrompt, sparse, random_keep: bool, seed: int)
     def follow_up(_logits):
         """The first follow-up question and its greedy answer."""
         question = prompt.follow_ups[0]
-        if sparse is not None:
-            s._sparse.answered()  # with reroute, the question is held for a new selection
+        s.answered()  # with reroute, the question is held for a new selection
         s.add_tokens(follow_up_tokens(model, question.question))
         if sparse is not None:
             t.follow_up_needle_kept = _select(s, prompt, question.needle, random_keep, seed + 7919)
-            t.stages_ms = dict(s._stats.prefill_ms)
+            t.stages_ms = dict(s.stats().prefill_ms)
         tokens, logits = _greedy(step, s.logits(), ANSWER_TOKENS)
         t.follow_up_answer = model.detokenize(tokens)
         return logits
@@ -118,10 +117,9 @@ def _select(s, prompt: SparsePrompt, needle, random_keep: bool, seed: int) -> bo
     """Selection for the held-back question, when one waits (the first, or a
     re-routed follow-up), with random lines instead when random_keep; whether
     the kept set holds every needle token."""
-    if s._sparse.holds_back:
-        replace = (lambda kept: _random_lines(prompt, len(kept), seed)) if random_keep else None
-        s._sparse.select(s._native, s._stats, replace)
-    return set(needle) <= set(s._sparse.selection["kept_in_span"])
+    replace = (lambda kept: _random_lines(prompt, len(kept), seed)) if random_keep else None
+    s.select(replace)
+    return set(needle) <= set(s.selection["kept_in_span"])
 
 
 def _random_lines(prompt: SparsePrompt, n_tokens: int, seed: int) -> List[int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import codecs
 import os
 import time
-from typing import Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -262,8 +262,42 @@ class Session:
 
     # -- output ---------------------------------------------------------------------
     def logits(self) -> np.ndarray:
-        """Logits of the last evaluated position, shape [n_vocab] (float32)."""
+        """Logits of the last evaluated position, shape [n_vocab] (float32).
+        A question waiting after a sparse span is evaluated first (select())."""
+        self.select()
         return np.asarray(self._native.logits())
+
+    def select(self, replace_kept: Optional[Callable[[List[int]], List[int]]] = None) -> Optional[Dict[str, Any]]:
+        """HT-Sparse: evaluates the question waiting after the sparse span(s),
+        picks what to keep and runs the kept tokens through the pruned zone.
+        generate() and logits() do this by themselves; call it to time it or
+        to see the selection. Returns the selection (see `selection`), or None
+        in a dense session or when no question waits.
+
+        `replace_kept` is for baselines: it maps the selected span tokens to
+        the ones kept instead (the head routing stays as selected)."""
+        if self._sparse is None or not self._sparse.holds_back:
+            return None
+        self._sparse.select(self._native, self._stats, replace_kept)
+        return self.selection
+
+    @property
+    def selection(self) -> Optional[Dict[str, Any]]:
+        """The last HT-Sparse selection: `kept_in_span` (kept tokens of the
+        sparse spans, relative to the first span's start), `full_kv` (per
+        layer, per KV head: keeps the whole span) and `kv_head_score`. None
+        before the first question."""
+        if self._sparse is None or self._sparse.selection is None:
+            return None
+        return dict(self._sparse.selection)
+
+    def answered(self) -> None:
+        """Marks the assistant's answer as finished when it was decoded by
+        hand (add_tokens, logits) rather than by generate(), which does this
+        itself: with re-routing, the next user turn is then a new question
+        that selects anew."""
+        if self._sparse is not None:
+            self._sparse.answered()
 
     def generate(
         self,
@@ -299,8 +333,7 @@ class Session:
             self.add_text(self._assistant_header())
             self._pending_assistant = False
             self._assistant_open = True
-        if self._sparse is not None and self._sparse.holds_back:
-            self._sparse.select(self._native, self._stats)
+        self.select()
         if self._stats.ttft_ms is None:
             self._stats.n_prompt = self.n_past
         pieces = self._generate(sampler, max_tokens, list(stop), started)
@@ -346,8 +379,7 @@ class Session:
         if tail:
             yield tail
         self._close_assistant_turn()
-        if self._sparse is not None:
-            self._sparse.answered()
+        self.answered()
 
     def stats(self) -> SessionStats:
         """Sizes, KV memory (actual and what a dense cache would hold) and

@@ -2,10 +2,10 @@
 // run alone on NumPy inputs, so tests can hold it against a NumPy reference.
 // NumPy shapes are ggml shapes reversed: ggml [d, n, H] is NumPy (H, n, d).
 #include "errors.h"
+#include "graph_runner.h"
 #include "hts_ops.h"
 #include "native_ops.h"
 
-#include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 
@@ -14,7 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
+#include <memory>
 #include <optional>
 
 namespace py = pybind11;
@@ -25,99 +25,60 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-// One small graph on one backend: declare inputs from NumPy, build the
-// operator on them, compute, read outputs back.
+// One small graph on a named device, for the operator tests: the backend is
+// made here, the graph is hts::GraphRunner's (as the session's selection
+// step uses it), and the outputs come back as NumPy arrays.
 class OpGraph {
 public:
-    OpGraph(const std::string & device, int n_threads) {
-        ggml_init_params params = {ggml_tensor_overhead() * kMaxTensors + ggml_graph_overhead_custom(kMaxTensors, false),
-                                   nullptr, true};
-        ctx_ = ggml_init(params);
-        ggml_init_params in_params = {ggml_tensor_overhead() * 64, nullptr, true};
-        inputs_ctx_ = ggml_init(in_params);
-        ggml_backend_load_all();
-        ggml_backend_dev_t dev = device == "cpu" ? ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
-                                                 : ggml_backend_dev_by_name(device.c_str());
-        if (!dev) fail(ErrorKind::InvalidArgument, "device '" + device + "' is not available");
-        backend_ = ggml_backend_dev_init(dev, nullptr);
-        if (ggml_backend_is_cpu(backend_)) ggml_backend_cpu_set_n_threads(backend_, n_threads);
-    }
-    ~OpGraph() {
-        if (buffer_) ggml_backend_buffer_free(buffer_);
-        if (backend_) ggml_backend_free(backend_);
-        ggml_free(ctx_);
-        ggml_free(inputs_ctx_);
-    }
-    ggml_context * ctx() { return ctx_; }
+    OpGraph(const std::string & device, int n_threads) : backend_(init_backend(device, n_threads)), runner_(backend_.get()) {}
+    ggml_context * ctx() { return runner_.ctx(); }
 
     // A NumPy float array as an input tensor of `type` (F32 or F16).
     ggml_tensor * input(const FloatArray & a, ggml_type type) {
-        int64_t ne[4] = {1, 1, 1, 1};
-        for (int i = 0; i < a.ndim(); ++i) ne[i] = a.shape(a.ndim() - 1 - i);
-        ggml_tensor * t = ggml_new_tensor(inputs_ctx_, type, std::max<int>(1, int(a.ndim())), ne);
-        std::vector<uint8_t> bytes(ggml_nbytes(t));
-        if (type == GGML_TYPE_F16) {
-            ggml_fp32_to_fp16_row(a.data(), reinterpret_cast<ggml_fp16_t *>(bytes.data()), a.size());
-        } else {
-            std::memcpy(bytes.data(), a.data(), bytes.size());
-        }
-        uploads_.push_back({t, std::move(bytes)});
-        return t;
+        std::vector<int64_t> ne;
+        for (int i = a.ndim() - 1; i >= 0; --i) ne.push_back(a.shape(i));
+        std::vector<float> data(a.data(), a.data() + a.size());
+        return type == GGML_TYPE_F16 ? runner_.input_f16(data, ne) : runner_.input_f32(data, ne);
     }
 
     ggml_tensor * input_i32(const std::vector<int32_t> & v, int64_t ne0, int64_t ne1 = 1) {
-        ggml_tensor * t = ggml_new_tensor_2d(inputs_ctx_, GGML_TYPE_I32, ne0, ne1);
-        std::vector<uint8_t> bytes(ggml_nbytes(t));
-        std::memcpy(bytes.data(), v.data(), bytes.size());
-        uploads_.push_back({t, std::move(bytes)});
-        return t;
+        return runner_.input_i32(v, {ne0, ne1});
     }
 
     void compute(const std::vector<ggml_tensor *> & outputs) {
-        ggml_cgraph * gf = ggml_new_graph_custom(ctx_, kMaxTensors, false);
-        for (ggml_tensor * t : outputs) ggml_build_forward_expand(gf, t);
-        for (ggml_tensor * t : outputs) ggml_set_output(t);
-        // Inputs live in their own buffer; the graph allocator places the rest,
-        // reusing memory as the runtime's scheduler does.
-        buffer_ = ggml_backend_alloc_ctx_tensors(inputs_ctx_, backend_);
-        ggml_gallocr_t galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
-        for (auto & up : uploads_) ggml_backend_tensor_set(up.tensor, up.bytes.data(), 0, up.bytes.size());
-        const bool ok = ggml_gallocr_alloc_graph(galloc, gf) &&
-                        ggml_backend_graph_compute(backend_, gf) == GGML_STATUS_SUCCESS;
-        if (ok) {
-            for (ggml_tensor * t : outputs) results_.push_back(read(t));
-        }
-        ggml_gallocr_free(galloc);
-        if (!ok) fail(ErrorKind::Backend, "operator graph failed to compute");
+        runner_.compute(outputs);
+        for (ggml_tensor * t : outputs) results_.push_back(read(t));
     }
 
     py::array result(size_t i) const { return results_.at(i); }
 
 private:
-    static constexpr size_t kMaxTensors = 8192;
-    struct Upload {
-        ggml_tensor * tensor;
-        std::vector<uint8_t> bytes;
+    struct BackendFree {
+        void operator()(ggml_backend_t b) const { ggml_backend_free(b); }
     };
-    ggml_context * ctx_ = nullptr;         // the operator's graph
-    ggml_context * inputs_ctx_ = nullptr;  // inputs, allocated up front
-    ggml_backend_t backend_ = nullptr;
-    ggml_backend_buffer_t buffer_ = nullptr;
-    std::vector<Upload> uploads_;
+    std::unique_ptr<ggml_backend, BackendFree> backend_;  // outlives runner_ (declared first)
+    hts::GraphRunner runner_;
     std::vector<py::array> results_;
 
-    static py::array read(ggml_tensor * t) {
+    static ggml_backend_t init_backend(const std::string & device, int n_threads) {
+        ggml_backend_load_all();
+        ggml_backend_dev_t dev = device == "cpu" ? ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU)
+                                                 : ggml_backend_dev_by_name(device.c_str());
+        if (!dev) fail(ErrorKind::InvalidArgument, "device '" + device + "' is not available");
+        ggml_backend_t backend = ggml_backend_dev_init(dev, nullptr);
+        if (ggml_backend_is_cpu(backend)) ggml_backend_cpu_set_n_threads(backend, n_threads);
+        return backend;
+    }
+
+    static py::array read(const ggml_tensor * t) {
         std::vector<py::ssize_t> shape;
         for (int i = ggml_n_dims(t) - 1; i >= 0; --i) shape.push_back(t->ne[i]);
         if (t->type == GGML_TYPE_I32) {
-            py::array_t<int32_t> out(shape);
-            ggml_backend_tensor_get(t, out.mutable_data(), 0, ggml_nbytes(t));
-            return out;
+            const std::vector<int32_t> v = hts::GraphRunner::read_i32(t);
+            return py::array_t<int32_t>(shape, v.data());
         }
-        GGML_ASSERT(t->type == GGML_TYPE_F32);
-        py::array_t<float> out(shape);
-        ggml_backend_tensor_get(t, out.mutable_data(), 0, ggml_nbytes(t));
-        return out;
+        const std::vector<float> v = hts::GraphRunner::read_f32(t);
+        return py::array_t<float>(shape, v.data());
     }
 };
 

@@ -40,6 +40,12 @@ ggml_tensor * GraphRunner::input_i32(const std::vector<int32_t> & data, std::vec
     return input(GGML_TYPE_I32, data.data(), data.size() * sizeof(int32_t), std::move(ne));
 }
 
+ggml_tensor * GraphRunner::input_f16(const std::vector<float> & data, std::vector<int64_t> ne) {
+    std::vector<ggml_fp16_t> half(data.size());
+    ggml_fp32_to_fp16_row(data.data(), half.data(), int64_t(data.size()));
+    return input(GGML_TYPE_F16, half.data(), half.size() * sizeof(ggml_fp16_t), std::move(ne));
+}
+
 void GraphRunner::compute(const std::vector<ggml_tensor *> & outputs) {
     ggml_cgraph * gf = ggml_new_graph_custom(ctx_, max_nodes_, false);
     for (ggml_tensor * t : outputs) {
@@ -48,9 +54,9 @@ void GraphRunner::compute(const std::vector<ggml_tensor *> & outputs) {
     }
     inputs_buffer_ = ggml_backend_alloc_ctx_tensors(inputs_ctx_, backend_);
     galloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
-    if (!inputs_buffer_ || !ggml_gallocr_alloc_graph(galloc_, gf)) fail(ErrorKind::Backend, "cannot allocate a selection graph");
+    if (!inputs_buffer_ || !ggml_gallocr_alloc_graph(galloc_, gf)) fail(ErrorKind::Backend, "cannot allocate an HT-Sparse graph");
     for (const Upload & up : uploads_) ggml_backend_tensor_set(up.tensor, up.bytes.data(), 0, up.bytes.size());
-    if (ggml_backend_graph_compute(backend_, gf) != GGML_STATUS_SUCCESS) fail(ErrorKind::Backend, "selection graph failed");
+    if (ggml_backend_graph_compute(backend_, gf) != GGML_STATUS_SUCCESS) fail(ErrorKind::Backend, "an HT-Sparse graph failed to compute");
 }
 
 std::vector<float> GraphRunner::read_f32(const ggml_tensor * t) {

@@ -1,6 +1,7 @@
 // A small one-off graph on one backend (not the session's scheduler): inputs
 // from host memory, a graph built on them, outputs read back. Used for the
-// HT-Sparse selection step, which runs once per question.
+// HT-Sparse selection step, which runs once per question, and for the
+// operator tests.
 #pragma once
 
 #include "ggml-backend.h"
@@ -22,6 +23,7 @@ public:
     // Input tensors (ne in ggml order) holding a copy of `data`.
     ggml_tensor * input_f32(const std::vector<float> & data, std::vector<int64_t> ne);
     ggml_tensor * input_i32(const std::vector<int32_t> & data, std::vector<int64_t> ne);
+    ggml_tensor * input_f16(const std::vector<float> & data, std::vector<int64_t> ne);  // converted on the host
     // Builds the graph of `outputs`, allocates, uploads the inputs, computes.
     void compute(const std::vector<ggml_tensor *> & outputs);
     static std::vector<float> read_f32(const ggml_tensor * t);
