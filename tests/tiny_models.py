@@ -27,6 +27,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
 )
 
 from htsparse_convert import GgufVocab, write_text_gguf
@@ -43,10 +45,22 @@ DECODER = dict(
     rms_norm_eps=1e-2,  # large enough that a misread epsilon shows in the logits
 )
 MROPE_SECTION = [2, 3, 3]  # t, h, w pairs: sums to head_dim / 2
-# Vision towers are built (the HF classes need one), never converted.
+# Vision towers the decoder fixtures build (the HF classes need one), never converted.
 VISION_2_5 = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                   fullatt_block_indexes=[0])
 VISION_2 = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
+# Vision towers that convert to an mmproj: upstream's converter maps the
+# merger's mlp.{0,2} through its per-block table, so depth >= 3; layer 1 is
+# the full-attention one of 2.5-VL's window pattern (n_wa_pattern 2), so both
+# kinds run; the MLP is wider than the tower (clip.cpp reads a square one
+# swapped). Qwen2-VL's 4x MLP (128) differs from its output width (64), which
+# upstream writes as feed_forward_length.
+VISION_2_5_MMPROJ = dict(VISION_2_5, depth=3, fullatt_block_indexes=[1])
+VISION_2_MMPROJ = dict(VISION_2, depth=3, mlp_ratio=4)
+# SmolVLM2's SigLIP tower: 64x64 tiles of 8x8 patches, pixel-shuffled 2x2
+# (scale_factor) into 16 tokens of 4 * 32 features for the connector.
+SMOLVLM_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                      image_size=64, patch_size=8)
 
 
 @dataclass
@@ -118,21 +132,32 @@ def _vl_text_config(n_vocab: int, mrope_section: Sequence[int]) -> Dict[str, Any
     return dict(DECODER, vocab_size=n_vocab, rope_parameters=rope)
 
 
-def qwen2vl_model(n_vocab: int, seed: int = 2, mrope_section: Sequence[int] = MROPE_SECTION) -> torch.nn.Module:
+def qwen2vl_model(n_vocab: int, seed: int = 2, mrope_section: Sequence[int] = MROPE_SECTION,
+                  vision: Dict[str, Any] = VISION_2_5) -> torch.nn.Module:
     """Qwen2_5_VLForConditionalGeneration with a tiny vision tower; its text
     decoder is what becomes the qwen2vl GGUF."""
-    config = Qwen2_5_VLConfig(text_config=_vl_text_config(n_vocab, mrope_section), vision_config=VISION_2_5,
+    config = Qwen2_5_VLConfig(text_config=_vl_text_config(n_vocab, mrope_section), vision_config=vision,
                               tie_word_embeddings=False)
     model = Qwen2_5_VLForConditionalGeneration(config)
     randomize_(model, seed)
     return model
 
 
-def qwen2vl_v1_model(n_vocab: int, seed: int = 3) -> torch.nn.Module:
+def qwen2vl_v1_model(n_vocab: int, seed: int = 3, vision: Dict[str, Any] = VISION_2) -> torch.nn.Module:
     """Qwen2VLForConditionalGeneration (Qwen2-VL): same decoder layout, the other HF class."""
-    config = Qwen2VLConfig(text_config=_vl_text_config(n_vocab, MROPE_SECTION), vision_config=VISION_2,
+    config = Qwen2VLConfig(text_config=_vl_text_config(n_vocab, MROPE_SECTION), vision_config=vision,
                            tie_word_embeddings=False)
     model = Qwen2VLForConditionalGeneration(config)
+    randomize_(model, seed)
+    return model
+
+
+def smolvlm_model(n_vocab: int, seed: int = 4) -> torch.nn.Module:
+    """SmolVLMForConditionalGeneration (SmolVLM2): a llama decoder at
+    model.text_model., a SigLIP tower and a linear connector."""
+    config = SmolVLMConfig(text_config=dict(DECODER, vocab_size=n_vocab, tie_word_embeddings=False),
+                           vision_config=SMOLVLM_VISION, scale_factor=2, tie_word_embeddings=False)
+    model = SmolVLMForConditionalGeneration(config)
     randomize_(model, seed)
     return model
 

@@ -1,10 +1,17 @@
 """HF checkpoint -> llama.cpp GGUF conversion (DESIGN.md section 1, convert/).
 
-For now: the text decoder of qwen2, llama and qwen2vl checkpoints, f32/f16,
-with the tokenizer copied from an existing GGUF. mmproj, quantisation and a
-CLI come next.
+- convert_checkpoint: an HF checkpoint directory -> text GGUF + mmproj, any
+  output type (`python -m htsparse_llama convert`).
+- write_text_gguf / write_mmproj_gguf: the two writers, on in-memory tensors.
+- HfVocab (tokenizer.json -> tokenizer.* keys) or GgufVocab (copied from a GGUF).
+- quantize_gguf: llama.cpp's k-quant mixes through the installed libllama.
 """
 
+from .checkpoint import CheckpointError, open_checkpoint
+from .convert_checkpoint import ConvertResult, convert_checkpoint, supported_model_types
+from .hf_vocab import HfVocab
+from .mmproj_gguf import VISION_ARCHITECTURES, write_mmproj_gguf
+from .quantize import K_QUANTS, quantize_gguf
 from .text_gguf import (
     ARCHITECTURES,
     ArchSpec,
@@ -21,6 +28,16 @@ from .text_gguf import (
 
 __all__ = [
     "ARCHITECTURES",
+    "CheckpointError",
+    "ConvertResult",
+    "HfVocab",
+    "K_QUANTS",
+    "VISION_ARCHITECTURES",
+    "convert_checkpoint",
+    "open_checkpoint",
+    "quantize_gguf",
+    "supported_model_types",
+    "write_mmproj_gguf",
     "ArchSpec",
     "GgufVocab",
     "TextHParams",

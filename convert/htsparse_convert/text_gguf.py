@@ -63,6 +63,17 @@ _QWEN2VL = ArchSpec(
     mrope=True,
 )
 
+# SmolVLM2's decoder is a llama one; upstream strips "text_model." from its
+# names and reads the sizes from text_config.
+_SMOLVLM = ArchSpec(
+    "llama",
+    ("model.text_model.",),
+    skip_prefixes=("model.vision_model.", "model.connector."),
+    permute_qk=True,
+    writes_rope_dims=True,
+    writes_vocab_size=True,
+)
+
 # Keyed by the config's `architectures[0]` and, for configs built in code
 # (where `architectures` is empty), by its top-level model_type.
 ARCHITECTURES: Dict[str, ArchSpec] = {
@@ -74,6 +85,10 @@ ARCHITECTURES: Dict[str, ArchSpec] = {
     "Qwen2_5_VLForConditionalGeneration": _QWEN2VL,
     "qwen2_vl": _QWEN2VL,
     "qwen2_5_vl": _QWEN2VL,
+    "SmolVLMForConditionalGeneration": _SMOLVLM,
+    "Idefics3ForConditionalGeneration": _SMOLVLM,
+    "smolvlm": _SMOLVLM,
+    "idefics3": _SMOLVLM,
 }
 
 # Decoder parameters (after the text prefix) -> GGUF names.
@@ -100,7 +115,14 @@ LM_HEAD = ("lm_head.weight", "output.weight")  # outside the decoder prefix
 # Buffers some checkpoints carry that llama.cpp recomputes.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
-OUT_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}
+# Output types written directly (k-quants go through libllama: quantize.py):
+# name -> (the file type key, the type of the tensors that get quantized).
+OUT_TYPES: Dict[str, Tuple[gguf.LlamaFileType, gguf.GGMLQuantizationType]] = {
+    "f32": (gguf.LlamaFileType.ALL_F32, gguf.GGMLQuantizationType.F32),
+    "f16": (gguf.LlamaFileType.MOSTLY_F16, gguf.GGMLQuantizationType.F16),
+    "bf16": (gguf.LlamaFileType.MOSTLY_BF16, gguf.GGMLQuantizationType.BF16),
+    "q8_0": (gguf.LlamaFileType.MOSTLY_Q8_0, gguf.GGMLQuantizationType.Q8_0),
+}
 
 
 def arch_spec(config: Mapping[str, Any]) -> ArchSpec:
@@ -269,11 +291,26 @@ def _prepare(spec: ArchSpec, hp: TextHParams, gguf_name: str, data: np.ndarray) 
     return data
 
 
-def _out_dtype(gguf_name: str, data: np.ndarray, out_type: str) -> type:
-    # As upstream: in an f16 file, norms, biases (1-D) stay f32; matrices are f16.
-    if out_type == "f16" and data.ndim >= 2 and not gguf_name.endswith("_norm.weight"):
-        return np.float16
-    return np.float32
+def tensor_type(gguf_name: str, data: np.ndarray, out_type: str) -> gguf.GGMLQuantizationType:
+    """The type upstream's ModelBase.prepare_tensors gives a decoder tensor:
+    1-D tensors, norms and non-weights stay f32; q8_0 falls back to f16 for
+    rows that do not fill whole blocks."""
+    if data.ndim <= 1 or gguf_name.endswith("_norm.weight") or not gguf_name.endswith(".weight"):
+        return gguf.GGMLQuantizationType.F32
+    qtype = OUT_TYPES[out_type][1]
+    if qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+        return gguf.GGMLQuantizationType.F16
+    return qtype
+
+
+def encode_tensor(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    """float32 data in `qtype`: a float array, or the quantized bytes (written
+    with raw_dtype=qtype)."""
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return np.ascontiguousarray(data, dtype=np.float16)
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), qtype)
 
 
 def _expected_tensors(spec: ArchSpec, hp: TextHParams) -> List[str]:
@@ -290,23 +327,25 @@ def _expected_tensors(spec: ArchSpec, hp: TextHParams) -> List[str]:
 
 def convert_tensors(
     spec: ArchSpec, hp: TextHParams, tensors: Mapping[str, Any], out_type: str = "f32"
-) -> Iterator[Tuple[str, np.ndarray]]:
-    """Yields (gguf_name, array) for every decoder tensor, in GGUF naming and
-    layout, after checking that every tensor the architecture needs is there."""
-    mapped: Dict[str, Tuple[str, Any]] = {}
-    for hf_name, value in tensors.items():
+) -> Iterator[Tuple[str, np.ndarray, gguf.GGMLQuantizationType]]:
+    """Yields (gguf_name, data, type) for every decoder tensor, in GGUF naming,
+    layout and type (quantized types as bytes), after checking that every
+    tensor the architecture needs is there."""
+    mapped: Dict[str, str] = {}  # GGUF name -> HF name; values are read one at a time below
+    for hf_name in tensors:
         gname = gguf_tensor_name(spec, hf_name)
         if gname is None or (gname == LM_HEAD[1] and hp.tie_word_embeddings):
             continue  # a tied lm_head is the embedding table; llama.cpp duplicates it
         if gname in mapped:
-            raise ValueError(f"{hf_name!r} and {mapped[gname][0]!r} both map to {gname!r}")
-        mapped[gname] = (hf_name, value)
+            raise ValueError(f"{hf_name!r} and {mapped[gname]!r} both map to {gname!r}")
+        mapped[gname] = hf_name
     missing = [n for n in _expected_tensors(spec, hp) if n not in mapped]
     if missing:
         raise ValueError(f"checkpoint lacks {len(missing)} tensors, first: {missing[:4]}")
-    for gname, (_, value) in mapped.items():
-        data = _prepare(spec, hp, gname, np.asarray(value, dtype=np.float32))
-        yield gname, np.ascontiguousarray(data, dtype=_out_dtype(gname, data, out_type))
+    for gname, hf_name in mapped.items():
+        data = _prepare(spec, hp, gname, np.asarray(tensors[hf_name], dtype=np.float32))
+        qtype = tensor_type(gname, data, out_type)
+        yield gname, encode_tensor(data, qtype), qtype
 
 
 # --------------------------------------------------------------------------------------
@@ -482,9 +521,10 @@ def vocab_source(vocab_from: Union[PathLike, VocabSource]) -> VocabSource:
 
 
 def _n_vocab(tensors: Mapping[str, Any], spec: ArchSpec) -> int:
-    for hf_name, value in tensors.items():
+    for hf_name in tensors:
         if gguf_tensor_name(spec, hf_name) == "token_embd.weight":
-            return int(np.shape(value)[0])
+            shape = getattr(tensors, "shape", None)  # a lazy mapping tells it without loading
+            return int(shape(hf_name)[0] if shape else np.shape(tensors[hf_name])[0])
     raise ValueError("checkpoint has no embed_tokens.weight")
 
 
@@ -525,7 +565,8 @@ def write_text_gguf(
         vocab_from: where the tokenizer comes from: a GGUF path whose
             tokenizer.* keys are copied, or any VocabSource. Its token count
             must equal the embedding rows (llama.cpp sizes the vocabulary by it).
-        out_type: "f32", or "f16" (matrices in f16, norms and biases in f32).
+        out_type: "f32", "f16", "bf16" or "q8_0" (the matrices; norms and
+            biases stay f32, as upstream writes them).
         name: general.name, optional.
         extra_metadata: more keys to write (e.g. htsparse.* calibration):
             int -> int32, float -> float32, str, bool, lists of float -> float32 arrays.
@@ -549,12 +590,12 @@ def write_text_gguf(
         if name:
             writer.add_name(name)
         add_hparams(writer, spec, hp, n_vocab)
-        writer.add_file_type(OUT_TYPES[out_type])
+        writer.add_file_type(OUT_TYPES[out_type][0])
         vocab.add_to(writer)
         for key, value in (extra_metadata or {}).items():
             _add_extra(writer, key, value)
-        for gname, data in convert_tensors(spec, hp, tensors, out_type):
-            writer.add_tensor(gname, data)
+        for gname, data, qtype in convert_tensors(spec, hp, tensors, out_type):
+            writer.add_tensor(gname, data, raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

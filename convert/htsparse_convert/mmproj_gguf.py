@@ -1,0 +1,491 @@
+"""Hugging Face vision towers -> llama.cpp mmproj GGUF files (read by libmtmd).
+
+    from htsparse_convert.mmproj_gguf import write_mmproj_gguf
+
+    write_mmproj_gguf("mmproj.gguf", tensors, config, preprocessor={"image_mean": ..., "image_std": ...})
+
+`tensors` maps Hugging Face parameter names to arrays (a model's state_dict or
+a checkpoint's safetensors), `config` is the HF config (dict or transformers
+object), `preprocessor` the dict of preprocessor_config.json. Only the vision
+tower and its projector are written; the decoder is write_text_gguf's job.
+
+libmtmd's clip.cpp reads the result, so upstream convert_hf_to_gguf.py
+(MmprojModel and its Qwen2VLVisionModel / SmolVLMModel subclasses) decides
+every choice here: tensor names, the clip.* keys and their types, the split of
+Qwen's fused QKV and of its 3D patch convolution into two 2D kernels, which
+tensors stay f32. Where clip.cpp hard-codes a value that a config could set
+otherwise (Qwen's 2x2 merge, 2.5-VL's 112-pixel window), a config that differs
+is refused instead of written into a file that would compute something else.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import gguf
+import numpy as np
+
+from .text_gguf import OUT_TYPES, config_dict, encode_tensor
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+_K = gguf.Keys.ClipVision
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# --------------------------------------------------------------------------------------
+# Architectures
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """One HF tensor written as several GGUF tensors: equal chunks along `axis`
+    (squeezed away when `squeeze`, for the temporal axis of a 3D conv)."""
+
+    names: Tuple[str, ...]
+    axis: int = 0
+    squeeze: bool = False
+
+
+Target = Union[str, Split]
+
+
+@dataclass(frozen=True)
+class VisionHParams:
+    """What the clip.vision.* keys say, read from an HF config."""
+
+    n_embd: int
+    n_ff: int
+    n_layer: int
+    n_head: int
+    patch_size: int
+    image_size: int
+    projection_dim: int  # the text decoder's width
+    eps: float
+    image_mean: Tuple[float, ...]
+    image_std: Tuple[float, ...]
+    # Per-architecture keys, in upstream's types: bool -> bool, int -> uint32.
+    extra: Tuple[Tuple[str, Union[bool, int]], ...] = ()
+
+
+@dataclass(frozen=True)
+class VisionSpec:
+    """How one Hugging Face VLM's vision side becomes one clip projector."""
+
+    projector_type: str
+    # Parameter names, after an optional leading "model." (transformers 5 keeps
+    # the tower at model.visual. in memory, checkpoints save it at visual.):
+    # those starting with `prefixes` belong here, the rest is the decoder.
+    prefixes: Tuple[str, ...]
+    block_prefix: str  # then "{N}." and a key of block_tensors
+    global_tensors: Mapping[str, Target]
+    block_tensors: Mapping[str, Target]
+    hparams: Callable[[Dict[str, Any], Dict[str, Any], Mapping[str, Any]], VisionHParams]
+    # GGUF name fragments that stay f32 whatever the file type.
+    f32_fragments: Tuple[str, ...] = ("v.position_embd.",)
+
+
+def _names(target: Target) -> Tuple[str, ...]:
+    return target.names if isinstance(target, Split) else (target,)
+
+
+_QWEN_GLOBAL: Dict[str, Target] = {
+    # clip.cpp adds two 2D convolutions, one per frame of a temporal pair.
+    "visual.patch_embed.proj.weight": Split(("v.patch_embd.weight", "v.patch_embd.weight.1"), axis=2, squeeze=True),
+    "visual.merger.ln_q.weight": "v.post_ln.weight",
+    "visual.merger.ln_q.bias": "v.post_ln.bias",
+    "visual.merger.mlp.0.weight": "mm.0.weight",
+    "visual.merger.mlp.0.bias": "mm.0.bias",
+    "visual.merger.mlp.2.weight": "mm.2.weight",
+    "visual.merger.mlp.2.bias": "mm.2.bias",
+}
+_QWEN_BLOCK: Dict[str, Target] = {
+    "norm1.weight": "ln1.weight",
+    "norm1.bias": "ln1.bias",  # Qwen2-VL's LayerNorm; 2.5-VL's RMSNorm has none
+    "norm2.weight": "ln2.weight",
+    "norm2.bias": "ln2.bias",
+    "attn.qkv.weight": Split(("attn_q.weight", "attn_k.weight", "attn_v.weight")),
+    "attn.qkv.bias": Split(("attn_q.bias", "attn_k.bias", "attn_v.bias")),
+    "attn.proj.weight": "attn_out.weight",
+    "attn.proj.bias": "attn_out.bias",
+}
+_QWEN2_MLP: Dict[str, Target] = {
+    "mlp.fc1.weight": "ffn_up.weight", "mlp.fc1.bias": "ffn_up.bias",
+    "mlp.fc2.weight": "ffn_down.weight", "mlp.fc2.bias": "ffn_down.bias",
+}
+_QWEN25_MLP: Dict[str, Target] = {
+    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.gate_proj.bias": "ffn_gate.bias",
+    "mlp.up_proj.weight": "ffn_up.weight", "mlp.up_proj.bias": "ffn_up.bias",
+    "mlp.down_proj.weight": "ffn_down.weight", "mlp.down_proj.bias": "ffn_down.bias",
+}
+
+_IDEFICS3_GLOBAL: Dict[str, Target] = {
+    "vision_model.embeddings.patch_embedding.weight": "v.patch_embd.weight",
+    "vision_model.embeddings.patch_embedding.bias": "v.patch_embd.bias",
+    "vision_model.embeddings.position_embedding.weight": "v.position_embd.weight",
+    "vision_model.post_layernorm.weight": "v.post_ln.weight",
+    "vision_model.post_layernorm.bias": "v.post_ln.bias",
+    "connector.modality_projection.proj.weight": "mm.model.fc.weight",
+}
+_IDEFICS3_BLOCK: Dict[str, Target] = {
+    "layer_norm1.weight": "ln1.weight", "layer_norm1.bias": "ln1.bias",
+    "layer_norm2.weight": "ln2.weight", "layer_norm2.bias": "ln2.bias",
+    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.out_proj.weight": "attn_out.weight", "self_attn.out_proj.bias": "attn_out.bias",
+    "mlp.fc1.weight": "ffn_up.weight", "mlp.fc1.bias": "ffn_up.bias",
+    "mlp.fc2.weight": "ffn_down.weight", "mlp.fc2.bias": "ffn_down.bias",
+}
+
+
+# --------------------------------------------------------------------------------------
+# Hyper-parameters
+# --------------------------------------------------------------------------------------
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _int(vcfg: Mapping[str, Any], key: str) -> int:
+    _require(key in vcfg, f"vision_config has no {key!r}")
+    return int(vcfg[key])
+
+
+def _text_width(cfg: Mapping[str, Any]) -> int:
+    # As upstream: text_config over the top level (older checkpoints are flat).
+    width = {**cfg, **config_dict(cfg.get("text_config") or {})}.get("hidden_size")
+    _require(bool(width), "the config names no text hidden_size (the projector's output width)")
+    return int(width)
+
+
+def _mean_std(spec_mean: Sequence[float], spec_std: Sequence[float], pre: Mapping[str, Any]) -> Tuple[tuple, tuple]:
+    mean = tuple(float(v) for v in pre.get("image_mean", spec_mean))
+    std = tuple(float(v) for v in pre.get("image_std", spec_std))
+    _require(len(mean) == 3 and len(std) == 3, f"image_mean/image_std need 3 values each, got {mean} / {std}")
+    return mean, std
+
+
+def _check_mlp(n_embd: int, n_ff: int) -> None:
+    # clip.cpp swaps ffn_up/ffn_down of these projector types when ffn_down's
+    # input is n_embd wide (a fix for old exports): a square MLP would be read
+    # backwards.
+    _require(n_ff != n_embd, f"clip.cpp cannot load a vision MLP as wide as the tower ({n_ff}); it reads it swapped")
+
+
+def _check_qwen_common(vcfg: Mapping[str, Any], n_embd: int, n_ff: int) -> None:
+    # clip.cpp splits the 3D conv into exactly two frames and merges 2x2 patches
+    # with a fixed stride (clip_n_output_tokens_x divides by 2).
+    _require(int(vcfg.get("temporal_patch_size", 2)) == 2, "clip.cpp supports temporal_patch_size 2 only")
+    _require(int(vcfg.get("spatial_merge_size", 2)) == 2, "clip.cpp supports spatial_merge_size 2 only")
+    _check_mlp(n_embd, n_ff)
+
+
+def _qwen2vl_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
+    n_embd = _int(vcfg, "embed_dim")
+    n_ff = int(n_embd * float(vcfg.get("mlp_ratio", 4)))
+    _check_qwen_common(vcfg, n_embd, n_ff)
+    act = vcfg.get("hidden_act", "quick_gelu")
+    _require(act == "quick_gelu", f"clip.cpp runs Qwen2-VL's MLP with quick_gelu, the config says {act!r}")
+    mean, std = _mean_std(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, pre)
+    return VisionHParams(
+        n_embd=n_embd,
+        # As upstream: Qwen2-VL's vision `hidden_size` is the merger's output
+        # width, which upstream writes as feed_forward_length. clip.cpp sizes
+        # the MLP from its tensors, so the value is unused; kept for parity.
+        n_ff=_int(vcfg, "hidden_size"),
+        n_layer=_int(vcfg, "depth"),
+        n_head=_int(vcfg, "num_heads"),
+        patch_size=_int(vcfg, "patch_size"),
+        image_size=int(vcfg.get("image_size", 560)),
+        projection_dim=_text_width(cfg),
+        # HF builds every vision norm with eps 1e-6. Upstream writes the
+        # top-level rms_norm_eps (the decoder's) when a config has one: 1e-6
+        # in the released checkpoints too.
+        eps=1e-6,
+        image_mean=mean,
+        image_std=std,
+    )
+
+
+def _wa_pattern(vcfg: Mapping[str, Any]) -> int:
+    """clip.vision.n_wa_pattern: clip.cpp gives layer il full attention when
+    (il + 1) % n == 0, so the full layers must be exactly n-1, 2n-1, ..."""
+    full = [int(i) for i in vcfg.get("fullatt_block_indexes") or []]
+    _require(bool(full), "Qwen2.5-VL needs fullatt_block_indexes")
+    n = full[0] + 1
+    depth = _int(vcfg, "depth")
+    expected = [il for il in range(depth) if (il + 1) % n == 0]
+    _require(full == expected, f"fullatt_block_indexes {full} is not every {n}th layer of {depth} ({expected}); "
+                               "clip.cpp cannot express it")
+    return n
+
+
+def _qwen25vl_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
+    n_embd, n_ff = _int(vcfg, "hidden_size"), _int(vcfg, "intermediate_size")
+    _check_qwen_common(vcfg, n_embd, n_ff)
+    act = vcfg.get("hidden_act", "silu")
+    _require(act == "silu", f"clip.cpp runs Qwen2.5-VL's MLP with silu, the config says {act!r}")
+    # clip.cpp does not read the window size for qwen2.5vl: it is 112 pixels.
+    _require(int(vcfg.get("window_size", 112)) == 112, "clip.cpp supports a window_size of 112 only")
+    mean, std = _mean_std(OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, pre)
+    return VisionHParams(
+        n_embd=n_embd,
+        n_ff=n_ff,
+        n_layer=_int(vcfg, "depth"),
+        n_head=_int(vcfg, "num_heads"),
+        patch_size=_int(vcfg, "patch_size"),
+        image_size=int(vcfg.get("image_size", 560)),
+        projection_dim=_text_width(cfg),
+        eps=1e-6,  # as Qwen2-VL above
+        image_mean=mean,
+        image_std=std,
+        extra=((_K.USE_SILU, True), (_K.N_WA_PATTERN, _wa_pattern(vcfg))),
+    )
+
+
+# SmolVLM2's config.json leaves some vision sizes out. Upstream reads the
+# config through transformers' AutoConfig, which fills in these defaults
+# (SmolVLMVisionConfig), so a raw config.json dict gets them here too.
+_IDEFICS3_DEFAULTS = dict(hidden_size=1152, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=16,
+                          image_size=224, patch_size=32, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+
+
+def _idefics3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
+    vcfg = {**_IDEFICS3_DEFAULTS, **vcfg}
+    n_embd, n_ff = _int(vcfg, "hidden_size"), _int(vcfg, "intermediate_size")
+    _check_mlp(n_embd, n_ff)
+    act = vcfg["hidden_act"]
+    _require(act in ("gelu_pytorch_tanh", "gelu"), f"clip.cpp runs idefics3's MLP with gelu, the config says {act!r}")
+    mean, std = _mean_std((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pre)
+    return VisionHParams(
+        n_embd=n_embd,
+        n_ff=n_ff,
+        n_layer=_int(vcfg, "num_hidden_layers"),
+        n_head=_int(vcfg, "num_attention_heads"),
+        patch_size=_int(vcfg, "patch_size"),
+        image_size=_int(vcfg, "image_size"),
+        projection_dim=_text_width(cfg),
+        eps=float(vcfg["layer_norm_eps"]),
+        image_mean=mean,
+        image_std=std,
+        extra=(
+            (_K.Projector.SCALE_FACTOR, int(cfg.get("scale_factor", 2))),
+            (_K.USE_GELU, True),
+            # The longest edge libmtmd resizes to before cutting tiles.
+            (_K.PREPROC_IMAGE_SIZE, int((pre.get("size") or {}).get("longest_edge", vcfg["image_size"]))),
+        ),
+    )
+
+
+_QWEN2VL = VisionSpec(gguf.VisionProjectorType.QWEN2VL, ("visual.",), "visual.blocks.",
+                      _QWEN_GLOBAL, {**_QWEN_BLOCK, **_QWEN2_MLP}, _qwen2vl_hparams)
+_QWEN25VL = VisionSpec(gguf.VisionProjectorType.QWEN25VL, ("visual.",), "visual.blocks.",
+                       _QWEN_GLOBAL, {**_QWEN_BLOCK, **_QWEN25_MLP}, _qwen25vl_hparams)
+# SmolVLM's embeddings stay f32 in every file type (upstream SmolVLMModel).
+_IDEFICS3 = VisionSpec(gguf.VisionProjectorType.IDEFICS3, ("vision_model.", "connector."),
+                       "vision_model.encoder.layers.", _IDEFICS3_GLOBAL, _IDEFICS3_BLOCK, _idefics3_hparams,
+                       f32_fragments=("v.patch_embd.", "v.position_embd."))
+
+# Keyed by the config's top-level model_type.
+VISION_ARCHITECTURES: Dict[str, VisionSpec] = {
+    "qwen2_vl": _QWEN2VL,
+    "qwen2_5_vl": _QWEN25VL,
+    "smolvlm": _IDEFICS3,
+    "idefics3": _IDEFICS3,
+}
+
+
+
+def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
+    """The VisionSpec for an HF config dict, by its model_type."""
+    model_type = cfg.get("model_type")
+    if model_type not in VISION_ARCHITECTURES:
+        raise ValueError(f"unsupported model type {model_type!r} for an mmproj; supported: {sorted(VISION_ARCHITECTURES)}")
+    return VISION_ARCHITECTURES[model_type]
+
+
+def vision_hparams(config: Any, preprocessor: Optional[Mapping[str, Any]] = None) -> VisionHParams:
+    """Reads the vision hyper-parameters of an HF config (dict or object)."""
+    cfg = config_dict(config)
+    vcfg = cfg.get("vision_config")
+    _require(vcfg is not None, f"the {cfg.get('model_type')!r} config has no vision_config")
+    pre = preprocessor or {}
+    hp = vision_spec(cfg).hparams(cfg, config_dict(vcfg), pre)
+    # libmtmd takes the patch size from the file: a preprocessor that cuts
+    # other patches than the weights were trained on is a broken checkpoint.
+    _require(int(pre.get("patch_size", hp.patch_size)) == hp.patch_size,
+             f"preprocessor patch_size {pre.get('patch_size')} differs from the vision tower's {hp.patch_size}")
+    return hp
+
+
+def add_vision_hparams(writer: gguf.GGUFWriter, spec: VisionSpec, hp: VisionHParams) -> None:
+    """Writes the clip.* keys clip.cpp reads, with upstream's types."""
+    writer.add_type(gguf.GGUFType.MMPROJ)
+    writer.add_clip_has_vision_encoder(True)
+    writer.add_vision_projection_dim(hp.projection_dim)
+    writer.add_vision_image_size(hp.image_size)
+    writer.add_vision_patch_size(hp.patch_size)
+    writer.add_vision_embedding_length(hp.n_embd)
+    writer.add_vision_feed_forward_length(hp.n_ff)
+    writer.add_vision_block_count(hp.n_layer)
+    writer.add_vision_head_count(hp.n_head)
+    writer.add_vision_image_mean(list(hp.image_mean))
+    writer.add_vision_image_std(list(hp.image_std))
+    writer.add_clip_projector_type(spec.projector_type)
+    writer.add_vision_attention_layernorm_eps(hp.eps)
+    for key, value in hp.extra:
+        if isinstance(value, bool):
+            writer.add_bool(key, value)
+        else:
+            writer.add_uint32(key, value)
+
+
+# --------------------------------------------------------------------------------------
+# Tensors
+# --------------------------------------------------------------------------------------
+
+
+def mmproj_target(spec: VisionSpec, hf_name: str) -> Optional[Target]:
+    """Where one HF parameter goes: a GGUF name, a Split, or None for a decoder
+    parameter. Raises on a vision parameter we do not know."""
+    name = hf_name[len("model."):] if hf_name.startswith("model.") else hf_name
+    if not name.startswith(spec.prefixes):
+        return None
+    if name in spec.global_tensors:
+        return spec.global_tensors[name]
+    if name.startswith(spec.block_prefix):
+        bid, _, rest = name[len(spec.block_prefix):].partition(".")
+        target = spec.block_tensors.get(rest)
+        if bid.isdigit() and target is not None:
+            names = tuple(f"v.blk.{int(bid)}.{n}" for n in _names(target))
+            return Split(names, target.axis, target.squeeze) if isinstance(target, Split) else names[0]
+    raise ValueError(f"cannot map vision tensor {hf_name!r} to a {spec.projector_type} mmproj name")
+
+
+def _split(data: np.ndarray, split: Split, hf_name: str) -> List[np.ndarray]:
+    n = len(split.names)
+    if data.ndim <= split.axis or data.shape[split.axis] % n:
+        raise ValueError(f"{hf_name}: shape {data.shape} does not split in {n} along axis {split.axis}")
+    if split.squeeze and data.shape[split.axis] != n:
+        raise ValueError(f"{hf_name}: expected {n} frames along axis {split.axis}, shape is {data.shape}")
+    parts = np.split(data, n, axis=split.axis)
+    return [p.squeeze(split.axis) if split.squeeze else p for p in parts]
+
+
+def mmproj_tensors(spec: VisionSpec, tensors: Mapping[str, Any]) -> Iterator[Tuple[str, np.ndarray]]:
+    """Yields (gguf_name, f32 array) for every vision tensor, in GGUF naming and
+    HF layout (the writer reverses the axes into ggml order)."""
+    seen: Dict[str, str] = {}
+    for hf_name in tensors:  # names first: a lazy mapping loads only the vision tensors
+        target = mmproj_target(spec, hf_name)
+        if target is None:
+            continue
+        data = np.asarray(tensors[hf_name], dtype=np.float32)
+        pairs = zip(target.names, _split(data, target, hf_name)) if isinstance(target, Split) else [(target, data)]
+        for gname, part in pairs:
+            if gname in seen:
+                raise ValueError(f"{hf_name!r} and {seen[gname]!r} both map to {gname!r}")
+            seen[gname] = hf_name
+            yield gname, np.ascontiguousarray(part)
+
+
+def _missing_tensors(spec: VisionSpec, hp: VisionHParams, names: Sequence[str]) -> List[str]:
+    """The spec's weights missing from `names`. Every weight is needed; biases
+    are not checked (the map lists norm biases only Qwen2-VL's LayerNorms have)."""
+    need = [n for k, t in spec.global_tensors.items() if k.endswith(".weight") for n in _names(t)]
+    for il in range(hp.n_layer):
+        need += [f"v.blk.{il}.{n}" for k, t in spec.block_tensors.items() if k.endswith(".weight") for n in _names(t)]
+    present = set(names)
+    return [n for n in need if n not in present]
+
+
+def tensor_type(spec: VisionSpec, gguf_name: str, data: np.ndarray, out_type: str) -> gguf.GGMLQuantizationType:
+    """The type upstream gives a tensor (ModelBase.prepare_tensors with the
+    MmprojModel / Qwen2VL / SmolVLM overrides of tensor_force_quant)."""
+    f32, f16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
+    if data.ndim <= 1 or gguf_name.endswith("_norm.weight") or any(f in gguf_name for f in spec.f32_fragments):
+        return f32
+    if ".patch_embd.weight" in gguf_name:  # also matches the second frame, "...weight.1"
+        return f16 if out_type == "f16" else f32
+    if not gguf_name.endswith(".weight"):
+        return f32
+    qtype = OUT_TYPES[out_type][1]
+    if qtype == gguf.GGMLQuantizationType.Q8_0 and data.shape[-1] % gguf.GGML_QUANT_SIZES[qtype][0]:
+        return f16  # upstream's fallback when rows do not fill whole blocks
+    return qtype
+
+
+# --------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------
+
+
+def write_mmproj_gguf(
+    path: PathLike,
+    tensors: Mapping[str, Any],
+    config: Any,
+    preprocessor: Optional[Mapping[str, Any]] = None,
+    out_type: str = "f16",
+    *,
+    name: Optional[str] = None,
+) -> Path:
+    """Writes the vision tower and projector of an HF VLM as an mmproj GGUF.
+
+    Args:
+        path: the GGUF to write; it appears only once complete (written to a
+            temporary name in the same folder, then renamed).
+        tensors: HF parameter name -> array (numpy, or anything np.asarray
+            takes). Decoder tensors are ignored.
+        config: the HF config (dict or transformers object) with a
+            vision_config; its model_type picks the architecture.
+        preprocessor: preprocessor_config.json as a dict. image_mean and
+            image_std come from it (default: the architecture's usual values);
+            for SmolVLM also size.longest_edge.
+        out_type: "f32", "f16", "bf16" or "q8_0"; norms, biases and the tensors
+            upstream keeps in f32 stay f32 (see tensor_type).
+        name: general.name, optional.
+    Returns:
+        The path written.
+    """
+    if out_type not in OUT_TYPES:
+        raise ValueError(f"out_type must be one of {sorted(OUT_TYPES)}, got {out_type!r}")
+    cfg = config_dict(config)
+    spec = vision_spec(cfg)
+    hp = vision_hparams(cfg, preprocessor)
+    converted = list(mmproj_tensors(spec, tensors))
+    missing = _missing_tensors(spec, hp, [n for n, _ in converted])
+    if missing:
+        raise ValueError(f"checkpoint lacks {len(missing)} vision tensors, first: {missing[:4]}")
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
+    try:
+        for gname, data in converted:
+            qtype = tensor_type(spec, gname, data, out_type)
+            raw = encode_tensor(data, qtype)
+            writer.add_tensor(gname, raw, raw_dtype=qtype if raw.dtype == np.uint8 else None)
+        if name:
+            writer.add_name(name)
+        # general.size_label as upstream derives it, from the parameters written.
+        writer.add_size_label(gguf.size_label(*writer.get_total_parameter_count()))
+        writer.add_file_type(OUT_TYPES[out_type][0])
+        add_vision_hparams(writer, spec, hp)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, path)
+    return path

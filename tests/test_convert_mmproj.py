@@ -1,0 +1,454 @@
+"""mmproj writer (htsparse_convert.mmproj_gguf) on tiny random Qwen2.5-VL,
+Qwen2-VL and SmolVLM2 checkpoints: libmtmd loads what we write and encodes an
+image as the transformers vision tower + projector does, and upstream's
+convert_hf_to_gguf.py writes the same file from the same checkpoint.
+
+Tolerances (relative L2 error over all of an image's output embeddings,
+libmtmd vs transformers on the same pixels):
+- f32 file: REL_TOL_F32. The weights are exact; ggml's CPU GELU and quick-GELU
+  look the input up, rounded to f16, in a table (Qwen's merger GELU is also
+  tanh-approximated where transformers uses erf). Flash attention on or off
+  changes the error by under 1% (Qwen2.5-VL). Measured 2.1e-4 (Qwen2.5-VL), 2.6e-4
+  (Qwen2-VL), 3.4e-4 (SmolVLM2); the bound is ~3x the worst.
+- f16 file: REL_TOL_F16, against the same f32 transformers model (weight
+  rounding counted as error). Measured 2.8e-4, 3.7e-4, 6.9e-4; bound ~4x.
+  (Not asserted, for scale: bf16 1.7e-3 to 5.1e-3, q8_0 5.9e-3 to 1.9e-2.)
+Window attention: the 224x168 Qwen test image is 8x6 merged tokens, so
+2.5-VL's 112-pixel windows (4x4 tokens) cut it into four windows, two of them
+partial. A control asserts that full attention in every layer moves the
+reference by more than WINDOW_EFFECT times the f32 tolerance (measured 0.12),
+so a wrong window pattern cannot pass.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from htsparse_convert import GgufVocab, read_gguf_header, read_gguf_metadata, write_text_gguf
+from htsparse_convert.mmproj_gguf import VISION_ARCHITECTURES, write_mmproj_gguf
+
+from tiny_models import (  # noqa: F401  (fixtures)
+    SMOLVLM_VISION,
+    VISION_2_5_MMPROJ,
+    VISION_2_MMPROJ,
+    attention_eager,
+    qwen2vl_model,
+    qwen2vl_v1_model,
+    qwen_vocab,
+    smollm_vocab,
+    smolvlm_model,
+    tiny_dir,
+)
+from upstream_converter import converter_args, run_upstream_converter, upstream_converter  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.real_model  # the tokenizers libmtmd needs come from real GGUFs
+
+REL_TOL_F32 = 1e-3
+REL_TOL_F16 = 3e-3
+WINDOW_EFFECT = 10.0
+
+# general.name is the checkpoint folder's name upstream; ours names nothing.
+IGNORED_KEYS = {"general.name"}
+
+
+def pattern_image(w: int, h: int) -> np.ndarray:
+    """A deterministic [h, w, 3] uint8 pattern: gradients plus a texture, so
+    every patch differs from its neighbours."""
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = [x * 255 // w, y * 255 // h, (x * 7 + y * 13 + (x * y) % 31) % 256]
+    return np.stack(rgb, axis=-1).astype(np.uint8)
+
+
+def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# -- transformers references ---------------------------------------------------------------
+
+
+def qwen_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str, Any]) -> np.ndarray:
+    """Vision tower + merger on `rgb` preprocessed by transformers' Qwen2-VL
+    image processor, with clip.cpp's pixel limits (8..4096 merged tokens of
+    28x28 pixels) so neither side resizes the test image: [n_tokens, n_embd]."""
+    try:  # the PIL backend is the one that runs without torchvision
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
+    except ImportError:  # pragma: no cover - other transformers versions
+        from transformers import Qwen2VLImageProcessor as Processor
+    from PIL import Image
+
+    proc = Processor(size={"shortest_edge": 8 * 28 * 28, "longest_edge": 4096 * 28 * 28}, **pre)
+    inputs = proc(images=[Image.fromarray(rgb)], return_tensors="pt")
+    grid = inputs["image_grid_thw"]
+    assert grid.tolist() == [[1, rgb.shape[0] // 14, rgb.shape[1] // 14]], f"transformers resized: {grid.tolist()}"
+    with torch.no_grad():
+        out = model.model.visual(inputs["pixel_values"], grid_thw=grid)
+    return out.pooler_output.float().numpy()
+
+
+def smolvlm_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str, Any]) -> np.ndarray:
+    """Vision tower + connector on `rgb` (one tile, as large as the tower's
+    input, so neither side resizes or splits it): [n_tokens, n_embd]."""
+    try:
+        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil as Processor
+    except ImportError:  # pragma: no cover - other transformers versions
+        from transformers import SmolVLMImageProcessor as Processor
+    from PIL import Image
+
+    size = {"longest_edge": rgb.shape[0]}
+    proc = Processor(do_image_splitting=False, size=size, max_image_size=size, image_mean=pre["image_mean"],
+                     image_std=pre["image_std"])
+    inputs = proc(images=[[Image.fromarray(rgb)]], return_tensors="pt")
+    assert tuple(inputs["pixel_values"].shape) == (1, 1, 3, *rgb.shape[:2])
+    with torch.no_grad():
+        out = model.model.get_image_features(inputs["pixel_values"])
+    return out.pooler_output[0].float().numpy()
+
+
+def smolvlm_text_part(tensors: Dict[str, np.ndarray], config: Any) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """SmolVLM's decoder as the llama checkpoint write_text_gguf knows (it has
+    no SmolVLM entry yet): model.text_model.* -> model.*, the text config."""
+    text = {("model." + k[len("model.text_model."):] if k.startswith("model.text_model.") else k): v
+            for k, v in tensors.items() if not k.startswith(("model.vision_model.", "model.connector."))}
+    return text, dict(config.text_config.to_dict(), architectures=["LlamaForCausalLM"], tie_word_embeddings=False)
+
+
+# -- the architectures under test ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Callable[[int], torch.nn.Module]
+    vocab_fixture: str  # the real GGUF whose tokenizer the text model gets
+    preprocessor: Dict[str, Any]  # preprocessor_config.json
+    image_wh: Tuple[int, int]
+    n_images: int  # image chunks libmtmd makes of the test image, each encoded alike
+    n_tokens: int  # per chunk
+    reference: Callable[[torch.nn.Module, np.ndarray, Mapping[str, Any]], np.ndarray]
+    text_part: Optional[Callable[[Dict[str, np.ndarray], Any], Tuple[Dict[str, np.ndarray], Any]]] = None
+
+
+_CLIP = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
+# Not the defaults, so the tests see that the preprocessor's values are written.
+_OTHER = {"image_mean": [0.5, 0.45, 0.4], "image_std": [0.25, 0.3, 0.35]}
+_TILE = SMOLVLM_VISION["image_size"]
+CASES: Dict[str, Case] = {
+    "qwen2_5_vl": Case(lambda n: qwen2vl_model(n, seed=11, vision=VISION_2_5_MMPROJ), "qwen_vocab", _CLIP,
+                       (224, 168), 1, 8 * 6, qwen_reference),
+    "qwen2_vl": Case(lambda n: qwen2vl_v1_model(n, seed=12, vision=VISION_2_MMPROJ), "qwen_vocab", _OTHER,
+                     (224, 168), 1, 8 * 6, qwen_reference),
+    # libmtmd gives SmolVLM the overview and one tile, both the whole image.
+    "smolvlm": Case(lambda n: smolvlm_model(n, seed=13), "smollm_vocab",
+                    {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"longest_edge": _TILE}},
+                    (_TILE, _TILE), 2, (_TILE // 8 // 2) ** 2, smolvlm_reference, smolvlm_text_part),
+}
+MODEL_TYPES = sorted(CASES)
+
+
+# -- libmtmd through llama_cpp.mtmd_cpp ------------------------------------------------------
+
+
+class TextModel:
+    """A text GGUF loaded vocab_only: libmtmd needs its tokenizer (for the
+    image's begin/end tokens) and checks its width, not its weights."""
+
+    def __init__(self, path: Path) -> None:
+        import llama_cpp
+
+        self._llama = llama_cpp
+        llama_cpp.llama_backend_init()
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
+        assert self.ptr, f"llama.cpp could not load {path}"
+
+    def close(self) -> None:
+        self._llama.llama_model_free(self.ptr)
+
+
+class MtmdEncoder:
+    """libmtmd on a text model and an mmproj; encode() gives the output
+    embeddings of each image chunk libmtmd makes of an image."""
+
+    def __init__(self, text: TextModel, mmproj: Path) -> None:
+        import llama_cpp.mtmd_cpp as mtmd
+
+        self._mtmd = mtmd
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = False
+        params.n_threads = 2
+        params.warmup = False
+        params.print_timings = False
+        self.ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), text.ptr, params)
+        assert self.ctx, f"libmtmd could not load {mmproj}"
+        # The text model's width; a vocab_only model reports 0, the mmproj says it.
+        self.n_embd = next(f.value for f in read_gguf_metadata(mmproj) if f.key == "clip.vision.projection_dim")
+
+    def encode(self, rgb: np.ndarray) -> List[np.ndarray]:
+        """[n_tokens, n_embd] per image chunk of an [H, W, 3] uint8 image."""
+        mtmd = self._mtmd
+        h, w, _ = rgb.shape
+        data = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb).tobytes())
+        bitmap = mtmd.mtmd_bitmap_init(w, h, data)
+        chunks = mtmd.mtmd_input_chunks_init()
+        try:
+            prompt = mtmd.mtmd_default_marker()
+            text = mtmd.mtmd_input_text(text=prompt, text_len=len(prompt), add_special=False, parse_special=True)
+            bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
+            assert mtmd.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), bitmaps, 1) == 0
+            out = []
+            for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+                chunk = mtmd.mtmd_input_chunks_get(chunks, i)
+                if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
+                    continue
+                assert mtmd.mtmd_encode_chunk(self.ctx, chunk) == 0
+                n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
+                embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(self.ctx), shape=(n * self.n_embd,))
+                out.append(embd.reshape(n, self.n_embd).copy())
+            return out
+        finally:
+            mtmd.mtmd_input_chunks_free(chunks)
+            mtmd.mtmd_bitmap_free(bitmap)
+
+    def close(self) -> None:
+        self._mtmd.mtmd_free(self.ctx)
+
+    def __enter__(self) -> "MtmdEncoder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# -- tiny checkpoints ----------------------------------------------------------------------
+
+
+class TinyVLM:
+    """One tiny VLM with a real vocabulary, and what is derived from it on
+    first use: its f32 text GGUF (loaded vocab_only), the transformers
+    embeddings of the test image, the saved checkpoint."""
+
+    def __init__(self, model_type: str, vocab: GgufVocab, folder: Path) -> None:
+        self.model_type, self.case = model_type, CASES[model_type]
+        self.model = attention_eager(self.case.build(vocab.n_tokens))
+        assert self.model.config.model_type == model_type
+        self.folder = folder
+        folder.mkdir(exist_ok=True)
+        self._vocab = vocab
+        self._text: Optional[TextModel] = None
+        self._reference: Optional[np.ndarray] = None
+
+    @property
+    def state_dict(self) -> Dict[str, np.ndarray]:
+        """A fresh copy, names as transformers 5 has them in memory (model.visual.* etc.)."""
+        return {k: v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+
+    @property
+    def image(self) -> np.ndarray:
+        return pattern_image(*self.case.image_wh)
+
+    @property
+    def text_model(self) -> TextModel:
+        if self._text is None:
+            tensors, config = self.state_dict, self.model.config
+            if self.case.text_part is not None:
+                tensors, config = self.case.text_part(tensors, config)
+            path = write_text_gguf(self.folder / "text-f32.gguf", tensors, config, vocab_from=self._vocab)
+            self._text = TextModel(path)
+        return self._text
+
+    @property
+    def reference(self) -> np.ndarray:
+        if self._reference is None:
+            self._reference = self.case.reference(self.model, self.image, self.case.preprocessor)
+        return self._reference
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """As upstream's converter reads it: save_pretrained (which writes the
+        names of the original checkpoints, e.g. visual.* for Qwen) plus the
+        preprocessor_config.json where upstream takes image_mean/std from."""
+        folder = self.folder / "hf"
+        if not (folder / "config.json").exists():
+            self.model.save_pretrained(folder)
+            (folder / "preprocessor_config.json").write_text(json.dumps(self.case.preprocessor))
+        return folder
+
+    def close(self) -> None:
+        if self._text is not None:
+            self._text.close()
+
+
+class TinyVLMs(Dict[str, TinyVLM]):
+    """model_type -> TinyVLM, each built on first use, so a test of one
+    architecture builds (and fetches the vocabulary of) that one only."""
+
+    def __init__(self, request: pytest.FixtureRequest, folder: Path) -> None:
+        super().__init__()
+        self._request, self._folder = request, folder
+
+    def __missing__(self, model_type: str) -> TinyVLM:
+        vocab = self._request.getfixturevalue(CASES[model_type].vocab_fixture)
+        vlm = self[model_type] = TinyVLM(model_type, vocab, self._folder / f"mmproj-{model_type}")
+        return vlm
+
+
+@pytest.fixture(scope="module")
+def tiny_vlms(request, tiny_dir) -> Iterator[TinyVLMs]:
+    vlms = TinyVLMs(request, tiny_dir)
+    yield vlms
+    for vlm in vlms.values():
+        vlm.close()
+
+
+# -- (a) libmtmd vs transformers --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("out_type,tol", [("f32", REL_TOL_F32), ("f16", REL_TOL_F16)])
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_mtmd_embeddings_match_transformers(tiny_vlms, model_type, out_type, tol):
+    vlm = tiny_vlms[model_type]
+    path = write_mmproj_gguf(vlm.folder / f"mmproj-{out_type}.gguf", vlm.state_dict, vlm.model.config,
+                             vlm.case.preprocessor, out_type)
+    with MtmdEncoder(vlm.text_model, path) as enc:
+        chunks = enc.encode(vlm.image)
+    assert len(chunks) == vlm.case.n_images
+    assert vlm.reference.shape == (vlm.case.n_tokens, 64)
+    for ours in chunks:
+        assert ours.shape == vlm.reference.shape
+        err = rel_l2(ours, vlm.reference)
+        assert err < tol, f"{model_type} {out_type}: relative L2 error {err:.2e} >= {tol:.0e}"
+
+
+def test_window_attention_is_exercised(tiny_vlms):
+    """Control: with 2.5-VL's windows replaced by full attention the reference
+    moves far beyond the tolerance, so the match above checks the windows."""
+    vlm = tiny_vlms["qwen2_5_vl"]
+    visual = vlm.model.model.visual
+    saved = list(visual.fullatt_block_indexes)
+    visual.fullatt_block_indexes = list(range(len(visual.blocks)))
+    try:
+        full = qwen_reference(vlm.model, vlm.image, vlm.case.preprocessor)
+    finally:
+        visual.fullatt_block_indexes = saved
+    assert rel_l2(full, vlm.reference) > WINDOW_EFFECT * REL_TOL_F32
+
+
+# -- (b) the same file as upstream's converter -------------------------------------------------
+
+OUT_TYPES = ["f32", "f16", "bf16", "q8_0"]
+
+
+@pytest.fixture(scope="module")
+def upstream_mmprojs(tiny_vlms, upstream_converter) -> Dict[Tuple[str, str], Path]:
+    """(model_type, out_type) -> upstream's mmproj; one converter process for all."""
+    out = {(m, t): tiny_vlms[m].folder / f"upstream-mmproj-{t}.gguf" for m in MODEL_TYPES for t in OUT_TYPES}
+    jobs = [converter_args(tiny_vlms[m].checkpoint_dir, path, t, mmproj=True) for (m, t), path in out.items()]
+    run_upstream_converter(upstream_converter, jobs)
+    return out
+
+
+def _load_checkpoint(folder: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, Any], Dict[str, Any]]:
+    from safetensors.numpy import load_file
+
+    tensors: Dict[str, np.ndarray] = {}
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    config = json.loads((folder / "config.json").read_text())
+    return tensors, config, json.loads((folder / "preprocessor_config.json").read_text())
+
+
+def _gguf_contents(path: Path) -> Tuple[Dict[str, Any], Dict[str, Tuple[tuple, Any, bytes]]]:
+    """(key -> (value, type, sub_type)), (tensor -> (ggml shape, type, data bytes))."""
+    fields, _ = read_gguf_header(path)
+    meta = {f.key: (f.value, f.type, f.sub_type) for f in fields if f.key not in IGNORED_KEYS}
+    reader = gguf.GGUFReader(path)
+    tensors = {t.name: (tuple(int(n) for n in t.shape), t.tensor_type, bytes(t.data.tobytes())) for t in reader.tensors}
+    return meta, tensors
+
+
+@pytest.mark.parametrize("out_type", OUT_TYPES)
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+def test_same_as_upstream_converter(tiny_vlms, upstream_mmprojs, model_type, out_type, tmp_path):
+    """From the saved checkpoint and its config.json (where the other tests
+    give the in-memory state_dict and config object), our mmproj equals
+    upstream's: keys, values and their types, tensor names, shapes, types and
+    bytes. Only general.name differs."""
+    tensors, config, pre = _load_checkpoint(tiny_vlms[model_type].checkpoint_dir)
+    ours = write_mmproj_gguf(tmp_path / "ours.gguf", tensors, config, pre, out_type)
+
+    meta_ours, tensors_ours = _gguf_contents(ours)
+    meta_theirs, tensors_theirs = _gguf_contents(upstream_mmprojs[model_type, out_type])
+    assert meta_ours.keys() == meta_theirs.keys()
+    for key, value in meta_theirs.items():
+        assert meta_ours[key] == value, f"{key}: ours {meta_ours[key]} upstream {value}"
+    assert tensors_ours.keys() == tensors_theirs.keys()
+    for name, (shape, qtype, data) in tensors_theirs.items():
+        assert tensors_ours[name][:2] == (shape, qtype), f"{name}: ours {tensors_ours[name][:2]} upstream {(shape, qtype)}"
+        assert tensors_ours[name][2] == data, f"{name}: same shape and type, different bytes"
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_unsupported_model_type_is_named(tmp_path):
+    config = {"model_type": "llava", "vision_config": {}, "text_config": {"hidden_size": 64}}
+    with pytest.raises(ValueError, match="'llava'") as err:
+        write_mmproj_gguf(tmp_path / "x.gguf", {}, config)
+    for supported in VISION_ARCHITECTURES:
+        assert supported in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("change,preprocessor,match", [
+    # Full attention at layers 1 and 2: not "every n-th layer", which is all
+    # clip.vision.n_wa_pattern can say.
+    ({"fullatt_block_indexes": [1, 2]}, None, "fullatt_block_indexes"),
+    ({"window_size": 224}, None, "window_size"),  # clip.cpp fixes it at 112 pixels
+    ({"intermediate_size": 32}, None, "swapped"),  # a square MLP
+    ({}, {"patch_size": 16}, "patch_size"),
+])
+def test_config_clip_cannot_express_is_refused(tmp_path, change, preprocessor, match):
+    from transformers import Qwen2_5_VLConfig
+
+    config = Qwen2_5_VLConfig(text_config={"hidden_size": 64}, vision_config=dict(VISION_2_5_MMPROJ, **change))
+    with pytest.raises(ValueError, match=match):
+        write_mmproj_gguf(tmp_path / "x.gguf", {}, config, preprocessor)
+
+
+def test_missing_and_unknown_tensors_leave_no_file(tiny_vlms, tmp_path):
+    vlm = tiny_vlms["qwen2_vl"]
+    tensors = vlm.state_dict
+    del tensors["model.visual.merger.mlp.2.weight"]
+    with pytest.raises(ValueError, match="mm.2.weight"):
+        write_mmproj_gguf(tmp_path / "x.gguf", tensors, vlm.model.config)
+    tensors = vlm.state_dict
+    tensors["model.visual.blocks.0.attn.rotary.weight"] = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="attn.rotary"):
+        write_mmproj_gguf(tmp_path / "x.gguf", tensors, vlm.model.config)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_write_keeps_the_old_file(tiny_vlms, tmp_path, monkeypatch):
+    """A write that fails half way leaves neither a partial file nor a
+    temporary one, and an existing file at the path is untouched."""
+    vlm = tiny_vlms["qwen2_5_vl"]
+    path = tmp_path / "mmproj.gguf"
+    path.write_bytes(b"previous")
+
+    def fail(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_mmproj_gguf(path, vlm.state_dict, vlm.model.config)
+    assert [p.name for p in tmp_path.iterdir()] == ["mmproj.gguf"]
+    assert path.read_bytes() == b"previous"
