@@ -1,0 +1,117 @@
+"""`calibrate`: the htsparse.* keys it writes, read back by the runtime as
+its defaults; tensors copied byte for byte; on real SmolLM2 weights (a GGUF
+made by llama.cpp's own converter) the chosen select layer keeps the needle
+and a session on the defaults answers like dense; refusals."""
+
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+
+from htsparse_convert.calibrate import calibrate, write_calibrated_gguf
+from htsparse_llama import Model, SparseConfig
+from htsparse_llama.sparse_config import GGUF_KEYS
+
+from tiny_models import qwen_vocab, smollm_vocab, tiny_dir, tiny_llama  # noqa: F401  (fixtures)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def same_tensors(a, b) -> bool:
+    ra, rb = gguf.GGUFReader(str(a)), gguf.GGUFReader(str(b))
+    return len(ra.tensors) == len(rb.tensors) and all(
+        x.name == y.name and x.tensor_type == y.tensor_type and np.array_equal(x.data, y.data)
+        for x, y in zip(ra.tensors, rb.tensors))
+
+
+def htsparse_keys(path):
+    return {k: f for k, f in gguf.GGUFReader(str(path)).fields.items() if k.startswith("htsparse.")}
+
+
+@pytest.fixture(scope="module")
+def smollm_calibrated(smollm_gguf, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibrated") / "smollm2-htsparse.gguf"
+    result = calibrate(smollm_gguf, out, n_threads=2, n_samples=3, context=1024, keep_ratio=0.1)
+    return result, out
+
+
+def test_keys_become_the_runtime_defaults(smollm_calibrated, smollm_gguf):
+    result, out = smollm_calibrated
+    keys = htsparse_keys(out)
+    # Every key written is one the runtime knows (names defined once per language).
+    assert all(k in GGUF_KEYS or k.startswith("htsparse.calibration.") for k in keys)
+    assert {"htsparse.select_layer", "htsparse.head_prior", "htsparse.calibration.samples"} <= set(keys)
+    model = Model(str(out), n_ctx=512, n_threads=2)
+    resolved = SparseConfig().resolve(model)
+    assert resolved["select_layer"] == resolved["prune_layer"] == result.select_layer
+    assert resolved["keep_ratio"] == pytest.approx(0.1)
+    prior = np.asarray(resolved["head_prior"]).reshape(model.n_layer, model.info["n_head_kv"])
+    assert np.allclose(prior, result.head_prior) and prior.max() == pytest.approx(1.0)
+    # The input had none of this; its tensors are unchanged.
+    assert not htsparse_keys(smollm_gguf) and same_tensors(smollm_gguf, out)
+
+
+def test_chosen_layer_keeps_the_needle_and_answers(smollm_calibrated):
+    """On real weights the earliest layer reaching recall 0.95 is chosen, and a
+    sparse session with no settings of its own (the file's defaults) answers
+    the pass key as a dense one does."""
+    result, out = smollm_calibrated
+    recall = result.recall_by_layer
+    assert recall[result.select_layer] >= 0.95 and all(r < 0.95 for r in recall[:result.select_layer])
+    assert result.select_layer < len(recall) // 2  # selection early enough to save work
+    from test_sparse_session import QUESTION, haystack
+
+    def ask(session):
+        session.add_message("user", [{"text": haystack(n_lines=60, where=25), "sparse": True},
+                                     {"text": "\n" + QUESTION}])
+        return session.generate(max_tokens=16, temperature=0, stream=False)
+
+    model = Model(str(out), n_ctx=2048, n_threads=2)
+    dense = ask(model.session())
+    sparse = model.session(sparse=SparseConfig())
+    assert ask(sparse) == dense and "42817" in dense
+    assert sparse.stats().select_layer == result.select_layer
+
+
+def test_recalibrating_replaces_the_keys(smollm_calibrated, tmp_path):
+    _, out = smollm_calibrated
+    again = tmp_path / "again.gguf"
+    replaced = write_calibrated_gguf(out, again, {"htsparse.select_layer": 3, "htsparse.version": 1})
+    assert "htsparse.head_prior" in replaced and "htsparse.select_layer" in replaced
+    keys = htsparse_keys(again)
+    assert set(keys) == {"htsparse.select_layer", "htsparse.version"}
+    assert int(keys["htsparse.select_layer"].contents()) == 3 and same_tensors(out, again)
+
+
+def test_cli_writes_a_loadable_file_and_refuses_to_overwrite(tiny_llama, tmp_path):
+    src, out = str(tiny_llama.gguf_path), tmp_path / "tiny-htsparse.gguf"
+    r = cli("calibrate", "-m", src, "-o", str(out), "--samples", "2", "--context", "256", "-t", "2")
+    assert r.returncode == 0, r.stderr
+    assert "select layer" in r.stdout and "calibrating: prompt 2/2" in r.stderr
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)  # upstream still loads it
+    assert llm.n_vocab() == tiny_llama.n_vocab
+    llm.close()
+    r = cli("calibrate", "-m", src, "-o", str(out), "--samples", "1", "--context", "256")
+    assert r.returncode == 1 and "exists" in r.stderr and "--force" in r.stderr
+    r = cli("calibrate", "-m", str(out), "-o", str(tmp_path / "second.gguf"), "--samples", "1", "--context", "256")
+    assert r.returncode == 0 and "already had" in r.stderr and "replaced" in r.stderr
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["-m", "/nonexistent.gguf"], "nonexistent"),
+    (["--samples", "0"], "n_samples"),
+    (["--keep-ratio", "1.5"], "keep_ratio"),
+    (["--mmproj", "x.gguf"], "not available yet"),
+])
+def test_cli_bad_input(tiny_llama, tmp_path, extra, fragment):
+    args = ["calibrate", "-m", str(tiny_llama.gguf_path), "-o", str(tmp_path / "out.gguf"), "--context", "256", *extra]
+    r = cli(*args)
+    assert r.returncode == 1 and fragment in r.stderr, r.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
