@@ -184,6 +184,38 @@ class Session:
             return None
         return self._eval(ids, all_logits, positions)
 
+    def add_embeddings(
+        self, embd: np.ndarray, positions: Optional[np.ndarray] = None, placeholder: int = 0, sparse: bool = False,
+        segments: Optional[Sequence[int]] = None, all_logits: bool = False,
+    ) -> Optional[np.ndarray]:
+        """Evaluates embedding rows instead of tokens: `embd` of shape
+        (n, n_embd), float32, such as an image's visual tokens. `positions`
+        as in add_tokens ((3, n) time/height/width rows for M-RoPE images).
+        The cells show token id `placeholder` in tokens() (use the model's
+        image token).
+
+        sparse=True makes them a sparse span in a session with a
+        SparseConfig; `segments` are the span-relative starts of its
+        segments (one per frame, say), by default runs of segment_tokens rows."""
+        rows = np.ascontiguousarray(embd, dtype=np.float32)
+        if rows.ndim != 2 or len(rows) == 0:
+            raise InvalidArgumentError(f"embeddings must be a non-empty 2-D array (n, n_embd), got shape {rows.shape}")
+        pos = None if positions is None else np.asarray(positions, dtype=np.int32)
+        if sparse and self._sparse is not None:
+            if all_logits:
+                raise InvalidArgumentError("a sparse span takes no all_logits")
+            start = time.perf_counter()
+            self._sparse.add_embedding_span(self._native, rows, int(placeholder), pos, segments)
+            self._count_prompt_time(start)
+            self._stats.n_sparse += len(rows)
+            return None
+        if self._sparse is not None and self._sparse.holds_back:
+            raise InvalidArgumentError("embeddings after a sparse span and before the answer must be sparse too")
+        start = time.perf_counter()
+        self._native.eval_embd(rows, int(placeholder), all_logits, pos)
+        self._count_prompt_time(start)
+        return np.asarray(self._native.all_logits()) if all_logits else None
+
     def _add_span(self, ids: List[int]) -> None:
         start = time.perf_counter()
         self._sparse.add_span(self._native, ids)

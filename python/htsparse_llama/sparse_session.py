@@ -103,6 +103,23 @@ class SparseState:
         return bool(self.spans) and not self.selected
 
     def add_span(self, native, ids: List[int]) -> None:
+        """A text span: its segments are lines (split into runs of at most
+        segment_tokens tokens)."""
+        segments = line_segments(self.model, ids, int(self.config["segment_tokens"]))
+        self._add(native, lambda: native.eval(ids, False), len(ids), segments)
+
+    def add_embedding_span(self, native, embd, placeholder: int, positions, segments: Optional[List[int]]) -> None:
+        """Embedding rows (visual tokens) as a span; segments: span-relative
+        starts (frames), default runs of segment_tokens rows."""
+        n = len(embd)
+        if segments is None:
+            segments = list(range(0, n, int(self.config["segment_tokens"])))
+        segments = [int(v) for v in segments]
+        if not segments or segments[0] != 0 or any(b <= a for a, b in zip(segments, segments[1:])) or segments[-1] >= n:
+            raise InvalidArgumentError(f"segments must start at 0, ascend and stay below the {n} rows")
+        self._add(native, lambda: native.eval_embd(embd, placeholder, False, positions), n, segments)
+
+    def _add(self, native, evaluate: Callable[[], None], n: int, segments: List[int]) -> None:
         if self.n_selections > 0:
             raise InvalidArgumentError("sparse spans go before the first question; call reset() to start over "
                                        "with new ones")
@@ -115,9 +132,9 @@ class SparseState:
             native.eval(self.pending, False)
             self.pending = []
         begin = native.n_past
-        native.eval(ids, False)
-        self.spans.append((begin, begin + len(ids)))
-        self.seg_starts.append(line_segments(self.model, ids, int(self.config["segment_tokens"])))
+        evaluate()
+        self.spans.append((begin, begin + n))
+        self.seg_starts.append(segments)
 
     def _kept_cells(self, n_past: int, kept_in_span: List[int]) -> List[int]:
         """Every cell outside the spans, and the span tokens kept (relative to

@@ -186,6 +186,20 @@ PYBIND11_MODULE(_native, mod) {
                  s.eval(tokens, all_logits, positions ? &pos : nullptr);
              },
              py::arg("tokens"), py::arg("all_logits") = false, py::arg("positions") = py::none())
+        .def("eval_embd",
+             [](Session & s, const py::array_t<float, py::array::c_style | py::array::forcecast> & embd,
+                int32_t placeholder, bool all_logits,
+                std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> positions) {
+                 if (embd.ndim() != 2 || embd.shape(1) != s.model().hparams().n_embd) {
+                     fail(ErrorKind::InvalidArgument, format("embeddings must have shape (n, %d)", s.model().hparams().n_embd));
+                 }
+                 std::vector<float> rows(embd.data(), embd.data() + embd.size());
+                 TokenPositions pos;
+                 if (positions) pos = token_positions(*positions);
+                 py::gil_scoped_release release;
+                 s.eval_embd(rows, placeholder, all_logits, positions ? &pos : nullptr);
+             },
+             py::arg("embd"), py::arg("placeholder"), py::arg("all_logits") = false, py::arg("positions") = py::none())
         .def("_eval_staged",
              [](Session & s, const std::vector<int32_t> & tokens, bool all_logits, int split) {
                  py::gil_scoped_release release;

@@ -15,7 +15,7 @@ GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_c
       layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end),
       first_sparse_cell(mb.first_sparse_cell),
       n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),
-      capture_q(mb.capture_q), kv_only(mb.kv_only), captured_q(model.hparams().n_layer, nullptr) {}
+      capture_q(mb.capture_q), kv_only(mb.kv_only), embd_input(mb.embd_input), captured_q(model.hparams().n_layer, nullptr) {}
 
 // The query window's roped queries, for saliency after the pass (selection).
 void GraphContext::capture_queries(ggml_tensor * q, int il) {
@@ -35,7 +35,7 @@ void GraphContext::name(ggml_tensor * t, const char * nm, int il) const {
 }
 
 ggml_tensor * GraphContext::build_inp_stream() {
-    if (layer_begin == 0) return build_inp_embd();
+    if (layer_begin == 0 && !embd_input) return build_inp_embd();
     inp_residual = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, hp.n_embd, n_tokens);
     ggml_set_input(inp_residual);
     name(inp_residual, "inp_residual", layer_begin);

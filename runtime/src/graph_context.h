@@ -31,6 +31,9 @@ struct MicroBatch {
     // Selection probe: layer layer_begin only writes its K/V and captures
     // queries; no attention, no output (Session::probe_held_layer).
     bool kv_only = false;
+    // Layer 0 takes embedding rows (visual tokens) as its input instead of
+    // looking token ids up (only with layer_begin == 0).
+    bool embd_input = false;
 };
 
 // Graph inputs of one layer whose KV heads are split into full and sparse
@@ -62,6 +65,7 @@ public:
     const int first_sparse_cell, n_kv_sparse;  // compacted cache only
     const int capture_q;
     const bool kv_only;
+    const bool embd_input;
     std::vector<ggml_tensor *> captured_q;     // per layer F32 [head_dim, n_head, capture_q]; graph outputs
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
@@ -70,7 +74,7 @@ public:
     ggml_tensor * inp_pos = nullptr;      // I32 [n_tokens * n_pos_per_token]
     ggml_tensor * inp_kq_mask = nullptr;  // F16 [n_kv, n_tokens]
     ggml_tensor * inp_out_ids = nullptr;  // I32 [n_outputs]; nullptr when all rows are outputs
-    ggml_tensor * inp_residual = nullptr; // F32 [n_embd, n_tokens]; when layer_begin > 0
+    ggml_tensor * inp_residual = nullptr; // F32 [n_embd, n_tokens]; when layer_begin > 0 or embd_input
     ggml_tensor * inp_kq_mask_sparse = nullptr;  // F16 [n_kv_sparse, n_tokens]; compacted cache only
     std::vector<RoutedLayerInputs> inp_routed;   // per layer; compacted cache only
 

@@ -136,6 +136,26 @@ void Session::eval(const std::vector<int32_t> & tokens, bool all_logits, const T
 
 void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, int split,
                           const TokenPositions * positions) {
+    eval_input(tokens, nullptr, all_logits, split, positions);
+}
+
+void Session::eval_embd(const std::vector<float> & embd, int32_t placeholder, bool all_logits,
+                        const TokenPositions * positions) {
+    const size_t n_embd = size_t(model_.hparams().n_embd);
+    if (embd.empty() || embd.size() % n_embd != 0) {
+        fail(ErrorKind::InvalidArgument,
+             format("embeddings must be rows of n_embd = %zu floats, got %zu values", n_embd, embd.size()));
+    }
+    if (held_.layer == 0 || logged_.layer == 0) {
+        fail(ErrorKind::InvalidArgument, "embeddings cannot be held or logged at layer 0 (those keep token ids): "
+                                         "use a select/prune layer of at least 1");
+    }
+    eval_input(std::vector<int32_t>(embd.size() / n_embd, placeholder), embd.data(), all_logits,
+               model_.hparams().n_layer, positions);
+}
+
+void Session::eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
+                         const TokenPositions * positions) {
     const int n_layer = model_.hparams().n_layer;
     if (split < 0 || split > n_layer) fail(ErrorKind::InvalidArgument, format("split layer %d is outside [0, %d]", split, n_layer));
     if (held_.layer >= 0 && (all_logits || split != n_layer)) {
@@ -159,10 +179,10 @@ void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
     int from = 0;
     if (mid > 0 && mid < stop) {
         at_mid.resize(size_t(n) * n_embd);
-        run_layers(tokens.data(), nullptr, pos.data(), n, n_past_, n_sparse_cells_, 0, mid, false, at_mid.data());
+        run_layers(tokens.data(), embd, pos.data(), n, n_past_, n_sparse_cells_, 0, mid, false, at_mid.data());
         from = mid;
     }
-    const float * residual_in = from > 0 ? at_mid.data() : nullptr;
+    const float * residual_in = from > 0 ? at_mid.data() : embd;  // at layer 0: the embeddings, if any
     if (stop < n_layer) {
         if (stop > 0) {  // at 0 the tokens themselves are the input
             at_stop.resize(size_t(n) * n_embd);
@@ -195,7 +215,7 @@ void Session::run_layers(const int32_t * tokens, const float * residual_in, cons
         const bool last = i + nb == n;
         // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
         MicroBatch mb{nb, first_cell + i, !logits || all_logits ? nb : 1, begin, end, first_sparse_cell + i,
-                      last ? capture : 0, kv_only};
+                      last ? capture : 0, kv_only, begin == 0 && residual_in != nullptr};
         float * out = nullptr;
         if (residual_out) out = residual_out + size_t(i) * n_embd;
         else if (logits && all_logits) out = logits_.data() + size_t(i) * n_vocab;

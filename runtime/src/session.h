@@ -42,6 +42,13 @@ public:
     // evaluated) when the tokens do not fit.
     void eval(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions = nullptr);
 
+    // Appends embedding rows instead of tokens: embd is F32 [n_embd, n]
+    // (e.g. an image's visual tokens from libmtmd), run as eval() runs tokens.
+    // The cells record token id `placeholder` (the model's image token) in
+    // tokens(). Not with tokens held or logged at layer 0 (those keep ids).
+    void eval_embd(const std::vector<float> & embd, int32_t placeholder, bool all_logits,
+                   const TokenPositions * positions = nullptr);
+
     // The same as eval(), computed in two stages as staged prefill does: every
     // token through layers [0, split), the residual stream at `split` kept on
     // the host, then every token through [split, n_layer). 0 <= split <= n_layer.
@@ -148,6 +155,9 @@ private:
     void reserve();
     std::vector<int32_t> rope_positions(int n, const TokenPositions * positions) const;
     void check_fits(const std::vector<int32_t> & tokens) const;
+    // eval_staged() for token ids, or for embedding rows when embd is set.
+    void eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
+                    const TokenPositions * positions);
     // Runs n tokens through layers [begin, end) in micro-batches from KV cell
     // first_cell (compact cell first_sparse_cell). pos: n_pos_per_token rows
     // of n positions. Input: token ids, or residual rows when begin > 0.
