@@ -14,6 +14,13 @@ class InvalidArgumentError(HtsError, ValueError):
     """A parameter value is out of range or inconsistent."""
 
 
+class VideoError(InvalidArgumentError):
+    """A video or image input cannot be used: the file is missing or
+    unreadable, has no video stream, is empty, truncated or corrupt, or a
+    sampling argument (fps, max frames, start/end, visual-token budget) is out
+    of range for it."""
+
+
 class ModelNotFoundError(HtsError, FileNotFoundError):
     """The model file does not exist or cannot be opened."""
 
