@@ -8,8 +8,6 @@ layout (hf_checkpoints.py says how they are made).
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Dict
@@ -104,20 +102,7 @@ def upstream_ggufs(upstream_converter, released_dir, tmp_path_factory) -> Dict[s
     out = tmp_path_factory.mktemp("upstream")
     ggufs = {kind: out / f"{kind}.gguf" for kind in KINDS}
     jobs = [converter_args(released_dir(kind), ggufs[kind], "f32") for kind in KINDS]
-    with pytest.MonkeyPatch.context() as mp:
-        # Upstream's Qwen2 and Llama set_vocab import sentencepiece before they
-        # look for tokenizer.model, and take the gpt2 path when there is none.
-        # Where the package is not installed, an empty stand-in on the
-        # converter's PYTHONPATH lets it reach that path; nothing calls it.
-        if importlib.util.find_spec("sentencepiece") is None:
-            stub = out / "stub"
-            stub.mkdir()
-            (stub / "sentencepiece.py").write_text(
-                "class SentencePieceProcessor:\n"
-                "    def __init__(self, *args, **kwargs):\n"
-                "        raise ImportError('sentencepiece stand-in of test_convert_vocab')\n")
-            mp.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(stub), os.environ.get("PYTHONPATH")) if p))
-        run_upstream_converter(upstream_converter, jobs)
+    run_upstream_converter(upstream_converter, jobs)
     return ggufs
 
 

@@ -14,10 +14,13 @@ converter's files (convert_*.py, conversion/, gguf-py/) extracted from it.
 The converter runs in a subprocess with its own gguf-py first on PYTHONPATH,
 so it never mixes with the installed gguf package; several conversions share
 one subprocess, since importing the converter is most of a run's time.
+Where sentencepiece is not installed, an empty stand-in goes on that path too
+(see _SENTENCEPIECE_STAND_IN).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -138,15 +141,30 @@ for argv in json.loads(sys.argv[1]):
 """
 
 
+# Upstream's Qwen2, Qwen2-VL and Llama set_vocab import sentencepiece before
+# they look for tokenizer.model, and take the gpt2 (tokenizer.json) path when
+# there is none. Where the package is not installed, this empty module lets
+# them reach that path; nothing calls it.
+_SENTENCEPIECE_STAND_IN = """
+class SentencePieceProcessor:
+    def __init__(self, *args, **kwargs):
+        raise ImportError("sentencepiece stand-in of tests/upstream_converter.py")
+"""
+
+
 def run_upstream_converter(converter_dir: Path, jobs: Sequence[Sequence[str]]) -> None:
     """Runs upstream's converter once per argument list (see converter_args),
     all in one subprocess with upstream's gguf-py first on the path.
     Raises RuntimeError with the converter's last output lines when it fails."""
-    env = dict(os.environ)
-    paths = [str(converter_dir / "gguf-py"), str(converter_dir), env.get("PYTHONPATH", "")]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-    cmd = [sys.executable, "-c", _DRIVER, json.dumps([list(job) for job in jobs])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=converter_dir)
+    with tempfile.TemporaryDirectory() as stub:
+        paths = [str(converter_dir / "gguf-py"), str(converter_dir)]
+        if importlib.util.find_spec("sentencepiece") is None:
+            (Path(stub) / "sentencepiece.py").write_text(_SENTENCEPIECE_STAND_IN)
+            paths.append(stub)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (*paths, env.get("PYTHONPATH", "")) if p)
+        cmd = [sys.executable, "-c", _DRIVER, json.dumps([list(job) for job in jobs])]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=converter_dir)
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise RuntimeError(f"upstream convert_hf_to_gguf.py failed ({proc.returncode}):\n{tail}")

@@ -93,7 +93,9 @@ def _shard_names(path: Path, shard: Path) -> List[str]:
     from safetensors import safe_open
 
     try:
-        with safe_open(str(shard), framework="pt") as f:
+        # numpy: listing names reads the header only, and needs no torch (the
+        # CLI then says that torch is missing, not that the file is unreadable).
+        with safe_open(str(shard), framework="np") as f:
             return list(f.keys())
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise CheckpointError(f"{shard.relative_to(path)} is not a readable safetensors file: {exc}") from None

@@ -115,7 +115,8 @@ class _Progress:
             self.bar.close()
 
 
-def _write_text(ckpt: Checkpoint, path: Path, out_type: str, name: str, n_threads: int, progress: bool) -> None:
+def _write_text(ckpt: Checkpoint, path: Path, out_type: str, name: str, n_threads: int, progress: bool,
+                verbose: bool) -> None:
     spec = _spec(ckpt)
     vocab = HfVocab(ckpt.path, n_vocab=_embedding_rows(ckpt, spec))
     n_text = sum(1 for n in ckpt.tensors if not (spec.skip_prefixes and n.startswith(spec.skip_prefixes)))
@@ -129,12 +130,22 @@ def _write_text(ckpt: Checkpoint, path: Path, out_type: str, name: str, n_thread
         try:
             write_text_gguf(f16, ckpt.tensors, ckpt.config, vocab_from=vocab, out_type="f16", name=name)
             bar.close()
-            quantize_gguf(f16, path, out_type, n_threads)
+            quantize_gguf(f16, path, out_type, n_threads, verbose=verbose)
         finally:
             f16.unlink(missing_ok=True)
     finally:
         ckpt.tensors.on_load = None
         bar.close()
+
+
+def _check_mmproj(ckpt: Checkpoint) -> None:
+    """Raises on a vision config clip.cpp cannot run, before anything is written."""
+    from .mmproj_gguf import vision_hparams
+
+    try:
+        vision_hparams(ckpt.config, ckpt.json_file("preprocessor_config.json"))
+    except ValueError as exc:
+        raise CheckpointError(f"{ckpt.path}: cannot write the mmproj: {exc}") from None
 
 
 def _write_mmproj(ckpt: Checkpoint, path: Path, out_type: str, name: str, progress: bool) -> None:
@@ -146,7 +157,7 @@ def _write_mmproj(ckpt: Checkpoint, path: Path, out_type: str, name: str, progre
     ckpt.tensors.on_load = bar.tick
     try:
         write_mmproj_gguf(path, ckpt.tensors, ckpt.config, preprocessor=ckpt.json_file("preprocessor_config.json"),
-                          out_type=out_type)
+                          out_type=out_type, name=name)
     finally:
         ckpt.tensors.on_load = None
         bar.close()
@@ -162,6 +173,7 @@ def convert_checkpoint(
     force: bool = False,
     n_threads: int = 0,
     progress: bool = False,
+    verbose: bool = False,
     log: Callable[[str], Any] = lambda _msg: None,
 ) -> ConvertResult:
     """Converts an HF checkpoint directory; returns what was written.
@@ -170,7 +182,10 @@ def convert_checkpoint(
     file stem (default: the directory's name). mmproj: write the vision tower
     too (default: when the checkpoint has one). Existing outputs are refused
     unless force. Raises CheckpointError (a ValueError) for a directory that
-    cannot be converted, before anything is written.
+    cannot be converted, before anything is written. The outputs appear
+    together once both are complete: a failure leaves neither (and an
+    existing file that force would replace stays as it was). verbose: show
+    libllama's log while it quantizes.
     """
     if out_type not in ALL_OUT_TYPES:
         raise ValueError(f"unknown output type {out_type!r}; choose one of {', '.join(ALL_OUT_TYPES)}")
@@ -186,12 +201,22 @@ def convert_checkpoint(
     existing = [p for p in (text_path, mmproj_path) if p is not None and p.exists()]
     if existing and not force:
         raise FileExistsError(f"{existing[0]} exists; pass --force to overwrite it")
+    if with_mmproj:
+        _check_mmproj(ckpt)
+    import torch  # noqa: F401  (LazyTensors reads through it: an ImportError now, before anything is written)
+
     outdir.mkdir(parents=True, exist_ok=True)
     log(f"{ckpt.model_type}: {len(ckpt.tensors)} tensors -> {spec.gguf_arch} GGUF ({out_type})"
         + (" + mmproj" if with_mmproj else ""))
-    _write_text(ckpt, text_path, out_type, name, n_threads, progress)
-    mm = None
-    if mmproj_path is not None:
-        _write_mmproj(ckpt, mmproj_path, mmproj_type(out_type), name, progress)
-        mm = OutputFile.read(mmproj_path)
+    # The text file waits under a hidden name until the mmproj is written too,
+    # so that a failing vision tower does not leave a text model alone.
+    staged = text_path.with_name(f".{text_path.name}.{os.getpid()}.part")
+    try:
+        _write_text(ckpt, staged, out_type, name, n_threads, progress, verbose)
+        if mmproj_path is not None:
+            _write_mmproj(ckpt, mmproj_path, mmproj_type(out_type), name, progress)
+        os.replace(staged, text_path)
+    finally:
+        staged.unlink(missing_ok=True)
+    mm = OutputFile.read(mmproj_path) if mmproj_path is not None else None
     return ConvertResult(OutputFile.read(text_path), mm)

@@ -587,15 +587,19 @@ def write_text_gguf(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     writer = gguf.GGUFWriter(tmp, spec.gguf_arch)
     try:
+        for gname, data, qtype in convert_tensors(spec, hp, tensors, out_type):
+            writer.add_tensor(gname, data, raw_dtype=qtype)
+        # The general.* keys upstream's converter writes for every text model.
+        writer.add_type(gguf.GGUFType.MODEL)
         if name:
             writer.add_name(name)
+        writer.add_size_label(gguf.size_label(*writer.get_total_parameter_count()))
         add_hparams(writer, spec, hp, n_vocab)
         writer.add_file_type(OUT_TYPES[out_type][0])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         vocab.add_to(writer)
         for key, value in (extra_metadata or {}).items():
             _add_extra(writer, key, value)
-        for gname, data, qtype in convert_tensors(spec, hp, tensors, out_type):
-            writer.add_tensor(gname, data, raw_dtype=qtype)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
