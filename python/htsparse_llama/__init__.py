@@ -18,6 +18,7 @@ from .errors import (
 )
 from .model import Model, Session, supported_architectures
 from .sparse_config import SparseConfig
+from .vision import Vision
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "Model",
     "Session",
     "SparseConfig",
+    "Vision",
     "supported_architectures",
     "HtsError",
     "InvalidArgumentError",

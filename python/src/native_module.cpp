@@ -9,6 +9,7 @@
 #include "session.h"
 #include "sparse_config.h"
 #include "sparse_select.h"
+#include "vision.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -97,6 +98,82 @@ static TokenPositions token_positions(const py::array_t<int32_t, py::array::c_st
     pos.n_streams = a.ndim() == 1 ? 1 : static_cast<int>(a.shape(0));
     pos.values.assign(a.data(), a.data() + a.size());
     return pos;
+}
+
+// A float vector as a (rows, cols) array (copied).
+static py::array_t<float> float_rows(const std::vector<float> & v, size_t cols) {
+    py::array_t<float> out({cols ? v.size() / cols : 0, cols});
+    std::copy(v.begin(), v.end(), out.mutable_data());
+    return out;
+}
+
+// VisionEncoder::encode from Python: images are (H, W, 3) uint8 arrays; the
+// result is a list of {"type": "text", "tokens"} and {"type": "image", "embd"
+// (n, n_embd), "positions" (rows, n) relative, "nx", "ny", "n_pos",
+// "first_image", "n_images"} dicts. `progress(done, total)` is called after
+// each encode batch; an exception in it stops the encoding and propagates.
+static py::list vision_encode(VisionEncoder & v, const std::string & prompt,
+                              const std::vector<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>> & images,
+                              bool frames, bool add_special, const py::object & progress) {
+    VisionInput in;
+    in.prompt = prompt;
+    in.frames = frames;
+    in.add_special = add_special;
+    for (size_t i = 0; i < images.size(); ++i) {
+        const auto & a = images[i];
+        if (a.ndim() != 3 || a.shape(2) != 3) {
+            fail(ErrorKind::InvalidArgument, format("image %zu must be an RGB array of shape (height, width, 3)", i));
+        }
+        in.images.push_back({static_cast<uint32_t>(a.shape(1)), static_cast<uint32_t>(a.shape(0)), a.data()});
+    }
+    struct Progress {
+        py::object fn;
+        std::unique_ptr<py::error_already_set> error;
+    } state{progress, nullptr};
+    if (!progress.is_none()) {
+        in.progress_user_data = &state;
+        in.progress = [](int done, int total, void * user_data) {
+            auto * st = static_cast<Progress *>(user_data);
+            py::gil_scoped_acquire gil;
+            try {
+                py::object r = st->fn(done, total);
+                return r.is_none() || r.cast<bool>();
+            } catch (py::error_already_set & e) {
+                st->error = std::make_unique<py::error_already_set>(std::move(e));
+                return false;
+            }
+        };
+    }
+    std::vector<VisionChunk> chunks;
+    try {
+        py::gil_scoped_release release;
+        chunks = v.encode(in);
+    } catch (const Error &) {
+        if (state.error) throw std::move(*state.error);
+        throw;
+    }
+    py::list out;
+    for (const VisionChunk & c : chunks) {
+        py::dict d;
+        if (c.is_text()) {
+            d["type"] = "text";
+            d["tokens"] = c.tokens;
+        } else {
+            const VisualTokens & im = c.image;
+            d["type"] = "image";
+            d["embd"] = float_rows(im.embd, size_t(v.n_embd()));
+            py::array_t<int32_t> pos({size_t(im.pos.n_streams), size_t(im.n_tokens)});
+            std::copy(im.pos.values.begin(), im.pos.values.end(), pos.mutable_data());
+            d["positions"] = pos;
+            d["nx"] = im.nx;
+            d["ny"] = im.ny;
+            d["n_pos"] = im.n_pos;
+            d["first_image"] = im.first_image;
+            d["n_images"] = im.n_images;
+        }
+        out.append(d);
+    }
+    return out;
 }
 
 PYBIND11_MODULE(_native, mod) {
@@ -251,6 +328,34 @@ PYBIND11_MODULE(_native, mod) {
         .def_property_readonly("kv_bytes", &Session::kv_bytes)
         .def("tokens", &Session::tokens)
         .def("reset", &Session::reset);
+
+    py::class_<VisionEncoder>(mod, "Vision")
+        .def(py::init([](const Model & m, const std::string & mmproj, int n_threads, bool use_gpu, int image_min_tokens,
+                         int image_max_tokens, int batch_max_tokens) {
+                 VisionParams p;
+                 p.n_threads = n_threads;
+                 p.use_gpu = use_gpu;
+                 p.image_min_tokens = image_min_tokens;
+                 p.image_max_tokens = image_max_tokens;
+                 p.batch_max_tokens = batch_max_tokens;
+                 py::gil_scoped_release release;
+                 return std::make_unique<VisionEncoder>(m, mmproj, p);
+             }),
+             py::arg("model"), py::arg("mmproj"), py::arg("n_threads") = 0, py::arg("use_gpu") = true,
+             py::arg("image_min_tokens") = -1, py::arg("image_max_tokens") = -1, py::arg("batch_max_tokens") = 1024,
+             py::keep_alive<1, 2>())
+        .def("encode", &vision_encode, py::arg("prompt"), py::arg("images"), py::arg("frames") = false,
+             py::arg("add_special") = false, py::arg("progress") = py::none())
+        .def_property_readonly("marker", &VisionEncoder::marker)
+        .def_property_readonly("uses_mrope", &VisionEncoder::uses_mrope)
+        .def_property_readonly("n_embd", &VisionEncoder::n_embd)
+        .def_property_readonly("frames_per_unit", &VisionEncoder::frames_per_unit)
+        .def_property_readonly("image_token", &VisionEncoder::image_token);
+    mod.def("token_embeddings",
+            [](const Model & m, const std::vector<int32_t> & tokens) {
+                return float_rows(token_embeddings(m, tokens), size_t(m.hparams().n_embd));
+            },
+            py::arg("model"), py::arg("tokens"));
 
     py::class_<Sampler>(mod, "Sampler")
         .def(py::init([](const Model & m, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,

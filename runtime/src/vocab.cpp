@@ -28,6 +28,8 @@ void set_verbose_logging(bool verbose) {
     g_verbose = verbose;
 }
 
+bool verbose_logging() { return g_verbose; }
+
 Vocab::Vocab(const std::string & gguf_path) {
     init_llama_once();
     llama_model_params params = llama_model_default_params();

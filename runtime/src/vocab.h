@@ -40,6 +40,7 @@ public:
     std::string apply_chat_template(const std::vector<ChatMessage> & messages, bool add_assistant) const;
 
     const llama_vocab * raw() const { return vocab_; }
+    const llama_model * raw_model() const { return model_; }  // vocab_only: no weights, n_embd 0
 
 private:
     llama_model * model_ = nullptr;
@@ -48,5 +49,6 @@ private:
 
 // Routes libllama / ggml log output: errors always, the rest only when verbose.
 void set_verbose_logging(bool verbose);
+bool verbose_logging();
 
 }  // namespace hts

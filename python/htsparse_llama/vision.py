@@ -1,0 +1,236 @@
+"""Images and video frames as session input, through libmtmd (the mmproj's
+vision tower): a prompt with one marker per image is tokenized and encoded
+into text chunks and image chunks (visual tokens with their rope positions),
+which are then appended to a Session in order.
+
+    model = Model("qwen2.5-vl.gguf")
+    vision = Vision(model, "mmproj.gguf")
+    s = model.session()
+    vision.add_message(s, "user", f"{vision.marker}What is in the picture?", [rgb])  # rgb: (H, W, 3) uint8
+    print("".join(s.generate(max_tokens=64)))
+
+Video frames go the same way with frames=True: libmtmd merges consecutive
+frames of equal size into one temporal unit on models that do (Qwen-VL:
+pairs, `frames_per_unit` 2), so put no text between the two frames of a pair.
+
+Positions: libmtmd gives each image chunk's positions relative to its first
+one; they are placed at the session's next position, and text after an image
+resumes `n_pos` later (M-RoPE: max(grid height, width)), as llama.cpp's
+mtmd_helper_decode_image_chunk does.
+
+Sparse spans (sparse=True, in a session made with a SparseConfig): everything
+from the first image chunk to the last one, the text between them included
+(<|vision_end|><|vision_start|>, timestamps), is one sparse span of embedding
+rows, with one segment per image (per frame pair on Qwen-VL) that starts with
+the text before it. Text before the first and after the last image is
+ordinary text. Kept tokens keep their positions; a dropped frame drops its
+delimiters with it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+
+from ._native_loader import native
+from .errors import InvalidArgumentError
+from .model import _TURN_MARK, Model, Session
+
+ProgressFn = Callable[[int, int], Optional[bool]]
+
+
+@dataclass
+class TextChunk:
+    """Text libmtmd put in the prompt (the caller's text and the markers around images)."""
+
+    tokens: List[int]
+
+
+@dataclass
+class ImageChunk:
+    """The visual tokens of one image (or merged frame pair, or tile)."""
+
+    embd: np.ndarray       # (n_tokens, n_embd) float32
+    positions: np.ndarray  # (3, n_tokens) t/h/w on M-RoPE models, else (1, n_tokens); relative to 0
+    nx: int                # token grid width (M-RoPE), else n_tokens
+    ny: int                # token grid height (M-RoPE), else 1
+    n_pos: int             # positions it takes: text after it resumes n_pos later
+    first_image: int       # index of its first input image
+    n_images: int          # input images merged into it (2: a Qwen-VL frame pair)
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.embd)
+
+    def positions_at(self, pos_0: int) -> np.ndarray:
+        """Absolute positions when the chunk starts at position pos_0."""
+        return self.positions + np.int32(pos_0)
+
+
+Chunk = Union[TextChunk, ImageChunk]
+
+
+class Vision:
+    """libmtmd's vision tower for a Model, from the mmproj GGUF made with it.
+
+    Args:
+        model: the text model (Model) the visual tokens are for.
+        mmproj_path: the mmproj GGUF; its output width must be the model's
+            n_embd (InvalidArgumentError naming both otherwise).
+        n_threads: CPU threads of the tower; None: the model's.
+        use_gpu: run the tower on the model's GPU, when the model has one.
+        image_min_tokens, image_max_tokens: bounds on tokens per image for
+            dynamic-resolution towers (None: the mmproj's).
+    """
+
+    def __init__(self, model: Model, mmproj_path: Union[str, os.PathLike], n_threads: Optional[int] = None,
+                 use_gpu: bool = True, image_min_tokens: Optional[int] = None,
+                 image_max_tokens: Optional[int] = None) -> None:
+        self.model = model
+        self.path = os.fspath(mmproj_path)
+        self._native = native.Vision(model._native, self.path, int(n_threads or 0), bool(use_gpu),
+                                     -1 if image_min_tokens is None else int(image_min_tokens),
+                                     -1 if image_max_tokens is None else int(image_max_tokens))
+
+    @property
+    def marker(self) -> str:
+        """The text that stands for one image in a prompt."""
+        return self._native.marker
+
+    @property
+    def uses_mrope(self) -> bool:
+        """Visual tokens carry time/height/width positions (Qwen-VL)."""
+        return self._native.uses_mrope
+
+    @property
+    def frames_per_unit(self) -> int:
+        """Frames libmtmd merges into one chunk when marked as frames (2 on Qwen-VL, else 1)."""
+        return self._native.frames_per_unit
+
+    @property
+    def image_token(self) -> int:
+        """The model's image placeholder token, shown for visual tokens in Session.tokens()."""
+        return self._native.image_token
+
+    # -- encoding --------------------------------------------------------------------
+    def encode(self, prompt: str, images: Sequence[np.ndarray], frames: bool = False,
+               progress: Optional[ProgressFn] = None) -> List[Chunk]:
+        """Tokenizes `prompt` (one `marker` per image) and encodes the images:
+        the chunks in prompt order. images: (H, W, 3) uint8 RGB arrays.
+        frames=True marks them as frames of one video (merged in pairs on
+        Qwen-VL). progress(done, total) is called as image chunks are
+        encoded; returning False stops (InvalidArgumentError)."""
+        arrays = [_rgb(im, i) for i, im in enumerate(images)]
+        out: List[Chunk] = []
+        for c in self._native.encode(prompt, arrays, bool(frames), False, progress):
+            if c["type"] == "text":
+                out.append(TextChunk(list(c["tokens"])))
+            else:
+                out.append(ImageChunk(np.asarray(c["embd"]), np.asarray(c["positions"]), c["nx"], c["ny"],
+                                      c["n_pos"], c["first_image"], c["n_images"]))
+        return out
+
+    def encode_image(self, rgb: np.ndarray) -> List[Chunk]:
+        """One image alone: its image chunk(s) and the text libmtmd puts around them."""
+        return self.encode(self.marker, [rgb])
+
+    def encode_frames(self, frames: Sequence[np.ndarray], progress: Optional[ProgressFn] = None) -> List[Chunk]:
+        """Frames of one video with nothing between them (merged where the model merges)."""
+        return self.encode(self.marker * len(frames), frames, frames=True, progress=progress)
+
+    # -- into a session -----------------------------------------------------------
+    def add(self, session: Session, prompt: str, images: Sequence[np.ndarray], frames: bool = False,
+            sparse: bool = False, progress: Optional[ProgressFn] = None) -> List[Chunk]:
+        """Encodes `prompt` with its images and appends it to `session` (BOS
+        first when the session is empty and the model wants it). Returns the
+        chunks, which add_chunks() can append again without re-encoding."""
+        chunks = self.encode(prompt, images, frames=frames, progress=progress)
+        self.add_chunks(session, chunks, sparse=sparse)
+        return chunks
+
+    def add_message(self, session: Session, role: str, content: str, images: Sequence[np.ndarray],
+                    frames: bool = False, sparse: bool = False, progress: Optional[ProgressFn] = None) -> List[Chunk]:
+        """One chat turn whose content holds the images' markers, rendered
+        with the GGUF's chat template (as Session.add_message)."""
+        rendered = self.model.apply_chat_template([(role, _TURN_MARK)], add_assistant=False)
+        before, after = rendered.split(_TURN_MARK, 1)
+        session._assistant_open = False
+        session._pending_assistant = role != "assistant"
+        return self.add(session, before + content + after, images, frames=frames, sparse=sparse, progress=progress)
+
+    def add_chunks(self, session: Session, chunks: Sequence[Chunk], sparse: bool = False) -> None:
+        """Appends encoded chunks in order (see the module's docstring for
+        positions and sparse spans)."""
+        if session.model is not self.model:
+            raise InvalidArgumentError("the session belongs to another model than this Vision")
+        chunks = list(chunks)
+        info = self.model.info
+        if session.n_past == 0 and info["add_bos"] and info["bos"] >= 0:
+            chunks.insert(0, TextChunk([info["bos"]]))
+        images = [i for i, c in enumerate(chunks) if isinstance(c, ImageChunk)]
+        if not (sparse and session._sparse is not None and images):
+            for c in chunks:
+                if isinstance(c, TextChunk):
+                    if c.tokens:
+                        session.add_tokens(c.tokens)
+                else:
+                    session.add_embeddings(c.embd, positions=c.positions_at(session.next_pos),
+                                           placeholder=self.image_token)
+            return
+        first, last = images[0], images[-1]
+        _add_text(session, chunks[:first])
+        rows, positions, segments = self._span(chunks[first:last + 1], _next_position(session))
+        session.add_embeddings(rows, positions=positions, placeholder=self.image_token, sparse=True,
+                               segments=segments)
+        _add_text(session, chunks[last + 1:])
+
+    def _span(self, chunks: Sequence[Chunk], pos_0: int):
+        """Rows, absolute positions and segment starts of a sparse span that
+        starts at position pos_0."""
+        n_rows = 3 if self.uses_mrope else 1
+        rows, positions, segments = [], [], []
+        pos, n, prev_image, text_from = pos_0, 0, None, 0
+        for c in chunks:
+            if isinstance(c, TextChunk):
+                if not c.tokens:
+                    continue
+                rows.append(native.token_embeddings(self.model._native, c.tokens))
+                positions.append(np.tile(np.arange(pos, pos + len(c.tokens), dtype=np.int32), (n_rows, 1)))
+                pos += len(c.tokens)
+                n += len(c.tokens)
+                continue
+            if c.first_image != prev_image:  # a new image: its segment starts with the text before it
+                segments.append(text_from if segments else 0)
+                prev_image = c.first_image
+            rows.append(c.embd)
+            positions.append(c.positions_at(pos))
+            pos += c.n_pos
+            n += c.n_tokens
+            text_from = n
+        return (np.ascontiguousarray(np.concatenate(rows), dtype=np.float32),
+                np.ascontiguousarray(np.concatenate(positions, axis=1), dtype=np.int32), segments)
+
+
+def _rgb(image: np.ndarray, i: int) -> np.ndarray:
+    a = np.asarray(image)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape[0] == 0 or a.shape[1] == 0:
+        raise InvalidArgumentError(f"image {i} must be a non-empty (height, width, 3) uint8 RGB array, "
+                                   f"got {a.dtype} of shape {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _add_text(session: Session, chunks: Sequence[Chunk]) -> None:
+    ids = [t for c in chunks for t in c.tokens]
+    if ids:
+        session.add_tokens(ids)
+
+
+def _next_position(session: Session) -> int:
+    """Position of the next token the session evaluates: text waiting after
+    an earlier sparse span (evaluated when the next span is added) comes first."""
+    state = session._sparse
+    waiting = len(state.pending) if state is not None and state.holds_back else 0
+    return session.next_pos + waiting
