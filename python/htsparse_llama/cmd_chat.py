@@ -10,7 +10,8 @@ import sys
 
 from .cli import (add_model_args, add_sampling_args, add_sparse_args, load_model, read_context_file,
                   sampling_kwargs, sparse_config, user_content)
-from .errors import ContextOverflowError
+from .cmd_video import add_video_args, wants_visual
+from .errors import ContextOverflowError, InvalidArgumentError
 
 HELP = "commands: /reset (forget the conversation), /exit (quit)"
 
@@ -19,12 +20,14 @@ def register(sub) -> None:
     p = sub.add_parser(
         "chat",
         help="interactive chat",
-        description="Chat with a GGUF model. Type /reset to forget the conversation, /exit or Ctrl-D to quit.",
+        description="Chat with a GGUF model, about a video or images if given. Type /reset to forget the "
+                    "conversation, /exit or Ctrl-D to quit.",
     )
-    add_model_args(p)
+    add_model_args(p, model_required=False)
     p.add_argument("--system", default=None, help="a system message for the conversation")
     add_sampling_args(p)
     add_sparse_args(p)
+    add_video_args(p)
     p.set_defaults(run=run)
 
 
@@ -45,6 +48,16 @@ def _start(session, system) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if wants_visual(args):
+        if args.context_file:
+            raise InvalidArgumentError("--context-file and --video/--image cannot be combined yet")
+        from . import cmd_video
+
+        return cmd_video.run(args)
+    if args.model is None:
+        raise InvalidArgumentError("chat needs -m MODEL (or --video/--image, which run a demo model without -m)")
+    if args.prompt is not None or args.mmproj:
+        raise InvalidArgumentError("--prompt and --mmproj go with --video or --image")
     context = read_context_file(args)
     model = load_model(args)
     session = model.session(sparse=sparse_config(args))

@@ -1,0 +1,160 @@
+"""A video (or images) as the first user turn of a chat: frames sampled and
+sized to a visual-token budget (video_frames), encoded by the mmproj's vision
+tower through libmtmd (vision), cached by content (embedding_cache), and put
+in the session as one sparse span so that HT-Sparse keeps, per question, the
+frames the question needs.
+
+    turn = VideoTurn.load(vision, "clip.mp4", VideoOptions(max_visual_tokens=4096), cache)
+    turn.ask(session, "What happens at the end?")     # then session.generate()
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from . import video_frames as vf
+from .embedding_cache import EmbeddingCache
+from .errors import InvalidArgumentError
+from .model import _TURN_MARK, Session
+from .vision import Chunk, ImageChunk, TextChunk, Vision
+
+Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+
+@dataclass
+class VideoOptions:
+    fps: Optional[float] = None
+    max_frames: Optional[int] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    max_visual_tokens: Optional[int] = 8192
+
+
+def _grid(vision: Vision) -> vf.VisionGrid:
+    """How the model's tower turns frames into tokens (Qwen-VL: 28-px patches, pairs)."""
+    if vision.uses_mrope and vision.frames_per_unit == 2:
+        return vf.QWEN2_5_VL
+    raise InvalidArgumentError("video input is supported for Qwen2-VL / Qwen2.5-VL models for now "
+                               "(their mmproj merges frame pairs); use --image for this model")
+
+
+def _family(vision: Vision) -> str:
+    return "qwen" if vision.uses_mrope else "smolvlm"
+
+
+def video_prompt(times: Sequence[float], marker: str, family: str, per_unit: int) -> str:
+    """One timestamp per unit (frame pair on Qwen-VL), then its frames' markers:
+    no text between the frames of a unit, or libmtmd would not merge them."""
+    parts = []
+    for i in range(0, len(times), per_unit):
+        unit = times[i:i + per_unit]
+        parts.append(vf.frame_header(float(np.mean(unit)), family) + marker * len(unit))
+    return "".join(parts)
+
+
+# -- cache entries ---------------------------------------------------------------------------
+
+
+def chunks_to_items(chunks: Sequence[Chunk]) -> List[Dict[str, np.ndarray]]:
+    items = []
+    for c in chunks:
+        if isinstance(c, TextChunk):
+            items.append({"tokens": np.asarray(c.tokens, dtype=np.int32)})
+        else:
+            meta = np.array([c.nx, c.ny, c.n_pos, c.first_image, c.n_images], dtype=np.int32)
+            items.append({"embd": c.embd, "positions": c.positions, "meta": meta})
+    return items
+
+
+def items_to_chunks(items: Sequence[Dict[str, np.ndarray]]) -> List[Chunk]:
+    chunks: List[Chunk] = []
+    for it in items:
+        if "tokens" in it:
+            chunks.append(TextChunk([int(t) for t in it["tokens"]]))
+        else:
+            nx, ny, n_pos, first, n_images = (int(v) for v in it["meta"])
+            chunks.append(ImageChunk(it["embd"], it["positions"], nx, ny, n_pos, first, n_images))
+    return chunks
+
+
+# -- the turn ------------------------------------------------------------------------------
+
+
+@dataclass
+class VideoTurn:
+    """The encoded visual part of the first user turn."""
+
+    chunks: List[Chunk]
+    source: str
+    times: List[float] = field(default_factory=list)  # frame times (video)
+    plan: Optional[vf.FramePlan] = None
+    from_cache: bool = False
+
+    @property
+    def n_visual_tokens(self) -> int:
+        return sum(c.n_tokens for c in self.chunks if isinstance(c, ImageChunk))
+
+    def describe(self) -> str:
+        what = self.plan.describe() if self.plan is not None else f"{self.n_visual_tokens} visual tokens"
+        return f"{self.source}: {what}" + (" (embeddings from the cache)" if self.from_cache else "")
+
+    @classmethod
+    def load_video(cls, vision: Vision, path: str, options: VideoOptions, cache: EmbeddingCache,
+                   progress: Progress = lambda *_: None) -> "VideoTurn":
+        info = vf.probe(path)
+        grid = _grid(vision)
+        times, plan = vf.plan_video(info, fps=options.fps, max_frames=options.max_frames, start=options.start,
+                                    end=options.end, max_visual_tokens=options.max_visual_tokens, grid=grid)
+        settings = {"times": [round(t, 6) for t in times], "size": [plan.width, plan.height],
+                    "family": _family(vision)}
+        key = cache.key(path, settings, vision.path)
+        cached = cache.get(key)
+        if cached is not None:
+            return cls(items_to_chunks(cached), Path(path).name, times, plan, from_cache=True)
+        frames = []
+        for frame in vf.iter_frames(path, times, size=(plan.width, plan.height)):
+            frames.append(frame.rgb)
+            progress("decoding frames", len(frames), len(times))
+        prompt = video_prompt(times, vision.marker, _family(vision), vision.frames_per_unit)
+        chunks = vision.encode(prompt, frames, frames=True,
+                               progress=lambda done, total: progress("encoding", done, total))
+        cache.put(key, chunks_to_items(chunks))
+        return cls(chunks, Path(path).name, times, plan)
+
+    @classmethod
+    def load_images(cls, vision: Vision, paths: Sequence[str], cache: EmbeddingCache,
+                    progress: Progress = lambda *_: None) -> "VideoTurn":
+        images = [vf.read_image(p) for p in paths]
+        key = cache.key(paths[0], {"images": [cache.file_hash(p) for p in paths]}, vision.path)
+        cached = cache.get(key)
+        if cached is not None:
+            return cls(items_to_chunks(cached), ", ".join(Path(p).name for p in paths), from_cache=True)
+        chunks = vision.encode(vision.marker * len(images), images,
+                               progress=lambda done, total: progress("encoding", done, total))
+        cache.put(key, chunks_to_items(chunks))
+        return cls(chunks, ", ".join(Path(p).name for p in paths))
+
+    def ask(self, session: Session, vision: Vision, question: str, sparse: bool = True) -> None:
+        """The first user turn: the visual span (sparse), then the question
+        (the query window), rendered with the chat template."""
+        rendered = session.model.apply_chat_template([("user", _TURN_MARK)], add_assistant=False)
+        before, after = rendered.split(_TURN_MARK, 1)
+        tokenize = session.model.tokenize
+        chunks = [TextChunk(tokenize(before))] + self.chunks + [TextChunk(tokenize("\n" + question + after))]
+        vision.add_chunks(session, chunks, sparse=sparse)
+        session._assistant_open = False
+        session._pending_assistant = True  # generate() opens the assistant's reply
+
+
+def plan_summary(turn: VideoTurn) -> Dict[str, object]:
+    """What --json reports about the visual input."""
+    out: Dict[str, object] = {"source": turn.source, "visual_tokens": turn.n_visual_tokens,
+                              "from_cache": turn.from_cache}
+    if turn.plan is not None:
+        out.update(frames=len(turn.times), width=turn.plan.width, height=turn.plan.height,
+                   times=[round(t, 3) for t in turn.times])
+    return out
