@@ -33,7 +33,7 @@ def demo_model(qwen_gguf):
 
 
 def test_prompt_answers_once_with_a_stats_line(demo_model):
-    r = cli("chat", "--video", CLIP, "--prompt", "What happens in the video?", *SMALL)
+    r = cli("chat", "--video", "packaged:clip", "--prompt", "What happens in the video?", *SMALL)  # the README's
     assert r.returncode == 0, r.stderr
     assert "random" in r.stderr and "meaningless" in r.stderr  # says honestly what runs
     assert "4 frames at" in r.stderr and "visual tokens" in r.stderr  # what the budget chose

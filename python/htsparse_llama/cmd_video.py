@@ -16,7 +16,8 @@ from .errors import ContextOverflowError, InvalidArgumentError
 
 def add_video_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("video and images (with an mmproj; without -m, a small default model runs)")
-    g.add_argument("--video", metavar="FILE", help="a video to ask about")
+    g.add_argument("--video", metavar="FILE", help="a video to ask about (packaged:clip: a short clip shipped with "
+                                                   "the package)")
     g.add_argument("--image", metavar="FILE", action="append", help="an image to ask about (repeatable)")
     g.add_argument("--mmproj", metavar="FILE", help="the vision tower GGUF made with the model")
     g.add_argument("--fps", type=float, default=None, help="frames sampled per second (default: 2 for Qwen-VL)")
@@ -79,6 +80,10 @@ def _load_turn(args, vision, progress):
     from .video_chat import VideoOptions, VideoTurn
 
     cache = EmbeddingCache(args.cache_dir)
+    if args.video == "packaged:clip":
+        from .video_frames import sample_clip_path
+
+        args.video = str(sample_clip_path())
     if args.video:
         options = VideoOptions(args.fps, args.max_frames, args.start, args.end, args.max_visual_tokens)
         return VideoTurn.load_video(vision, args.video, options, cache, progress)
