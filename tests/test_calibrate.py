@@ -108,10 +108,38 @@ def test_cli_writes_a_loadable_file_and_refuses_to_overwrite(tiny_llama, tmp_pat
     (["-m", "/nonexistent.gguf"], "nonexistent"),
     (["--samples", "0"], "n_samples"),
     (["--keep-ratio", "1.5"], "keep_ratio"),
-    (["--mmproj", "x.gguf"], "not available yet"),
+    (["--video", "clip.mp4"], "goes with --mmproj"),
+    (["--mmproj", "missing-mmproj.gguf"], "missing-mmproj.gguf"),
 ])
 def test_cli_bad_input(tiny_llama, tmp_path, extra, fragment):
     args = ["calibrate", "-m", str(tiny_llama.gguf_path), "-o", str(tmp_path / "out.gguf"), "--context", "256", *extra]
     r = cli(*args)
     assert r.returncode == 1 and fragment in r.stderr, r.stderr
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_needle_image_shows_the_code():
+    from htsparse_convert.calibrate_video import needle_image
+
+    img = needle_image(448, 224, 48213)
+    dark = (img.mean(axis=2) < 128).mean()
+    assert img.shape == (224, 448, 3) and 0.02 < dark < 0.5  # large black digits on white
+
+
+def test_video_calibration_on_the_demo_model(qwen_gguf, tmp_path):
+    """--mmproj: needle-frame prompts from the shipped clip through libmtmd.
+    The demo model's weights are random, so only the mechanics are checked:
+    keys, recall per layer, defaults read back, tensors unchanged."""
+    from htsparse_llama.default_model import default_model_paths
+
+    text, mmproj = default_model_paths()
+    out = tmp_path / "demo-htsparse.gguf"
+    r = cli("calibrate", "-m", str(text), "--mmproj", str(mmproj), "-o", str(out), "--samples", "2", "-t", "2")
+    assert r.returncode == 0, r.stderr
+    keys = htsparse_keys(out)
+    assert keys["htsparse.calibration.data"].contents() == "video:needle-frame"
+    recall = keys["htsparse.calibration.recall_by_layer"].contents()
+    model = Model(str(out), n_ctx=256, n_threads=2)
+    assert len(recall) == model.n_layer and all(v in (0.0, 0.5, 1.0) for v in recall)  # 2 prompts
+    assert SparseConfig().resolve(model)["select_layer"] == int(keys["htsparse.select_layer"].contents())
+    assert same_tensors(text, out)

@@ -44,7 +44,7 @@ class Calibration:
     full_head_ratio: float
     head_prior: np.ndarray              # [n_layer, n_head_kv], largest 1
     recall_by_layer: List[float]        # needle recall of a selection at each layer
-    task: str
+    task: str                           # what data: "text:passkey", "video:needle-frame"
     n_samples: int
     n_tokens: int                       # tokens per calibration prompt
     notes: List[str] = field(default_factory=list)
@@ -58,7 +58,7 @@ class Calibration:
             "htsparse.keep_ratio": float(self.keep_ratio),
             "htsparse.full_head_ratio": float(self.full_head_ratio),
             "htsparse.head_prior": [float(v) for v in self.head_prior.reshape(-1)],
-            "htsparse.calibration.data": f"text:{self.task}",
+            "htsparse.calibration.data": self.task,
             "htsparse.calibration.samples": self.n_samples,
             "htsparse.calibration.tokens": self.n_tokens,
             "htsparse.calibration.recall_by_layer": [float(r) for r in self.recall_by_layer],
@@ -71,28 +71,52 @@ class Calibration:
                 f"full heads {self.full_head_ratio:g}")
 
 
+def recall_and_scores(native, spans: List[tuple], needle: set, keep_ratio: float, q_window: int,
+                      n_layer: int) -> tuple:
+    """On a session whose last eval captured the question's queries (dense
+    cache): whether the selection at each layer S keeps every `needle` token
+    of the span(s), and every (layer, KV head)'s saliency score."""
+
+    def select(layer: int, prune_layer: int) -> Dict[str, Any]:
+        # Saliency is measured for layers [0, max(S + 1, P)): P = S measures no more than S needs.
+        request = {"keep_ratio": keep_ratio, "select_layer": layer, "prune_layer": prune_layer, "q_window": q_window}
+        return native._select_sparse(spans, request, False)  # the runtime's own step, without compaction
+
+    kept_at = [needle <= set(select(layer, layer)["kept_in_span"]) for layer in range(n_layer - 1)]
+    last = select(n_layer - 1, n_layer)  # every layer's head scores
+    kept_at.append(needle <= set(last["kept_in_span"]))
+    return kept_at, np.asarray(last["kv_head_score"], dtype=np.float64)
+
+
 def _measure_prompt(model, prompt, keep_ratio: float, q_window: int) -> tuple:
-    """One prompt: needle kept at each select layer, and the KV-head scores."""
-    n_layer = model.n_layer
+    """One text prompt: needle kept at each select layer, and the KV-head scores."""
     s = model.session(n_ctx=len(prompt.prefix) + len(prompt.span) + len(prompt.suffix) + 16)
-    native = s._native  # the selection step itself, run without compaction
+    native = s._native
     s.add_tokens(prompt.prefix + prompt.span)
     native._set_query_capture(min(len(prompt.suffix), q_window))
     native.eval(prompt.suffix, False)
     native._set_query_capture(0)
     begin = len(prompt.prefix)
     spans = [(begin, begin + len(prompt.span), list(prompt.seg_starts))]
-    needle = set(prompt.needle)
+    return recall_and_scores(native, spans, set(prompt.needle), keep_ratio, q_window, model.n_layer)
 
-    def select(layer: int, prune_layer: int) -> Dict[str, Any]:
-        # Saliency is measured for layers [0, max(S + 1, P)): P = S measures no more than S needs.
-        request = {"keep_ratio": keep_ratio, "select_layer": layer, "prune_layer": prune_layer, "q_window": q_window}
-        return native._select_sparse(spans, request, False)
 
-    kept_at = [needle <= set(select(layer, layer)["kept_in_span"]) for layer in range(n_layer - 1)]
-    last = select(n_layer - 1, n_layer)  # every layer's head scores
-    kept_at.append(needle <= set(last["kept_in_span"]))
-    return kept_at, np.asarray(last["kv_head_score"], dtype=np.float64)
+def choose(model, results: List[tuple], *, keep_ratio: float, min_recall: float, data: str,
+           n_tokens: int) -> Calibration:
+    """The calibration from per-prompt (kept_at, scores): the earliest layer
+    reaching min_recall, and the mean of the per-prompt scores scaled to 1."""
+    recall = np.mean([np.asarray(kept, dtype=np.float64) for kept, _ in results], axis=0)
+    prior = np.mean([scores / max(float(scores.max()), 1e-30) for _, scores in results], axis=0)
+    prior /= max(float(prior.max()), 1e-30)
+    notes = []
+    reaching = [layer for layer in range(model.n_layer) if recall[layer] >= min_recall]
+    if reaching:
+        select = reaching[0]
+    else:
+        select = int(np.argmax(recall))
+        notes.append(f"no layer reached needle recall {min_recall:g}; the best ({recall[select]:.2f}) was chosen")
+    return Calibration(select, select, keep_ratio, DEFAULT_FULL_HEAD_RATIO, prior.astype(np.float32),
+                       [float(r) for r in recall], data, len(results), n_tokens, notes)
 
 
 def measure(model, *, task: str = "passkey", n_samples: int = 4, context: int = 1024, keep_ratio: float = 0.1,
@@ -109,28 +133,14 @@ def measure(model, *, task: str = "passkey", n_samples: int = 4, context: int = 
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
     n_lines = lines_for_context(model, task, context)
-    kept = np.zeros(model.n_layer)
-    prior = np.zeros((model.n_layer, model.info["n_head_kv"]))
-    n_tokens = 0
+    results, n_tokens = [], 0
     for i in range(n_samples):
         prompt = TASKS[task](model, seed=seed + 7 * i + 1, n_lines=n_lines)
         n_tokens = len(prompt.prefix) + len(prompt.span) + len(prompt.suffix)
-        kept_at, scores = _measure_prompt(model, prompt, keep_ratio, q_window)
-        kept += np.asarray(kept_at, dtype=np.float64)
-        prior += scores / max(float(scores.max()), 1e-30)
+        results.append(_measure_prompt(model, prompt, keep_ratio, q_window))
         progress(i + 1, n_samples)
-    recall = kept / n_samples
-    notes = []
-    reaching = [layer for layer in range(model.n_layer) if recall[layer] >= min_recall]
-    if reaching:
-        select = reaching[0]
-    else:
-        select = int(np.argmax(recall))
-        notes.append(f"no layer reached needle recall {min_recall:g}; the best ({recall[select]:.2f}) was chosen")
-    prior /= n_samples
-    prior /= max(float(prior.max()), 1e-30)
-    return Calibration(select, select, keep_ratio, DEFAULT_FULL_HEAD_RATIO, prior.astype(np.float32),
-                       [float(r) for r in recall], task, n_samples, n_tokens, notes)
+    return choose(model, results, keep_ratio=keep_ratio, min_recall=min_recall, data=f"text:{task}",
+                  n_tokens=n_tokens)
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -191,8 +201,11 @@ def write_calibrated_gguf(src: PathLike, dst: PathLike, metadata: Dict[str, Any]
 
 
 def calibrate(model_path: PathLike, out_path: PathLike, *, force: bool = False, n_threads: Optional[int] = None,
-              log: Callable[[str], Any] = lambda _msg: None, **measure_args: Any) -> Calibration:
-    """Measures `model_path` and writes `out_path` with the htsparse.* keys."""
+              log: Callable[[str], Any] = lambda _msg: None, mmproj: Optional[PathLike] = None,
+              videos: Sequence[PathLike] = (), **measure_args: Any) -> Calibration:
+    """Measures `model_path` and writes `out_path` with the htsparse.* keys:
+    on text prompts (measure's arguments), or with `mmproj` on needle-frame
+    prompts made from `videos` (default: the clip shipped with the package)."""
     from htsparse_llama import Model
 
     out = Path(out_path)
@@ -200,8 +213,19 @@ def calibrate(model_path: PathLike, out_path: PathLike, *, force: bool = False, 
         raise FileExistsError(f"{out} exists; pass --force to overwrite it")
     if Path(model_path).resolve() == out.resolve():
         raise ValueError("the output must be another file than the input")
-    model = Model(str(model_path), n_ctx=int(measure_args.get("context", 1024)) + 512, n_threads=n_threads)
-    result = measure(model, **measure_args)
+    if mmproj is None:
+        model = Model(str(model_path), n_ctx=int(measure_args.get("context", 1024)) + 512, n_threads=n_threads)
+        result = measure(model, **measure_args)
+    else:
+        from htsparse_llama.video_frames import sample_clip_path
+        from htsparse_llama.vision import Vision
+
+        from .calibrate_video import measure_video
+
+        model = Model(str(model_path), n_threads=n_threads)
+        vision = Vision(model, mmproj, n_threads=n_threads)
+        video_args = {k: v for k, v in measure_args.items() if k not in ("task", "context")}
+        result = measure_video(model, vision, [str(v) for v in videos] or [str(sample_clip_path())], **video_args)
     replaced = write_calibrated_gguf(model_path, out, result.metadata())
     if replaced:
         log(f"{model_path} already had {len(replaced)} htsparse keys; they were replaced")

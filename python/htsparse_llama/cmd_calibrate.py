@@ -18,7 +18,10 @@ def register(sub) -> None:
     )
     p.add_argument("-m", "--model", required=True, help="GGUF model file (any supported architecture)")
     p.add_argument("-o", "--output", required=True, help="the calibrated GGUF to write")
-    p.add_argument("--mmproj", default=None, help="calibrate on video with this mmproj (not available yet)")
+    p.add_argument("--mmproj", default=None,
+                   help="calibrate on video with this mmproj (Qwen-VL): needle frames in --video clips")
+    p.add_argument("--video", action="append", default=[],
+                   help="a video for --mmproj calibration (repeatable; default: the clip shipped with the package)")
     p.add_argument("--task", default="passkey", choices=("passkey", "multikey"), help="calibration prompts")
     p.add_argument("--samples", type=int, default=8, help="calibration prompts (default: 8)")
     p.add_argument("--context", type=int, default=2048, help="tokens per prompt (default: 2048)")
@@ -31,9 +34,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.mmproj:
-        print("error: calibration on video (--mmproj) is not available yet; calibrate on text without --mmproj",
-              file=sys.stderr)
+    if args.video and not args.mmproj:
+        print("error: --video goes with --mmproj", file=sys.stderr)
         return 1
     try:
         from htsparse_convert.calibrate import calibrate
@@ -48,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = calibrate(resolve_model_path(args.model), args.output, force=args.force, n_threads=args.threads,
-                           log=lambda msg: print(msg, file=sys.stderr), task=args.task, n_samples=args.samples,
-                           context=args.context, keep_ratio=args.keep_ratio, min_recall=args.min_recall,
-                           progress=progress)
+                           log=lambda msg: print(msg, file=sys.stderr), mmproj=args.mmproj, videos=args.video,
+                           task=args.task, n_samples=args.samples, context=args.context,
+                           keep_ratio=args.keep_ratio, min_recall=args.min_recall, progress=progress)
     except (ValueError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
