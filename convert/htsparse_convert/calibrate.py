@@ -28,6 +28,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import gguf
 import numpy as np
 
+from .atomic import atomic_path
+from .text_gguf import add_metadata_value
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 CALIBRATION_VERSION = 1
@@ -145,58 +148,37 @@ def measure(model, *, task: str = "passkey", n_samples: int = 4, context: int = 
 
 # -- writing --------------------------------------------------------------------------------------
 
-_ARRAY_TYPES = {float: gguf.GGUFValueType.FLOAT32, int: gguf.GGUFValueType.INT32}
-
-
-def _key_value(value: Any):
-    if isinstance(value, bool):
-        return value, gguf.GGUFValueType.BOOL, None
-    if isinstance(value, int):
-        return value, gguf.GGUFValueType.INT32, None
-    if isinstance(value, float):
-        return value, gguf.GGUFValueType.FLOAT32, None
-    if isinstance(value, str):
-        return value, gguf.GGUFValueType.STRING, None
-    return list(value), gguf.GGUFValueType.ARRAY, _ARRAY_TYPES[type(value[0])]
-
-
 def write_calibrated_gguf(src: PathLike, dst: PathLike, metadata: Dict[str, Any]) -> List[str]:
     """A copy of `src` with `metadata` (htsparse.* keys) added; every
     htsparse.* key `src` had is dropped first. Tensors are copied byte for
     byte. `dst` appears only once complete. Returns the keys replaced."""
     reader = gguf.GGUFReader(str(src))
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     arch = reader.fields[gguf.Keys.General.ARCHITECTURE].contents()
-    writer = gguf.GGUFWriter(str(tmp), arch, endianess=reader.endianess)
-    writer.data_alignment = reader.alignment
     replaced = []
-    try:
-        for fld in reader.fields.values():
-            if fld.name == gguf.Keys.General.ARCHITECTURE or fld.name.startswith("GGUF."):
-                continue  # the writer writes these itself
-            if fld.name.startswith("htsparse."):
-                replaced.append(fld.name)
-                continue
-            val_type = fld.types[0]
-            sub_type = fld.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(fld.name, fld.contents(), val_type, sub_type=sub_type)
-        for key, value in metadata.items():
-            v, t, sub = _key_value(value)
-            writer.add_key_value(key, v, t, sub_type=sub)
-        for t in reader.tensors:
-            writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for t in reader.tensors:
-            writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
-        writer.close()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch, endianess=reader.endianess)
+        writer.data_alignment = reader.alignment
+        try:
+            for fld in reader.fields.values():
+                if fld.name == gguf.Keys.General.ARCHITECTURE or fld.name.startswith("GGUF."):
+                    continue  # the writer writes these itself
+                if fld.name.startswith("htsparse."):
+                    replaced.append(fld.name)
+                    continue
+                val_type = fld.types[0]
+                sub_type = fld.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
+                writer.add_key_value(fld.name, fld.contents(), val_type, sub_type=sub_type)
+            for key, value in metadata.items():
+                add_metadata_value(writer, key, value)
+            for t in reader.tensors:
+                writer.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for t in reader.tensors:
+                writer.write_tensor_data(t.data, tensor_endianess=reader.endianess)
+        finally:
+            writer.close()
     return replaced
 
 

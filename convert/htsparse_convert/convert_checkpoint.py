@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+from .atomic import atomic_path
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .hf_vocab import HfVocab
 from .quantize import K_QUANTS, quantize_gguf
@@ -210,13 +211,9 @@ def convert_checkpoint(
         + (" + mmproj" if with_mmproj else ""))
     # The text file waits under a hidden name until the mmproj is written too,
     # so that a failing vision tower does not leave a text model alone.
-    staged = text_path.with_name(f".{text_path.name}.{os.getpid()}.part")
-    try:
+    with atomic_path(text_path) as staged:
         _write_text(ckpt, staged, out_type, name, n_threads, progress, verbose)
         if mmproj_path is not None:
             _write_mmproj(ckpt, mmproj_path, mmproj_type(out_type), name, progress)
-        os.replace(staged, text_path)
-    finally:
-        staged.unlink(missing_ok=True)
     mm = OutputFile.read(mmproj_path) if mmproj_path is not None else None
     return ConvertResult(OutputFile.read(text_path), mm)

@@ -28,6 +28,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import gguf
 import numpy as np
 
+from .atomic import write_gguf
 from .text_gguf import OUT_TYPES, config_dict, encode_tensor
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -464,10 +465,7 @@ def write_mmproj_gguf(
     if missing:
         raise ValueError(f"checkpoint lacks {len(missing)} vision tensors, first: {missing[:4]}")
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ])
-    try:
+    def fill(writer: gguf.GGUFWriter) -> None:
         for gname, data in converted:
             qtype = tensor_type(spec, gname, data, out_type)
             raw = encode_tensor(data, qtype)
@@ -479,13 +477,5 @@ def write_mmproj_gguf(
         writer.add_file_type(OUT_TYPES[out_type][0])
         add_vision_hparams(writer, spec, hp)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(tmp, path)
-    return path
+
+    return write_gguf(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.MMPROJ], fill)

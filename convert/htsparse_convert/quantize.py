@@ -19,6 +19,8 @@ import sys
 from pathlib import Path
 from typing import Dict, Iterator, List, Union
 
+from .atomic import atomic_path
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 # llama_ftype values (llama.h of the pinned llama.cpp).
@@ -66,18 +68,12 @@ def quantize_gguf(src: PathLike, dst: PathLike, quant: str, n_threads: int = 0, 
 
     if quant not in K_QUANTS:
         raise ValueError(f"unknown k-quant {quant!r}; known: {', '.join(K_QUANTS)}")
-    dst = Path(dst)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = K_QUANTS[quant]
     params.nthread = int(n_threads)
-    try:
+    with atomic_path(dst) as tmp:
         with _llama_log(llama_cpp, verbose) as log:
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
         if rc != 0:
             raise RuntimeError(f"llama.cpp could not quantize {src} to {quant} (status {rc}): {_reason(log)}")
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, dst)
-    return dst
+    return Path(dst)

@@ -26,6 +26,8 @@ from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Pro
 import gguf
 import numpy as np
 
+from .atomic import write_gguf
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 # --------------------------------------------------------------------------------------
@@ -528,7 +530,7 @@ def _n_vocab(tensors: Mapping[str, Any], spec: ArchSpec) -> int:
     raise ValueError("checkpoint has no embed_tokens.weight")
 
 
-def _add_extra(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
+def add_metadata_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
     if isinstance(value, bool):
         writer.add_bool(key, value)
     elif isinstance(value, int):
@@ -583,10 +585,7 @@ def write_text_gguf(
     if vocab.n_tokens != n_vocab:
         raise ValueError(f"the tokenizer has {vocab.n_tokens} tokens but the embedding has {n_vocab} rows")
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    writer = gguf.GGUFWriter(tmp, spec.gguf_arch)
-    try:
+    def fill(writer: gguf.GGUFWriter) -> None:
         for gname, data, qtype in convert_tensors(spec, hp, tensors, out_type):
             writer.add_tensor(gname, data, raw_dtype=qtype)
         # The general.* keys upstream's converter writes for every text model.
@@ -599,14 +598,6 @@ def write_text_gguf(
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         vocab.add_to(writer)
         for key, value in (extra_metadata or {}).items():
-            _add_extra(writer, key, value)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    writer.close()
-    os.replace(tmp, path)
-    return path
+            add_metadata_value(writer, key, value)
+
+    return write_gguf(path, spec.gguf_arch, fill)

@@ -95,6 +95,18 @@ def user_content(question: str, context: "str | None"):
     return [{"text": context, "sparse": True}, {"text": "\n" + question}]
 
 
+def read_line(interactive: bool) -> Optional[str]:
+    """The next line the user types (after a "> " prompt on a terminal), or
+    None at the end of input."""
+    if interactive:
+        try:
+            return input("> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return None if line == "" else line.rstrip("\n")
+
+
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     return dict(
         max_tokens=args.max_tokens,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import (add_model_args, add_sampling_args, add_sparse_args, load_model, read_context_file,
+from .cli import (add_model_args, add_sampling_args, add_sparse_args, load_model, read_context_file, read_line,
                   sampling_kwargs, sparse_config, user_content)
 from .cmd_video import add_video_args, wants_visual
 from .errors import ContextOverflowError, InvalidArgumentError
@@ -29,16 +29,6 @@ def register(sub) -> None:
     add_sparse_args(p)
     add_video_args(p)
     p.set_defaults(run=run)
-
-
-def _read_line(interactive: bool):
-    if interactive:
-        try:
-            return input("> ")
-        except EOFError:
-            return None
-    line = sys.stdin.readline()
-    return None if line == "" else line.rstrip("\n")
 
 
 def _start(session, system) -> None:
@@ -67,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if interactive:
         print(f"{model.arch} model on {model.device}; {HELP}", file=sys.stderr)
     while True:
-        line = _read_line(interactive)
+        line = read_line(interactive)
         if line is None or line.strip() == "/exit":
             return 0
         text = line.strip()

@@ -9,7 +9,6 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from typing import Optional
 
 from .errors import ContextOverflowError, InvalidArgumentError
 
@@ -105,7 +104,7 @@ def _answer(session, args, out) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .cli import sparse_config
+    from .cli import read_line, sparse_config
 
     interactive = sys.stdin.isatty() and args.prompt is None
     model, vision = _open(args)
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{model.arch} model on {model.device}; ask about {turn.source}. /reset starts over, /exit quits",
               file=sys.stderr)
     while True:
-        question = args.prompt if args.prompt is not None else _read(interactive)
+        question = args.prompt if args.prompt is not None else read_line(interactive)
         if question is None or question.strip() == "/exit":
             return 0
         question = question.strip()
@@ -150,13 +149,3 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps({"answer": answer, "finish_reason": session.finish_reason,
                                   "visual": plan_summary(turn), "stats": asdict(stats)}))
             return 0
-
-
-def _read(interactive: bool) -> Optional[str]:
-    if interactive:
-        try:
-            return input("> ")
-        except EOFError:
-            return None
-    line = sys.stdin.readline()
-    return None if line == "" else line.rstrip("\n")

@@ -14,7 +14,6 @@ Qwen2.5-Coder-0.5B GGUF (fetched from the package index once).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 

@@ -110,6 +110,11 @@ class Model:
         """Renders (role, content) pairs with the GGUF's own chat template."""
         return self._native.apply_chat_template([(r, c) for r, c in messages], add_assistant)
 
+    def chat_turn(self, role: str, add_assistant: bool = False) -> Tuple[str, str]:
+        """The chat template's text before and after the content of one turn of `role`."""
+        before, after = self.apply_chat_template([(role, _TURN_MARK)], add_assistant=add_assistant).split(_TURN_MARK, 1)
+        return before, after
+
     def session(self, n_ctx: Optional[int] = None, n_batch: int = 512,
                 sparse: Optional[SparseConfig] = None) -> "Session":
         """A new conversation with its own KV cache of n_ctx tokens. With
@@ -271,16 +276,20 @@ class Session:
         for part in parts:
             if not isinstance(part, dict) or not isinstance(part.get("text"), str):
                 raise InvalidArgumentError('content must be a string or a list of {"text": str, "sparse": bool} parts')
-        rendered = self.model.apply_chat_template([(role, _TURN_MARK)], add_assistant=False)
-        before, after = rendered.split(_TURN_MARK, 1)
-        self._assistant_open = False
-        self._pending_assistant = role != "assistant"
+        before, after = self._begin_turn(role)
         if len(parts) == 1 and not parts[0].get("sparse"):
             return self.add_text(before + parts[0]["text"] + after)
         n = self.add_text(before)
         for part in parts:
             n += self.add_text(part["text"], sparse=bool(part.get("sparse")))
         return n + self.add_text(after)
+
+    def _begin_turn(self, role: str) -> Tuple[str, str]:
+        """Starts a turn of `role` (after a user turn, generate() opens the
+        assistant's reply); the template's text around its content."""
+        self._assistant_open = False
+        self._pending_assistant = role != "assistant"
+        return self.model.chat_turn(role)
 
     def _assistant_header(self) -> str:
         with_header = self.model.apply_chat_template([("user", "x")], add_assistant=True)
@@ -289,8 +298,7 @@ class Session:
 
     def _turn_tail(self) -> str:
         """What the template puts after an assistant message's content."""
-        rendered = self.model.apply_chat_template([("assistant", _TURN_MARK)], add_assistant=False)
-        return rendered.split(_TURN_MARK, 1)[1]
+        return self.model.chat_turn("assistant")[1]
 
     # -- output ---------------------------------------------------------------------
     def logits(self) -> np.ndarray:

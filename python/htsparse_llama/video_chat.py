@@ -19,7 +19,7 @@ import numpy as np
 from . import video_frames as vf
 from .embedding_cache import EmbeddingCache
 from .errors import InvalidArgumentError
-from .model import _TURN_MARK, Session
+from .model import Session
 from .vision import Chunk, ImageChunk, TextChunk, Vision
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -42,7 +42,8 @@ def _grid(vision: Vision) -> vf.VisionGrid:
                                "(their mmproj merges frame pairs); use --image for this model")
 
 
-def _family(vision: Vision) -> str:
+def vision_family(vision: Vision) -> str:
+    """How frame timestamps are written for this model (video_frames.timestamp_text)."""
     return "qwen" if vision.uses_mrope else "smolvlm"
 
 
@@ -110,7 +111,7 @@ class VideoTurn:
         times, plan = vf.plan_video(info, fps=options.fps, max_frames=options.max_frames, start=options.start,
                                     end=options.end, max_visual_tokens=options.max_visual_tokens, grid=grid)
         settings = {"times": [round(t, 6) for t in times], "size": [plan.width, plan.height],
-                    "family": _family(vision)}
+                    "family": vision_family(vision)}
         key = cache.key(path, settings, vision.path)
         cached = cache.get(key)
         if cached is not None:
@@ -119,7 +120,7 @@ class VideoTurn:
         for frame in vf.iter_frames(path, times, size=(plan.width, plan.height)):
             frames.append(frame.rgb)
             progress("decoding frames", len(frames), len(times))
-        prompt = video_prompt(times, vision.marker, _family(vision), vision.frames_per_unit)
+        prompt = video_prompt(times, vision.marker, vision_family(vision), vision.frames_per_unit)
         chunks = vision.encode(prompt, frames, frames=True,
                                progress=lambda done, total: progress("encoding", done, total))
         cache.put(key, chunks_to_items(chunks))
@@ -141,13 +142,10 @@ class VideoTurn:
     def ask(self, session: Session, vision: Vision, question: str, sparse: bool = True) -> None:
         """The first user turn: the visual span (sparse), then the question
         (the query window), rendered with the chat template."""
-        rendered = session.model.apply_chat_template([("user", _TURN_MARK)], add_assistant=False)
-        before, after = rendered.split(_TURN_MARK, 1)
+        before, after = session._begin_turn("user")  # generate() then opens the assistant's reply
         tokenize = session.model.tokenize
         chunks = [TextChunk(tokenize(before))] + self.chunks + [TextChunk(tokenize("\n" + question + after))]
         vision.add_chunks(session, chunks, sparse=sparse)
-        session._assistant_open = False
-        session._pending_assistant = True  # generate() opens the assistant's reply
 
 
 def plan_summary(turn: VideoTurn) -> Dict[str, object]:

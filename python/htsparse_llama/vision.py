@@ -37,7 +37,7 @@ import numpy as np
 
 from ._native_loader import native
 from .errors import InvalidArgumentError
-from .model import _TURN_MARK, Model, Session
+from .model import Model, Session
 
 ProgressFn = Callable[[int, int], Optional[bool]]
 
@@ -155,10 +155,7 @@ class Vision:
                     frames: bool = False, sparse: bool = False, progress: Optional[ProgressFn] = None) -> List[Chunk]:
         """One chat turn whose content holds the images' markers, rendered
         with the GGUF's chat template (as Session.add_message)."""
-        rendered = self.model.apply_chat_template([(role, _TURN_MARK)], add_assistant=False)
-        before, after = rendered.split(_TURN_MARK, 1)
-        session._assistant_open = False
-        session._pending_assistant = role != "assistant"
+        before, after = session._begin_turn(role)
         return self.add(session, before + content + after, images, frames=frames, sparse=sparse, progress=progress)
 
     def add_chunks(self, session: Session, chunks: Sequence[Chunk], sparse: bool = False) -> None:
