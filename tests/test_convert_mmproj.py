@@ -57,7 +57,9 @@ REL_TOL_F16 = 3e-3
 WINDOW_EFFECT = 10.0
 
 # general.name is the checkpoint folder's name upstream; ours names nothing.
+# htsparse.* keys are ours alone (htsparse.vision.tokens_per_second, asserted there).
 IGNORED_KEYS = {"general.name"}
+OUR_KEYS = "htsparse."
 
 
 def pattern_image(w: int, h: int) -> np.ndarray:
@@ -369,7 +371,8 @@ def _load_checkpoint(folder: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, Any
 def _gguf_contents(path: Path) -> Tuple[Dict[str, Any], Dict[str, Tuple[tuple, Any, bytes]]]:
     """(key -> (value, type, sub_type)), (tensor -> (ggml shape, type, data bytes))."""
     fields, _ = read_gguf_header(path)
-    meta = {f.key: (f.value, f.type, f.sub_type) for f in fields if f.key not in IGNORED_KEYS}
+    meta = {f.key: (f.value, f.type, f.sub_type) for f in fields
+            if f.key not in IGNORED_KEYS and not f.key.startswith(OUR_KEYS)}
     reader = gguf.GGUFReader(path)
     tensors = {t.name: (tuple(int(n) for n in t.shape), t.tensor_type, bytes(t.data.tobytes())) for t in reader.tensors}
     return meta, tensors
@@ -381,9 +384,15 @@ def test_same_as_upstream_converter(tiny_vlms, upstream_mmprojs, model_type, out
     """From the saved checkpoint and its config.json (where the other tests
     give the in-memory state_dict and config object), our mmproj equals
     upstream's: keys, values and their types, tensor names, shapes, types and
-    bytes. Only general.name differs."""
+    bytes. Only general.name differs, and ours adds htsparse.* keys: Qwen2.5-VL's
+    tokens_per_second, from its config."""
     tensors, config, pre = _load_checkpoint(tiny_vlms[model_type].checkpoint_dir)
     ours = write_mmproj_gguf(tmp_path / "ours.gguf", tensors, config, pre, out_type)
+    added = {f.key: f.value for f in read_gguf_header(ours)[0] if f.key.startswith(OUR_KEYS)}
+    if model_type == "qwen2_5_vl":
+        assert added == {"htsparse.vision.tokens_per_second": config["vision_config"]["tokens_per_second"]}
+    else:
+        assert added == {}
 
     meta_ours, tensors_ours = _gguf_contents(ours)
     meta_theirs, tensors_theirs = _gguf_contents(upstream_mmprojs[model_type, out_type])

@@ -52,14 +52,13 @@ def _frames_with_needle(path: str, vision, rng, max_visual_tokens: int, max_fram
 
 def _measure_video_prompt(model, vision, times, frames, unit: int, keep_ratio: float, q_window: int) -> tuple:
     from htsparse_llama.vision import ImageChunk, TextChunk
-    from htsparse_llama.video_chat import video_prompt, vision_family
+    from htsparse_llama.video_chat import encode_video
 
-    prompt = video_prompt(times, vision.marker, vision_family(vision), vision.frames_per_unit)
-    chunks = vision.encode(prompt, frames, frames=True)
+    chunks = encode_video(vision, frames, times)  # as chat --video lays the video out
     images = [i for i, c in enumerate(chunks) if isinstance(c, ImageChunk)]
     before, after = model.chat_turn("user", add_assistant=True)
     prefix = model.tokenize(before) + [t for c in chunks[:images[0]] for t in c.tokens]
-    suffix = [t for c in chunks[images[-1] + 1:] for t in c.tokens] + model.tokenize("\n" + QUESTION + after)
+    suffix = [t for c in chunks[images[-1] + 1:] for t in c.tokens] + model.tokenize(QUESTION + after)
     s = model.session(n_ctx=len(prefix) + sum(c.n_tokens for c in chunks if isinstance(c, ImageChunk))
                       + sum(len(c.tokens) for c in chunks if isinstance(c, TextChunk)) + len(suffix) + 64)
     native = s._native

@@ -34,6 +34,8 @@ from .text_gguf import OUT_TYPES, config_dict, encode_tensor
 PathLike = Union[str, "os.PathLike[str]"]
 
 _K = gguf.Keys.ClipVision
+# Qwen2.5-VL's vision_config.tokens_per_second, which upstream's mmproj lacks.
+TOKENS_PER_SECOND_KEY = "htsparse.vision.tokens_per_second"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -247,7 +249,9 @@ def _qwen25vl_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[st
         eps=1e-6,  # as Qwen2-VL above
         image_mean=mean,
         image_std=std,
-        extra=((_K.USE_SILU, True), (_K.N_WA_PATTERN, _wa_pattern(vcfg))),
+        extra=((_K.USE_SILU, True), (_K.N_WA_PATTERN, _wa_pattern(vcfg)),
+               # Ours, not clip.cpp's: video M-RoPE time steps (video_qwen). Default as transformers'.
+               (TOKENS_PER_SECOND_KEY, int(vcfg.get("tokens_per_second", 4)))),
     )
 
 

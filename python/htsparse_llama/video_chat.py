@@ -1,8 +1,10 @@
 """A video (or images) as the first user turn of a chat: frames sampled and
 sized to a visual-token budget (video_frames), encoded by the mmproj's vision
-tower through libmtmd (vision), cached by content (embedding_cache), and put
-in the session as one sparse span so that HT-Sparse keeps, per question, the
-frames the question needs.
+tower through libmtmd (vision) in the layout the model family was trained on
+(video_qwen: one block, time in the M-RoPE ids), cached by content
+(embedding_cache), and put in the session as one sparse span so that
+HT-Sparse keeps, per question, the frames the question needs. Frames stream:
+they are decoded and encoded a group at a time.
 
     turn = VideoTurn.load(vision, "clip.mp4", VideoOptions(max_visual_tokens=4096), cache)
     turn.ask(session, "What happens at the end?")     # then session.generate()
@@ -12,11 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 
 from . import video_frames as vf
+from . import video_qwen
 from .embedding_cache import EmbeddingCache
 from .errors import InvalidArgumentError
 from .model import Session
@@ -34,27 +37,26 @@ class VideoOptions:
     max_visual_tokens: Optional[int] = 8192
 
 
+QWEN_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger")
+# Bump when the chunks a video becomes change, so cached entries of the old layout are not reused.
+LAYOUT_VERSION = 2
+
+
 def _grid(vision: Vision) -> vf.VisionGrid:
     """How the model's tower turns frames into tokens (Qwen-VL: 28-px patches, pairs)."""
-    if vision.uses_mrope and vision.frames_per_unit == 2:
+    if vision.projector in QWEN_PROJECTORS:
         return vf.QWEN2_5_VL
-    raise InvalidArgumentError("video input is supported for Qwen2-VL / Qwen2.5-VL models for now "
-                               "(their mmproj merges frame pairs); use --image for this model")
+    raise InvalidArgumentError(f"video input is supported for Qwen2-VL / Qwen2.5-VL models for now (this mmproj's "
+                               f"projector is '{vision.projector}'); use --image for this model")
 
 
-def vision_family(vision: Vision) -> str:
-    """How frame timestamps are written for this model (video_frames.timestamp_text)."""
-    return "qwen" if vision.uses_mrope else "smolvlm"
-
-
-def video_prompt(times: Sequence[float], marker: str, family: str, per_unit: int) -> str:
-    """One timestamp per unit (frame pair on Qwen-VL), then its frames' markers:
-    no text between the frames of a unit, or libmtmd would not merge them."""
-    parts = []
-    for i in range(0, len(times), per_unit):
-        unit = times[i:i + per_unit]
-        parts.append(vf.frame_header(float(np.mean(unit)), family) + marker * len(unit))
-    return "".join(parts)
+def encode_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[float],
+                 progress: Optional[Callable[[int, int], None]] = None) -> List[Chunk]:
+    """The video's chunks (for Vision.add_chunks) in the layout its model
+    family was trained on, from frames sampled at `times` (s) and sized by
+    the plan; frames may be a generator (they are encoded as they come)."""
+    _grid(vision)  # refuses families without a video layout
+    return video_qwen.encode_video(vision, frames, times, progress)
 
 
 # -- cache entries ---------------------------------------------------------------------------
@@ -111,18 +113,13 @@ class VideoTurn:
         times, plan = vf.plan_video(info, fps=options.fps, max_frames=options.max_frames, start=options.start,
                                     end=options.end, max_visual_tokens=options.max_visual_tokens, grid=grid)
         settings = {"times": [round(t, 6) for t in times], "size": [plan.width, plan.height],
-                    "family": vision_family(vision)}
+                    "layout": f"{vision.projector}-v{LAYOUT_VERSION}"}
         key = cache.key(path, settings, vision.path)
         cached = cache.get(key)
         if cached is not None:
             return cls(items_to_chunks(cached), Path(path).name, times, plan, from_cache=True)
-        frames = []
-        for frame in vf.iter_frames(path, times, size=(plan.width, plan.height)):
-            frames.append(frame.rgb)
-            progress("decoding frames", len(frames), len(times))
-        prompt = video_prompt(times, vision.marker, vision_family(vision), vision.frames_per_unit)
-        chunks = vision.encode(prompt, frames, frames=True,
-                               progress=lambda done, total: progress("encoding", done, total))
+        frames = (f.rgb for f in vf.iter_frames(path, times, size=(plan.width, plan.height)))
+        chunks = encode_video(vision, frames, times, lambda done, total: progress("encoding frames", done, total))
         cache.put(key, chunks_to_items(chunks))
         return cls(chunks, Path(path).name, times, plan)
 
@@ -144,7 +141,8 @@ class VideoTurn:
         (the query window), rendered with the chat template."""
         before, after = session._begin_turn("user")  # generate() then opens the assistant's reply
         tokenize = session.model.tokenize
-        chunks = [TextChunk(tokenize(before))] + self.chunks + [TextChunk(tokenize("\n" + question + after))]
+        # As the chat templates render [video, text] content: the question right after the visual block.
+        chunks = [TextChunk(tokenize(before))] + self.chunks + [TextChunk(tokenize(question + after))]
         vision.add_chunks(session, chunks, sparse=sparse)
 
 

@@ -29,11 +29,10 @@ Rules, and why:
   leaves them unchanged: the planned token count is the one libmtmd produces.
   A Qwen-VL frame pair costs (W/28)*(H/28) tokens (temporal merge of 2); an
   odd last frame is encoded alone, which equals Qwen's processor repeating it.
-- Timestamps in the prompt (`frame_header`, `timestamp_text`): Qwen-VL gets
-  "<12.5 seconds>" before each frame pair (Qwen3-VL's format, the pair's mean
-  time; never text between the two frames of a pair, or libmtmd will not
-  merge them); SmolVLM2 gets "\nFrame from 00:12:" before each frame, as its
-  processor writes; family "none" writes nothing (transformers' Qwen2.5-VL).
+- Timestamps (`frame_header`, `timestamp_text`): SmolVLM2 gets "\nFrame from
+  00:12:" before each frame, as its processor writes. Qwen2-VL / Qwen2.5-VL
+  get no text: their video is one block whose time lives in the M-RoPE
+  temporal ids (video_qwen); the "<12.5 seconds>" format is Qwen3-VL's.
 """
 
 from __future__ import annotations
@@ -604,10 +603,8 @@ def timestamp_text(t: float, family: str = "qwen2vl") -> str:
     """A frame's time as the model family writes it.
 
     qwen: "<12.5 seconds>", Qwen3-VL's processor format (one per frame pair,
-      at the pair's mean time). Qwen2/2.5-VL's processor writes no text: it
-      puts absolute time into the M-RoPE temporal ids, which libmtmd does not
-      reproduce (each image chunk gets one t position), so the text is the
-      only time signal left; use family "none" to match transformers exactly.
+      at the pair's mean time). Qwen2/2.5-VL write no text: chat --video puts
+      their time into the M-RoPE temporal ids (video_qwen).
     smolvlm: "00:12", minutes:seconds, seconds truncated (SmolVLM2 processor).
     mtmd: "[0m12.50s]", libmtmd's video helper.
     none: "".

@@ -16,7 +16,9 @@ pairs, `frames_per_unit` 2), so put no text between the two frames of a pair.
 Positions: libmtmd gives each image chunk's positions relative to its first
 one; they are placed at the session's next position, and text after an image
 resumes `n_pos` later (M-RoPE: max(grid height, width)), as llama.cpp's
-mtmd_helper_decode_image_chunk does.
+mtmd_helper_decode_image_chunk does. The next image chunk also starts
+`n_pos` later: a Qwen-VL video block (video_qwen) gives its frame pairs n_pos
+0 and time offsets in t, so they share one start.
 
 Sparse spans (sparse=True, in a session made with a SparseConfig): everything
 from the first image chunk to the last one, the text between them included
@@ -91,6 +93,7 @@ class Vision:
                  image_max_tokens: Optional[int] = None) -> None:
         self.model = model
         self.path = os.fspath(mmproj_path)
+        self._mmproj_keys: Optional[dict] = None
         self._native = native.Vision(model._native, self.path, int(n_threads or 0), bool(use_gpu),
                                      -1 if image_min_tokens is None else int(image_min_tokens),
                                      -1 if image_max_tokens is None else int(image_max_tokens))
@@ -109,6 +112,28 @@ class Vision:
     def frames_per_unit(self) -> int:
         """Frames libmtmd merges into one chunk when marked as frames (2 on Qwen-VL, else 1)."""
         return self._native.frames_per_unit
+
+    @property
+    def projector(self) -> str:
+        """The mmproj's projector type (clip.projector_type: qwen2vl_merger,
+        qwen2.5vl_merger, idefics3, ...): how its tokens are laid out."""
+        return str(self._keys().get("clip.projector_type", ""))
+
+    @property
+    def tokens_per_second(self) -> int:
+        """Qwen2.5-VL: M-RoPE time positions per second of video. Our converter
+        writes it (htsparse.vision.tokens_per_second); upstream's mmproj lacks
+        it, and every released Qwen2.5-VL checkpoint has 2."""
+        return int(self._keys().get("htsparse.vision.tokens_per_second", 2))
+
+    def _keys(self) -> dict:
+        if self._mmproj_keys is None:
+            from gguf import GGUFReader
+
+            wanted = ("clip.projector_type", "htsparse.vision.tokens_per_second")
+            fields = GGUFReader(self.path).fields
+            self._mmproj_keys = {k: fields[k].contents() for k in wanted if k in fields}
+        return self._mmproj_keys
 
     @property
     def image_token(self) -> int:
@@ -169,13 +194,15 @@ class Vision:
             chunks.insert(0, TextChunk([info["bos"]]))
         images = [i for i, c in enumerate(chunks) if isinstance(c, ImageChunk)]
         if not (sparse and session._sparse is not None and images):
-            for c in chunks:
+            pos = session.next_pos
+            for c in chunks:  # an image chunk starts `n_pos` after the one before (0: the same block)
                 if isinstance(c, TextChunk):
                     if c.tokens:
                         session.add_tokens(c.tokens)
+                        pos = session.next_pos
                 else:
-                    session.add_embeddings(c.embd, positions=c.positions_at(session.next_pos),
-                                           placeholder=self.image_token)
+                    session.add_embeddings(c.embd, positions=c.positions_at(pos), placeholder=self.image_token)
+                    pos += c.n_pos
             return
         first, last = images[0], images[-1]
         _add_text(session, chunks[:first])
