@@ -1,7 +1,8 @@
 """`chat --video clip.mp4` / `chat --image a.jpg`: the chat command's visual
 mode. The video (or images) goes in the first user turn as a sparse span;
 questions follow, each answered with a stats line; --prompt answers once.
-Without -m, the default model (random weights) runs, and says so."""
+Without -m, the default model (random weights) runs, and says so. --explain
+rewrites a picture of what each answer came from (explain.py)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ def add_video_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cache-dir", default=None, help="keep visual embeddings here between runs")
     g.add_argument("--prompt", default=None, help="answer this question and exit (for scripts)")
     g.add_argument("--json", action="store_true", help="with --prompt: print a JSON result")
+    g.add_argument("--explain", metavar="OUT.png", default=None,
+                   help="after each answer, write a PNG: the frames with the visual tokens the question kept as "
+                        "a red heat map, and the full heads listed (not with --dense)")
 
 
 def wants_visual(args: argparse.Namespace) -> bool:
@@ -103,15 +107,57 @@ def _answer(session, args, out) -> str:
     return text
 
 
+class _Explain:
+    """--explain: the picture of the last answer, rewritten after each one.
+    Frames are decoded again once, on the first answer (the turn may come
+    from the embedding cache, without pixels)."""
+
+    def __init__(self, args: argparse.Namespace, turn) -> None:
+        self.args, self.turn = args, turn
+        self.pictures = None
+        self.selected_by = None  # the question whose selection stands
+
+    def answered(self, session, question: str, selected: bool) -> None:
+        """selected: this question picked the tokens (the first one, or any with --reroute)."""
+        from . import explain
+
+        if selected:
+            self.selected_by = question
+        if session.selection is None:
+            print("explain: no HT-Sparse selection to draw", file=sys.stderr)
+            return
+        if self.pictures is None:
+            plan = self.turn.plan
+            self.pictures = (explain.video_pictures(self.args.video, self.turn.times, (plan.width, plan.height))
+                             if self.args.video else explain.image_pictures(self.args.image))
+        explain.write_explanation(self.args.explain, self.pictures, self.turn.chunks, session.selection, question,
+                                  self.selected_by)
+        print(f"explain: wrote {self.args.explain}", file=sys.stderr)
+
+
+def _check_explain(args: argparse.Namespace) -> None:
+    """Before the model loads: a dense session keeps every token, so a
+    picture of what was kept would show nothing."""
+    if args.explain is None:
+        return
+    if args.dense:
+        raise InvalidArgumentError("--explain shows what HT-Sparse kept; it cannot be combined with --dense")
+    from .explain import check_output
+
+    check_output(args.explain)
+
+
 def run(args: argparse.Namespace) -> int:
     from .cli import read_line, sparse_config
 
+    _check_explain(args)
     interactive = sys.stdin.isatty() and args.prompt is None
     model, vision = _open(args)
     turn = _load_turn(args, vision, _Bars(sys.stderr.isatty()))
     print(turn.describe(), file=sys.stderr)
     n_ctx = max(args.ctx, turn.n_visual_tokens + 1024)
     session = model.session(n_ctx=n_ctx, sparse=sparse_config(args))
+    explainer = _Explain(args, turn) if args.explain else None
     first = True
     if interactive:
         print(f"{model.arch} model on {model.device}; ask about {turn.source}. /reset starts over, /exit quits",
@@ -128,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
             first = True
             print("(conversation reset; the video stays encoded)", file=sys.stderr)
             continue
+        selects = first or args.reroute
         try:
             if first:
                 turn.ask(session, vision, question, sparse=not args.dense)
@@ -142,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         stats = session.stats()
         print(stats.line(), file=sys.stderr)
+        if explainer:
+            explainer.answered(session, question, selects)
         if args.prompt is not None:
             if args.json:
                 from .video_chat import plan_summary
