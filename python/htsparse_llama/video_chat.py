@@ -14,16 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import video_frames as vf
-from . import video_qwen
+from . import video_qwen, video_smolvlm
 from .embedding_cache import EmbeddingCache
 from .errors import InvalidArgumentError
 from .model import Session
-from .vision import Chunk, ImageChunk, TextChunk, Vision
+from .vision import Chunk, ImageChunk, TextChunk, Vision, with_turn_text
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -38,25 +38,43 @@ class VideoOptions:
 
 
 QWEN_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger")
+SMOLVLM_PROJECTOR = "idefics3"
 # Bump when the chunks a video becomes change, so cached entries of the old layout are not reused.
 LAYOUT_VERSION = 2
 
 
 def _grid(vision: Vision) -> vf.VisionGrid:
-    """How the model's tower turns frames into tokens (Qwen-VL: 28-px patches, pairs)."""
+    """How the model's tower turns frames into tokens (Qwen-VL: 28-px patches,
+    pairs; SmolVLM2: one tile per frame)."""
     if vision.projector in QWEN_PROJECTORS:
         return vf.QWEN2_5_VL
-    raise InvalidArgumentError(f"video input is supported for Qwen2-VL / Qwen2.5-VL models for now (this mmproj's "
-                               f"projector is '{vision.projector}'); use --image for this model")
+    if vision.projector == SMOLVLM_PROJECTOR:
+        return video_smolvlm.video_grid(vision)
+    raise InvalidArgumentError(f"video input is supported for Qwen2-VL, Qwen2.5-VL and SmolVLM2 models (this "
+                               f"mmproj's projector is '{vision.projector}'); use --image for this model")
 
 
 def encode_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[float],
-                 progress: Optional[Callable[[int, int], None]] = None) -> List[Chunk]:
+                 progress: Optional[Callable[[int, int], None]] = None,
+                 duration: Optional[float] = None) -> List[Chunk]:
     """The video's chunks (for Vision.add_chunks) in the layout its model
-    family was trained on, from frames sampled at `times` (s) and sized by
-    the plan; frames may be a generator (they are encoded as they come)."""
-    _grid(vision)  # refuses families without a video layout
+    family was trained on, from frames sampled at `times` (s) of a video
+    `duration` s long; frames may be a generator (they are encoded as they
+    come). Qwen-VL frames come sized by the plan; SmolVLM2 frames any size."""
+    grid = _grid(vision)
+    if grid.kind == "tiles":
+        # One tile per frame: an mmproj that upscales images before tiling must not.
+        tile_only = vision.with_limits(image_max_tokens=grid.tokens_per_tile)
+        return video_smolvlm.encode_smolvlm_video(tile_only, frames, times, duration, progress)
     return video_qwen.encode_video(vision, frames, times, progress)
+
+
+def _frame_size(vision: Vision, info: vf.VideoInfo, plan: vf.FramePlan) -> Tuple[int, int]:
+    """The size frames are decoded at: the plan's (Qwen-VL), or SmolVLM2's first
+    resize (longest side to the tile, as transformers; encode_video squares it)."""
+    if plan.grid.kind == "tiles":
+        return video_smolvlm.decode_size(info.width, info.height, plan.grid)
+    return plan.width, plan.height
 
 
 # -- cache entries ---------------------------------------------------------------------------
@@ -118,8 +136,9 @@ class VideoTurn:
         cached = cache.get(key)
         if cached is not None:
             return cls(items_to_chunks(cached), Path(path).name, times, plan, from_cache=True)
-        frames = (f.rgb for f in vf.iter_frames(path, times, size=(plan.width, plan.height)))
-        chunks = encode_video(vision, frames, times, lambda done, total: progress("encoding frames", done, total))
+        frames = (f.rgb for f in vf.iter_frames(path, times, size=_frame_size(vision, info, plan)))
+        chunks = encode_video(vision, frames, times, lambda done, total: progress("encoding frames", done, total),
+                              duration=info.duration_s)
         cache.put(key, chunks_to_items(chunks))
         return cls(chunks, Path(path).name, times, plan)
 
@@ -140,10 +159,9 @@ class VideoTurn:
         """The first user turn: the visual span (sparse), then the question
         (the query window), rendered with the chat template."""
         before, after = session._begin_turn("user")  # generate() then opens the assistant's reply
-        tokenize = session.model.tokenize
         # As the chat templates render [video, text] content: the question right after the visual block.
-        chunks = [TextChunk(tokenize(before))] + self.chunks + [TextChunk(tokenize(question + after))]
-        vision.add_chunks(session, chunks, sparse=sparse)
+        vision.add_chunks(session, with_turn_text(session.model, before, self.chunks, question + after),
+                          sparse=sparse)
 
 
 def plan_summary(turn: VideoTurn) -> Dict[str, object]:

@@ -94,9 +94,18 @@ class Vision:
         self.model = model
         self.path = os.fspath(mmproj_path)
         self._mmproj_keys: Optional[dict] = None
+        self._options = dict(n_threads=n_threads, use_gpu=use_gpu, image_min_tokens=image_min_tokens,
+                             image_max_tokens=image_max_tokens)
         self._native = native.Vision(model._native, self.path, int(n_threads or 0), bool(use_gpu),
                                      -1 if image_min_tokens is None else int(image_min_tokens),
                                      -1 if image_max_tokens is None else int(image_max_tokens))
+
+    def with_limits(self, image_min_tokens: Optional[int] = None,
+                    image_max_tokens: Optional[int] = None) -> "Vision":
+        """The same mmproj and model with other bounds on tokens per image
+        (SmolVLM2 video: one tile per frame), loaded anew."""
+        return Vision(self.model, self.path, **dict(self._options, image_min_tokens=image_min_tokens,
+                                                     image_max_tokens=image_max_tokens))
 
     @property
     def marker(self) -> str:
@@ -236,6 +245,19 @@ class Vision:
             text_from = n
         return (np.ascontiguousarray(np.concatenate(rows), dtype=np.float32),
                 np.ascontiguousarray(np.concatenate(positions, axis=1), dtype=np.int32), segments)
+
+
+def with_turn_text(model: Model, before: str, chunks: Sequence[Chunk], after: str) -> List[Chunk]:
+    """before + chunks + after as a tokenizer reading the whole prompt as one
+    string would: text that touches the chunks' first or last text chunk is
+    tokenized together with it (SmolVLM2: "User: " + "You are provided...")."""
+    chunks = list(chunks)
+    head, tail = before, after
+    if chunks and isinstance(chunks[0], TextChunk):
+        head = before + model.detokenize(chunks.pop(0).tokens, special=True)
+    if chunks and isinstance(chunks[-1], TextChunk):
+        tail = model.detokenize(chunks.pop().tokens, special=True) + after
+    return [TextChunk(model.tokenize(head))] + chunks + [TextChunk(model.tokenize(tail))]
 
 
 def _rgb(image: np.ndarray, i: int) -> np.ndarray:

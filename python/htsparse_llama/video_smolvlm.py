@@ -1,0 +1,229 @@
+"""SmolVLM2 video, laid out as transformers' SmolVLM processor writes it
+(processing_smolvlm.replace_video_token, video_processing_smolvlm):
+
+    You are provided the following series of four frames from a 0:00:10 [H:MM:SS] video.\\n
+    \\nFrame from 00:00:<fake_token_around_image><global-img>{64 visual tokens}<fake_token_around_image>
+    \\nFrame from 00:02:<fake_token_around_image><global-img>{64 visual tokens}<fake_token_around_image>
+    ...\\n\\n
+
+The count is in words (num2words), the duration is str(timedelta) of the
+whole seconds, each timestamp is minutes:seconds truncated. Each frame is one
+image, never split into tiles: transformers resizes it to `video_size` on its
+longest side (aspect kept, odd sides made even), then stretches that to the
+tower's square tile (512 px on SmolVLM2-256M/500M, whose video_size is 512 as
+well), with the checkpoint's LANCZOS (torchvision >= 0.27; older ones fall
+back to BICUBIC); `square_frame` does the same with Pillow's LANCZOS, and a
+frame already tile x tile is left alone on both sides. Positions are
+sequential (a llama decoder): a frame's tokens take one position each.
+
+    grid = video_grid(vision)                  # tile and tokens per frame, from the mmproj
+    frames = (f.rgb for f in iter_frames(path, times))   # native size: both resizes here
+    chunks = encode_smolvlm_video(vision, frames, times, info.duration_s)
+    vision.add_chunks(session, with_turn_text(model, USER_PREFIX, chunks, question + TURN_SUFFIX))
+
+(iter_frames(..., size=decode_size(info.width, info.height, grid)) lets PyAV
+do the first resize instead: faster, with its own filter.)
+
+Why the text is ours, not libmtmd's: libmtmd cuts every idefics3 image into
+tiles plus an overview, each with its own markers ("<fake_token_around_image>
+<row_1_col_1>", "\\n\\n<fake_token_around_image><global-img>"). A frame of
+exactly one tile gives one tile and the overview, both the frame's own
+pixels; only the overview's tokens are kept and the text around them is
+tokenized here. So the tower runs twice per frame (libmtmd has no way to ask
+for the overview alone). An mmproj whose preprocessor longest edge is larger
+than its tile (SmolVLM2's 2048 vs 512) would have libmtmd upscale the frame
+and cut it into 16 tiles: make the Vision with
+image_max_tokens=video_grid(vision).tokens_per_tile and it keeps one tile.
+
+transformers tokenizes the whole prompt as one string, so text that touches
+the video block ("User: " before it, the question after its "\\n\\n") must be
+tokenized together with the block's first and last text: vision.with_turn_text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import video_frames as vf
+from .errors import InvalidArgumentError
+from .model import Model
+from .vision import Chunk, ImageChunk, TextChunk, Vision
+
+DEFAULT_VIDEO_INTRO = ("You are provided the following series of {frame_count} frames "
+                       "from a {video_duration} [H:MM:SS] video.\n")
+DEFAULT_MEDIA_OUTTRO = "\n\n"
+FAKE_IMAGE = "<fake_token_around_image>"
+GLOBAL_IMAGE = "<global-img>"
+# transformers' DEFAULT_CHAT_TEMPLATE for a first user turn [video, text] with
+# add_generation_prompt (the template the processor uses whenever a video is in the chat).
+USER_PREFIX = "<|im_start|>User: "
+TURN_SUFFIX = "<end_of_utterance>\nAssistant:"
+MAX_IMAGE_SIZE = 4096  # transformers' cap on video_size
+# Frames sent to libmtmd per call: bounds the RGB frames held while a long video streams through.
+FRAMES_PER_GROUP = 16
+
+
+# -- the text ---------------------------------------------------------------------------------
+
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+         "sixteen seventeen eighteen nineteen").split()
+_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
+_SCALES = ((10 ** 9, "billion"), (10 ** 6, "million"), (1000, "thousand"), (100, "hundred"))
+
+
+def number_words(n: int) -> str:
+    """num2words(n) in English (transformers needs the num2words package for
+    this one call; it is not a dependency here): 21 "twenty-one", 101 "one
+    hundred and one", 1234 "one thousand, two hundred and thirty-four"."""
+    n = int(n)
+    if n < 0 or n >= 10 ** 12:
+        raise InvalidArgumentError(f"no words for {n} frames")
+    if n < 20:
+        return _ONES[n]
+    if n < 100:
+        return _TENS[n // 10] + ("-" + _ONES[n % 10] if n % 10 else "")
+    scale, name = next((s, w) for s, w in _SCALES if n >= s)
+    high, rest = divmod(n, scale)
+    words = f"{number_words(high)} {name}"
+    if not rest:
+        return words
+    # num2words joins a remainder below 100 with "and", a larger one with ", "
+    return words + (" and " if rest < 100 else ", ") + number_words(rest)
+
+
+def smolvlm_video_prompt(times: Sequence[float], duration: Optional[float], marker: str) -> str:
+    """The video block's text with `marker` where each frame's visual tokens
+    go. times: each frame's time (s); duration: the video's length (s; None:
+    the last frame's time, as transformers without metadata.duration)."""
+    if not times:
+        raise InvalidArgumentError("a video needs at least one frame")
+    seconds = int(times[-1] if duration is None else duration)
+    text = DEFAULT_VIDEO_INTRO.format(frame_count=number_words(len(times)),
+                                      video_duration=str(timedelta(seconds=seconds)))
+    for t in times:
+        text += vf.frame_header(t, "smolvlm") + FAKE_IMAGE + GLOBAL_IMAGE + marker + FAKE_IMAGE
+    return text + DEFAULT_MEDIA_OUTTRO
+
+
+# -- the frames ---------------------------------------------------------------------------------
+
+
+def video_grid(vision: Vision) -> vf.VisionGrid:
+    """The mmproj's tile (clip.vision.image_size) and tokens per tile, one tile per frame."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(vision.path)
+
+    def key(name: str) -> int:
+        field = reader.get_field(name)
+        if field is None:
+            raise InvalidArgumentError(f"mmproj '{vision.path}' has no {name}: not a SmolVLM / Idefics3 mmproj")
+        return int(field.contents())
+
+    tile, patch = key("clip.vision.image_size"), key("clip.vision.patch_size")
+    return vf.smolvlm_mtmd_grid(tile, patch, key("clip.vision.projector.scale_factor"), 0)
+
+
+def decode_size(width: int, height: int, grid: vf.VisionGrid = vf.SMOLVLM2_VIDEO,
+                video_size: Optional[int] = None) -> Tuple[int, int]:
+    """(width, height) of transformers' first resize of a width x height
+    frame: longest side video_size (default: the tile), the other scaled and
+    made even (video_processing_smolvlm.get_resize_output_image_size)."""
+    side = min(MAX_IMAGE_SIZE, int(video_size or grid.tile))
+    aspect = width / height
+    if width >= height:
+        w, h = side, int(side / aspect)
+        h += h % 2
+    else:
+        w, h = int(side * aspect), side
+        w += w % 2
+    return max(w, 1), max(h, 1)
+
+
+def square_frame(rgb: np.ndarray, grid: vf.VisionGrid = vf.SMOLVLM2_VIDEO,
+                 video_size: Optional[int] = None) -> np.ndarray:
+    """transformers' two resizes of a video frame (to decode_size, then to the
+    tile x tile square), with Pillow's LANCZOS (the processor's resample);
+    each is skipped when the frame already has that size, as torchvision does."""
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    for size in (decode_size(w, h, grid, video_size), (grid.tile, grid.tile)):
+        if (rgb.shape[1], rgb.shape[0]) != size:
+            rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.LANCZOS))
+    return np.ascontiguousarray(rgb, dtype=np.uint8)
+
+
+def encode_frames(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
+                  progress: Optional[Callable[[int, int], None]] = None, video_size: Optional[int] = None,
+                  frames_per_group: int = FRAMES_PER_GROUP) -> List[ImageChunk]:
+    """Each frame's visual tokens (one ImageChunk per frame, first_image its
+    index), FRAMES_PER_GROUP frames per libmtmd call as they are decoded."""
+    grid = video_grid(vision)
+    global_img = _single_token(vision.model, GLOBAL_IMAGE)
+    out: List[ImageChunk] = []
+    group: List[np.ndarray] = []
+
+    def flush() -> None:
+        tiled = []
+
+        def one_tile_each(done: int, total: int) -> bool:
+            if total != 2 * len(group):  # libmtmd made more than tile + overview of a frame
+                tiled.append(total)
+                return False
+            return True
+
+        try:
+            chunks = vision.encode(vision.marker * len(group), group, progress=one_tile_each)
+        except InvalidArgumentError:
+            if not tiled:
+                raise
+            raise InvalidArgumentError(
+                f"libmtmd cut each {grid.tile}x{grid.tile} frame into {tiled[0] // len(group) - 1} tiles: this "
+                f"mmproj upscales images before tiling; make the Vision with "
+                f"image_max_tokens={grid.tokens_per_tile} for video") from None
+        # the overview: the image after "<fake_token_around_image><global-img>"
+        for prev, c in zip(chunks, chunks[1:]):
+            if isinstance(c, ImageChunk) and isinstance(prev, TextChunk) and prev.tokens[-1:] == [global_img]:
+                out.append(replace(c, first_image=len(out)))
+        group.clear()
+        if progress is not None:
+            progress(len(out), n_frames)
+
+    for rgb in frames:
+        group.append(square_frame(rgb, grid, video_size))
+        if len(group) == frames_per_group:
+            flush()
+    if group:
+        flush()
+    if len(out) != n_frames:
+        raise InvalidArgumentError(f"expected {n_frames} frames, the video gave {len(out)}")
+    return out
+
+
+def encode_smolvlm_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[float],
+                         duration: Optional[float], progress: Optional[Callable[[int, int], None]] = None,
+                         video_size: Optional[int] = None) -> List[Chunk]:
+    """The video block (chunks for Vision.add_chunks, through with_turn_text):
+    text, frame, text, ..., frame, text. frames: (H, W, 3) uint8 RGB of any
+    size (square_frame makes them one tile; decode at decode_size for speed),
+    taken at `times` (s) of a video `duration` s long. progress(done, total)
+    counts frames."""
+    images = encode_frames(vision, frames, len(times), progress, video_size)
+    texts = smolvlm_video_prompt(times, duration, vision.marker).split(vision.marker)
+    model = vision.model
+    chunks: List[Chunk] = [TextChunk(model.tokenize(texts[0]))]
+    for image, text in zip(images, texts[1:]):
+        chunks += [image, TextChunk(model.tokenize(text))]
+    return chunks
+
+
+def _single_token(model: Model, text: str) -> int:
+    ids = model.tokenize(text, special=True)
+    if len(ids) != 1:
+        raise InvalidArgumentError(f"the model's vocabulary has no single token for {text}: not a SmolVLM model")
+    return ids[0]

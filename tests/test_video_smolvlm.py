@@ -1,0 +1,314 @@
+"""SmolVLM2 video (video_smolvlm) against transformers' video path, on the
+tiny converted SmolVLM2 fixture of test_vision (64 px tiles, 16 tokens per
+frame, the real SmolLM2 tokenizer plus SmolVLM2's added tokens): 4 frames of
+the packaged clip, each one tile, in transformers' text (intro with the count
+in words and the duration, "\\nFrame from MM:SS:" per frame) give its token
+ids and its logits.
+
+transformers runs its own SmolVLMProcessor (chat template, replace_video_token,
+tokenizer) with three stand-ins for what is not installed here: num2words
+(a lookup for 4), the video processor's pixels (torchvision: its two resizes
+are identities on frames already tile x tile, which torchvision returns
+unchanged, so only rescale/normalize is left, done in torch) and the
+processor's sub-processor class check (which looks the video processor up in
+torchvision's registry).
+
+Tolerance: test_vision's REL_TOL_TRANSFORMERS (8e-3, 2.5x the worst image
+case). Measured on the last position: 2.2e-3. Control: the frames in
+another order move transformers' logits by far more than the bound.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+
+import htsparse_llama.video_frames as vf
+from htsparse_llama import SparseConfig, Vision
+from htsparse_llama.video_smolvlm import (TURN_SUFFIX, USER_PREFIX, decode_size, encode_frames, encode_smolvlm_video,
+                                          number_words, smolvlm_video_prompt, square_frame, video_grid)
+from htsparse_llama.vision import ImageChunk, TextChunk, with_turn_text
+
+from hf_checkpoints import rebuilt_tokenizer
+from test_tiny_models import rel_l2
+from test_vision import REL_TOL_TRANSFORMERS, THREADS, WithImageTokens, smolvlm  # noqa: F401  (fixture)
+from tiny_models import smollm_vocab, tiny_dir  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.real_model  # the tiny model carries the real SmolLM2 vocabulary
+
+TIMES = [0.0, 2.5, 5.0, 7.5]  # "00:00", "00:02", "00:05", "00:07"
+QUESTION = "What happens in the video?"
+
+
+# -- the text ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n,words", [
+    (1, "one"), (4, "four"), (13, "thirteen"), (20, "twenty"), (21, "twenty-one"), (64, "sixty-four"),
+    (100, "one hundred"), (101, "one hundred and one"), (115, "one hundred and fifteen"), (1000, "one thousand"),
+    (1001, "one thousand and one"), (1234, "one thousand, two hundred and thirty-four"),
+    (120000, "one hundred and twenty thousand"), (2000001, "two million and one"),
+])
+def test_number_words_as_num2words(n, words):
+    assert number_words(n) == words
+
+
+def test_prompt_text():
+    text = smolvlm_video_prompt([0.0, 2.5, 65.9, 3599.99], 3725.4, "<M>")
+    frame = "<fake_token_around_image><global-img><M><fake_token_around_image>"
+    assert text == ("You are provided the following series of four frames from a 1:02:05 [H:MM:SS] video.\n"
+                    f"\nFrame from 00:00:{frame}\nFrame from 00:02:{frame}\nFrame from 01:05:{frame}"
+                    f"\nFrame from 59:59:{frame}\n\n")
+    # Without a duration, the last frame's time (transformers without metadata.duration).
+    assert smolvlm_video_prompt([0.0, 1.0], None, "<M>").startswith(
+        "You are provided the following series of two frames from a 0:00:01 [H:MM:SS] video.\n")
+
+
+def test_prompt_text_is_replace_video_token(monkeypatch):
+    """transformers' own replace_video_token writes the same text (with <image>
+    x image_seq_len where the marker is)."""
+    from types import SimpleNamespace
+
+    from transformers.models.smolvlm import processing_smolvlm
+    from transformers.video_utils import VideoMetadata
+
+    monkeypatch.setattr(processing_smolvlm, "num2words", {4: "four"}.__getitem__)
+    me = SimpleNamespace(image_seq_len=64, image_token="<image>", fake_image_token="<fake_token_around_image>",
+                         global_image_token="<global-img>")
+    meta = VideoMetadata(total_num_frames=240, fps=2.0, duration=10.02, frames_indices=[0, 5, 10, 15])
+    ref = processing_smolvlm.SmolVLMProcessor.replace_video_token(
+        me, {"pixel_values": torch.zeros(1, 4, 3, 1, 1), "video_metadata": [meta]}, 0)
+    assert smolvlm_video_prompt(TIMES, 10.02, "<image>" * 64) == ref
+
+
+# -- the frames -------------------------------------------------------------------------------------
+
+
+def test_square_frame_follows_transformers():
+    """transformers' video resizes, in numpy through its PIL resize: the
+    longest side to video_size (its get_resize_output_image_size), then the
+    tile x tile square, LANCZOS (the checkpoint's resample 1)."""
+    from transformers.image_transforms import resize
+    from transformers.image_utils import ChannelDimension, PILImageResampling
+    from transformers.models.smolvlm.video_processing_smolvlm import get_resize_output_image_size
+
+    grid = vf.SMOLVLM2_VIDEO
+    rgb = np.random.default_rng(0).integers(0, 256, (358, 720, 3), dtype=np.uint8)
+    h, w = get_resize_output_image_size(torch.zeros(1, 3, 358, 720), resolution_max_side=512)
+    assert decode_size(720, 358, grid) == (w, h) == (512, 254)
+    assert decode_size(358, 721, grid) == (254, 512)  # portrait; odd sides made even
+    ref = rgb
+    for size in ((h, w), (512, 512)):
+        ref = resize(ref, size, resample=PILImageResampling.LANCZOS, data_format=ChannelDimension.LAST,
+                     input_data_format=ChannelDimension.LAST)
+    got = square_frame(rgb, grid)
+    assert got.shape == (512, 512, 3) and got.dtype == np.uint8
+    assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
+    # The two steps are not one: the short side goes through 254 rows.
+    direct = resize(rgb, (512, 512), resample=PILImageResampling.LANCZOS, data_format=ChannelDimension.LAST,
+                    input_data_format=ChannelDimension.LAST)
+    assert np.abs(got.astype(int) - direct.astype(int)).max() > 8
+    # A frame already one tile is left as it is.
+    assert np.array_equal(square_frame(got, grid), got)
+
+
+_TINY = vf.smolvlm_mtmd_grid(64, 8, 2, 0)  # the fixture's mmproj: 64 px tiles, 16 tokens
+
+
+@pytest.fixture(scope="module")
+def clip():
+    """The clip's info and its frames at TIMES, decoded at the first resize's size (64 x 32)."""
+    info = vf.probe(vf.sample_clip_path())
+    return info, [f.rgb for f in vf.iter_frames(info.path, TIMES, size=decode_size(info.width, info.height, _TINY))]
+
+
+def test_one_image_per_frame(smolvlm, clip):
+    """libmtmd makes a tile and the overview of each frame (the same pixels,
+    the same tokens); the overview is kept, one chunk per frame."""
+    vision = Vision(smolvlm.model(), smolvlm.mmproj, n_threads=THREADS)
+    assert video_grid(vision) == _TINY and _TINY.tokens(64, 32) == 16
+    _, frames = clip
+    squared = [square_frame(f, _TINY) for f in frames]
+    both = [c for c in vision.encode(vision.marker, squared[:1]) if isinstance(c, ImageChunk)]
+    assert len(both) == 2 and np.array_equal(both[0].embd, both[1].embd)
+    progress = []
+    images = encode_frames(vision, frames, 4, progress=lambda d, t: progress.append((d, t)), frames_per_group=3)
+    assert [(c.first_image, c.n_images, c.n_tokens, c.n_pos) for c in images] == [(i, 1, 16, 16) for i in range(4)]
+    assert progress == [(3, 4), (4, 4)]
+    assert np.array_equal(images[0].embd, both[1].embd)
+
+
+def test_upscaling_mmproj_needs_image_max_tokens(smolvlm, clip, tmp_path):
+    """An mmproj whose preprocessor longest edge is above its tile (SmolVLM2:
+    2048 vs 512; here 128 vs 64) has libmtmd upscale a frame and cut it into
+    tiles: a clear error, and with image_max_tokens = one tile's tokens the
+    frame is one tile again, with the same tokens."""
+    import htsparse_llama as hts
+    from htsparse_convert.mmproj_gguf import write_mmproj_gguf
+
+    from test_convert_mmproj import CASES
+
+    m = smolvlm
+    tensors = {k: v.detach().cpu().numpy() for k, v in m.torch_model.state_dict().items()}
+    upscaling = write_mmproj_gguf(tmp_path / "mmproj-128.gguf", tensors, m.torch_model.config,
+                                  dict(CASES["smolvlm"].preprocessor, size={"longest_edge": 128}), "f32")
+    _, frames = clip
+    model = m.model()
+    with pytest.raises(hts.InvalidArgumentError, match=r"into 4 tiles.*image_max_tokens=16"):
+        encode_frames(Vision(model, upscaling, n_threads=THREADS), frames, 4)
+    got = encode_frames(Vision(model, upscaling, n_threads=THREADS, image_max_tokens=16), frames, 4)
+    ref = encode_frames(Vision(model, m.mmproj, n_threads=THREADS), frames, 4)
+    assert all(np.array_equal(a.embd, b.embd) for a, b in zip(got, ref))
+
+
+# -- against transformers ---------------------------------------------------------------------------
+
+
+def hf_processor(monkeypatch, tokenizer, pixel_values: torch.Tensor, duration: float):
+    """transformers' SmolVLMProcessor with the stand-ins of the module doc."""
+    from transformers import BatchFeature
+    from transformers.models.smolvlm import processing_smolvlm
+    from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil
+    from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+    from transformers.processing_utils import ProcessorMixin
+    from transformers.video_utils import VideoMetadata
+
+    class GivenPixels(SmolVLMVideoProcessor):
+        def __call__(self, videos, **kwargs):
+            # Timestamps are frames_indices / fps: 2 "fps" makes them TIMES exactly.
+            meta = VideoMetadata(total_num_frames=240, fps=2.0, duration=duration,
+                                 frames_indices=[round(t * 2) for t in TIMES])
+            return BatchFeature({"pixel_values": pixel_values, "video_metadata": [meta]})
+
+    monkeypatch.setattr(processing_smolvlm, "num2words", {4: "four"}.__getitem__)
+    monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda *a, **k: None)
+    return processing_smolvlm.SmolVLMProcessor(image_processor=SmolVLMImageProcessorPil(), tokenizer=tokenizer,
+                                               video_processor=GivenPixels(), image_seq_len=16)
+
+
+def normalized(frames: List[np.ndarray], mean, std) -> torch.Tensor:
+    """The video processor's rescale and normalize: (1, frames, 3, H, W)."""
+    x = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return x[None]
+
+
+def test_video_matches_transformers(smolvlm, smollm_gguf, clip, monkeypatch):
+    m = smolvlm
+    model = m.model()
+    vision = Vision(model, m.mmproj, n_threads=THREADS)
+    info, frames = clip
+    chunks = encode_smolvlm_video(vision, iter(frames), TIMES, info.duration_s)
+    turn = with_turn_text(model, USER_PREFIX, chunks, QUESTION + TURN_SUFFIX)
+    s = model.session()
+    vision.add_chunks(s, turn)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(rebuilt_tokenizer(smollm_gguf)))
+    tokenizer.add_special_tokens({"additional_special_tokens": WithImageTokens.EXTRA})
+    pre = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}  # CASES["smolvlm"].preprocessor's
+    squared = [square_frame(f, _TINY) for f in frames]
+    proc = hf_processor(monkeypatch, tokenizer, normalized(squared, pre["image_mean"], pre["image_std"]),
+                        info.duration_s)
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
+    text = proc.apply_chat_template(conversation, add_generation_prompt=True)
+    assert text == USER_PREFIX + "<video>" + QUESTION + TURN_SUFFIX
+    inputs = proc(text=text, videos=[np.stack(squared)], return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+
+    # The same ids, the visual tokens where transformers has <image>.
+    assert vision.image_token == tokenizer.convert_tokens_to_ids("<image>")
+    assert s.tokens() == ids
+    assert sum(c.n_tokens for c in turn if isinstance(c, ImageChunk)) == ids.count(vision.image_token) == 4 * 16
+    # Tokenized apart, the text at the block's ends would differ ("User: " + "You", "\n\n" + "What").
+    apart = model.tokenize(USER_PREFIX) + chunks[0].tokens
+    assert apart != turn[0].tokens
+
+    m.torch_model.config.image_token_id = vision.image_token
+    m.torch_model.model.image_token_id = vision.image_token
+    with torch.no_grad():
+        ref = m.torch_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                            pixel_values=inputs["pixel_values"], use_cache=False).logits[0, -1:].float().numpy()
+    err = rel_l2(s.logits()[None], ref).max()
+    print(f"\nsmolvlm2 4-frame video vs transformers: last-position relative L2 error {err:.2e}")
+    assert err < REL_TOL_TRANSFORMERS
+    # Control: the frames in another order move transformers' logits far beyond that.
+    with torch.no_grad():
+        moved = m.torch_model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:, [3, 2, 1, 0]],
+                              use_cache=False).logits[0, -1:].float().numpy()
+    assert rel_l2(moved, ref).max() > 10 * REL_TOL_TRANSFORMERS
+    # Control: libmtmd's own wrapping of the frames (a tile and the overview
+    # each, with their markers) in the same text is far off too.
+    intro = smolvlm_video_prompt(TIMES, info.duration_s, "").split("\n\nFrame")[0] + "\n"
+    naive_prompt = (USER_PREFIX + intro + "".join(vf.frame_header(t, "smolvlm") + vision.marker for t in TIMES)
+                    + "\n\n" + QUESTION + TURN_SUFFIX)
+    naive = model.session()
+    vision.add(naive, naive_prompt, [square_frame(f, _TINY) for f in frames])
+    assert naive.tokens() != ids
+    err_naive = rel_l2(naive.logits()[None], ref).max()
+    print(f"libmtmd's own layout vs transformers: {err_naive:.2e}")
+    assert err_naive > 10 * REL_TOL_TRANSFORMERS
+
+
+def test_sparse_span_keeps_whole_frames(smolvlm, clip):
+    """The frames from the first to the last are one sparse span, one segment
+    per frame (the text before it included); keep_ratio 0.5 keeps whole
+    frames adding up to half the span."""
+    m = smolvlm
+    model = m.model()
+    vision = Vision(model, m.mmproj, n_threads=THREADS)
+    info, frames = clip
+    chunks = encode_smolvlm_video(vision, frames, TIMES, info.duration_s)
+    turn = with_turn_text(model, USER_PREFIX, chunks, QUESTION + TURN_SUFFIX)
+    # Segment starts in the span: frame 0 at 0, frame k after the text before it.
+    starts, n_span, text = [], 0, 0
+    for c in turn[1:-1]:
+        if isinstance(c, TextChunk):
+            n_span, text = n_span + len(c.tokens), len(c.tokens)
+        else:
+            starts.append(n_span - text if starts else 0)
+            n_span, text = n_span + c.n_tokens, 0
+    segments = [range(a, b) for a, b in zip(starts, starts[1:] + [n_span])]
+
+    s = model.session(sparse=SparseConfig(keep_ratio=0.5, select_layer=1, prune_layer=1))
+    vision.add_chunks(s, turn, sparse=True)
+    s.logits()
+    assert s.stats().n_sparse == n_span
+    kept = s.selection["kept_in_span"]
+    whole = [seg for seg in segments if set(seg) <= set(kept)]
+    assert sorted(v for seg in whole for v in seg) == kept  # whole frames only
+    budget = int(np.ceil(0.5 * n_span))
+    assert len(kept) >= budget and len(kept) - min(len(seg) for seg in whole) < budget
+    assert s.stats().n_kept == len(kept)
+    print(f"\nsparse span of {n_span} (segments {[len(seg) for seg in segments]}): kept {len(kept)}, budget {budget}")
+
+
+def test_chat_video_turn_on_smolvlm(smolvlm, tmp_path):
+    """What chat --video does (VideoTurn.load_video, ask) on a SmolVLM2 model:
+    frames sampled to the budget, one tile each through a Vision capped at
+    one tile, the block in transformers' text inside the chat template, and
+    a sparse selection over whole frames; a second load comes from the cache."""
+    from htsparse_llama.embedding_cache import EmbeddingCache
+    from htsparse_llama.video_chat import VideoOptions, VideoTurn
+
+    model = smolvlm.model()
+    vision = Vision(model, smolvlm.mmproj, n_threads=THREADS)
+    cache = EmbeddingCache(tmp_path)
+    options = VideoOptions(max_frames=6, max_visual_tokens=4 * 16)  # the budget allows 4 of the 6 frames
+    turn = VideoTurn.load_video(vision, vf.sample_clip_path(), options, cache)
+    assert len(turn.times) == 4 and turn.n_visual_tokens == 4 * 16
+    dense = model.session()
+    turn.ask(dense, vision, QUESTION, sparse=False)
+    prompt = model.detokenize(dense.tokens(), special=True)
+    assert prompt.count("\nFrame from ") == 4 and "series of four frames" in prompt
+    assert prompt.endswith("\n\n" + QUESTION + model.chat_turn("user")[1])  # the tiny model's template: chatml
+    s = model.session(sparse=SparseConfig(keep_ratio=0.5, select_layer=1, prune_layer=1))
+    turn.ask(s, vision, QUESTION)
+    selection = s.select()
+    assert 0 < len(selection["kept_in_span"]) < s.stats().n_sparse
+    again = VideoTurn.load_video(vision, vf.sample_clip_path(), options, cache)
+    assert again.from_cache and [c.n_tokens for c in again.chunks if isinstance(c, ImageChunk)] == [16] * 4
