@@ -46,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
         return cmd_video.run(args)
     if args.model is None:
         raise InvalidArgumentError("chat needs -m MODEL (or --video/--image, which run a demo model without -m)")
-    if args.prompt is not None or args.mmproj or args.explain:
-        raise InvalidArgumentError("--prompt, --mmproj and --explain go with --video or --image")
+    if args.prompt is not None or args.mmproj or args.explain or args.hf_repo:
+        raise InvalidArgumentError("--prompt, --mmproj, --hf-repo and --explain go with --video or --image")
     context = read_context_file(args)
     model = load_model(args)
     session = model.session(sparse=sparse_config(args))

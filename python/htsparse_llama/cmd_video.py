@@ -20,6 +20,9 @@ def add_video_args(p: argparse.ArgumentParser) -> None:
                                                    "the package)")
     g.add_argument("--image", metavar="FILE", action="append", help="an image to ask about (repeatable)")
     g.add_argument("--mmproj", metavar="FILE", help="the vision tower GGUF made with the model")
+    g.add_argument("--hf-repo", metavar="OWNER/NAME[:QUANT]", default=None,
+                   help="instead of -m/--mmproj: a model GGUF (QUANT, default Q4_K_M) and its mmproj from a Hugging "
+                        "Face repository, downloaded once (needs network and huggingface_hub)")
     g.add_argument("--fps", type=float, default=None, help="frames sampled per second (default: 2 for Qwen-VL)")
     g.add_argument("--max-frames", type=int, default=None, help="most frames sampled")
     g.add_argument("--start", type=float, default=None, help="start of the part to sample, in seconds")
@@ -63,7 +66,13 @@ def _open(args: argparse.Namespace):
     from .model import Model
     from .vision import Vision
 
-    if args.model is None:
+    if args.hf_repo:
+        if args.model or args.mmproj:
+            raise InvalidArgumentError("give either --hf-repo or -m/--mmproj, not both")
+        from .hf_repo import fetch_vlm
+
+        model_path, mmproj_path = fetch_vlm(args.hf_repo)
+    elif args.model is None:
         from .default_model import default_model_paths
 
         text, mmproj = default_model_paths(lambda msg: print(msg, file=sys.stderr))
