@@ -3,6 +3,7 @@
 // Python exception of the matching class (see htsparse_llama/errors.py), and
 // any other C++ exception a RuntimeError, so nothing aborts the interpreter.
 #include "errors.h"
+#include "op_recorder.h"
 #include "model.h"
 #include "native_ops.h"
 #include "sampler.h"
@@ -210,6 +211,23 @@ PYBIND11_MODULE(_native, mod) {
     mod.def("supported_architectures", &supported_architectures);
     mod.def("available_devices", &Backends::available_devices);
     mod.def("set_verbose", &set_verbose_logging, py::arg("verbose"));
+    // Op recording for tests/test_backend_ops.py (op_recorder.h): on starts an empty set.
+    mod.def("_set_op_recording", &set_op_recording, py::arg("on"));
+    mod.def("_recorded_ops", [] {
+        py::list out;
+        for (const OpUse & u : recorded_ops()) {
+            py::dict d;
+            d["op"] = u.op;
+            d["sub"] = u.sub;
+            d["type"] = u.type;
+            d["src"] = u.src;
+            d["layout"] = u.layout;
+            d["src_layout"] = u.src_layout;
+            d["params"] = u.params;
+            out.append(d);
+        }
+        return out;
+    });
 
     py::class_<Model>(mod, "Model")
         .def(py::init([](const std::string & path, const std::string & device, int n_threads, bool verbose) {

@@ -1,6 +1,7 @@
 #include "graph_runner.h"
 
 #include "errors.h"
+#include "op_recorder.h"
 
 #include "ggml-alloc.h"
 
@@ -56,6 +57,7 @@ void GraphRunner::compute(const std::vector<ggml_tensor *> & outputs) {
     galloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
     if (!inputs_buffer_ || !ggml_gallocr_alloc_graph(galloc_, gf)) fail(ErrorKind::Backend, "cannot allocate an HT-Sparse graph");
     for (const Upload & up : uploads_) ggml_backend_tensor_set(up.tensor, up.bytes.data(), 0, up.bytes.size());
+    record_graph_ops(gf);
     if (ggml_backend_graph_compute(backend_, gf) != GGML_STATUS_SUCCESS) fail(ErrorKind::Backend, "an HT-Sparse graph failed to compute");
 }
 

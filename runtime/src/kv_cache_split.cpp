@@ -2,6 +2,7 @@
 // compaction of a dense cache into full-head and sparse-head groups, and the
 // graph-side store/views of the split layout.
 #include "errors.h"
+#include "op_recorder.h"
 #include "kv_cache.h"
 #include "model.h"
 
@@ -216,6 +217,7 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
     ggml_gallocr_t galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
     if (ok) {
         for (const IndexInput & in : inputs) ggml_backend_tensor_set(in.tensor, in.values.data(), 0, ggml_nbytes(in.tensor));
+        record_graph_ops(gf);
         ok = ggml_gallocr_alloc_graph(galloc, gf) && ggml_backend_graph_compute(backend, gf) == GGML_STATUS_SUCCESS;
     }
     ggml_gallocr_free(galloc);

@@ -2,6 +2,7 @@
 
 #include "errors.h"
 #include "graph_context.h"
+#include "op_recorder.h"
 #include "hts_ops.h"
 #include "model.h"
 
@@ -436,6 +437,7 @@ void Session::eval_micro_batch(const int32_t * tokens, const float * residual_in
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
     set_inputs(gc, tokens, residual_in, pos, pos_stride, hidden_cells_);
+    record_graph_ops(gf);
     if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {
         fail(ErrorKind::Backend, "graph computation failed");
     }
