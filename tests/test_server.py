@@ -1,0 +1,512 @@
+"""`serve` driven by the official openai client against live local servers:
+one with the demo VLM (random weights; images and video, an API key, small
+limits) and one with the real SmolLM2-135M (text answers checked against a
+Session given the same messages). Bad requests get OpenAI-style 4xx errors
+and the server keeps serving; a bounded concurrent load gets the right
+answers; Ctrl-C stops the server cleanly. Parsing details are unit-tested
+without a server at the end."""
+
+import base64
+import http.client
+import io
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from htsparse_llama.video_frames import sample_clip_path
+
+openai = pytest.importorskip("openai")
+pytestmark = pytest.mark.real_model  # SmolLM2, and the demo model's tokenizer from the packaged Qwen GGUF
+
+CLIP = str(sample_clip_path())
+KEY = "test-key-123"
+DEMO_ID = "default-vlm-F16"
+SMALL_VIDEO = dict(max_frames=8, max_visual_tokens=512)
+
+
+class LiveServer:
+    """`python -m htsparse_llama serve ...` on a free port (--port 0), ready
+    once it prints its listening line."""
+
+    def __init__(self, args, tmp_path, api_key=None):
+        self.stderr_path = tmp_path / "server.err"
+        self._err = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "htsparse_llama", "serve", "--port", "0", "-t", "2",
+                                      *args], stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL,
+                                     text=True, env=dict(os.environ, HTSPARSE_API_KEY=api_key or ""))
+        self.api_key = api_key
+        line = self._first_line(timeout=600)
+        match = re.search(r"at (http://[^/\s]+/v1)", line)
+        assert match, f"no listening line: {line!r}; stderr: {self.stderr()}"
+        self.base_url = match.group(1)
+        self.host, port = self.base_url[len("http://"):-len("/v1")].rsplit(":", 1)
+        self.port = int(port)
+
+    def _first_line(self, timeout):
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        return self.proc.stdout.readline() if ready else ""
+
+    def stderr(self):
+        return self.stderr_path.read_text()
+
+    def client(self, api_key=None, **kwargs):
+        return openai.OpenAI(base_url=self.base_url, api_key=api_key or self.api_key or "none", max_retries=0,
+                             timeout=300, **kwargs)
+
+    def raw(self, method, path, body=None, headers=None):
+        """(status, parsed JSON body, response headers) of one plain HTTP request."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=300)
+        try:
+            hdrs = dict(headers or {})
+            if self.api_key and "Authorization" not in hdrs:
+                hdrs["Authorization"] = f"Bearer {self.api_key}"
+            conn.request(method, path, body=body, headers=hdrs)
+            resp = conn.getresponse()
+            data = resp.read()
+            return resp.status, json.loads(data) if data else None, dict(resp.getheaders())
+        finally:
+            conn.close()
+
+    def stop(self):
+        """Ctrl-C: the server says so and exits 0."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._err.close()
+            self.proc.stdout.close()
+        assert code == 0, self.stderr()
+        assert "stopped" in self.stderr()
+
+
+@pytest.fixture(scope="module")
+def demo_model(qwen_gguf):
+    from htsparse_llama.default_model import default_model_paths
+
+    return default_model_paths()
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("media")
+    shutil.copy(CLIP, folder / "clip.mp4")
+    (folder / "picture.png").write_bytes(_png())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def vlm(demo_model, media_dir, tmp_path_factory):
+    """The demo VLM (no -m), an API key from the environment, small limits."""
+    server = LiveServer(["--media-dir", str(media_dir), "--max-body-mb", "2", "--max-media-mb", "1",
+                         "--max-visual-tokens", "1024", "-n", "6", "--temp", "0"],
+                        tmp_path_factory.mktemp("vlm"), api_key=KEY)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def text(smollm_gguf, tmp_path_factory):
+    server = LiveServer(["-m", smollm_gguf, "--alias", "smollm", "-n", "16"], tmp_path_factory.mktemp("text"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def smollm(smollm_gguf):
+    from htsparse_llama import Model
+
+    return Model(smollm_gguf, n_ctx=4096, n_threads=2)
+
+
+def _png(width=224, height=168):
+    from PIL import Image
+
+    y, x = np.mgrid[0:height, 0:width]
+    buf = io.BytesIO()
+    Image.fromarray(np.stack([x, y, (x + y) % 256], -1).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _data_url(mime, data):
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _video_message(url, question="What happens?"):
+    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                         {"type": "text", "text": question}]}]
+
+
+def _expected(model, messages, max_tokens=16):
+    """What a Session given the same messages answers, greedily."""
+    s = model.session()
+    for m in messages:
+        s.add_message(m["role"], m["content"])
+    return s.generate(max_tokens=max_tokens, temperature=0, stream=False), s
+
+
+# -- the basics -------------------------------------------------------------------------------------
+
+
+def test_health_models_and_the_demo_note(vlm):
+    status, body, _ = vlm.raw("GET", "/health", headers={"Authorization": ""})  # no key needed
+    assert status == 200 and body == {"status": "ok"}
+    client = vlm.client()
+    assert [m.id for m in client.models.list().data] == [DEMO_ID]
+    assert client.models.retrieve(DEMO_ID).id == DEMO_ID
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+    assert "random" in vlm.stderr() and "meaningless" in vlm.stderr()  # says honestly what it serves
+
+
+def test_api_key_required(vlm):
+    with pytest.raises(openai.AuthenticationError) as info:
+        vlm.client(api_key="wrong").models.list()
+    assert info.value.status_code == 401 and info.value.body["code"] == "invalid_api_key"
+    status, body, headers = vlm.raw("POST", "/v1/chat/completions", body=b"{}", headers={"Authorization": ""})
+    assert status == 401 and body["error"]["type"] == "invalid_request_error" and headers["WWW-Authenticate"]
+    r = vlm.client().chat.completions.create(model=DEMO_ID, messages=[{"role": "user", "content": "Hi"}])
+    assert r.choices[0].finish_reason in ("stop", "length")
+
+
+def test_text_answer_equals_a_session(text, smollm):
+    messages = [{"role": "system", "content": "You are a helpful assistant."},
+                {"role": "user", "content": "Name three colours."}]
+    r = text.client().chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=16)
+    answer, session = _expected(smollm, messages)
+    assert r.choices[0].message.content == answer and answer.strip()
+    assert r.choices[0].message.role == "assistant" and r.model == "smollm" and r.object == "chat.completion"
+    assert r.choices[0].finish_reason == ("length" if session.finish_reason == "length" else "stop")
+    assert r.usage.prompt_tokens == session.stats().n_prompt
+    if session.finish_reason == "length":
+        assert r.usage.completion_tokens == 16
+    else:
+        assert 0 < r.usage.completion_tokens < 16
+    assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    assert r.model_extra["htsparse"]["sparse"] is False  # text alone runs the dense path
+
+
+def test_streamed_answer_equals_the_whole_one(text):
+    client = text.client()
+    messages = [{"role": "user", "content": "Write a short sentence about the sea."}]
+    whole = client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=12)
+    chunks = list(client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=12,
+                                                 stream=True, stream_options={"include_usage": True}))
+    deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
+    assert len([d for d in deltas if d]) > 1  # it came in pieces
+    assert "".join(deltas) == whole.choices[0].message.content
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert len(finishing) == 1 and finishing[0].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert finishing[0].model_extra["htsparse"]["n_prompt"] == whole.usage.prompt_tokens
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # include_usage: the last chunk
+    assert len({c.id for c in chunks}) == 1
+    # A stop string cuts the answer before it.
+    words = whole.choices[0].message.content.split()
+    stop = words[min(2, len(words) - 1)]
+    cut = client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=12, stop=[stop])
+    full = whole.choices[0].message.content
+    assert cut.choices[0].message.content == full[:full.index(stop)] and cut.choices[0].finish_reason == "stop"
+
+
+# -- images and video -------------------------------------------------------------------------------
+
+
+def test_image_part(vlm):
+    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+                                             {"type": "image_url", "image_url": {"url": _data_url("image/png",
+                                                                                                  _png())}}]}]
+    r = vlm.client().chat.completions.create(model=DEMO_ID, messages=messages)
+    h = r.model_extra["htsparse"]
+    assert h["visual_tokens"] == 48  # 224x168 px: 8x6 merged patches
+    assert h["sparse"] and h["n_sparse"] >= 48 and 0 < h["n_kept"] <= h["n_sparse"]
+    assert r.usage.prompt_tokens > 48
+
+
+def test_video_data_url_and_keep_ratio(vlm):
+    client = vlm.client()
+    messages = _video_message(_data_url("video/mp4", open(CLIP, "rb").read()))
+    few = client.chat.completions.create(model=DEMO_ID, messages=messages,
+                                         extra_body=dict(SMALL_VIDEO, keep_ratio=0.25))
+    h = few.model_extra["htsparse"]
+    assert h["frames"] == 8 and 0 < h["visual_tokens"] <= 512 and h["n_sparse"] >= h["visual_tokens"]
+    assert 0 < h["n_kept"] < h["n_sparse"] / 2 and h["kv_bytes"] < h["kv_bytes_dense"]
+    assert few.usage.prompt_tokens > h["visual_tokens"]
+    every = client.chat.completions.create(model=DEMO_ID, messages=messages,
+                                           extra_body=dict(SMALL_VIDEO, keep_ratio=1.0, full_head_ratio=1.0))
+    e = every.model_extra["htsparse"]
+    assert e["from_cache"]  # the same video again: not encoded again
+    assert e["n_kept"] == e["n_sparse"] > h["n_kept"]  # the per-request keep_ratio decides
+    dense = client.chat.completions.create(model=DEMO_ID, messages=messages, extra_body=dict(SMALL_VIDEO, dense=True))
+    d = dense.model_extra["htsparse"]
+    assert not d["sparse"] and d["n_sparse"] == 0 and d["kv_bytes"] == d["kv_bytes_dense"]
+    assert d["visual_tokens"] == h["visual_tokens"]
+    # Keeping everything is the dense answer (DESIGN.md: sparse = dense at keep 1, full heads 1).
+    assert every.choices[0].message.content == dense.choices[0].message.content
+
+
+def test_streamed_video_answer(vlm):
+    client = vlm.client()
+    messages = _video_message(_data_url("video/mp4", open(CLIP, "rb").read()), "And then?")
+    whole = client.chat.completions.create(model=DEMO_ID, messages=messages, extra_body=SMALL_VIDEO)
+    chunks = list(client.chat.completions.create(model=DEMO_ID, messages=messages, extra_body=SMALL_VIDEO,
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
+    assert chunks[-1].model_extra["htsparse"]["n_kept"] == whole.model_extra["htsparse"]["n_kept"]
+
+
+def test_file_paths_only_under_media_dir(vlm, media_dir, tmp_path):
+    client = vlm.client()
+    for url in (str(media_dir / "clip.mp4"), (media_dir / "clip.mp4").as_uri()):
+        r = client.chat.completions.create(model=DEMO_ID, messages=_video_message(url), extra_body=SMALL_VIDEO)
+        assert r.model_extra["htsparse"]["frames"] == 8
+    picture = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(media_dir / "picture.png")}},
+                                            {"type": "text", "text": "?"}]}]
+    r = client.chat.completions.create(model=DEMO_ID, messages=picture)
+    assert r.model_extra["htsparse"]["visual_tokens"] == 48
+    outside = tmp_path / "clip.mp4"
+    shutil.copy(CLIP, outside)
+    link = media_dir / "link.mp4"
+    link.symlink_to(outside)  # inside by name, outside in fact
+    try:
+        for url in (str(outside), outside.as_uri(), str(link), str(media_dir / ".." / outside.name)):
+            with pytest.raises(openai.PermissionDeniedError) as info:
+                client.chat.completions.create(model=DEMO_ID, messages=_video_message(url))
+            assert info.value.status_code == 403 and "outside" in info.value.message
+            assert info.value.body["param"] == "messages[0].content[0]"
+    finally:
+        link.unlink()
+
+
+# -- bad requests -----------------------------------------------------------------------------------
+
+
+def _error(server, status, code, **kwargs):
+    """The client's error for a request that must fail with `status`/`code`."""
+    with pytest.raises(openai.APIStatusError) as info:
+        server.client().chat.completions.create(**kwargs)
+    err = info.value
+    assert err.status_code == status, err.message
+    assert set(err.body) >= {"message", "type", "code"} and err.body["code"] == code, err.body
+    return err
+
+
+def test_bad_requests_then_a_good_one(vlm):
+    hi = [{"role": "user", "content": "Hi"}]
+    # Malformed JSON, a body that is no object, missing fields: plain HTTP.
+    for body, code in ((b'{"model": "x", messages', "invalid_json"), (b"[1, 2]", "invalid_json"),
+                       (json.dumps({"model": DEMO_ID}).encode(), "missing_required_parameter"),
+                       (json.dumps({"messages": hi}).encode(), "missing_required_parameter")):
+        status, out, _ = vlm.raw("POST", "/v1/chat/completions", body=body)
+        assert status == 400 and out["error"]["code"] == code and out["error"]["message"], out
+    # A body far larger than the limit is refused unread, and the connection closed.
+    conn = http.client.HTTPConnection(vlm.host, vlm.port, timeout=60)
+    conn.putrequest("POST", "/v1/chat/completions")
+    conn.putheader("Content-Length", str(10**9))
+    conn.putheader("Authorization", f"Bearer {KEY}")
+    conn.endheaders()
+    resp = conn.getresponse()
+    assert resp.status == 413 and resp.getheader("Connection") == "close"
+    assert json.loads(resp.read())["error"]["code"] == "request_too_large"
+    conn.close()
+    # Through the client.
+    err = _error(vlm, 404, "model_not_found", model="gpt-4o", messages=hi)
+    assert "gpt-4o" in err.message and DEMO_ID in err.message
+    big = _data_url("image/png", os.urandom(2 << 20))  # > --max-body-mb 2
+    _error(vlm, 413, "request_too_large", model=DEMO_ID,
+           messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": big}}]}])
+    video = _data_url("video/mp4", os.urandom(1200 << 10))  # < 2 MiB of body, > --max-media-mb 1
+    err = _error(vlm, 413, "media_too_large", model=DEMO_ID, messages=_video_message(video))
+    assert "MiB" in err.message
+    err = _error(vlm, 400, "url_not_allowed", model=DEMO_ID, messages=_video_message("https://example.com/a.mp4"))
+    assert "data URL" in err.message
+    junk = _video_message(_data_url("video/mp4", b"not a video"))
+    err = _error(vlm, 400, "invalid_media", model=DEMO_ID, messages=junk)
+    assert "data URL" in err.message and "htsparse-serve" not in err.message  # names the part, not a temp file
+    for value in (1.5, 0, "half", True):
+        err = _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=hi, extra_body={"keep_ratio": value})
+        assert err.body["param"] == "keep_ratio"
+    err = _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=hi, extra_body={"select_layer": 99})
+    assert "select_layer" in err.message
+    _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=hi, extra_body={"max_visual_tokens": 5000})
+    err = _error(vlm, 400, "unknown_parameter", model=DEMO_ID, messages=hi, extra_body={"keep_ration": 0.5})
+    assert "keep_ration" in err.message
+    _error(vlm, 400, "unsupported_parameter", model=DEMO_ID, messages=hi, n=2)
+    _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=[])
+    _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=hi, max_tokens=0)
+    clip = _video_message(_data_url("video/mp4", open(CLIP, "rb").read()))
+    # A budget too small for one frame pair.
+    _error(vlm, 400, "invalid_media", model=DEMO_ID, messages=clip, extra_body={"max_visual_tokens": 10})
+    status, out, _ = vlm.raw("GET", "/v1/nothing")
+    assert status == 404 and out["error"]["code"] == "not_found"
+    status, out, _ = vlm.raw("GET", "/v1/chat/completions")
+    assert status == 405
+    # The server still serves.
+    r = vlm.client().chat.completions.create(model=DEMO_ID, messages=hi)
+    assert r.choices[0].message.content is not None and r.usage.completion_tokens > 0
+
+
+def test_text_server_refuses_media(text):
+    with pytest.raises(openai.BadRequestError) as info:
+        text.client().chat.completions.create(model="smollm", messages=_video_message(_data_url("video/mp4", b"x")))
+    assert "--mmproj" in info.value.message
+
+
+# -- load -------------------------------------------------------------------------------------------
+
+
+def test_concurrent_load(text, smollm):
+    prompts = ["Say hello.", "Count to five.", "Name a fruit.", "What is two plus two?"]
+    expected = {p: _expected(smollm, [{"role": "user", "content": p}], max_tokens=8)[0] for p in prompts}
+    client = text.client()
+
+    def ask(i):
+        prompt = prompts[i % len(prompts)]
+        messages = [{"role": "user", "content": prompt}]
+        if i % 2:  # half of them streamed
+            stream = client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=8,
+                                                    stream=True)
+            return prompt, "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        r = client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=8)
+        return prompt, r.choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:  # 4 clients x 2 requests
+        results = list(pool.map(ask, range(8)))
+    assert len(results) == 8
+    for prompt, answer in results:
+        assert answer == expected[prompt], prompt
+
+
+def test_a_client_that_leaves_frees_the_model(vlm):
+    """A stream dropped after two chunks stops decoding: the next request
+    does not wait for the 3000 tokens asked for (tens of seconds here)."""
+    client = vlm.client()
+    hi = [{"role": "user", "content": "Hi"}]
+    stream = client.chat.completions.create(model=DEMO_ID, messages=hi, max_tokens=3000, stream=True)
+    next(iter(stream)), next(iter(stream))
+    stream.close()
+    started = time.monotonic()
+    r = client.chat.completions.create(model=DEMO_ID, messages=hi, max_tokens=4)
+    assert r.usage.completion_tokens > 0 and time.monotonic() - started < 10
+
+
+def test_help_and_bad_flags(tmp_path):
+    cli = [sys.executable, "-m", "htsparse_llama"]
+    top = subprocess.run([*cli, "--help"], capture_output=True, text=True, timeout=120)
+    assert "serve" in top.stdout
+    out = subprocess.run([*cli, "serve", "--help"], capture_output=True, text=True, timeout=120).stdout
+    for flag in ("--mmproj", "--host", "--port", "--api-key", "--media-dir", "--max-body-mb", "--keep-ratio",
+                 "--alias"):
+        assert flag in out
+    # Refused before any model loads: one line, no traceback.
+    r = subprocess.run([*cli, "serve", "--media-dir", str(tmp_path / "missing")], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 1 and "--media-dir" in r.stderr and "Traceback" not in r.stderr
+
+
+# -- parsing and the queue, without a server ---------------------------------------------------------
+
+
+def _parse(body, **limits):
+    from htsparse_llama.server_request import Limits, parse_chat_request
+
+    return parse_chat_request(json.dumps(body).encode(), Limits(**limits), ["m"])
+
+
+@pytest.mark.parametrize("messages, fragment", [
+    ([{"role": "assistant", "content": "Hi"}], "last message"),
+    ([{"role": "robot", "content": "Hi"}], "role"),
+    ([{"role": "user", "content": 7}], "string or a non-empty list"),
+    ([{"role": "user", "content": [{"type": "audio", "audio": {}}]}], '"audio"'),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}],
+     "base64"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]},
+      {"role": "assistant", "content": "ok"},
+      {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]}],
+     "one user message"),
+    ([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,QUJD"}},
+                                   {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,QUJD"}}]}],
+     "one video"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://host/a.png"}}]}], "scheme"),
+    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "relative.png"}}]}], "absolute"),
+])
+def test_bad_messages(messages, fragment, tmp_path):
+    from htsparse_llama.server_request import ApiError
+
+    with pytest.raises(ApiError) as info:
+        _parse({"model": "m", "messages": messages}, media_dirs=[str(tmp_path)])
+    assert info.value.status == 400 and fragment in info.value.message, info.value.message
+
+
+def test_parsed_request():
+    req = _parse({"model": "m", "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 9,
+                  "max_completion_tokens": 5, "stop": "END", "seed": 3, "top_k": 1, "keep_ratio": 0.5, "fps": 1,
+                  "messages": [{"role": "developer", "content": "Be brief."},
+                               {"role": "user", "content": [
+                                   {"type": "text", "text": "Look:"},
+                                   {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
+                                   {"type": "text", "text": "what is it?"}]}]})
+    try:
+        assert req.stream and req.include_usage and req.visual_index == 1
+        assert req.sampling == {"max_tokens": 5, "stop": ["END"], "seed": 3, "top_k": 1}
+        assert req.sparse == {"keep_ratio": 0.5} and req.video == {"fps": 1}
+        assert [m.role for m in req.messages] == ["system", "user"]
+        assert req.messages[1].text == "Look:\nwhat is it?"
+        media = req.messages[1].media[0]
+        assert media.kind == "image" and open(media.path, "rb").read() == b"ABC"
+        workdir = req.workdir
+    finally:
+        req.close()
+    assert not os.path.exists(workdir)  # decoded data URLs are removed
+
+
+def test_queue_bounds_waiting_requests():
+    from htsparse_llama.server_engine import RequestQueue
+    from htsparse_llama.server_request import ApiError
+
+    queue = RequestQueue(max_waiting=1, timeout=0.5)
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with queue.slot():
+            inside.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(10)
+    waiter_error = []
+
+    def wait():
+        try:
+            with queue.slot():
+                pass
+        except ApiError as exc:
+            waiter_error.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    deadline = time.monotonic() + 0.4
+    while queue.n_in < 2 and time.monotonic() < deadline:  # the waiter is in line
+        time.sleep(0.005)
+    with pytest.raises(ApiError) as info:  # one runs, one waits: a third is refused at once
+        with queue.slot():
+            pass
+    assert info.value.status == 503 and info.value.code == "server_busy"
+    waiter.join(10)
+    assert waiter_error and waiter_error[0].code == "queue_timeout"  # waited past the timeout
+    release.set()
+    holder.join(10)
+    with queue.slot():  # free again
+        pass
