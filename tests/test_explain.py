@@ -6,7 +6,6 @@ atomically with clear errors, and the CLI with the demo model."""
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
@@ -16,6 +15,8 @@ from PIL import Image
 from htsparse_llama import explain
 from htsparse_llama.errors import InvalidArgumentError
 from htsparse_llama.vision import ImageChunk, TextChunk
+
+from test_video_chat import cli, demo_model  # noqa: F401  (fixture)
 
 
 def image_chunk(nx, ny, first, n_images=1):
@@ -191,18 +192,6 @@ def test_output_errors(tmp_path):
 # -- the CLI, with the demo model ---------------------------------------------------------------------
 
 SMALL = ["--max-frames", "4", "--max-visual-tokens", "512", "-t", "2", "-n", "4", "--temp", "0"]
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture(scope="module")
-def demo_model(qwen_gguf):
-    from htsparse_llama.default_model import default_model_paths
-
-    return default_model_paths()
 
 
 @pytest.mark.real_model

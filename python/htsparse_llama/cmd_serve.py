@@ -86,12 +86,9 @@ def _load(args: argparse.Namespace):
     from .vision import Vision
 
     if args.model is None:
-        from .default_model import default_model_paths
+        from .default_model import demo_model_paths
 
-        text, mmproj = default_model_paths(lambda msg: print(msg, file=sys.stderr))
-        print("note: no -m given: serving the built-in demo model, whose weights are random, so its answers are "
-              "meaningless. Pass -m model.gguf --mmproj mmproj.gguf for a real VLM.", file=sys.stderr)
-        model_path, mmproj_path = str(text), str(mmproj)
+        model_path, mmproj_path = demo_model_paths("serving")
     else:
         model_path, mmproj_path = resolve_model_path(args.model), args.mmproj
     model = Model(model_path, n_ctx=args.ctx, n_threads=args.threads, device=args.device, verbose=args.verbose)

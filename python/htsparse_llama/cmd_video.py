@@ -73,12 +73,9 @@ def _open(args: argparse.Namespace):
 
         model_path, mmproj_path = fetch_vlm(args.hf_repo)
     elif args.model is None:
-        from .default_model import default_model_paths
+        from .default_model import demo_model_paths
 
-        text, mmproj = default_model_paths(lambda msg: print(msg, file=sys.stderr))
-        print("note: no -m given: running the built-in demo model, whose weights are random, so its answers are "
-              "meaningless. Pass -m model.gguf --mmproj mmproj.gguf for a real VLM.", file=sys.stderr)
-        model_path, mmproj_path = str(text), str(mmproj)
+        model_path, mmproj_path = demo_model_paths("running")
     else:
         if not args.mmproj:
             raise InvalidArgumentError("--video and --image need --mmproj (the vision tower made with the model)")

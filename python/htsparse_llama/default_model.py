@@ -21,14 +21,15 @@ import numpy as np
 
 from .packaged_models import cache_dir, fetch_packaged_model
 
-VERSION = 1  # bump to re-create cached files after a change here
+VERSION = 2  # bump to re-create cached files after a change here
 N_VOCAB = 151936  # Qwen2.5's embedding rows
 TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6)
 MROPE_SECTION = [4, 6, 6]  # t, h, w rotary pairs: sums to head_dim / 2 = 16
 VISION = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=TEXT["hidden_size"],
               patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-              fullatt_block_indexes=[1, 3], in_channels=3, hidden_act="silu", model_type="qwen2_5_vl_vision")
+              fullatt_block_indexes=[1, 3], in_channels=3, hidden_act="silu", model_type="qwen2_5_vl_vision",
+              tokens_per_second=2)  # as the released Qwen2.5-VL checkpoints (video time positions)
 PREPROCESSOR = {"image_mean": [0.48145466, 0.4578275, 0.40821073],
                 "image_std": [0.26862954, 0.26130258, 0.27577711], "patch_size": 14, "merge_size": 2,
                 "temporal_patch_size": 2}
@@ -107,3 +108,15 @@ def default_model_paths(log=lambda _msg: None, folder: Optional[Path] = None) ->
     write_text_gguf(text, tensors, cfg, vocab_from=vocab, out_type="f16",
                     name="htsparse-llama default VLM (random weights)")
     return text, mmproj
+
+
+def demo_model_paths(action: str) -> Tuple[str, str]:
+    """default_model_paths for a command run without -m: says, on stderr, that
+    it is `action` ("running", "serving") the demo model and why its answers
+    are meaningless."""
+    import sys
+
+    text, mmproj = default_model_paths(lambda msg: print(msg, file=sys.stderr))
+    print(f"note: no -m given: {action} the built-in demo model, whose weights are random, so its answers are "
+          "meaningless. Pass -m model.gguf --mmproj mmproj.gguf for a real VLM.", file=sys.stderr)
+    return str(text), str(mmproj)
