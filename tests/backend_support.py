@@ -54,20 +54,12 @@ no rule is reported as a failure ("undecided"), never as supported.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tarfile
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-from upstream_converter import LLAMA_CPP_PYTHON, LOCAL_SOURCE, _fetch_sdist
-
-from htsparse_llama.packaged_models import cache_dir
-
-_VENDOR = "vendor/llama.cpp"
+from upstream_converter import vendor_subset_dir
 
 # backend -> (file of supports_op, supports_op, other files whose helpers it calls)
 SOURCES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
@@ -124,35 +116,10 @@ def _has_sources(root: Path) -> bool:
 def upstream_source_dir() -> Path:
     """The vendor/llama.cpp directory of the pinned sdist, holding (at least)
     the backend files this module reads: /tmp/lcp_src where a machine has it
-    extracted, else those files extracted once into the cache from the sdist
-    (fetched with upstream_converter's pip download; raises
-    UpstreamUnavailable without network)."""
-    local = LOCAL_SOURCE / _VENDOR
-    if _has_sources(local):
-        return local
-    target = cache_dir() / "upstream" / LLAMA_CPP_PYTHON.replace("==", "-") / "ggml-backends"
-    if _has_sources(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        staged = Path(tmp) / "ggml-backends"
-        sdist = _fetch_sdist(Path(tmp))
-        with tarfile.open(sdist, "r:gz") as tar:
-            for member in tar.getmembers():
-                _, sep, rest = member.name.partition(f"/{_VENDOR}/")
-                if sep and rest in _FILES and member.isfile():
-                    out = staged / rest
-                    out.parent.mkdir(parents=True, exist_ok=True)
-                    with tar.extractfile(member) as src, open(out, "wb") as dst:
-                        shutil.copyfileobj(src, dst)
-        if not _has_sources(staged):
-            raise RuntimeError(f"the {LLAMA_CPP_PYTHON} sdist lacks some of {_FILES}")
-        try:
-            os.replace(staged, target)  # atomic; a concurrent session may have won the race
-        except OSError:
-            if not _has_sources(target):
-                raise
-    return target
+    extracted, else those files extracted once into the cache
+    (upstream_converter.vendor_subset_dir; raises UpstreamUnavailable without
+    network)."""
+    return vendor_subset_dir("ggml-backends", lambda rel: rel in _FILES, _has_sources)
 
 
 # -- lexing and preprocessing ---------------------------------------------------------------

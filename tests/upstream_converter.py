@@ -29,7 +29,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Callable, List, Sequence
 
 import pytest
 
@@ -48,17 +48,10 @@ def _is_converter_dir(path: Path) -> bool:
     return (path / "convert_hf_to_gguf.py").is_file() and (path / "gguf-py" / "gguf").is_dir()
 
 
-def _wanted(member: str) -> Optional[str]:
-    """Path inside vendor/llama.cpp of an sdist member we extract, else None."""
-    _, sep, rest = member.partition(f"/{_VENDOR}/")
-    if not sep:
-        return None
-    top = rest.split("/", 1)[0]
-    if ".." in rest.split("/"):
-        return None
-    if (top.startswith("convert") and top.endswith(".py") and "/" not in rest) or top in ("conversion", "gguf-py"):
-        return rest
-    return None
+def _is_converter_file(rel: str) -> bool:
+    """A file of upstream's converter, by its path inside vendor/llama.cpp."""
+    top = rel.split("/", 1)[0]
+    return (top.startswith("convert") and top.endswith(".py") and "/" not in rel) or top in ("conversion", "gguf-py")
 
 
 def _fetch_sdist(dest: Path) -> Path:
@@ -78,11 +71,13 @@ def _fetch_sdist(dest: Path) -> Path:
     return sdists[-1]
 
 
-def _extract(sdist: Path, dest: Path) -> None:
+def _extract(sdist: Path, dest: Path, wanted: Callable[[str], bool]) -> None:
+    """The files of the sdist's vendor/llama.cpp that `wanted` picks (by their
+    path inside it), into dest."""
     with tarfile.open(sdist, "r:gz") as tar:
         for member in tar.getmembers():
-            rel = _wanted(member.name)
-            if rel is None or not member.isfile():
+            _, sep, rel = member.name.partition(f"/{_VENDOR}/")
+            if not sep or ".." in rel.split("/") or not member.isfile() or not wanted(rel):
                 continue
             out = dest / rel
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,28 +85,36 @@ def _extract(sdist: Path, dest: Path) -> None:
                 shutil.copyfileobj(src, dst)
 
 
+def vendor_subset_dir(name: str, wanted: Callable[[str], bool], complete: Callable[[Path], bool]) -> Path:
+    """A vendor/llama.cpp directory of the pinned sdist that is `complete`:
+    LOCAL_SOURCE where a machine has one, else the files `wanted` picks,
+    extracted once into the cache folder `name` (the sdist fetched with pip;
+    UpstreamUnavailable without network)."""
+    local = LOCAL_SOURCE / _VENDOR
+    if complete(local):
+        return local
+    target = cache_dir() / "upstream" / LLAMA_CPP_PYTHON.replace("==", "-") / name
+    if complete(target):
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staged = Path(tmp) / name
+        _extract(_fetch_sdist(Path(tmp)), staged, wanted)
+        if not complete(staged):
+            raise RuntimeError(f"the {LLAMA_CPP_PYTHON} sdist lacks files of {name} under {_VENDOR}")
+        try:
+            os.replace(staged, target)  # atomic; a concurrent session may have won the race
+        except OSError:
+            if not complete(target):
+                raise
+    return target
+
+
 def upstream_converter_dir() -> Path:
     """The llama.cpp directory holding convert_hf_to_gguf.py and gguf-py/ of
     llama-cpp-python 0.3.36. Fetches the sdist (77 MB) on first use;
     raises UpstreamUnavailable when the package index cannot be reached."""
-    local = LOCAL_SOURCE / _VENDOR
-    if _is_converter_dir(local):
-        return local
-    target = cache_dir() / "upstream" / LLAMA_CPP_PYTHON.replace("==", "-") / "llama.cpp"
-    if _is_converter_dir(target):
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        staged = Path(tmp) / "llama.cpp"
-        _extract(_fetch_sdist(Path(tmp)), staged)
-        if not _is_converter_dir(staged):
-            raise RuntimeError(f"the {LLAMA_CPP_PYTHON} sdist has no {_VENDOR}/convert_hf_to_gguf.py")
-        try:
-            os.replace(staged, target)  # atomic; a concurrent session may have won the race
-        except OSError:
-            if not _is_converter_dir(target):
-                raise
-    return target
+    return vendor_subset_dir("llama.cpp", _is_converter_file, _is_converter_dir)
 
 
 @pytest.fixture(scope="session")
