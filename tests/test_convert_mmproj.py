@@ -22,7 +22,6 @@ so a wrong window pattern cannot pass.
 
 from __future__ import annotations
 
-import ctypes
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch
 
 from htsparse_convert import GgufVocab, read_gguf_header, read_gguf_metadata, write_text_gguf
 from htsparse_convert.mmproj_gguf import VISION_ARCHITECTURES, write_mmproj_gguf
+from htsparse_llama import llama_cpp_mtmd
 
 from tiny_models import (  # noqa: F401  (fixtures)
     SMOLVLM_VISION,
@@ -184,41 +184,17 @@ class MtmdEncoder:
         import llama_cpp.mtmd_cpp as mtmd
 
         self._mtmd = mtmd
-        params = mtmd.mtmd_context_params_default()
-        params.use_gpu = False
-        params.n_threads = 2
-        params.warmup = False
-        params.print_timings = False
-        self.ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), text.ptr, params)
-        assert self.ctx, f"libmtmd could not load {mmproj}"
+        self.ctx = llama_cpp_mtmd.init_context(mmproj, text.ptr, n_threads=2)
         # The text model's width; a vocab_only model reports 0, the mmproj says it.
         self.n_embd = next(f.value for f in read_gguf_metadata(mmproj) if f.key == "clip.vision.projection_dim")
 
     def encode(self, rgb: np.ndarray) -> List[np.ndarray]:
         """[n_tokens, n_embd] per image chunk of an [H, W, 3] uint8 image."""
-        mtmd = self._mtmd
-        h, w, _ = rgb.shape
-        data = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb).tobytes())
-        bitmap = mtmd.mtmd_bitmap_init(w, h, data)
-        chunks = mtmd.mtmd_input_chunks_init()
+        chunks = llama_cpp_mtmd.tokenize(self.ctx, self._mtmd.mtmd_default_marker().decode(), [rgb])
         try:
-            prompt = mtmd.mtmd_default_marker()
-            text = mtmd.mtmd_input_text(text=prompt, text_len=len(prompt), add_special=False, parse_special=True)
-            bitmaps = (mtmd.mtmd_bitmap_p_ctypes * 1)(bitmap)
-            assert mtmd.mtmd_tokenize(self.ctx, chunks, ctypes.byref(text), bitmaps, 1) == 0
-            out = []
-            for i in range(mtmd.mtmd_input_chunks_size(chunks)):
-                chunk = mtmd.mtmd_input_chunks_get(chunks, i)
-                if mtmd.mtmd_input_chunk_get_type(chunk) != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE:
-                    continue
-                assert mtmd.mtmd_encode_chunk(self.ctx, chunk) == 0
-                n = mtmd.mtmd_input_chunk_get_n_tokens(chunk)
-                embd = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(self.ctx), shape=(n * self.n_embd,))
-                out.append(embd.reshape(n, self.n_embd).copy())
-            return out
+            return list(llama_cpp_mtmd.encode_image_chunks(self.ctx, chunks, self.n_embd).values())
         finally:
-            mtmd.mtmd_input_chunks_free(chunks)
-            mtmd.mtmd_bitmap_free(bitmap)
+            self._mtmd.mtmd_input_chunks_free(chunks)
 
     def close(self) -> None:
         self._mtmd.mtmd_free(self.ctx)

@@ -36,7 +36,7 @@ import torch
 import htsparse_llama as hts
 from htsparse_convert import write_text_gguf
 from htsparse_convert.mmproj_gguf import write_mmproj_gguf
-from htsparse_llama import Model, SparseConfig, Vision
+from htsparse_llama import Model, SparseConfig, Vision, llama_cpp_mtmd
 from htsparse_llama.vision import ImageChunk, TextChunk
 
 from test_convert_mmproj import CASES, pattern_image
@@ -241,29 +241,17 @@ def llama_cpp_mtmd_logits(text: Path, mmproj: Path, prompt: str, images: List[np
 
     llm = llama_cpp.Llama(str(text), n_ctx=512, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512,
                           flash_attn=True, verbose=False)
-    params = mtmd.mtmd_context_params_default()
-    params.use_gpu, params.n_threads, params.warmup, params.print_timings = False, THREADS, False, False
-    ctx = mtmd.mtmd_init_from_file(str(mmproj).encode(), llm.model, params)
-    assert ctx
-    chunks = mtmd.mtmd_input_chunks_init()
-    bitmaps = []
+    ctx = llama_cpp_mtmd.init_context(mmproj, llm.model, THREADS)
+    chunks = None
     try:
-        for rgb in images:
-            h, w, _ = rgb.shape
-            data = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb).tobytes())
-            bitmaps.append(mtmd.mtmd_bitmap_init(w, h, data))
-        raw = prompt.encode()
-        text_in = mtmd.mtmd_input_text(text=raw, text_len=len(raw), add_special=False, parse_special=True)
-        array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-        assert mtmd.mtmd_tokenize(ctx, chunks, ctypes.byref(text_in), array, len(bitmaps)) == 0
+        chunks = llama_cpp_mtmd.tokenize(ctx, prompt, images)
         n_past = llama_cpp.llama_pos(0)
         assert mtmd.mtmd_helper_eval_chunks(ctx, llm._ctx.ctx, chunks, 0, 0, 512, True, ctypes.byref(n_past)) == 0
         n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llm.model))
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,)).copy()
     finally:
-        mtmd.mtmd_input_chunks_free(chunks)
-        for b in bitmaps:
-            mtmd.mtmd_bitmap_free(b)
+        if chunks is not None:
+            mtmd.mtmd_input_chunks_free(chunks)
         mtmd.mtmd_free(ctx)
         llm.close()
 

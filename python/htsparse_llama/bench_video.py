@@ -53,6 +53,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import llama_cpp_mtmd
 from .errors import InvalidArgumentError
 
 QUESTION = "What happens in this video?"
@@ -103,11 +104,7 @@ class LlamaMtmd:
         # (errors still reach stderr).
         mtmd.mtmd_helper_log_set(_mtmd_log, None)
         self.text = LlamaCppEngine(text_path, n_ctx, threads, on_gpu)
-        params = mtmd.mtmd_context_params_default()
-        params.use_gpu, params.n_threads, params.print_timings, params.warmup = on_gpu, threads, False, False
-        self.ctx = mtmd.mtmd_init_from_file(mmproj_path.encode(), self.text.llm.model, params)
-        if not self.ctx:
-            raise RuntimeError(f"libmtmd could not load {mmproj_path}")
+        self.ctx = llama_cpp_mtmd.init_context(mmproj_path, self.text.llm.model, threads, use_gpu=on_gpu)
         self.lctx = self.text.llm._ctx.ctx
         self.n_embd = llama_cpp.llama_model_n_embd_inp(self.text.llm.model)
         self.marker = mtmd.mtmd_default_marker().decode()
@@ -119,33 +116,9 @@ class LlamaMtmd:
     def encode(self, prompt: str, frames: Sequence[np.ndarray]) -> None:
         """mtmd_tokenize (with the images' preprocessing) and mtmd_encode_chunk
         of every image chunk; keeps the embeddings for prefill()."""
-        mtmd = self.mtmd
         self._free_chunks()
-        bitmaps = []
-        try:
-            for rgb in frames:
-                h, w, _ = rgb.shape
-                data = (ctypes.c_uint8 * rgb.size).from_buffer_copy(np.ascontiguousarray(rgb).tobytes())
-                bitmaps.append(mtmd.mtmd_bitmap_init(w, h, data))
-                mtmd.mtmd_bitmap_set_mergeable(bitmaps[-1], True)
-            raw = prompt.encode()
-            text = mtmd.mtmd_input_text(text=raw, text_len=len(raw), add_special=True, parse_special=True)
-            self.chunks = mtmd.mtmd_input_chunks_init()
-            array = (mtmd.mtmd_bitmap_p_ctypes * len(bitmaps))(*bitmaps)
-            if mtmd.mtmd_tokenize(self.ctx, self.chunks, ctypes.byref(text), array, len(bitmaps)) != 0:
-                raise RuntimeError("mtmd_tokenize failed")
-        finally:
-            for b in bitmaps:
-                mtmd.mtmd_bitmap_free(b)
-        self.embd = {}
-        for i in range(mtmd.mtmd_input_chunks_size(self.chunks)):
-            chunk = mtmd.mtmd_input_chunks_get(self.chunks, i)
-            if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
-                continue
-            if mtmd.mtmd_encode_chunk(self.ctx, chunk) != 0:
-                raise RuntimeError("mtmd_encode_chunk failed")
-            n = mtmd.mtmd_input_chunk_get_n_tokens(chunk) * self.n_embd
-            self.embd[i] = np.ctypeslib.as_array(mtmd.mtmd_get_output_embd(self.ctx), shape=(n,)).copy()
+        self.chunks = llama_cpp_mtmd.tokenize(self.ctx, prompt, frames, add_special=True, mergeable=True)
+        self.embd = llama_cpp_mtmd.encode_image_chunks(self.ctx, self.chunks, self.n_embd)
 
     def counts(self) -> Dict[str, int]:
         mtmd = self.mtmd
