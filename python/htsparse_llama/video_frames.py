@@ -69,6 +69,7 @@ __all__ = [
     "unit_times",
     "mtmd_dyn_size",
     "default_fps",
+    "longest_edge_size",
     "model_family",
     "timestamp_text",
     "frame_header",
@@ -299,6 +300,20 @@ def sample_times(info: VideoInfo, fps: Optional[float] = None,
 # ------------------------------------------------------------------ budget
 
 
+def longest_edge_size(width: int, height: int, side: int) -> Tuple[int, int]:
+    """(width, height) scaled so the longest side is `side`, the other made
+    even: the idefics3 resize of libmtmd and of transformers' SmolVLM
+    processors (get_resize_output_image_size), integer for integer."""
+    aspect = width / height
+    if width >= height:
+        w, h = side, int(side / aspect)
+        h += h % 2
+    else:
+        w, h = int(side * aspect), side
+        w += w % 2
+    return w, h
+
+
 @dataclass(frozen=True)
 class VisionGrid:
     """How a vision encoder turns a frame into tokens.
@@ -338,13 +353,7 @@ class VisionGrid:
         if self.longest_edge <= 0:
             return self.tokens_per_tile
         # mtmd_image_preprocessor_idefics3::preprocess, integer for integer
-        le, aspect = self.longest_edge, width / height
-        if width >= height:
-            rw, rh = le, int(le / aspect)
-            rh += rh % 2
-        else:
-            rw, rh = int(le * aspect), le
-            rw += rw % 2
+        rw, rh = longest_edge_size(width, height, self.longest_edge)
         gx, gy = -(-rw // self.tile), -(-rh // self.tile)
         return (gx * gy + 1) * self.tokens_per_tile
 

@@ -133,14 +133,7 @@ def decode_size(width: int, height: int, grid: vf.VisionGrid = vf.SMOLVLM2_VIDEO
     """(width, height) of transformers' first resize of a width x height
     frame: longest side video_size (default: the tile), the other scaled and
     made even (video_processing_smolvlm.get_resize_output_image_size)."""
-    side = min(MAX_IMAGE_SIZE, int(video_size or grid.tile))
-    aspect = width / height
-    if width >= height:
-        w, h = side, int(side / aspect)
-        h += h % 2
-    else:
-        w, h = int(side * aspect), side
-        w += w % 2
+    w, h = vf.longest_edge_size(width, height, min(MAX_IMAGE_SIZE, int(video_size or grid.tile)))
     return max(w, 1), max(h, 1)
 
 
