@@ -114,15 +114,11 @@ def smolvlm_video_prompt(times: Sequence[float], duration: Optional[float], mark
 
 def video_grid(vision: Vision) -> vf.VisionGrid:
     """The mmproj's tile (clip.vision.image_size) and tokens per tile, one tile per frame."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(vision.path)
-
     def key(name: str) -> int:
-        field = reader.get_field(name)
-        if field is None:
+        value = vision.mmproj_value(name)
+        if value is None:
             raise InvalidArgumentError(f"mmproj '{vision.path}' has no {name}: not a SmolVLM / Idefics3 mmproj")
-        return int(field.contents())
+        return int(value)
 
     tile, patch = key("clip.vision.image_size"), key("clip.vision.patch_size")
     return vf.smolvlm_mtmd_grid(tile, patch, key("clip.vision.projector.scale_factor"), 0)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -104,8 +104,10 @@ class Vision:
                     image_max_tokens: Optional[int] = None) -> "Vision":
         """The same mmproj and model with other bounds on tokens per image
         (SmolVLM2 video: one tile per frame), loaded anew."""
-        return Vision(self.model, self.path, **dict(self._options, image_min_tokens=image_min_tokens,
-                                                     image_max_tokens=image_max_tokens))
+        limited = Vision(self.model, self.path, **dict(self._options, image_min_tokens=image_min_tokens,
+                                                        image_max_tokens=image_max_tokens))
+        limited._mmproj_keys = self._mmproj_keys  # the same file: its metadata need not be read again
+        return limited
 
     @property
     def marker(self) -> str:
@@ -126,23 +128,22 @@ class Vision:
     def projector(self) -> str:
         """The mmproj's projector type (clip.projector_type: qwen2vl_merger,
         qwen2.5vl_merger, idefics3, ...): how its tokens are laid out."""
-        return str(self._keys().get("clip.projector_type", ""))
+        return str(self.mmproj_value("clip.projector_type", ""))
 
     @property
     def tokens_per_second(self) -> int:
         """Qwen2.5-VL: M-RoPE time positions per second of video. Our converter
         writes it (htsparse.vision.tokens_per_second); upstream's mmproj lacks
         it, and every released Qwen2.5-VL checkpoint has 2."""
-        return int(self._keys().get("htsparse.vision.tokens_per_second", 2))
+        return int(self.mmproj_value("htsparse.vision.tokens_per_second", 2))
 
-    def _keys(self) -> dict:
+    def mmproj_value(self, key: str, default: Any = None) -> Any:
+        """A metadata value of the mmproj GGUF (all read once), or `default`."""
         if self._mmproj_keys is None:
             from gguf import GGUFReader
 
-            wanted = ("clip.projector_type", "htsparse.vision.tokens_per_second")
-            fields = GGUFReader(self.path).fields
-            self._mmproj_keys = {k: fields[k].contents() for k in wanted if k in fields}
-        return self._mmproj_keys
+            self._mmproj_keys = {k: f.contents() for k, f in GGUFReader(self.path).fields.items()}
+        return self._mmproj_keys.get(key, default)
 
     @property
     def image_token(self) -> int:
