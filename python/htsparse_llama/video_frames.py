@@ -42,7 +42,7 @@ import os
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -69,6 +69,7 @@ __all__ = [
     "unit_times",
     "mtmd_dyn_size",
     "default_fps",
+    "in_groups",
     "longest_edge_size",
     "model_family",
     "timestamp_text",
@@ -636,6 +637,20 @@ def frame_header(t: float, family: str = "qwen2vl") -> str:
     if model_family(family) == "smolvlm":
         return f"\nFrame from {timestamp_text(t, family)}:"
     return timestamp_text(t, family)
+
+
+def in_groups(frames: Iterable[np.ndarray], size: int) -> Iterator[List[np.ndarray]]:
+    """Consecutive lists of `size` frames (the last may be shorter), taken
+    from `frames` as they come: frames are encoded a group at a time while
+    the video is still being decoded, never all held at once."""
+    group: List[np.ndarray] = []
+    for frame in frames:
+        group.append(frame)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 # ---------------------------------------------------------------- decoding

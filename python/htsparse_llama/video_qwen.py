@@ -31,6 +31,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from . import video_frames as vf
 from .errors import InvalidArgumentError
 from .vision import Chunk, ImageChunk, TextChunk, Vision
 
@@ -88,24 +89,13 @@ def encode_pairs(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
     if frames_per_group % FRAMES_PER_PAIR:
         raise InvalidArgumentError(f"frames_per_group must be even, got {frames_per_group}")
     pairs: List[ImageChunk] = []
-    group: List[np.ndarray] = []
     done = 0
-
-    def flush() -> None:
-        nonlocal done
+    for group in vf.in_groups(frames, frames_per_group):
         for c in vision.encode_frames(group):
             if isinstance(c, ImageChunk):
                 pairs.append(replace(c, first_image=c.first_image + done))
         done += len(group)
-        group.clear()
         progress(done, n_frames)
-
-    for rgb in frames:
-        group.append(rgb)
-        if len(group) == frames_per_group:
-            flush()
-    if group:
-        flush()
     if done != n_frames:
         raise InvalidArgumentError(f"expected {n_frames} frames, the video gave {done}")
     return pairs

@@ -155,43 +155,40 @@ def encode_frames(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
     grid = video_grid(vision)
     global_img = _single_token(vision.model, GLOBAL_IMAGE)
     out: List[ImageChunk] = []
-    group: List[np.ndarray] = []
-
-    def flush() -> None:
-        tiled = []
-
-        def one_tile_each(done: int, total: int) -> bool:
-            if total != 2 * len(group):  # libmtmd made more than tile + overview of a frame
-                tiled.append(total)
-                return False
-            return True
-
-        try:
-            chunks = vision.encode(vision.marker * len(group), group, progress=one_tile_each)
-        except InvalidArgumentError:
-            if not tiled:
-                raise
-            raise InvalidArgumentError(
-                f"libmtmd cut each {grid.tile}x{grid.tile} frame into {tiled[0] // len(group) - 1} tiles: this "
-                f"mmproj upscales images before tiling; make the Vision with "
-                f"image_max_tokens={grid.tokens_per_tile} for video") from None
-        # the overview: the image after "<fake_token_around_image><global-img>"
-        for prev, c in zip(chunks, chunks[1:]):
-            if isinstance(c, ImageChunk) and isinstance(prev, TextChunk) and prev.tokens[-1:] == [global_img]:
-                out.append(replace(c, first_image=len(out)))
-        group.clear()
+    squared = (square_frame(rgb, grid, video_size) for rgb in frames)
+    for group in vf.in_groups(squared, frames_per_group):
+        for overview in _overviews(vision, group, grid, global_img):
+            out.append(replace(overview, first_image=len(out)))
         if progress is not None:
             progress(len(out), n_frames)
-
-    for rgb in frames:
-        group.append(square_frame(rgb, grid, video_size))
-        if len(group) == frames_per_group:
-            flush()
-    if group:
-        flush()
     if len(out) != n_frames:
         raise InvalidArgumentError(f"expected {n_frames} frames, the video gave {len(out)}")
     return out
+
+
+def _overviews(vision: Vision, group: List[np.ndarray], grid: vf.VisionGrid, global_img: int) -> List[ImageChunk]:
+    """One libmtmd call on frames of one tile each: the overview image of
+    each (the one after "<fake_token_around_image><global-img>"); libmtmd's
+    tile of the same pixels is dropped."""
+    tiled = []
+
+    def one_tile_each(done: int, total: int) -> bool:
+        if total != 2 * len(group):  # libmtmd made more than tile + overview of a frame
+            tiled.append(total)
+            return False
+        return True
+
+    try:
+        chunks = vision.encode(vision.marker * len(group), group, progress=one_tile_each)
+    except InvalidArgumentError:
+        if not tiled:
+            raise
+        raise InvalidArgumentError(
+            f"libmtmd cut each {grid.tile}x{grid.tile} frame into {tiled[0] // len(group) - 1} tiles: this "
+            f"mmproj upscales images before tiling; make the Vision with "
+            f"image_max_tokens={grid.tokens_per_tile} for video") from None
+    return [c for prev, c in zip(chunks, chunks[1:])
+            if isinstance(c, ImageChunk) and isinstance(prev, TextChunk) and prev.tokens[-1:] == [global_img]]
 
 
 def encode_smolvlm_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[float],
