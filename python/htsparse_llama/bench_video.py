@@ -224,12 +224,6 @@ def _run_ours(model, vision, turn, question: str, header: str, n_ctx: int, spars
     return row
 
 
-def _assistant_header(model) -> str:
-    """What the chat template puts before the assistant's answer."""
-    with_header = model.apply_chat_template([("user", "x")], add_assistant=True)
-    return with_header[len(model.apply_chat_template([("user", "x")], add_assistant=False)):]
-
-
 # -- the benchmark ------------------------------------------------------------------------------
 
 
@@ -238,12 +232,11 @@ def _open(args: argparse.Namespace):
     from .cli import resolve_model_path
 
     if args.model is None:
-        from .default_model import default_model_paths
+        from .default_model import demo_model_paths
 
-        text, mmproj = default_model_paths(lambda msg: print(msg, file=sys.stderr))
-        print("note: no -m given: the built-in demo model runs (random weights: its answers are meaningless, "
-              "its speed and KV sizes are real)", file=sys.stderr)
-        return str(text), str(mmproj), True
+        text, mmproj = demo_model_paths("benchmarking")
+        print("(its speed and KV sizes are real)", file=sys.stderr)
+        return text, mmproj, True
     if not args.mmproj:
         raise InvalidArgumentError("--video needs --mmproj (the vision tower made with the model)")
     return resolve_model_path(args.model), args.mmproj, False
@@ -371,7 +364,7 @@ class _Setup:
         self.decode_s = time.perf_counter() - t0
 
         self.before, self.after = model.chat_turn("user")
-        self.header = _assistant_header(model)
+        self.header = model.assistant_header()
         n_turn = sum(c.n_tokens if isinstance(c, ImageChunk) else len(c.tokens) for c in turn.chunks)
         n_rest = sum(len(model.tokenize(t)) for t in (self.before, args.question + self.after, self.header))
         n_text = n_turn - turn.n_visual_tokens + n_rest

@@ -115,6 +115,11 @@ class Model:
         before, after = self.apply_chat_template([(role, _TURN_MARK)], add_assistant=add_assistant).split(_TURN_MARK, 1)
         return before, after
 
+    def assistant_header(self) -> str:
+        """What the chat template puts before the assistant's answer."""
+        with_header = self.apply_chat_template([("user", "x")], add_assistant=True)
+        return with_header[len(self.apply_chat_template([("user", "x")], add_assistant=False)):]
+
     def session(self, n_ctx: Optional[int] = None, n_batch: int = 512,
                 sparse: Optional[SparseConfig] = None) -> "Session":
         """A new conversation with its own KV cache of n_ctx tokens. With
@@ -291,11 +296,6 @@ class Session:
         self._pending_assistant = role != "assistant"
         return self.model.chat_turn(role)
 
-    def _assistant_header(self) -> str:
-        with_header = self.model.apply_chat_template([("user", "x")], add_assistant=True)
-        without = self.model.apply_chat_template([("user", "x")], add_assistant=False)
-        return with_header[len(without):]
-
     def _turn_tail(self) -> str:
         """What the template puts after an assistant message's content."""
         return self.model.chat_turn("assistant")[1]
@@ -370,7 +370,7 @@ class Session:
             raise InvalidArgumentError("nothing to continue: add text or a message first")
         started = time.perf_counter()
         if self._pending_assistant:
-            self.add_text(self._assistant_header())
+            self.add_text(self.model.assistant_header())
             self._pending_assistant = False
             self._assistant_open = True
         self.select()
