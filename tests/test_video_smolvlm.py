@@ -141,12 +141,34 @@ def test_one_image_per_frame(smolvlm, clip):
     assert np.array_equal(images[0].embd, both[1].embd)
 
 
-def test_upscaling_mmproj_needs_image_max_tokens(smolvlm, clip, tmp_path):
+def test_runtime_squares_frames_like_pillow(smolvlm, clip):
+    """Frames an app hands to the C API at their own size are squared by the
+    runtime (a Lanczos-3 filter written as Pillow's): the pixels agree with
+    Pillow within one level, and the visual tokens with square_frame's."""
+    from PIL import Image
+
+    from htsparse_llama._native_loader import native
+
+    _, frames = clip
+    for size in ((64, 64), (40, 90), (200, 120)):  # stretch, shrink and grow
+        ours = native.resize_rgb_lanczos(frames[0], *size).astype(int)
+        pillow = np.asarray(Image.fromarray(frames[0]).resize(size, Image.Resampling.LANCZOS)).astype(int)
+        assert ours.shape == pillow.shape and np.abs(ours - pillow).max() <= 1 and np.abs(ours - pillow).mean() < 1e-3
+    vision = Vision(smolvlm.model(), smolvlm.mmproj, n_threads=THREADS)
+    runtime = native.VideoEncoder(vision._native)
+    runtime.add_frames([np.ascontiguousarray(f) for f in frames])  # 64 x 32: not yet square
+    got = [np.asarray(c["embd"]) for c in runtime.images(vision.model.info["n_embd"])]
+    ref = encode_frames(vision, frames, len(frames))
+    assert len(got) == len(ref) == len(frames)
+    assert max(float(rel_l2(a.ravel(), b.embd.ravel())) for a, b in zip(got, ref)) < 2e-2
+
+
+def test_upscaling_mmproj_is_capped_at_one_tile(smolvlm, clip, tmp_path):
     """An mmproj whose preprocessor longest edge is above its tile (SmolVLM2:
     2048 vs 512; here 128 vs 64) has libmtmd upscale a frame and cut it into
-    tiles: a clear error, and with image_max_tokens = one tile's tokens the
-    frame is one tile again, with the same tokens."""
-    import htsparse_llama as hts
+    tiles; for video the runtime loads it capped at one tile's tokens, so
+    each frame is one tile again, with the same tokens as an mmproj that never
+    upscales, whether the Vision was capped by the caller or not."""
     from htsparse_convert.mmproj_gguf import write_mmproj_gguf
 
     from test_convert_mmproj import CASES
@@ -157,11 +179,13 @@ def test_upscaling_mmproj_needs_image_max_tokens(smolvlm, clip, tmp_path):
                                   dict(CASES["smolvlm"].preprocessor, size={"longest_edge": 128}), "f32")
     _, frames = clip
     model = m.model()
-    with pytest.raises(hts.InvalidArgumentError, match=r"into 4 tiles.*image_max_tokens=16"):
-        encode_frames(Vision(model, upscaling, n_threads=THREADS), frames, 4)
-    got = encode_frames(Vision(model, upscaling, n_threads=THREADS, image_max_tokens=16), frames, 4)
+    uncapped = Vision(model, upscaling, n_threads=THREADS)
+    one_frame = [square_frame(frames[0], _TINY)]
+    assert sum(isinstance(c, ImageChunk) for c in uncapped.encode(uncapped.marker, one_frame)) == 5  # 4 tiles + overview
     ref = encode_frames(Vision(model, m.mmproj, n_threads=THREADS), frames, 4)
-    assert all(np.array_equal(a.embd, b.embd) for a, b in zip(got, ref))
+    for vision in (uncapped, Vision(model, upscaling, n_threads=THREADS, image_max_tokens=16)):
+        got = encode_frames(vision, frames, 4)
+        assert len(got) == 4 and all(np.array_equal(a.embd, b.embd) for a, b in zip(got, ref))
 
 
 # -- against transformers ---------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def _measure_video_prompt(model, vision, times, frames, unit: int, keep_ratio: f
                       + sum(len(c.tokens) for c in chunks if isinstance(c, TextChunk)) + len(suffix) + 64)
     native = s._native
     s.add_tokens(prefix)
-    rows, positions, segments = vision._span(chunks[images[0]:images[-1] + 1], s.next_pos)
+    rows, positions, segments = vision.span(chunks[images[0]:images[-1] + 1], s.next_pos)
     begin = s.n_past
     s.add_embeddings(rows, positions=positions, placeholder=vision.image_token)
     native._set_query_capture(min(len(suffix), q_window))

@@ -8,6 +8,7 @@
 """
 
 from .errors import (
+    AbortedError,
     BackendError,
     ContextOverflowError,
     HtsError,
@@ -35,4 +36,5 @@ __all__ = [
     "UnsupportedModelError",
     "ContextOverflowError",
     "BackendError",
+    "AbortedError",
 ]

@@ -17,6 +17,7 @@ _native._register_errors(
     errors.UnsupportedModelError,
     errors.ContextOverflowError,
     errors.BackendError,
+    errors.AbortedError,
 )
 
 native = _native

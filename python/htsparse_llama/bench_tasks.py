@@ -17,6 +17,8 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from ._native_loader import native
+
 _EVENTS = ("disk check ok", "cache warmed", "user login", "backup done", "queue drained", "cron tick",
            "config reloaded", "heartbeat")
 
@@ -51,14 +53,9 @@ class SparsePrompt:
 
 def line_segments(model, span: List[int], max_tokens: int = 32) -> List[int]:
     """Segment starts: a new segment after every token that ends a line, and
-    every max_tokens tokens within a long line."""
-    starts, run = [0], 0
-    for i in range(len(span) - 1):
-        run += 1
-        if "\n" in model.detokenize([span[i]]) or run >= max_tokens:
-            starts.append(i + 1)
-            run = 0
-    return starts
+    every max_tokens tokens within a long line (the runtime's own rule for
+    text spans)."""
+    return list(native.line_segments(model._native, [int(t) for t in span], int(max_tokens)))
 
 
 _SERVICES = ("billing", "search", "mailer", "storage", "gateway", "scheduler", "metrics", "auth")

@@ -144,7 +144,7 @@ def load_model(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, cmd_calibrate, cmd_chat, cmd_convert, cmd_generate, cmd_serve
+    from . import bench, cmd_c_flags, cmd_calibrate, cmd_chat, cmd_convert, cmd_generate, cmd_serve
 
     parser = _Parser(
         prog="python -m htsparse_llama",
@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"htsparse-llama {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (cmd_generate, cmd_chat, cmd_serve, bench, cmd_convert, cmd_calibrate):
+    for module in (cmd_generate, cmd_chat, cmd_serve, bench, cmd_convert, cmd_calibrate, cmd_c_flags):
         module.register(sub)
     return parser
 

@@ -39,3 +39,7 @@ class ContextOverflowError(HtsError):
 
 class BackendError(HtsError, RuntimeError):
     """A ggml backend failed (allocation, computation)."""
+
+
+class AbortedError(HtsError):
+    """A progress callback asked to stop midway; reset the session before using it again."""

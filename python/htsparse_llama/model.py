@@ -10,20 +10,16 @@ conversation with its own KV cache).
 
 from __future__ import annotations
 
-import codecs
 import os
-import time
+from dataclasses import asdict
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._native_loader import native
-from .errors import ContextOverflowError, InvalidArgumentError
+from .errors import InvalidArgumentError
 from .sparse_config import SparseConfig
-from .sparse_session import SessionStats, SparseState
-
-_TURN_MARK = "@@htsparse-turn-content@@"
-
+from .sparse_session import SessionStats, SparseView
 
 def supported_architectures() -> List[str]:
     """Names of the GGUF architectures (general.architecture) this runtime runs."""
@@ -111,14 +107,14 @@ class Model:
         return self._native.apply_chat_template([(r, c) for r, c in messages], add_assistant)
 
     def chat_turn(self, role: str, add_assistant: bool = False) -> Tuple[str, str]:
-        """The chat template's text before and after the content of one turn of `role`."""
-        before, after = self.apply_chat_template([(role, _TURN_MARK)], add_assistant=add_assistant).split(_TURN_MARK, 1)
-        return before, after
+        """The chat template's text before and after the content of one turn of
+        `role` (with add_assistant, "after" ends with the assistant's header)."""
+        before, after = self._native.chat_turn(role)
+        return before, after + (self.assistant_header() if add_assistant else "")
 
     def assistant_header(self) -> str:
         """What the chat template puts before the assistant's answer."""
-        with_header = self.apply_chat_template([("user", "x")], add_assistant=True)
-        return with_header[len(self.apply_chat_template([("user", "x")], add_assistant=False)):]
+        return self._native.assistant_header()
 
     def session(self, n_ctx: Optional[int] = None, n_batch: int = 512,
                 sparse: Optional[SparseConfig] = None) -> "Session":
@@ -133,6 +129,8 @@ class Session:
 
     Text goes in with add_text / add_tokens / add_message; generate() streams
     the model's continuation. The session keeps the logits of the last token.
+    The conversation's logic (chat turns, HT-Sparse, statistics, decoding)
+    is the runtime's (runtime/src/conversation.h), shared with the C API.
     """
 
     def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512,
@@ -142,12 +140,9 @@ class Session:
         _check_positive("n_batch", n_batch)
         if sparse is not None and not isinstance(sparse, SparseConfig):
             raise InvalidArgumentError(f"sparse must be a SparseConfig or None, got {type(sparse).__name__}")
-        self._sparse_config = sparse
-        self._native = native.Session(model._native, n_ctx, n_batch)
-        self._sparse = SparseState(model, sparse, self._native) if sparse is not None else None
-        self._stats = SessionStats()
-        self._assistant_open = False  # generated tokens belong to an open assistant turn
-        self._pending_assistant = False  # a user turn awaits the assistant header
+        self._conv = native.Conversation(model._native, n_ctx, n_batch, None if sparse is None else asdict(sparse))
+        self._native = self._conv.session  # the low-level session (tests reach into it)
+        self._sparse = SparseView(self._conv) if sparse is not None else None
         self.finish_reason: Optional[str] = None
 
     @property
@@ -185,14 +180,9 @@ class Session:
         (qwen2vl), as Qwen-VL gives image tokens. sparse=True marks the tokens
         as a sparse span, as add_text(sparse=True) does."""
         ids = [int(t) for t in tokens]
-        if not ids:
-            raise InvalidArgumentError("add_tokens needs at least one token")
-        if sparse and self._sparse is not None:
-            if all_logits or positions is not None:
-                raise InvalidArgumentError("a sparse span takes neither all_logits nor positions yet")
-            self._add_span(ids)
-            return None
-        return self._eval(ids, all_logits, positions)
+        pos = None if positions is None else np.asarray(positions, dtype=np.int32)
+        self._conv.add_tokens(ids, bool(sparse), bool(all_logits), pos)
+        return np.asarray(self._native.all_logits()) if all_logits else None
 
     def add_embeddings(
         self, embd: np.ndarray, positions: Optional[np.ndarray] = None, placeholder: int = 0, sparse: bool = False,
@@ -211,44 +201,9 @@ class Session:
         if rows.ndim != 2 or len(rows) == 0:
             raise InvalidArgumentError(f"embeddings must be a non-empty 2-D array (n, n_embd), got shape {rows.shape}")
         pos = None if positions is None else np.asarray(positions, dtype=np.int32)
-        if sparse and self._sparse is not None:
-            if all_logits:
-                raise InvalidArgumentError("a sparse span takes no all_logits")
-            start = time.perf_counter()
-            self._sparse.add_embedding_span(self._native, rows, int(placeholder), pos, segments)
-            self._count_prompt_time(start)
-            self._stats.n_sparse += len(rows)
-            return None
-        if self._sparse is not None and self._sparse.holds_back:
-            raise InvalidArgumentError("embeddings after a sparse span and before the answer must be sparse too")
-        start = time.perf_counter()
-        self._native.eval_embd(rows, int(placeholder), all_logits, pos)
-        self._count_prompt_time(start)
+        segs = None if segments is None else [int(v) for v in segments]
+        self._conv.add_embeddings(rows, int(placeholder), pos, bool(sparse), segs, bool(all_logits))
         return np.asarray(self._native.all_logits()) if all_logits else None
-
-    def _add_span(self, ids: List[int]) -> None:
-        start = time.perf_counter()
-        self._sparse.add_span(self._native, ids)
-        self._count_prompt_time(start)
-        self._stats.n_sparse += len(ids)
-
-    def _eval(self, ids: List[int], all_logits: bool = False,
-              positions: Optional[np.ndarray] = None) -> Optional[np.ndarray]:
-        if self._sparse is not None and self._sparse.holds_back:
-            # The question after a sparse span: evaluated when the answer starts.
-            if all_logits or positions is not None:
-                raise InvalidArgumentError("all_logits and positions are not available between a sparse span "
-                                           "and the start of the answer")
-            self._sparse.pending += ids
-            return None
-        start = time.perf_counter()
-        self._native.eval(ids, all_logits, None if positions is None else np.asarray(positions, dtype=np.int32))
-        self._count_prompt_time(start)
-        return np.asarray(self._native.all_logits()) if all_logits else None
-
-    def _count_prompt_time(self, start: float) -> None:
-        stage = "prompt" if self._stats.ttft_ms is None else "follow_up"
-        self._stats.prefill_ms[stage] = self._stats.prefill_ms.get(stage, 0.0) + (time.perf_counter() - start) * 1000
 
     def add_text(self, text: str, special: bool = True, sparse: bool = False) -> int:
         """Tokenizes and evaluates text (special markers parsed when `special`);
@@ -259,16 +214,7 @@ class Session:
         transcript): in a session made with a SparseConfig, only the parts
         each question needs stay in most heads' KV cache. In a dense session
         it is ordinary text."""
-        ids = self.model.tokenize(text, add_special=False, special=special)
-        if self.n_past == 0 and self.model.info["add_bos"] and self.model.info["bos"] >= 0:
-            ids = [self.model.info["bos"]] + ids
-        if not ids:
-            return 0
-        if sparse and self._sparse is not None:
-            self._add_span(ids)
-        else:
-            self._eval(ids)
-        return len(ids)
+        return self._conv.add_text(text, bool(special), bool(sparse))
 
     def add_message(self, role: str, content: Union[str, Sequence[dict]]) -> int:
         """Adds one chat turn rendered with the GGUF's chat template. After a
@@ -281,24 +227,12 @@ class Session:
         for part in parts:
             if not isinstance(part, dict) or not isinstance(part.get("text"), str):
                 raise InvalidArgumentError('content must be a string or a list of {"text": str, "sparse": bool} parts')
-        before, after = self._begin_turn(role)
-        if len(parts) == 1 and not parts[0].get("sparse"):
-            return self.add_text(before + parts[0]["text"] + after)
-        n = self.add_text(before)
-        for part in parts:
-            n += self.add_text(part["text"], sparse=bool(part.get("sparse")))
-        return n + self.add_text(after)
+        return self._conv.add_message(role, [(p["text"], bool(p.get("sparse"))) for p in parts])
 
     def _begin_turn(self, role: str) -> Tuple[str, str]:
         """Starts a turn of `role` (after a user turn, generate() opens the
         assistant's reply); the template's text around its content."""
-        self._assistant_open = False
-        self._pending_assistant = role != "assistant"
-        return self.model.chat_turn(role)
-
-    def _turn_tail(self) -> str:
-        """What the template puts after an assistant message's content."""
-        return self.model.chat_turn("assistant")[1]
+        return tuple(self._conv.begin_turn(role))
 
     # -- output ---------------------------------------------------------------------
     def logits(self) -> np.ndarray:
@@ -316,9 +250,9 @@ class Session:
 
         `replace_kept` is for baselines: it maps the selected span tokens to
         the ones kept instead (the head routing stays as selected)."""
-        if self._sparse is None or not self._sparse.holds_back:
+        if not self._conv.holds_back:
             return None
-        self._sparse.select(self._native, self._stats, replace_kept)
+        self._conv.select(replace_kept)
         return self.selection
 
     @property
@@ -327,17 +261,14 @@ class Session:
         sparse spans, relative to the first span's start), `full_kv` (per
         layer, per KV head: keeps the whole span) and `kv_head_score`. None
         before the first question."""
-        if self._sparse is None or self._sparse.selection is None:
-            return None
-        return dict(self._sparse.selection)
+        return self._sparse.selection if self._sparse is not None else None
 
     def answered(self) -> None:
         """Marks the assistant's answer as finished when it was decoded by
         hand (add_tokens, logits) rather than by generate(), which does this
         itself: with re-routing, the next user turn is then a new question
         that selects anew."""
-        if self._sparse is not None:
-            self._sparse.answered()
+        self._conv.answered()
 
     def generate(
         self,
@@ -353,99 +284,38 @@ class Session:
     ) -> Union[Iterator[str], str]:
         """Continues the conversation. Yields text pieces as they are decoded
         (stream=True) or returns the whole text. Stops at an end-of-generation
-        token, a `stop` string, max_tokens, or a full context; the reason is
-        left in self.finish_reason ("stop", "length" or "context")."""
+        token, a `stop` string (text that may start one is held back until it
+        is known not to), max_tokens, or a full context; the reason is left in
+        self.finish_reason ("stop", "length" or "context"). Closing the
+        stream early ends the answer there ("cancelled")."""
         _check_positive("max_tokens", max_tokens)
-        sampler = native.Sampler(
-            self.model._native,
-            float(temperature),
-            int(top_k),
-            float(top_p),
-            float(min_p),
-            float(repeat_penalty),
-            64,
-            0xFFFFFFFF if seed is None else int(seed) & 0xFFFFFFFF,
-        )
-        if self.n_past == 0:
-            raise InvalidArgumentError("nothing to continue: add text or a message first")
-        started = time.perf_counter()
-        if self._pending_assistant:
-            self.add_text(self.model.assistant_header())
-            self._pending_assistant = False
-            self._assistant_open = True
-        self.select()
-        if self._stats.ttft_ms is None:
-            self._stats.n_prompt = self.n_past
-        pieces = self._generate(sampler, max_tokens, list(stop), started)
+        answer = native.Answer(
+            self._conv, float(temperature), int(top_k), float(top_p), float(min_p), float(repeat_penalty), 64,
+            0xFFFFFFFF if seed is None else int(seed) & 0xFFFFFFFF, int(max_tokens), [str(s) for s in stop])
+        self.finish_reason = None
+        pieces = self._stream(answer)
         return pieces if stream else "".join(pieces)
 
-    def _generate(self, sampler, max_tokens: int, stop: List[str], started: float) -> Iterator[str]:
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        text = ""
-        self.finish_reason = "length"
-        first_at, n_decoded = None, 0
-        for _ in range(max_tokens):
-            token = sampler.sample(self._native)
-            sampler.accept(token)
-            if first_at is None:
-                first_at = time.perf_counter()
-                if self._stats.ttft_ms is None:
-                    self._stats.ttft_ms = (first_at - started) * 1000
-            else:
-                n_decoded += 1
-            if self.model.is_eog(token):
-                self.finish_reason = "stop"
-                break
-            piece = decoder.decode(self.model.token_bytes(token))
-            text += piece
-            if self.n_past >= self.n_ctx:
-                self.finish_reason = "context"
+    def _stream(self, answer) -> Iterator[str]:
+        try:
+            while True:
+                piece = answer.next()  # bytes of whole UTF-8 characters; None once the answer has ended
+                if piece is None:
+                    break
                 if piece:
-                    yield piece
-                break
-            self._native.eval([token], False)
-            hit = next((s for s in stop if s and s in text), None)
-            if hit is not None:
-                piece = piece[: max(0, len(piece) - (len(text) - text.index(hit)))]
-                self.finish_reason = "stop"
-                if piece:
-                    yield piece
-                break
-            if piece:
-                yield piece
-        if first_at is not None and n_decoded > 0:
-            self._stats.decode_tok_s = n_decoded / (time.perf_counter() - first_at)
-        tail = decoder.decode(b"", final=True)
-        if tail:
-            yield tail
-        self._close_assistant_turn()
-        self.answered()
+                    yield piece.decode("utf-8", errors="replace")
+        except GeneratorExit:
+            answer.cancel()  # the reader left: close the turn so the conversation stays whole
+            raise
+        finally:
+            self.finish_reason = answer.finish_reason if answer.done else None
 
     def stats(self) -> SessionStats:
         """Sizes, KV memory (actual and what a dense cache would hold) and
         timings of this conversation so far."""
-        self._stats.kv_bytes = self._native.kv_bytes
-        self._stats.kv_bytes_dense = self._native.kv_bytes_dense
-        if self._sparse is not None:
-            self._stats.select_layer = int(self._sparse.config["select_layer"])
-            self._stats.prune_layer = int(self._sparse.config["prune_layer"])
-        return self._stats
-
-    def _close_assistant_turn(self) -> None:
-        if not self._assistant_open:
-            return
-        self._assistant_open = False
-        try:
-            self.add_text(self._turn_tail())
-        except ContextOverflowError:
-            self.finish_reason = "context"
+        return SessionStats.from_native(self._conv.stats())
 
     def reset(self) -> None:
         """Forgets the conversation: empty context, cleared KV cache."""
-        self._native.reset()
-        self._sparse = (SparseState(self.model, self._sparse_config, self._native)
-                        if self._sparse_config is not None else None)
-        self._stats = SessionStats()
-        self._assistant_open = False
-        self._pending_assistant = False
+        self._conv.reset()
         self.finish_reason = None

@@ -23,7 +23,7 @@ from . import video_qwen, video_smolvlm
 from .embedding_cache import EmbeddingCache
 from .errors import InvalidArgumentError
 from .model import Session
-from .vision import Chunk, ImageChunk, TextChunk, Vision, with_turn_text
+from .vision import Chunk, ImageChunk, TextChunk, Vision
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
@@ -61,17 +61,23 @@ def encode_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[f
     family was trained on, from frames sampled at `times` (s) of a video
     `duration` s long; frames may be a generator (they are encoded as they
     come). Qwen-VL frames come sized by the plan; SmolVLM2 frames any size."""
-    grid = _grid(vision)
-    if grid.kind == "tiles":
-        # One tile per frame: an mmproj that upscales images before tiling must not.
-        tile_only = vision.with_limits(image_max_tokens=grid.tokens_per_tile)
-        return video_smolvlm.encode_smolvlm_video(tile_only, frames, times, duration, progress)
+    if _grid(vision).kind == "tiles":
+        return video_smolvlm.encode_smolvlm_video(vision, frames, times, duration, progress)
     return video_qwen.encode_video(vision, frames, times, progress)
 
 
-def _frame_size(vision: Vision, info: vf.VideoInfo, plan: vf.FramePlan) -> Tuple[int, int]:
+def plan_frames(vision: Vision, path: str, options: VideoOptions) -> Tuple[vf.VideoInfo, List[float], vf.FramePlan]:
+    """The video's facts, the frame times and the plan (count and size) for
+    this model's tower within the options' budget."""
+    info = vf.probe(path)
+    times, plan = vf.plan_video(info, fps=options.fps, max_frames=options.max_frames, start=options.start,
+                                end=options.end, max_visual_tokens=options.max_visual_tokens, grid=_grid(vision))
+    return info, times, plan
+
+
+def frame_size(info: vf.VideoInfo, plan: vf.FramePlan) -> Tuple[int, int]:
     """The size frames are decoded at: the plan's (Qwen-VL), or SmolVLM2's first
-    resize (longest side to the tile, as transformers; encode_video squares it)."""
+    resize (longest side to the tile, as transformers; the encoder squares it)."""
     if plan.grid.kind == "tiles":
         return video_smolvlm.decode_size(info.width, info.height, plan.grid)
     return plan.width, plan.height
@@ -126,17 +132,14 @@ class VideoTurn:
     @classmethod
     def load_video(cls, vision: Vision, path: str, options: VideoOptions, cache: EmbeddingCache,
                    progress: Progress = lambda *_: None) -> "VideoTurn":
-        info = vf.probe(path)
-        grid = _grid(vision)
-        times, plan = vf.plan_video(info, fps=options.fps, max_frames=options.max_frames, start=options.start,
-                                    end=options.end, max_visual_tokens=options.max_visual_tokens, grid=grid)
+        info, times, plan = plan_frames(vision, path, options)
         settings = {"times": [round(t, 6) for t in times], "size": [plan.width, plan.height],
                     "layout": f"{vision.projector}-v{LAYOUT_VERSION}"}
         key = cache.key(path, settings, vision.path)
         cached = cache.get(key)
         if cached is not None:
             return cls(items_to_chunks(cached), Path(path).name, times, plan, from_cache=True)
-        frames = (f.rgb for f in vf.iter_frames(path, times, size=_frame_size(vision, info, plan)))
+        frames = (f.rgb for f in vf.iter_frames(path, times, size=frame_size(info, plan)))
         chunks = encode_video(vision, frames, times, lambda done, total: progress("encoding frames", done, total),
                               duration=info.duration_s)
         cache.put(key, chunks_to_items(chunks))
@@ -158,10 +161,7 @@ class VideoTurn:
     def ask(self, session: Session, vision: Vision, question: str, sparse: bool = True) -> None:
         """The first user turn: the visual span (sparse), then the question
         (the query window), rendered with the chat template."""
-        before, after = session._begin_turn("user")  # generate() then opens the assistant's reply
-        # As the chat templates render [video, text] content: the question right after the visual block.
-        vision.add_chunks(session, with_turn_text(session.model, before, self.chunks, question + after),
-                          sparse=sparse)
+        vision.add_media_turn(session, self.chunks, question, sparse=sparse)  # generate() then opens the reply
 
 
 def plan_summary(turn: VideoTurn) -> Dict[str, object]:

@@ -1,4 +1,5 @@
 """Qwen2-VL / Qwen2.5-VL video, laid out as the models were trained on it
+by the runtime (runtime/src/video_layout.h, shared with the C API)
 (Qwen's reference code, transformers, vLLM): one <|vision_start|> ...
 <|vision_end|> block holding every frame pair's visual tokens, no text
 between the pairs, and time carried by the M-RoPE temporal ids.
@@ -26,14 +27,13 @@ last pair's t offset is below the grid size, and we keep the trained rule.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
-from . import video_frames as vf
+from ._native_loader import native
 from .errors import InvalidArgumentError
-from .vision import Chunk, ImageChunk, TextChunk, Vision
+from .vision import Chunk, ImageChunk, Vision, chunks_from_native, encode_video_frames
 
 FRAMES_PER_PAIR = 2
 # Frames decoded and encoded together: bounds the RGB frames held in memory
@@ -43,40 +43,20 @@ FRAMES_PER_GROUP = 16
 
 def temporal_step(projector: str, frame_interval_s: float, tokens_per_second: int = 2) -> float:
     """M-RoPE t distance between consecutive frame pairs."""
-    if projector == "qwen2.5vl_merger":
-        return tokens_per_second * FRAMES_PER_PAIR * float(frame_interval_s)
-    if projector == "qwen2vl_merger":
-        return 1.0
-    raise InvalidArgumentError(f"no Qwen-VL video layout for an mmproj of projector type '{projector}'")
+    return float(native.qwen_temporal_step(projector, float(frame_interval_s), int(tokens_per_second)))
 
 
 def frame_interval(times: Sequence[float]) -> float:
     """Seconds between sampled frames (their mean spacing; 0 for one frame)."""
-    return float((times[-1] - times[0]) / (len(times) - 1)) if len(times) > 1 else 0.0
+    return float(native.frame_interval([float(t) for t in times]))
 
 
 def place_pairs(pairs: Sequence[ImageChunk], step: float) -> List[ImageChunk]:
     """The pairs' positions within one block (relative to its start): pair g
     shifted by floor(g * step) in t, every pair starting at the block's start
     (n_pos 0) but the last, after which text resumes past the largest position."""
-    if not pairs:
-        raise InvalidArgumentError("a video needs at least one frame")
-    out, top = [], 0
-    for g, pair in enumerate(pairs):
-        if pair.positions.shape[0] != 3:
-            raise InvalidArgumentError("Qwen-VL video needs M-RoPE (t/h/w) positions")
-        positions = pair.positions.copy()
-        positions[0] += np.int32(int(np.floor(g * step)))
-        top = max(top, int(positions.max()))
-        out.append(replace(pair, positions=positions, n_pos=0))
-    out[-1] = replace(out[-1], n_pos=top + 1)
-    return out
-
-
-def video_block(vision: Vision, pairs: Sequence[ImageChunk], step: float) -> List[Chunk]:
-    """<|vision_start|>, the placed pairs, <|vision_end|>."""
-    start, end = (_special_token(vision, name) for name in ("<|vision_start|>", "<|vision_end|>"))
-    return [TextChunk([start])] + place_pairs(pairs, step) + [TextChunk([end])]
+    n_embd = pairs[0].embd.shape[1] if pairs else 1
+    return chunks_from_native(native.qwen_place_pairs(list(pairs), float(step), n_embd))
 
 
 def encode_pairs(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
@@ -86,32 +66,19 @@ def encode_pairs(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
     as they are decoded (a long video is never in memory as pixels). The
     text libmtmd puts around each pair is dropped; first_image counts frames
     over the whole video."""
-    if frames_per_group % FRAMES_PER_PAIR:
-        raise InvalidArgumentError(f"frames_per_group must be even, got {frames_per_group}")
-    pairs: List[ImageChunk] = []
-    done = 0
-    for group in vf.in_groups(frames, frames_per_group):
-        for c in vision.encode_frames(group):
-            if isinstance(c, ImageChunk):
-                pairs.append(replace(c, first_image=c.first_image + done))
-        done += len(group)
-        progress(done, n_frames)
-    if done != n_frames:
-        raise InvalidArgumentError(f"expected {n_frames} frames, the video gave {done}")
-    return pairs
+    encoder = encode_video_frames(vision, frames, n_frames, progress, _even(frames_per_group))
+    return chunks_from_native(encoder.images(vision.model.info["n_embd"]))
 
 
 def encode_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[float],
                  progress: Optional[Callable[[int, int], None]] = None) -> List[Chunk]:
     """A Qwen-VL video block (chunks for Vision.add_chunks) from the frames
-    sampled at `times` (s)."""
-    step = temporal_step(vision.projector, frame_interval(times), vision.tokens_per_second)
-    pairs = encode_pairs(vision, frames, len(times), progress or (lambda done, total: None))
-    return video_block(vision, pairs, step)
+    sampled at `times` (s): <|vision_start|>, the placed pairs, <|vision_end|>."""
+    encoder = encode_video_frames(vision, frames, len(times), progress, FRAMES_PER_GROUP)
+    return chunks_from_native(encoder.finish([float(t) for t in times], -1.0, vision.model.info["n_embd"]))
 
 
-def _special_token(vision: Vision, text: str) -> int:
-    ids = vision.model.tokenize(text, special=True)
-    if len(ids) != 1:
-        raise InvalidArgumentError(f"the model's vocabulary has no single token for {text}: not a Qwen-VL model")
-    return ids[0]
+def _even(frames_per_group: int) -> int:
+    if frames_per_group % FRAMES_PER_PAIR:
+        raise InvalidArgumentError(f"frames_per_group must be even, got {frames_per_group}")
+    return frames_per_group

@@ -1,5 +1,6 @@
 """SmolVLM2 video, laid out as transformers' SmolVLM processor writes it
-(processing_smolvlm.replace_video_token, video_processing_smolvlm):
+(processing_smolvlm.replace_video_token, video_processing_smolvlm), by the
+runtime (runtime/src/video_layout.h, shared with the C API):
 
     You are provided the following series of four frames from a 0:00:10 [H:MM:SS] video.\\n
     \\nFrame from 00:00:<fake_token_around_image><global-img>{64 visual tokens}<fake_token_around_image>
@@ -32,8 +33,8 @@ pixels; only the overview's tokens are kept and the text around them is
 tokenized here. So the tower runs twice per frame (libmtmd has no way to ask
 for the overview alone). An mmproj whose preprocessor longest edge is larger
 than its tile (SmolVLM2's 2048 vs 512) would have libmtmd upscale the frame
-and cut it into 16 tiles: make the Vision with
-image_max_tokens=video_grid(vision).tokens_per_tile and it keeps one tile.
+and cut it into 16 tiles, so the runtime loads the mmproj capped at one tile
+(image_max_tokens = tokens per tile) for video when the Vision is not.
 
 transformers tokenizes the whole prompt as one string, so text that touches
 the video block ("User: " before it, the question after its "\\n\\n") must be
@@ -42,22 +43,15 @@ tokenized together with the block's first and last text: vision.with_turn_text.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import timedelta
 from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from . import video_frames as vf
+from ._native_loader import native
 from .errors import InvalidArgumentError
-from .model import Model
-from .vision import Chunk, ImageChunk, TextChunk, Vision
+from .vision import Chunk, ImageChunk, Vision, chunks_from_native, encode_video_frames
 
-DEFAULT_VIDEO_INTRO = ("You are provided the following series of {frame_count} frames "
-                       "from a {video_duration} [H:MM:SS] video.\n")
-DEFAULT_MEDIA_OUTTRO = "\n\n"
-FAKE_IMAGE = "<fake_token_around_image>"
-GLOBAL_IMAGE = "<global-img>"
 # transformers' DEFAULT_CHAT_TEMPLATE for a first user turn [video, text] with
 # add_generation_prompt (the template the processor uses whenever a video is in the chat).
 USER_PREFIX = "<|im_start|>User: "
@@ -69,44 +63,19 @@ FRAMES_PER_GROUP = 16
 
 # -- the text ---------------------------------------------------------------------------------
 
-_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-         "sixteen seventeen eighteen nineteen").split()
-_TENS = "_ _ twenty thirty forty fifty sixty seventy eighty ninety".split()
-_SCALES = ((10 ** 9, "billion"), (10 ** 6, "million"), (1000, "thousand"), (100, "hundred"))
-
-
 def number_words(n: int) -> str:
     """num2words(n) in English (transformers needs the num2words package for
     this one call; it is not a dependency here): 21 "twenty-one", 101 "one
     hundred and one", 1234 "one thousand, two hundred and thirty-four"."""
-    n = int(n)
-    if n < 0 or n >= 10 ** 12:
-        raise InvalidArgumentError(f"no words for {n} frames")
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        return _TENS[n // 10] + ("-" + _ONES[n % 10] if n % 10 else "")
-    scale, name = next((s, w) for s, w in _SCALES if n >= s)
-    high, rest = divmod(n, scale)
-    words = f"{number_words(high)} {name}"
-    if not rest:
-        return words
-    # num2words joins a remainder below 100 with "and", a larger one with ", "
-    return words + (" and " if rest < 100 else ", ") + number_words(rest)
+    return native.number_words(int(n))
 
 
 def smolvlm_video_prompt(times: Sequence[float], duration: Optional[float], marker: str) -> str:
     """The video block's text with `marker` where each frame's visual tokens
     go. times: each frame's time (s); duration: the video's length (s; None:
     the last frame's time, as transformers without metadata.duration)."""
-    if not times:
-        raise InvalidArgumentError("a video needs at least one frame")
-    seconds = int(times[-1] if duration is None else duration)
-    text = DEFAULT_VIDEO_INTRO.format(frame_count=number_words(len(times)),
-                                      video_duration=str(timedelta(seconds=seconds)))
-    for t in times:
-        text += vf.frame_header(t, "smolvlm") + FAKE_IMAGE + GLOBAL_IMAGE + marker + FAKE_IMAGE
-    return text + DEFAULT_MEDIA_OUTTRO
+    return native.smolvlm_video_prompt([float(t) for t in times], -1.0 if duration is None else float(duration),
+                                       marker)
 
 
 # -- the frames ---------------------------------------------------------------------------------
@@ -114,14 +83,12 @@ def smolvlm_video_prompt(times: Sequence[float], duration: Optional[float], mark
 
 def video_grid(vision: Vision) -> vf.VisionGrid:
     """The mmproj's tile (clip.vision.image_size) and tokens per tile, one tile per frame."""
-    def key(name: str) -> int:
-        value = vision.mmproj_value(name)
-        if value is None:
-            raise InvalidArgumentError(f"mmproj '{vision.path}' has no {name}: not a SmolVLM / Idefics3 mmproj")
-        return int(value)
-
-    tile, patch = key("clip.vision.image_size"), key("clip.vision.patch_size")
-    return vf.smolvlm_mtmd_grid(tile, patch, key("clip.vision.projector.scale_factor"), 0)
+    layout = vision.layout
+    for name in ("image_size", "patch_size", "scale_factor"):
+        if layout[name] <= 0:
+            raise InvalidArgumentError(f"mmproj '{vision.path}' has no clip.vision.{name}: not a SmolVLM / "
+                                       "Idefics3 mmproj")
+    return vf.smolvlm_mtmd_grid(layout["image_size"], layout["patch_size"], layout["scale_factor"], 0)
 
 
 def decode_size(width: int, height: int, grid: vf.VisionGrid = vf.SMOLVLM2_VIDEO,
@@ -152,43 +119,8 @@ def encode_frames(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
                   frames_per_group: int = FRAMES_PER_GROUP) -> List[ImageChunk]:
     """Each frame's visual tokens (one ImageChunk per frame, first_image its
     index), FRAMES_PER_GROUP frames per libmtmd call as they are decoded."""
-    grid = video_grid(vision)
-    global_img = _single_token(vision.model, GLOBAL_IMAGE)
-    out: List[ImageChunk] = []
-    squared = (square_frame(rgb, grid, video_size) for rgb in frames)
-    for group in vf.in_groups(squared, frames_per_group):
-        for overview in _overviews(vision, group, grid, global_img):
-            out.append(replace(overview, first_image=len(out)))
-        if progress is not None:
-            progress(len(out), n_frames)
-    if len(out) != n_frames:
-        raise InvalidArgumentError(f"expected {n_frames} frames, the video gave {len(out)}")
-    return out
-
-
-def _overviews(vision: Vision, group: List[np.ndarray], grid: vf.VisionGrid, global_img: int) -> List[ImageChunk]:
-    """One libmtmd call on frames of one tile each: the overview image of
-    each (the one after "<fake_token_around_image><global-img>"); libmtmd's
-    tile of the same pixels is dropped."""
-    tiled = []
-
-    def one_tile_each(done: int, total: int) -> bool:
-        if total != 2 * len(group):  # libmtmd made more than tile + overview of a frame
-            tiled.append(total)
-            return False
-        return True
-
-    try:
-        chunks = vision.encode(vision.marker * len(group), group, progress=one_tile_each)
-    except InvalidArgumentError:
-        if not tiled:
-            raise
-        raise InvalidArgumentError(
-            f"libmtmd cut each {grid.tile}x{grid.tile} frame into {tiled[0] // len(group) - 1} tiles: this "
-            f"mmproj upscales images before tiling; make the Vision with "
-            f"image_max_tokens={grid.tokens_per_tile} for video") from None
-    return [c for prev, c in zip(chunks, chunks[1:])
-            if isinstance(c, ImageChunk) and isinstance(prev, TextChunk) and prev.tokens[-1:] == [global_img]]
+    return chunks_from_native(_encoder(vision, frames, n_frames, progress, video_size, frames_per_group)
+                              .images(vision.model.info["n_embd"]))
 
 
 def encode_smolvlm_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[float],
@@ -199,17 +131,15 @@ def encode_smolvlm_video(vision: Vision, frames: Iterable[np.ndarray], times: Se
     size (square_frame makes them one tile; decode at decode_size for speed),
     taken at `times` (s) of a video `duration` s long. progress(done, total)
     counts frames."""
-    images = encode_frames(vision, frames, len(times), progress, video_size)
-    texts = smolvlm_video_prompt(times, duration, vision.marker).split(vision.marker)
-    model = vision.model
-    chunks: List[Chunk] = [TextChunk(model.tokenize(texts[0]))]
-    for image, text in zip(images, texts[1:]):
-        chunks += [image, TextChunk(model.tokenize(text))]
-    return chunks
+    encoder = _encoder(vision, frames, len(times), progress, video_size, FRAMES_PER_GROUP)
+    return chunks_from_native(encoder.finish([float(t) for t in times], -1.0 if duration is None else float(duration),
+                                             vision.model.info["n_embd"]))
 
 
-def _single_token(model: Model, text: str) -> int:
-    ids = model.tokenize(text, special=True)
-    if len(ids) != 1:
-        raise InvalidArgumentError(f"the model's vocabulary has no single token for {text}: not a SmolVLM model")
-    return ids[0]
+def _encoder(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
+             progress: Optional[Callable[[int, int], None]], video_size: Optional[int], frames_per_group: int):
+    """The runtime's VideoEncoder over the frames squared as transformers does
+    (the runtime encodes each one tile, capping the mmproj at one tile)."""
+    grid = video_grid(vision)
+    squared = (square_frame(rgb, grid, video_size) for rgb in frames)
+    return encode_video_frames(vision, squared, n_frames, progress, frames_per_group)

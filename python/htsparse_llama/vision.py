@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
@@ -93,21 +93,9 @@ class Vision:
                  image_max_tokens: Optional[int] = None) -> None:
         self.model = model
         self.path = os.fspath(mmproj_path)
-        self._mmproj_keys: Optional[dict] = None
-        self._options = dict(n_threads=n_threads, use_gpu=use_gpu, image_min_tokens=image_min_tokens,
-                             image_max_tokens=image_max_tokens)
         self._native = native.Vision(model._native, self.path, int(n_threads or 0), bool(use_gpu),
                                      -1 if image_min_tokens is None else int(image_min_tokens),
                                      -1 if image_max_tokens is None else int(image_max_tokens))
-
-    def with_limits(self, image_min_tokens: Optional[int] = None,
-                    image_max_tokens: Optional[int] = None) -> "Vision":
-        """The same mmproj and model with other bounds on tokens per image
-        (SmolVLM2 video: one tile per frame), loaded anew."""
-        limited = Vision(self.model, self.path, **dict(self._options, image_min_tokens=image_min_tokens,
-                                                        image_max_tokens=image_max_tokens))
-        limited._mmproj_keys = self._mmproj_keys  # the same file: its metadata need not be read again
-        return limited
 
     @property
     def marker(self) -> str:
@@ -128,22 +116,21 @@ class Vision:
     def projector(self) -> str:
         """The mmproj's projector type (clip.projector_type: qwen2vl_merger,
         qwen2.5vl_merger, idefics3, ...): how its tokens are laid out."""
-        return str(self.mmproj_value("clip.projector_type", ""))
+        return str(self._native.layout["projector"])
 
     @property
     def tokens_per_second(self) -> int:
         """Qwen2.5-VL: M-RoPE time positions per second of video. Our converter
         writes it (htsparse.vision.tokens_per_second); upstream's mmproj lacks
         it, and every released Qwen2.5-VL checkpoint has 2."""
-        return int(self.mmproj_value("htsparse.vision.tokens_per_second", 2))
+        return int(self._native.layout["tokens_per_second"])
 
-    def mmproj_value(self, key: str, default: Any = None) -> Any:
-        """A metadata value of the mmproj GGUF (all read once), or `default`."""
-        if self._mmproj_keys is None:
-            from gguf import GGUFReader
-
-            self._mmproj_keys = {k: f.contents() for k, f in GGUFReader(self.path).fields.items()}
-        return self._mmproj_keys.get(key, default)
+    @property
+    def layout(self) -> Dict[str, Any]:
+        """What the mmproj says about its token layout: projector,
+        tokens_per_second, image_size (the idefics3 tile), patch_size,
+        scale_factor, tokens_per_tile (0 where it does not apply)."""
+        return dict(self._native.layout)
 
     @property
     def image_token(self) -> int:
@@ -159,14 +146,7 @@ class Vision:
         Qwen-VL). progress(done, total) is called as image chunks are
         encoded; returning False stops (InvalidArgumentError)."""
         arrays = [_rgb(im, i) for i, im in enumerate(images)]
-        out: List[Chunk] = []
-        for c in self._native.encode(prompt, arrays, bool(frames), False, progress):
-            if c["type"] == "text":
-                out.append(TextChunk(list(c["tokens"])))
-            else:
-                out.append(ImageChunk(np.asarray(c["embd"]), np.asarray(c["positions"]), c["nx"], c["ny"],
-                                      c["n_pos"], c["first_image"], c["n_images"]))
-        return out
+        return chunks_from_native(self._native.encode(prompt, arrays, bool(frames), False, progress))
 
     def encode_image(self, rgb: np.ndarray) -> List[Chunk]:
         """One image alone: its image chunk(s) and the text libmtmd puts around them."""
@@ -196,56 +176,60 @@ class Vision:
     def add_chunks(self, session: Session, chunks: Sequence[Chunk], sparse: bool = False) -> None:
         """Appends encoded chunks in order (see the module's docstring for
         positions and sparse spans)."""
+        self._check_session(session)
+        session._conv.add_chunks(list(chunks), self.image_token, bool(sparse))
+
+    def add_media_turn(self, session: Session, chunks: Sequence[Chunk], question: str, sparse: bool = True) -> None:
+        """A user turn holding the chunks and then the question, rendered with
+        the chat template as its templates render [video, text] content: text
+        touching the chunks' first or last text chunk is tokenized with it."""
+        self._check_session(session)
+        session._conv.add_media_turn(list(chunks), self.image_token, question, bool(sparse))
+
+    def span(self, chunks: Sequence[Chunk], pos_0: int):
+        """The sparse span add_chunks makes of `chunks` (from an image chunk to
+        an image chunk) when it starts at rope position pos_0: embedding rows
+        (n, n_embd), absolute positions (rows, n), segment starts (one per image)."""
+        rows, positions, segments = native.visual_span(self.model._native, list(chunks), int(pos_0))
+        return np.asarray(rows), np.asarray(positions), list(segments)
+
+    def _check_session(self, session: Session) -> None:
         if session.model is not self.model:
             raise InvalidArgumentError("the session belongs to another model than this Vision")
-        chunks = list(chunks)
-        info = self.model.info
-        if session.n_past == 0 and info["add_bos"] and info["bos"] >= 0:
-            chunks.insert(0, TextChunk([info["bos"]]))
-        images = [i for i, c in enumerate(chunks) if isinstance(c, ImageChunk)]
-        if not (sparse and session._sparse is not None and images):
-            pos = session.next_pos
-            for c in chunks:  # an image chunk starts `n_pos` after the one before (0: the same block)
-                if isinstance(c, TextChunk):
-                    if c.tokens:
-                        session.add_tokens(c.tokens)
-                        pos = session.next_pos
-                else:
-                    session.add_embeddings(c.embd, positions=c.positions_at(pos), placeholder=self.image_token)
-                    pos += c.n_pos
-            return
-        first, last = images[0], images[-1]
-        _add_text(session, chunks[:first])
-        rows, positions, segments = self._span(chunks[first:last + 1], _next_position(session))
-        session.add_embeddings(rows, positions=positions, placeholder=self.image_token, sparse=True,
-                               segments=segments)
-        _add_text(session, chunks[last + 1:])
 
-    def _span(self, chunks: Sequence[Chunk], pos_0: int):
-        """Rows, absolute positions and segment starts of a sparse span that
-        starts at position pos_0."""
-        n_rows = 3 if self.uses_mrope else 1
-        rows, positions, segments = [], [], []
-        pos, n, prev_image, text_from = pos_0, 0, None, 0
-        for c in chunks:
-            if isinstance(c, TextChunk):
-                if not c.tokens:
-                    continue
-                rows.append(native.token_embeddings(self.model._native, c.tokens))
-                positions.append(np.tile(np.arange(pos, pos + len(c.tokens), dtype=np.int32), (n_rows, 1)))
-                pos += len(c.tokens)
-                n += len(c.tokens)
-                continue
-            if c.first_image != prev_image:  # a new image: its segment starts with the text before it
-                segments.append(text_from if segments else 0)
-                prev_image = c.first_image
-            rows.append(c.embd)
-            positions.append(c.positions_at(pos))
-            pos += c.n_pos
-            n += c.n_tokens
-            text_from = n
-        return (np.ascontiguousarray(np.concatenate(rows), dtype=np.float32),
-                np.ascontiguousarray(np.concatenate(positions, axis=1), dtype=np.int32), segments)
+
+def chunks_from_native(items: Sequence[dict]) -> List[Chunk]:
+    """The runtime's chunk dicts ({"type": "text", "tokens"} or {"type":
+    "image", "embd", "positions", ...}) as TextChunk / ImageChunk."""
+    out: List[Chunk] = []
+    for c in items:
+        if c["type"] == "text":
+            out.append(TextChunk(list(c["tokens"])))
+        else:
+            out.append(ImageChunk(np.asarray(c["embd"]), np.asarray(c["positions"]), c["nx"], c["ny"],
+                                  c["n_pos"], c["first_image"], c["n_images"]))
+    return out
+
+
+def encode_video_frames(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
+                        progress: Optional[Callable[[int, int], None]] = None,
+                        frames_per_group: int = 16):
+    """Frames of one video through the runtime's VideoEncoder (the layout of
+    the mmproj's model family), a group at a time as they come (a long video
+    is never in memory as pixels); progress(done, total) counts frames.
+    Returns the encoder: .images() and .finish() give its chunks."""
+    from .video_frames import in_groups
+
+    encoder = native.VideoEncoder(vision._native)
+    done = 0
+    for group in in_groups(frames, frames_per_group):
+        encoder.add_frames([_rgb(f, done + i) for i, f in enumerate(group)])
+        done += len(group)
+        if progress is not None:
+            progress(done, n_frames)
+    if done != n_frames:
+        raise InvalidArgumentError(f"expected {n_frames} frames, the video gave {done}")
+    return encoder
 
 
 def with_turn_text(model: Model, before: str, chunks: Sequence[Chunk], after: str) -> List[Chunk]:
@@ -267,17 +251,3 @@ def _rgb(image: np.ndarray, i: int) -> np.ndarray:
         raise InvalidArgumentError(f"image {i} must be a non-empty (height, width, 3) uint8 RGB array, "
                                    f"got {a.dtype} of shape {a.shape}")
     return np.ascontiguousarray(a)
-
-
-def _add_text(session: Session, chunks: Sequence[Chunk]) -> None:
-    ids = [t for c in chunks for t in c.tokens]
-    if ids:
-        session.add_tokens(ids)
-
-
-def _next_position(session: Session) -> int:
-    """Position of the next token the session evaluates: text waiting after
-    an earlier sparse span (evaluated when the next span is added) comes first."""
-    state = session._sparse
-    waiting = len(state.pending) if state is not None and state.holds_back else 0
-    return session.next_pos + waiting

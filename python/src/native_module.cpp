@@ -5,12 +5,14 @@
 #include "errors.h"
 #include "op_recorder.h"
 #include "model.h"
+#include "native_conversation.h"
+#include "native_convert.h"
 #include "native_ops.h"
+#include "native_vision.h"
 #include "sampler.h"
 #include "session.h"
 #include "sparse_config.h"
 #include "sparse_select.h"
-#include "vision.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -18,6 +20,7 @@
 
 namespace py = pybind11;
 using namespace hts;
+using namespace hts_py;
 
 namespace {
 
@@ -54,146 +57,32 @@ py::dict model_info(const Model & m) {
     return d;
 }
 
-// A SparseConfig from a dict of the fields that are set (None: unset).
-SparseConfig sparse_request(const py::dict & d) {
-    SparseConfig c;
-    auto take = [&](const char * key, auto & field) {
-        if (d.contains(key) && !d[key].is_none()) field = d[key].cast<std::decay_t<decltype(field)>>();
-    };
-    take("keep_ratio", c.keep_ratio);
-    take("keep_mass", c.keep_mass);
-    take("token_keep", c.token_keep);
-    take("full_head_ratio", c.full_head_ratio);
-    take("select_layer", c.select_layer);
-    take("prune_layer", c.prune_layer);
-    take("q_window", c.q_window);
-    take("segment_floor", c.segment_floor);
-    take("segment_tokens", c.segment_tokens);
-    take("reroute", c.reroute);
-    return c;
-}
-
 py::dict resolve_sparse(const Model & m, const py::dict & request) {
-    const SparseConfig c = resolve_sparse_config(sparse_request(request), m.file(), m.hparams());
-    py::dict d;
-    d["keep_ratio"] = c.keep_ratio;
-    d["keep_mass"] = c.keep_mass;
-    d["token_keep"] = c.token_keep;
-    d["full_head_ratio"] = c.full_head_ratio;
-    d["select_layer"] = c.select_layer;
-    d["prune_layer"] = c.prune_layer;
-    d["q_window"] = c.q_window;
-    d["segment_floor"] = c.segment_floor;
-    d["segment_tokens"] = c.segment_tokens;
-    d["reroute"] = c.reroute;
-    d["head_prior"] = c.head_prior;
-    return d;
+    return sparse_dict(resolve_sparse_config(sparse_request(request), m.file(), m.hparams()));
 }
 
 }  // namespace
 
-// positions from Python: shape (n,) for one stream or (n_streams, n).
-static TokenPositions token_positions(const py::array_t<int32_t, py::array::c_style | py::array::forcecast> & a) {
-    if (a.ndim() != 1 && a.ndim() != 2) fail(ErrorKind::InvalidArgument, "positions must be 1-D (n,) or 2-D (streams, n)");
-    TokenPositions pos;
-    pos.n_streams = a.ndim() == 1 ? 1 : static_cast<int>(a.shape(0));
-    pos.values.assign(a.data(), a.data() + a.size());
-    return pos;
-}
-
-// A float vector as a (rows, cols) array (copied).
-static py::array_t<float> float_rows(const std::vector<float> & v, size_t cols) {
-    py::array_t<float> out({cols ? v.size() / cols : 0, cols});
-    std::copy(v.begin(), v.end(), out.mutable_data());
-    return out;
-}
-
-// VisionEncoder::encode from Python: images are (H, W, 3) uint8 arrays; the
-// result is a list of {"type": "text", "tokens"} and {"type": "image", "embd"
-// (n, n_embd), "positions" (rows, n) relative, "nx", "ny", "n_pos",
-// "first_image", "n_images"} dicts. `progress(done, total)` is called after
-// each encode batch; an exception in it stops the encoding and propagates.
-static py::list vision_encode(VisionEncoder & v, const std::string & prompt,
-                              const std::vector<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>> & images,
-                              bool frames, bool add_special, const py::object & progress) {
-    VisionInput in;
-    in.prompt = prompt;
-    in.frames = frames;
-    in.add_special = add_special;
-    for (size_t i = 0; i < images.size(); ++i) {
-        const auto & a = images[i];
-        if (a.ndim() != 3 || a.shape(2) != 3) {
-            fail(ErrorKind::InvalidArgument, format("image %zu must be an RGB array of shape (height, width, 3)", i));
-        }
-        in.images.push_back({static_cast<uint32_t>(a.shape(1)), static_cast<uint32_t>(a.shape(0)), a.data()});
-    }
-    struct Progress {
-        py::object fn;
-        std::unique_ptr<py::error_already_set> error;
-    } state{progress, nullptr};
-    if (!progress.is_none()) {
-        in.progress_user_data = &state;
-        in.progress = [](int done, int total, void * user_data) {
-            auto * st = static_cast<Progress *>(user_data);
-            py::gil_scoped_acquire gil;
-            try {
-                py::object r = st->fn(done, total);
-                return r.is_none() || r.cast<bool>();
-            } catch (py::error_already_set & e) {
-                st->error = std::make_unique<py::error_already_set>(std::move(e));
-                return false;
-            }
-        };
-    }
-    std::vector<VisionChunk> chunks;
-    try {
-        py::gil_scoped_release release;
-        chunks = v.encode(in);
-    } catch (const Error &) {
-        if (state.error) throw std::move(*state.error);
-        throw;
-    }
-    py::list out;
-    for (const VisionChunk & c : chunks) {
-        py::dict d;
-        if (c.is_text()) {
-            d["type"] = "text";
-            d["tokens"] = c.tokens;
-        } else {
-            const VisualTokens & im = c.image;
-            d["type"] = "image";
-            d["embd"] = float_rows(im.embd, size_t(v.n_embd()));
-            py::array_t<int32_t> pos({size_t(im.pos.n_streams), size_t(im.n_tokens)});
-            std::copy(im.pos.values.begin(), im.pos.values.end(), pos.mutable_data());
-            d["positions"] = pos;
-            d["nx"] = im.nx;
-            d["ny"] = im.ny;
-            d["n_pos"] = im.n_pos;
-            d["first_image"] = im.first_image;
-            d["n_images"] = im.n_images;
-        }
-        out.append(d);
-    }
-    return out;
-}
-
 PYBIND11_MODULE(_native, mod) {
     mod.doc() = "htsparse-llama native runtime (C++ on upstream ggml / llama.cpp)";
     register_ops(mod);
+    register_conversation(mod);
     mod.def("sparse_gguf_keys", &htsparse_gguf_keys);
     mod.def("resolve_sparse_config", &resolve_sparse, py::arg("model"), py::arg("request"));
 
     // Exception classes are created in Python (errors.py) and handed in here,
     // so the hierarchy lives in one readable place.
-    static py::object exc_classes[6];
+    static py::object exc_classes[7];
     mod.def("_register_errors", [](py::object invalid_argument, py::object not_found, py::object invalid_file,
-                                   py::object unsupported, py::object overflow, py::object backend) {
+                                   py::object unsupported, py::object overflow, py::object backend,
+                                   py::object aborted) {
         exc_classes[int(ErrorKind::InvalidArgument)] = invalid_argument;
         exc_classes[int(ErrorKind::FileNotFound)] = not_found;
         exc_classes[int(ErrorKind::InvalidFile)] = invalid_file;
         exc_classes[int(ErrorKind::UnsupportedModel)] = unsupported;
         exc_classes[int(ErrorKind::ContextOverflow)] = overflow;
         exc_classes[int(ErrorKind::Backend)] = backend;
+        exc_classes[int(ErrorKind::Aborted)] = aborted;
     });
     py::register_exception_translator([](std::exception_ptr p) {
         try {
@@ -261,6 +150,9 @@ PYBIND11_MODULE(_native, mod) {
                  return m.vocab().apply_chat_template(v, add_assistant);
              },
              py::arg("messages"), py::arg("add_assistant") = true)
+        .def("chat_turn", [](const Model & m, const std::string & role) { return m.vocab().turn_text(role); },
+             py::arg("role"))
+        .def("assistant_header", [](const Model & m) { return m.vocab().assistant_header(); })
         .def("set_n_threads", [](Model & m, int n) { m.backends().set_n_threads(n); });
 
     py::class_<Session>(mod, "Session")
@@ -274,7 +166,7 @@ PYBIND11_MODULE(_native, mod) {
              py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::keep_alive<1, 2>())
         .def("eval",
              [](Session & s, const std::vector<int32_t> & tokens, bool all_logits,
-                std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> positions) {
+                std::optional<IntArray> positions) {
                  TokenPositions pos;
                  if (positions) pos = token_positions(*positions);
                  py::gil_scoped_release release;
@@ -282,13 +174,10 @@ PYBIND11_MODULE(_native, mod) {
              },
              py::arg("tokens"), py::arg("all_logits") = false, py::arg("positions") = py::none())
         .def("eval_embd",
-             [](Session & s, const py::array_t<float, py::array::c_style | py::array::forcecast> & embd,
+             [](Session & s, const FloatArray & embd,
                 int32_t placeholder, bool all_logits,
-                std::optional<py::array_t<int32_t, py::array::c_style | py::array::forcecast>> positions) {
-                 if (embd.ndim() != 2 || embd.shape(1) != s.model().hparams().n_embd) {
-                     fail(ErrorKind::InvalidArgument, format("embeddings must have shape (n, %d)", s.model().hparams().n_embd));
-                 }
-                 std::vector<float> rows(embd.data(), embd.data() + embd.size());
+                std::optional<IntArray> positions) {
+                 const std::vector<float> rows = embedding_rows(embd, s.model().hparams().n_embd);
                  TokenPositions pos;
                  if (positions) pos = token_positions(*positions);
                  py::gil_scoped_release release;
@@ -347,33 +236,7 @@ PYBIND11_MODULE(_native, mod) {
         .def("tokens", &Session::tokens)
         .def("reset", &Session::reset);
 
-    py::class_<VisionEncoder>(mod, "Vision")
-        .def(py::init([](const Model & m, const std::string & mmproj, int n_threads, bool use_gpu, int image_min_tokens,
-                         int image_max_tokens, int batch_max_tokens) {
-                 VisionParams p;
-                 p.n_threads = n_threads;
-                 p.use_gpu = use_gpu;
-                 p.image_min_tokens = image_min_tokens;
-                 p.image_max_tokens = image_max_tokens;
-                 p.batch_max_tokens = batch_max_tokens;
-                 py::gil_scoped_release release;
-                 return std::make_unique<VisionEncoder>(m, mmproj, p);
-             }),
-             py::arg("model"), py::arg("mmproj"), py::arg("n_threads") = 0, py::arg("use_gpu") = true,
-             py::arg("image_min_tokens") = -1, py::arg("image_max_tokens") = -1, py::arg("batch_max_tokens") = 1024,
-             py::keep_alive<1, 2>())
-        .def("encode", &vision_encode, py::arg("prompt"), py::arg("images"), py::arg("frames") = false,
-             py::arg("add_special") = false, py::arg("progress") = py::none())
-        .def_property_readonly("marker", &VisionEncoder::marker)
-        .def_property_readonly("uses_mrope", &VisionEncoder::uses_mrope)
-        .def_property_readonly("n_embd", &VisionEncoder::n_embd)
-        .def_property_readonly("frames_per_unit", &VisionEncoder::frames_per_unit)
-        .def_property_readonly("image_token", &VisionEncoder::image_token);
-    mod.def("token_embeddings",
-            [](const Model & m, const std::vector<int32_t> & tokens) {
-                return float_rows(token_embeddings(m, tokens), size_t(m.hparams().n_embd));
-            },
-            py::arg("model"), py::arg("tokens"));
+    register_vision(mod);
 
     py::class_<Sampler>(mod, "Sampler")
         .def(py::init([](const Model & m, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,

@@ -16,6 +16,7 @@ enum class ErrorKind {
     UnsupportedModel,  // architecture or tensor layout this runtime does not run
     ContextOverflow,   // the prompt or generation does not fit the context
     Backend,           // a ggml backend failed (allocation, compute)
+    Aborted,           // a progress or abort callback asked to stop
 };
 
 class Error : public std::runtime_error {

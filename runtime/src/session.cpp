@@ -224,6 +224,7 @@ void Session::run_layers(const int32_t * tokens, const float * residual_in, cons
         const float * res = residual_in ? residual_in + size_t(i) * n_embd : nullptr;
         eval_micro_batch(tokens ? tokens + i : nullptr, res, pos + i, n, mb, out);
         i += nb;
+        if (batch_callback_ && !batch_callback_(i, n)) fail(ErrorKind::Aborted, "stopped by the progress callback");
     }
 }
 

@@ -7,6 +7,7 @@
 #include "kv_cache.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -113,6 +114,11 @@ public:
     // finish_held.
     void rewind_to_logged_layer(int hold_layer);
 
+    // Called after each micro-batch with the tokens done of the n a run takes
+    // through its layers; returning false stops the eval (ErrorKind::Aborted,
+    // the session half-updated: reset() it). Null: none.
+    void set_batch_callback(std::function<bool(int done, int total)> callback) { batch_callback_ = std::move(callback); }
+
     // Dense cache only, for tests: cells no query may see (mask -INF).
     void set_hidden_cells(const std::vector<int32_t> & cells);
     void reset();
@@ -133,6 +139,7 @@ private:
     std::vector<std::vector<float>> captured_q_;
     std::vector<bool> hidden_cells_;  // set_hidden_cells
     std::vector<int32_t> kept_cells_; // compact_kv: cells the sparse heads keep
+    std::function<bool(int, int)> batch_callback_;
 
     // Tokens with their residual stream at one layer (that layer's input), on the host.
     struct ResidualRows {

@@ -82,13 +82,24 @@ TokenPositions VisualTokens::positions_at(int pos_0) const {
     return out;
 }
 
+int MmprojLayout::tokens_per_tile() const {
+    if (image_size <= 0 || patch_size <= 0 || scale_factor <= 0) return 0;
+    const int side = image_size / patch_size;
+    return side * side / (scale_factor * scale_factor);
+}
+
 // --- VisionEncoder ---------------------------------------------------------------
 
 VisionEncoder::VisionEncoder(const Model & model, const std::string & mmproj_path, const VisionParams & params)
-    : model_(model), mmproj_path_(mmproj_path), n_embd_(model.hparams().n_embd) {
+    : model_(model), mmproj_path_(mmproj_path), params_(params), n_embd_(model.hparams().n_embd) {
     route_mtmd_log_once();
     {
         GgufFile file(mmproj_path);  // FileNotFound / InvalidFile before libmtmd sees it
+        layout_.projector = file.get_string("clip.projector_type", "");
+        layout_.tokens_per_second = static_cast<int>(file.get_int("htsparse.vision.tokens_per_second", 2));
+        layout_.image_size = static_cast<int>(file.get_int("clip.vision.image_size", 0));
+        layout_.patch_size = static_cast<int>(file.get_int("clip.vision.patch_size", 0));
+        layout_.scale_factor = static_cast<int>(file.get_int("clip.vision.projector.scale_factor", 0));
         const int width = mmproj_output_width(file);
         if (width != n_embd_) {
             fail(ErrorKind::InvalidArgument,

@@ -80,6 +80,18 @@ struct VisionInput {
     void * progress_user_data = nullptr;
 };
 
+// What an mmproj's metadata says about how its tokens are laid out.
+struct MmprojLayout {
+    std::string projector;      // clip.projector_type: qwen2vl_merger, qwen2.5vl_merger, idefics3, ...
+    int tokens_per_second = 2;  // Qwen2.5-VL time positions per second (htsparse.vision.tokens_per_second;
+                                // upstream's mmproj lacks it, every released checkpoint has 2)
+    int image_size = 0;         // clip.vision.image_size: the tile (idefics3)
+    int patch_size = 0;         // clip.vision.patch_size
+    int scale_factor = 0;       // clip.vision.projector.scale_factor (idefics3)
+    // Visual tokens of one tile (idefics3): (image_size / patch_size)^2 / scale_factor^2; 0 if unknown.
+    int tokens_per_tile() const;
+};
+
 class VisionEncoder {
 public:
     // Loads the mmproj for `model`, whose libllama vocab_only model gives
@@ -102,10 +114,16 @@ public:
     int n_embd() const { return n_embd_; }
     int frames_per_unit() const { return frames_per_unit_; }  // frames merged into one chunk (1 or 2)
     int32_t image_token() const { return image_token_; }      // the model's image placeholder token, or 0
+    const MmprojLayout & layout() const { return layout_; }
+    const Model & model() const { return model_; }
+    const std::string & mmproj_path() const { return mmproj_path_; }
+    const VisionParams & params() const { return params_; }
 
 private:
     const Model & model_;
     std::string mmproj_path_;
+    VisionParams params_;
+    MmprojLayout layout_;
     mtmd_context * ctx_ = nullptr;
     int n_embd_ = 0;
     int frames_per_unit_ = 1;

@@ -116,4 +116,17 @@ std::string Vocab::apply_chat_template(const std::vector<ChatMessage> & messages
     return buf;
 }
 
+std::pair<std::string, std::string> Vocab::turn_text(const std::string & role) const {
+    static const std::string mark = "@@htsparse-turn-content@@";  // no template renders it by itself
+    const std::string rendered = apply_chat_template({{role, mark}}, false);
+    const size_t at = rendered.find(mark);
+    if (at == std::string::npos) fail(ErrorKind::UnsupportedModel, "the model's chat template drops the message content");
+    return {rendered.substr(0, at), rendered.substr(at + mark.size())};
+}
+
+std::string Vocab::assistant_header() const {
+    const std::string bare = apply_chat_template({{"user", "x"}}, false);
+    return apply_chat_template({{"user", "x"}}, true).substr(bare.size());
+}
+
 }  // namespace hts

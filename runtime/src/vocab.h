@@ -38,6 +38,10 @@ public:
     // Renders messages with the GGUF's template (chatml when it has none);
     // add_assistant appends the header that starts the model's reply.
     std::string apply_chat_template(const std::vector<ChatMessage> & messages, bool add_assistant) const;
+    // The template's text before and after the content of one turn of `role`.
+    std::pair<std::string, std::string> turn_text(const std::string & role) const;
+    // What the template puts before the assistant's answer.
+    std::string assistant_header() const;
 
     const llama_vocab * raw() const { return vocab_; }
     const llama_model * raw_model() const { return model_; }  // vocab_only: no weights, n_embd 0

@@ -1,0 +1,116 @@
+#include "native_convert.h"
+
+#include "errors.h"
+
+#include <pybind11/stl.h>
+
+namespace py = pybind11;
+using hts::ErrorKind;
+using hts::fail;
+using hts::format;
+
+namespace hts_py {
+
+hts::TokenPositions token_positions(const IntArray & a) {
+    if (a.ndim() != 1 && a.ndim() != 2) fail(ErrorKind::InvalidArgument, "positions must be 1-D (n,) or 2-D (streams, n)");
+    hts::TokenPositions pos;
+    pos.n_streams = a.ndim() == 1 ? 1 : static_cast<int>(a.shape(0));
+    pos.values.assign(a.data(), a.data() + a.size());
+    return pos;
+}
+
+hts::SparseConfig sparse_request(const py::dict & d) {
+    hts::SparseConfig c;
+    auto take = [&](const char * key, auto & field) {
+        if (d.contains(key) && !d[key].is_none()) field = d[key].cast<std::decay_t<decltype(field)>>();
+    };
+    take("keep_ratio", c.keep_ratio);
+    take("keep_mass", c.keep_mass);
+    take("token_keep", c.token_keep);
+    take("full_head_ratio", c.full_head_ratio);
+    take("select_layer", c.select_layer);
+    take("prune_layer", c.prune_layer);
+    take("q_window", c.q_window);
+    take("segment_floor", c.segment_floor);
+    take("segment_tokens", c.segment_tokens);
+    take("reroute", c.reroute);
+    return c;
+}
+
+py::dict sparse_dict(const hts::SparseConfig & c) {
+    py::dict d;
+    d["keep_ratio"] = c.keep_ratio;
+    d["keep_mass"] = c.keep_mass;
+    d["token_keep"] = c.token_keep;
+    d["full_head_ratio"] = c.full_head_ratio;
+    d["select_layer"] = c.select_layer;
+    d["prune_layer"] = c.prune_layer;
+    d["q_window"] = c.q_window;
+    d["segment_floor"] = c.segment_floor;
+    d["segment_tokens"] = c.segment_tokens;
+    d["reroute"] = c.reroute;
+    d["head_prior"] = c.head_prior;
+    return d;
+}
+
+py::array_t<float> float_rows(const std::vector<float> & v, size_t cols) {
+    py::array_t<float> out({cols ? v.size() / cols : 0, cols});
+    std::copy(v.begin(), v.end(), out.mutable_data());
+    return out;
+}
+
+std::vector<float> embedding_rows(const FloatArray & embd, int n_embd) {
+    if (embd.ndim() != 2 || embd.shape(1) != n_embd) {
+        fail(ErrorKind::InvalidArgument, format("embeddings must have shape (n, %d)", n_embd));
+    }
+    return std::vector<float>(embd.data(), embd.data() + embd.size());
+}
+
+py::dict chunk_dict(const hts::VisionChunk & c, int n_embd) {
+    py::dict d;
+    if (c.is_text()) {
+        d["type"] = "text";
+        d["tokens"] = c.tokens;
+        return d;
+    }
+    const hts::VisualTokens & im = c.image;
+    d["type"] = "image";
+    d["embd"] = float_rows(im.embd, size_t(n_embd));
+    py::array_t<int32_t> pos({size_t(im.pos.n_streams), size_t(im.n_tokens)});
+    std::copy(im.pos.values.begin(), im.pos.values.end(), pos.mutable_data());
+    d["positions"] = pos;
+    d["nx"] = im.nx;
+    d["ny"] = im.ny;
+    d["n_pos"] = im.n_pos;
+    d["first_image"] = im.first_image;
+    d["n_images"] = im.n_images;
+    return d;
+}
+
+std::vector<hts::VisionChunk> chunks_from_py(const py::sequence & chunks, int n_embd) {
+    std::vector<hts::VisionChunk> out;
+    for (const py::handle & obj : chunks) {
+        hts::VisionChunk c;
+        if (!py::hasattr(obj, "embd")) {
+            c.tokens = obj.attr("tokens").cast<std::vector<int32_t>>();
+            out.push_back(std::move(c));
+            continue;
+        }
+        hts::VisualTokens & im = c.image;
+        im.embd = embedding_rows(obj.attr("embd").cast<FloatArray>(), n_embd);
+        im.n_tokens = static_cast<int>(im.embd.size() / size_t(n_embd));
+        im.pos = token_positions(obj.attr("positions").cast<IntArray>());
+        if (im.n_tokens == 0 || im.pos.values.size() != size_t(im.pos.n_streams) * im.n_tokens) {
+            fail(ErrorKind::InvalidArgument, "an image chunk needs rows and one position per row and stream");
+        }
+        im.nx = obj.attr("nx").cast<int>();
+        im.ny = obj.attr("ny").cast<int>();
+        im.n_pos = obj.attr("n_pos").cast<int>();
+        im.first_image = obj.attr("first_image").cast<int>();
+        im.n_images = obj.attr("n_images").cast<int>();
+        out.push_back(std::move(c));
+    }
+    return out;
+}
+
+}  // namespace hts_py

@@ -1,0 +1,160 @@
+// One conversation as a user of the runtime sees it (DESIGN.md sections 3-4):
+// a Session with chat turns rendered by the GGUF's template, HT-Sparse
+// (sparse spans, the question held back until the answer starts, selection),
+// visual chunks from libmtmd laid into the context, and the statistics. The
+// Python Session and the C API (htsparse.h) are thin layers over it; Answer
+// (answer.h) streams the model's reply.
+//
+//     hts::Conversation c(model, {}, &sparse_config);   // nullptr: dense
+//     c.add_media_turn(chunks, vision.image_token(), "What happens?", true);
+//     hts::Answer a(c, {});
+//     for (std::string piece; a.next(piece);) std::fputs(piece.c_str(), stdout);
+#pragma once
+
+#include "session.h"
+#include "sparse_state.h"
+#include "vision.h"
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace hts {
+
+class Model;
+
+// What a conversation did: sizes, KV memory, timings (milliseconds).
+struct ConversationStats {
+    int n_prompt = 0;  // context tokens when the first answer began
+    int n_sparse = 0;  // tokens in sparse spans
+    int n_kept = 0;    // of those, kept by the last selection
+    std::vector<std::pair<int, int>> full_heads;  // (layer, KV head) keeping whole spans
+    size_t kv_bytes = 0, kv_bytes_dense = 0;
+    std::vector<std::pair<std::string, double>> prefill_ms;  // per stage, in the order first run
+    double ttft_ms = -1;       // first answer's time to first token; < 0: no answer yet
+    double decode_tok_s = -1;  // last answer's decoding speed; < 0: not measured
+    int select_layer = -1, prune_layer = -1;  // -1: dense
+
+    void add_ms(const std::string & stage, double ms);
+    double total_prefill_ms() const;
+};
+
+// Progress of long work: `stage` ("prefill", "encoding"), done of total
+// units. Returning false stops the work (the call throws ErrorKind::Aborted).
+using ProgressFn = std::function<bool(const char * stage, int done, int total)>;
+
+// A piece of a chat turn's content: text, sparse or not.
+struct TurnPart {
+    std::string text;
+    bool sparse = false;
+};
+
+class Conversation {
+public:
+    // sparse: HT-Sparse settings (unset values from the GGUF's htsparse.*
+    // keys, then the defaults); null: the dense path.
+    Conversation(const Model & model, const SessionParams & params, const SparseConfig * sparse);
+
+    const Model & model() const { return model_; }
+    Session & session() { return session_; }
+    const Session & session() const { return session_; }
+    const SparseState * sparse() const { return sparse_.get(); }  // null: dense
+
+    // Called after each prefill micro-batch; returning false stops (see
+    // ProgressFn). After a stop the conversation must be reset().
+    void set_progress(ProgressFn fn);
+
+    // --- input ---------------------------------------------------------------------
+    // Evaluates tokens after the context. sparse: a sparse span (in a sparse
+    // conversation; ordinary tokens otherwise). Tokens after an unselected
+    // span wait for the answer as its query window (then neither all_logits
+    // nor positions). positions: see Session::eval.
+    void add_tokens(const std::vector<int32_t> & tokens, bool sparse = false, bool all_logits = false,
+                    const TokenPositions * positions = nullptr);
+    // Embedding rows F32 [n_embd, n] (visual tokens), shown as `placeholder`
+    // in the session's tokens. sparse: a sparse span with segment starts
+    // `segments` (null: runs of segment_tokens rows).
+    void add_embeddings(const std::vector<float> & rows, int32_t placeholder, const TokenPositions * positions,
+                        bool sparse = false, const std::vector<int32_t> * segments = nullptr, bool all_logits = false);
+    // Tokenizes and adds text (special markers parsed when `special`); BOS
+    // first when the context is empty and the model wants it. Returns the
+    // number of tokens.
+    int add_text(const std::string & text, bool special = true, bool sparse = false);
+    // One chat turn rendered with the GGUF's template. After a user turn,
+    // the answer opens the assistant's reply. A user turn while a media turn
+    // is open (add_media) completes that turn instead.
+    int add_message(const std::string & role, const std::vector<TurnPart> & parts);
+    // Starts a turn of `role`: the template's text before and after its content.
+    std::pair<std::string, std::string> begin_turn(const std::string & role);
+
+    // Appends encoded chunks in order (libmtmd's or a video layout's): text
+    // as tokens, images as embedding rows at their positions. sparse: from
+    // the first image chunk to the last, text between included, one sparse
+    // span with a segment per image that starts with the text before it.
+    void add_chunks(std::vector<VisionChunk> chunks, int32_t placeholder, bool sparse);
+    // Opens a user turn (unless one is open) holding the chunks, as a
+    // tokenizer reading the whole turn as one string would: text touching the
+    // chunks' first or last text chunk is tokenized with it. The question
+    // (add_message("user", ...), or close_media_turn) completes the turn.
+    void add_media(const std::vector<VisionChunk> & chunks, int32_t placeholder, bool sparse);
+    // add_media and then the question that completes the turn.
+    void add_media_turn(const std::vector<VisionChunk> & chunks, int32_t placeholder, const std::string & question,
+                        bool sparse);
+    bool media_turn_open() const { return media_turn_.has_value(); }
+    // Rope position of the next token evaluated (text waiting after a sparse span first).
+    int next_input_pos() const;
+
+    // --- selection -----------------------------------------------------------------
+    // HT-Sparse: evaluates the question waiting after the sparse span(s) and
+    // selects (SparseState::select). Returns whether a selection ran.
+    bool select(const KeptReplacer * replace_kept = nullptr);
+    const SparseSelection * selection() const;
+    bool holds_back() const { return sparse_ && sparse_->holds_back(); }
+    // The answer ended (decoded by hand): with re-routing the next user turn selects anew.
+    void answered();
+
+    // --- the answer (Answer drives these) --------------------------------------------
+    // Opens the assistant's reply when a user turn waits, selects, and counts
+    // the prompt. Throws InvalidArgument on an empty context.
+    void begin_answer();
+    // Evaluates one generated token (without the progress callback: an
+    // answer is stopped between tokens, not inside one).
+    void eval_generated(int32_t token);
+    // Records the first sampled token of an answer (its time to first token).
+    void first_token_at(std::chrono::steady_clock::time_point started, std::chrono::steady_clock::time_point now);
+    void set_decode_speed(double tok_s) { stats_.decode_tok_s = tok_s; }
+    // Closes an open assistant turn with the template's tail. Returns false
+    // when the tail does not fit the context.
+    bool close_assistant_turn();
+
+    ConversationStats stats() const;
+    void reset();
+
+private:
+    const Model & model_;
+    Session session_;
+    std::optional<SparseConfig> sparse_request_;
+    std::unique_ptr<SparseState> sparse_;
+    ConversationStats stats_;
+    ProgressFn progress_;
+    bool assistant_open_ = false;     // generated tokens belong to an open assistant turn
+    bool pending_assistant_ = false;  // a user turn awaits the assistant header
+    bool stopped_ = false;            // a progress callback stopped work midway: reset() first
+    struct MediaTurn {
+        std::string tail;   // the turn's text after the chunks, tokenized with the question
+        std::string after;  // the template's text after the turn's content
+    };
+    std::optional<MediaTurn> media_turn_;
+
+    void check_usable() const;
+    void eval_dense(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions);
+    void count_prompt_time(std::chrono::steady_clock::time_point start);
+    void add_span_chunks(const std::vector<VisionChunk> & chunks, int32_t placeholder);
+    template <typename F> void guarded(F && work);
+};
+
+}  // namespace hts

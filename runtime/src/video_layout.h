@@ -1,0 +1,115 @@
+// Video frames laid out as each model family was trained on them (and as
+// transformers feeds them), from frames encoded by libmtmd (VisionEncoder).
+// The chunks go into a Conversation (add_media / add_chunks), usually as one
+// sparse span whose segments are the frame pairs or frames.
+//
+// Qwen2-VL / Qwen2.5-VL: one <|vision_start|> ... <|vision_end|> block holding
+// every frame pair's visual tokens, no text between the pairs, time carried
+// by the M-RoPE temporal ids. For frame pair g of a block starting at p0 (a
+// token grid of nx x ny, token i at row i / nx, column i % nx):
+//
+//     t = p0 + floor(g * step)     h = p0 + row     w = p0 + column
+//
+// step is 1 on Qwen2-VL. On Qwen2.5-VL it is tokens_per_second (2 in the
+// released checkpoints) x the seconds a pair spans (2 frames x the sampling
+// interval), so t counts half seconds of video time. Text after the block
+// resumes at p0 + (the block's largest position) + 1. libmtmd's own video
+// path makes each pair a separate image with a constant t instead (the model
+// then sees still images and no time); the embeddings are the same, since
+// Qwen-VL's tower attends within one temporal patch. transformers 5.23
+// resumes text at p0 + max(nx, ny) (a 5.x refactor); both agree while the
+// last pair's t offset is below the grid size, and we keep the trained rule.
+//
+// SmolVLM2 (idefics3 projector), as transformers' SmolVLM processor writes it:
+//
+//     You are provided the following series of four frames from a 0:00:10 [H:MM:SS] video.\n
+//     \nFrame from 00:00:<fake_token_around_image><global-img>{64 visual tokens}<fake_token_around_image>
+//     ...\n\n
+//
+// The count in words (num2words), the duration as str(timedelta) of whole
+// seconds, each timestamp minutes:seconds truncated. Each frame is one tile:
+// libmtmd cuts an idefics3 image into tiles plus an overview, so a frame of
+// exactly one tile gives a tile and an overview with the same pixels; only
+// the overview's tokens are kept (the tower runs twice per frame: libmtmd
+// cannot ask for the overview alone). Frames of another size are first made
+// square the way transformers does (longest side to the tile, then stretched
+// to tile x tile, Lanczos). Positions are sequential.
+#pragma once
+
+#include "vision.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace hts {
+
+class Vocab;
+
+enum class VideoFamily { QwenVL, SmolVLM };
+
+// The family an mmproj's projector gets; UnsupportedModel for one without a video layout.
+VideoFamily video_family(const MmprojLayout & layout);
+
+// --- Qwen-VL -------------------------------------------------------------------
+// M-RoPE t distance between consecutive frame pairs.
+double qwen_temporal_step(const std::string & projector, double frame_interval_s, int tokens_per_second = 2);
+// Seconds between sampled frames (their mean spacing; 0 for one frame).
+double frame_interval(const std::vector<double> & times);
+// The pairs' positions within one block (relative to its start): pair g
+// shifted by floor(g * step) in t, every pair starting at the block's start
+// (n_pos 0) but the last, after which text resumes past the largest position.
+std::vector<VisionChunk> qwen_place_pairs(std::vector<VisionChunk> pairs, double step);
+
+// --- SmolVLM2 ------------------------------------------------------------------
+// num2words(n) in English: 21 "twenty-one", 101 "one hundred and one".
+std::string number_words(long long n);
+// The video block's text with `marker` where each frame's visual tokens go.
+// duration_s < 0: the last frame's time (transformers without metadata).
+std::string smolvlm_video_prompt(const std::vector<double> & times, double duration_s, const std::string & marker);
+// (width, height) of transformers' first resize: longest side `size`, the other scaled and made even.
+std::pair<int, int> longest_edge_size(int width, int height, int size);
+
+// A video streamed through the vision tower a group of frames at a time (a
+// long video is never held as pixels), then laid out for its family.
+//
+//     VideoEncoder enc(vision);
+//     for (each group of decoded frames) enc.add_frames(group);
+//     std::vector<VisionChunk> chunks = enc.finish(times, duration_s);
+class VideoEncoder {
+public:
+    static constexpr int kFramesPerGroup = 16;  // frames per libmtmd call (bounds the RGB frames held)
+
+    // The family follows the mmproj's projector (UnsupportedModel otherwise).
+    // SmolVLM2 frames are encoded one tile each: when `vision` may cut more
+    // tiles, a copy capped at one tile is loaded.
+    explicit VideoEncoder(VisionEncoder & vision);
+    ~VideoEncoder();
+
+    VideoFamily family() const { return family_; }
+    // Encodes frames in order. Qwen-VL merges them in pairs of equal size, so
+    // every call but the last must bring an even number. progress(done,
+    // total) counts image chunks within the call.
+    void add_frames(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress = nullptr,
+                    void * progress_user_data = nullptr);
+    int n_frames() const { return n_frames_; }
+    // The visual chunks so far: frame pairs (Qwen-VL) or frames (SmolVLM2),
+    // first_image counting frames over the whole video.
+    const std::vector<VisionChunk> & images() const { return images_; }
+    // The video's chunks, for frames sampled at `times` (s, one per frame
+    // added) of a video duration_s long (< 0: unknown).
+    std::vector<VisionChunk> finish(const std::vector<double> & times, double duration_s) const;
+
+private:
+    VisionEncoder & vision_;
+    std::unique_ptr<VisionEncoder> one_tile_;  // SmolVLM2, when `vision` is not capped at one tile
+    VideoFamily family_;
+    std::vector<VisionChunk> images_;
+    int n_frames_ = 0;
+    bool ended_odd_ = false;  // Qwen-VL: a call brought an odd count (a lone last frame)
+
+    void add_qwen(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress, void * user_data);
+    void add_smolvlm(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress, void * user_data);
+};
+
+}  // namespace hts
