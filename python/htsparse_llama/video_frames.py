@@ -304,15 +304,11 @@ def sample_times(info: VideoInfo, fps: Optional[float] = None,
 def longest_edge_size(width: int, height: int, side: int) -> Tuple[int, int]:
     """(width, height) scaled so the longest side is `side`, the other made
     even: the idefics3 resize of libmtmd and of transformers' SmolVLM
-    processors (get_resize_output_image_size), integer for integer."""
-    aspect = width / height
-    if width >= height:
-        w, h = side, int(side / aspect)
-        h += h % 2
-    else:
-        w, h = int(side * aspect), side
-        w += w % 2
-    return w, h
+    processors (get_resize_output_image_size), integer for integer; the
+    runtime's own (video_layout.h), which squares the frames the C API gets."""
+    from ._native_loader import native
+
+    return tuple(native.longest_edge_size(int(width), int(height), int(side)))
 
 
 @dataclass(frozen=True)
