@@ -149,22 +149,6 @@ def resize_rgb_lanczos(rgb: npt.ArrayLike, width: int, height: int) -> npt.NDArr
 def visual_span(model: Model, chunks: Sequence[Any], pos_0: int) -> Tuple[npt.NDArray[np.float32], npt.NDArray[np.int32], List[int]]: ...
 def token_embeddings(model: Model, tokens: Sequence[int]) -> npt.NDArray[np.float32]: ...
 
-class Sampler:
-    def __init__(
-        self,
-        model: Model,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        seed: int = 0xFFFFFFFF,
-    ) -> None: ...
-    def sample(self, session: Session) -> int: ...
-    def accept(self, token: int) -> None: ...
-    def reset(self) -> None: ...
-
 class _Ops:
     """HT-Sparse operators run alone on NumPy inputs (tests)."""
 

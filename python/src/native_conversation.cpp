@@ -162,8 +162,7 @@ void bind_conversation(py::module_ & mod) {
              })
         .def_property_readonly("n_selections",
                                [](const Conversation & c) { return c.sparse() ? c.sparse()->n_selections() : 0; })
-        .def_property_readonly("n_pending",
-                               [](const Conversation & c) { return c.holds_back() ? int(c.sparse()->pending().size()) : 0; })
+        .def_property_readonly("n_pending", &Conversation::n_pending)
         .def("answered", &Conversation::answered)
         .def("stats", [](const Conversation & c) { return stats_dict(c.stats()); })
         .def("reset", &Conversation::reset, py::call_guard<py::gil_scoped_release>());

@@ -59,6 +59,12 @@ py::array_t<float> float_rows(const std::vector<float> & v, size_t cols) {
     return out;
 }
 
+py::array_t<int32_t> positions_array(const hts::TokenPositions & pos, size_t n) {
+    py::array_t<int32_t> out({size_t(pos.n_streams), n});
+    std::copy(pos.values.begin(), pos.values.end(), out.mutable_data());
+    return out;
+}
+
 std::vector<float> embedding_rows(const FloatArray & embd, int n_embd) {
     if (embd.ndim() != 2 || embd.shape(1) != n_embd) {
         fail(ErrorKind::InvalidArgument, format("embeddings must have shape (n, %d)", n_embd));
@@ -76,9 +82,7 @@ py::dict chunk_dict(const hts::VisionChunk & c, int n_embd) {
     const hts::VisualTokens & im = c.image;
     d["type"] = "image";
     d["embd"] = float_rows(im.embd, size_t(n_embd));
-    py::array_t<int32_t> pos({size_t(im.pos.n_streams), size_t(im.n_tokens)});
-    std::copy(im.pos.values.begin(), im.pos.values.end(), pos.mutable_data());
-    d["positions"] = pos;
+    d["positions"] = positions_array(im.pos, size_t(im.n_tokens));
     d["nx"] = im.nx;
     d["ny"] = im.ny;
     d["n_pos"] = im.n_pos;

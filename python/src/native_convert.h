@@ -25,6 +25,8 @@ hts::SparseConfig sparse_request(const pybind11::dict & d);
 pybind11::dict sparse_dict(const hts::SparseConfig & c);
 // A float vector as a (rows, cols) array (copied).
 pybind11::array_t<float> float_rows(const std::vector<float> & v, size_t cols);
+// Positions of n tokens as a (n_streams, n) array (copied).
+pybind11::array_t<int32_t> positions_array(const hts::TokenPositions & pos, size_t n);
 // (n, n_embd) float rows into a flat vector, checking the width.
 std::vector<float> embedding_rows(const FloatArray & embd, int n_embd);
 

@@ -9,7 +9,6 @@
 #include "native_convert.h"
 #include "native_ops.h"
 #include "native_vision.h"
-#include "sampler.h"
 #include "session.h"
 #include "sparse_config.h"
 #include "sparse_select.h"
@@ -237,28 +236,4 @@ PYBIND11_MODULE(_native, mod) {
         .def("reset", &Session::reset);
 
     register_vision(mod);
-
-    py::class_<Sampler>(mod, "Sampler")
-        .def(py::init([](const Model & m, float temperature, int top_k, float top_p, float min_p, float repeat_penalty,
-                         int repeat_last_n, uint32_t seed) {
-                 SamplerParams p;
-                 p.temperature = temperature;
-                 p.top_k = top_k;
-                 p.top_p = top_p;
-                 p.min_p = min_p;
-                 p.repeat_penalty = repeat_penalty;
-                 p.repeat_last_n = repeat_last_n;
-                 p.seed = seed;
-                 return std::make_unique<Sampler>(p, m.hparams().n_vocab);
-             }),
-             py::arg("model"), py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
-             py::arg("repeat_penalty") = 1.0f, py::arg("repeat_last_n") = 64, py::arg("seed") = 0xFFFFFFFFu)
-        .def("sample",
-             [](Sampler & smp, const Session & s) {
-                 const float * logits = s.last_logits();
-                 const int n_vocab = static_cast<int>(s.logits().size() / std::max(1, s.n_logit_rows()));
-                 return smp.sample(logits, n_vocab);
-             })
-        .def("accept", &Sampler::accept)
-        .def("reset", &Sampler::reset);
 }

@@ -190,10 +190,8 @@ void register_vision(py::module_ & mod) {
             [](const Model & m, const py::sequence & chunks, int pos_0) {
                 const int n_embd = m.hparams().n_embd;
                 const VisualSpan span = visual_span(m, chunks_from_py(chunks, n_embd), pos_0);
-                const size_t n = span.rows.size() / size_t(n_embd);
-                py::array_t<int32_t> pos({size_t(span.positions.n_streams), n});
-                std::copy(span.positions.values.begin(), span.positions.values.end(), pos.mutable_data());
-                return py::make_tuple(float_rows(span.rows, size_t(n_embd)), pos, span.segments);
+                return py::make_tuple(float_rows(span.rows, size_t(n_embd)),
+                                      positions_array(span.positions, span.rows.size() / size_t(n_embd)), span.segments);
             },
             py::arg("model"), py::arg("chunks"), py::arg("pos_0"));
     mod.def("token_embeddings",

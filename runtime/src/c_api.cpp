@@ -111,17 +111,21 @@ bool should_abort(const hts_session * s) {
     return s->params.abort_callback && s->params.abort_callback(s->params.abort_user_data);
 }
 
-// Reports progress; throws Aborted when the callbacks ask to stop.
+// Reports progress to the session's callbacks: false when they ask to stop.
+bool keep_going(const hts_session * s, const char * stage, int done, int total) {
+    return !should_abort(s) &&
+           (!s->params.progress || s->params.progress(stage, done, total, s->params.progress_user_data));
+}
+
+// As keep_going, throwing Aborted when the callbacks ask to stop.
 void report(const hts_session * s, const char * stage, int done, int total) {
-    const bool go_on = !should_abort(s) &&
-                       (!s->params.progress || s->params.progress(stage, done, total, s->params.progress_user_data));
-    if (!go_on) hts::fail(hts::ErrorKind::Aborted, std::string("stopped by the callback while ") + stage);
+    if (!keep_going(s, stage, done, total)) {
+        hts::fail(hts::ErrorKind::Aborted, std::string("stopped by the callback while ") + stage);
+    }
 }
 
 // Tokens in the context, the question held back after a sparse span included.
-int input_size(const hts::Conversation & c) {
-    return c.session().n_past() + (c.holds_back() ? static_cast<int>(c.sparse()->pending().size()) : 0);
-}
+int input_size(const hts::Conversation & c) { return c.session().n_past() + c.n_pending(); }
 
 std::vector<hts::VisionInput::Image> image_views(const hts_image * images, int32_t n) {
     std::vector<hts::VisionInput::Image> out;
@@ -298,10 +302,8 @@ hts_session * hts_session_init(hts_model * model, struct hts_session_params para
         s->conv = std::make_unique<hts::Conversation>(*model->model, sp, params.sparse.enabled ? &sparse : nullptr);
         hts_session * raw = s.get();
         if (params.progress || params.abort_callback) {
-            s->conv->set_progress([raw](const char * stage, int done, int total) {
-                return !should_abort(raw) && (!raw->params.progress ||
-                                              raw->params.progress(stage, done, total, raw->params.progress_user_data));
-            });
+            s->conv->set_progress(
+                [raw](const char * stage, int done, int total) { return keep_going(raw, stage, done, total); });
         }
         return s.release();
     });

@@ -47,7 +47,9 @@ void Conversation::set_progress(ProgressFn fn) {
         session_.set_batch_callback(nullptr);
         return;
     }
-    session_.set_batch_callback([this](int done, int total) { return progress_("prefill", done, total); });
+    session_.set_batch_callback([this](int done, int total) {
+        return in_answer_step_ || progress_("prefill", done, total);
+    });
 }
 
 void Conversation::check_usable() const {
@@ -125,8 +127,7 @@ void Conversation::add_embeddings(const std::vector<float> & rows, int32_t place
 
 int Conversation::add_text(const std::string & text, bool special, bool sparse) {
     std::vector<int32_t> ids = model_.vocab().tokenize(text, false, special);
-    const Vocab & v = model_.vocab();
-    if (session_.n_past() == 0 && !holds_back() && v.add_bos() && v.bos() >= 0) ids.insert(ids.begin(), v.bos());
+    if (wants_bos()) ids.insert(ids.begin(), model_.vocab().bos());
     if (ids.empty()) return 0;
     add_tokens(ids, sparse);
     return static_cast<int>(ids.size());
@@ -155,15 +156,17 @@ int Conversation::add_message(const std::string & role, const std::vector<TurnPa
     return n + add_text(after);
 }
 
-int Conversation::next_input_pos() const {
-    return session_.next_pos() + (holds_back() ? static_cast<int>(sparse_->pending().size()) : 0);
+bool Conversation::wants_bos() const {
+    const Vocab & v = model_.vocab();
+    return session_.n_past() == 0 && !holds_back() && v.add_bos() && v.bos() >= 0;
 }
 
+int Conversation::next_input_pos() const { return session_.next_pos() + n_pending(); }
+
 void Conversation::add_chunks(std::vector<VisionChunk> chunks, int32_t placeholder, bool sparse) {
-    const Vocab & v = model_.vocab();
-    if (session_.n_past() == 0 && !holds_back() && v.add_bos() && v.bos() >= 0) {
+    if (wants_bos()) {
         VisionChunk bos;
-        bos.tokens = {v.bos()};
+        bos.tokens = {model_.vocab().bos()};
         chunks.insert(chunks.begin(), bos);
     }
     const auto is_image = [](const VisionChunk & c) { return !c.is_text(); };
@@ -275,14 +278,14 @@ void Conversation::begin_answer() {
 
 void Conversation::eval_generated(int32_t token) {
     check_usable();
-    session_.set_batch_callback(nullptr);
+    in_answer_step_ = true;
     try {
         session_.eval({token}, false);
     } catch (...) {
-        set_progress(progress_);
+        in_answer_step_ = false;
         throw;
     }
-    set_progress(progress_);
+    in_answer_step_ = false;
 }
 
 void Conversation::first_token_at(Clock::time_point started, Clock::time_point now) {

@@ -107,6 +107,8 @@ public:
     bool media_turn_open() const { return media_turn_.has_value(); }
     // Rope position of the next token evaluated (text waiting after a sparse span first).
     int next_input_pos() const;
+    // Tokens of the question waiting after an unselected sparse span (0 when none waits).
+    int n_pending() const { return holds_back() ? static_cast<int>(sparse_->pending().size()) : 0; }
 
     // --- selection -----------------------------------------------------------------
     // HT-Sparse: evaluates the question waiting after the sparse span(s) and
@@ -144,6 +146,7 @@ private:
     bool assistant_open_ = false;     // generated tokens belong to an open assistant turn
     bool pending_assistant_ = false;  // a user turn awaits the assistant header
     bool stopped_ = false;            // a progress callback stopped work midway: reset() first
+    bool in_answer_step_ = false;     // evaluating a generated token: progress is not reported
     struct MediaTurn {
         std::string tail;   // the turn's text after the chunks, tokenized with the question
         std::string after;  // the template's text after the turn's content
@@ -151,6 +154,7 @@ private:
     std::optional<MediaTurn> media_turn_;
 
     void check_usable() const;
+    bool wants_bos() const;  // the context is empty and the model starts with BOS
     void eval_dense(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions);
     void count_prompt_time(std::chrono::steady_clock::time_point start);
     void add_span_chunks(const std::vector<VisionChunk> & chunks, int32_t placeholder);
