@@ -12,7 +12,7 @@
 #   1. builds llama-cpp-python 0.3.36 from the staged sdist with
 #      CMAKE_ARGS="-DGGML_CUDA=on" (CUDA_ARCH, default 90: H100/H200), then this
 #      package, into the machine's Python (a fresh machine each lease);
-#   2. writes a synthetic Qwen2.5-7B-shaped Q8_0 GGUF (random weights, 7.6 GiB,
+#   2. writes a synthetic Qwen2.5-7B-shaped Q8_0 GGUF (random weights,
 #      python -m htsparse_convert.synthetic_gguf) from the staged tokenizer;
 #   3. runs the benchmarks (python -m htsparse_llama bench) at 16K, 32K, 64K,
 #      128K tokens, one step per length (the shortest first, so a call cut
