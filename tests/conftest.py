@@ -1,11 +1,29 @@
 """Shared fixtures: real small GGUF models from the package index (fetched once
-into the cache; tests that need them skip only when the index is unreachable)."""
+into the cache; tests that need them skip only when the index is unreachable),
+and, imported from tests/support/ once for every test module, the fixtures
+built on them (tiny models, tiny VLMs, the demo model, checkpoints, the
+upstream converter, the CMake build). Module-scoped ones are still made once
+per test module that asks for them."""
 
 import pytest
 
-from htsparse_llama.packaged_models import ModelUnavailable, fetch_packaged_model
-
-from cmake_build import cmake_build  # noqa: F401  (a fixture: one CMake build for the C and C++ tests)
+from htsparse_llama.fetch.packaged import ModelUnavailable, fetch_packaged_model
+from support.cli import demo_model  # noqa: F401  (fixtures for every test)
+from support.cmake_build import cmake_build  # noqa: F401  (one CMake build for the C and C++ tests)
+from support.hf_checkpoints import rebuilt_dirs  # noqa: F401
+from support.sparse_helpers import tiny  # noqa: F401
+from support.tiny_models import (  # noqa: F401
+    qwen_vocab,
+    smollm_vocab,
+    tiny_dir,
+    tiny_llama,
+    tiny_llama_f16,
+    tiny_qwen2,
+    tiny_qwen2vl,
+    tiny_qwen2vl_v1,
+)
+from support.tiny_vlms import qwen_vl, smolvlm  # noqa: F401
+from support.upstream_converter import upstream_converter  # noqa: F401
 
 
 def _packaged(name):

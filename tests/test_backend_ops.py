@@ -6,7 +6,7 @@ The graphs run here on the CPU with op recording on (_native._set_op_recording,
 runtime/src/graph_runner.cpp records every node handed to a backend: op,
 unary/GLU sub-op, types, layouts, the parameters supports_op reads). Each
 recorded node is then put to the supports_op functions of the pinned
-llama.cpp's Metal, CUDA and Vulkan backends, as read by backend_support.py
+llama.cpp's Metal, CUDA and Vulkan backends, as read by support/backend_support.py
 (its docstring says what that parse decides from the source, what from a
 hand-written rule, and what it cannot see: device properties are assumed
 those of a current GPU, shapes beyond head sizes and buffer limits are not
@@ -35,14 +35,14 @@ import numpy as np
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-import backend_support as bs
 from htsparse_convert import K_QUANTS, quantize_gguf
 from htsparse_llama import Model, SparseConfig
 from htsparse_llama._native_loader import native
-from htsparse_llama.bench_tasks import follow_up_tokens, passkey
-from test_tiny_models import image_layout
-from tiny_models import VISION_2_5, convert, qwen_vocab, randomize_, smollm_vocab, tiny_dir  # noqa: F401  (fixtures)
-from upstream_converter import UpstreamUnavailable
+from htsparse_llama.tasks.text import follow_up_tokens, passkey
+from support import backend_support as bs
+from support.parity import image_layout
+from support.tiny_models import VISION_2_5, convert, randomize_
+from support.upstream_converter import UpstreamUnavailable
 
 pytestmark = pytest.mark.real_model  # the tiny models carry real vocabularies
 
@@ -164,7 +164,7 @@ def backends() -> Dict[str, bs.Backend]:
 
 
 @pytest.fixture(scope="module")
-def recorded(qwen_gguf, smollm_gguf, qwen_vocab, smollm_vocab, tiny_dir) -> Dict[str, List[bs.Node]]:  # noqa: F811
+def recorded(qwen_gguf, smollm_gguf, qwen_vocab, smollm_vocab, tiny_dir) -> Dict[str, List[bs.Node]]:
     """scenario -> the distinct nodes its graphs handed to the backend."""
     if not hasattr(native, "_set_op_recording"):
         pytest.skip("this _native predates op recording (graph_runner.cpp): rebuild the package")

@@ -2,7 +2,6 @@
 crash), one line on stderr and a non-zero exit from the CLI."""
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -135,26 +134,26 @@ def test_bad_arguments(smollm_gguf):
         session.generate(max_tokens=4, top_p=1.5, stream=False)
 
 
-def test_bad_positions(smollm_gguf):
+@pytest.mark.parametrize("tokens, positions, match", [
+    pytest.param([10, 11], np.zeros((3, 2)), "1 row", id="three-rows-on-llama"),  # llama has one rope stream
+    pytest.param([10, 11], [0, 1, 2], "2 values", id="more-positions-than-tokens"),
+    pytest.param([10, 11], [0, -1], "negative", id="negative"),
+    pytest.param([10], np.zeros((1, 1, 1)), "1-D", id="three-dimensional"),
+])
+def test_bad_positions(smollm_gguf, tokens, positions, match):
     session = Model(smollm_gguf, n_ctx=64, n_threads=2).session()
-    with pytest.raises(hts.InvalidArgumentError, match="1 row"):
-        session.add_tokens([10, 11], positions=np.zeros((3, 2)))  # llama has one rope stream
-    with pytest.raises(hts.InvalidArgumentError, match="2 values"):
-        session.add_tokens([10, 11], positions=[0, 1, 2])
-    with pytest.raises(hts.InvalidArgumentError, match="negative"):
-        session.add_tokens([10, 11], positions=[0, -1])
-    with pytest.raises(hts.InvalidArgumentError, match="1-D"):
-        session.add_tokens([10], positions=np.zeros((1, 1, 1)))
+    with pytest.raises(hts.InvalidArgumentError, match=match):
+        session.add_tokens(tokens, positions=positions)
     assert session.n_past == 0
 
 
 @pytest.mark.parametrize(
     "case, fragments",
     [
-        ("missing", ("error:", "not found")),
-        ("text", ("error:", "not a GGUF file")),
-        ("truncated", ("error:", "truncated")),
-        ("unsupported", ("error:", "unsupported architecture 'mamba'", "qwen2")),
+        pytest.param("missing", ("error:", "not found"), id="missing"),
+        pytest.param("text", ("error:", "not a GGUF file"), id="text"),
+        pytest.param("truncated", ("error:", "truncated"), id="truncated"),
+        pytest.param("unsupported", ("error:", "unsupported architecture 'mamba'", "qwen2"), id="unsupported"),
     ],
 )
 def test_cli_bad_model_files(case, fragments, tmp_path, text_file, truncated_copy, unsupported_arch):
@@ -171,10 +170,12 @@ def test_cli_prompt_longer_than_context(smollm_gguf):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["generate", "-m", "x.gguf"], "the following arguments are required: -p/--prompt"),
-        (["generate", "-m", "x.gguf", "-p", "hi", "--threads", "many"], "invalid int value"),
-        (["frobnicate"], "invalid choice"),
-        ([], "required"),
+        pytest.param(["generate", "-m", "x.gguf"], "the following arguments are required: -p/--prompt",
+                     id="generate-without-prompt"),
+        pytest.param(["generate", "-m", "x.gguf", "-p", "hi", "--threads", "many"], "invalid int value",
+                     id="threads=many"),
+        pytest.param(["frobnicate"], "invalid choice", id="unknown-command"),
+        pytest.param([], "required", id="no-command"),
     ],
 )
 def test_cli_bad_arguments(args, fragment):

@@ -30,7 +30,11 @@ def test_bench_writes_json_with_both_engines(smollm_gguf, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("bad", [["--prefill", "0"], ["--prefill", "abc"], ["--reps", "-1"]])
+@pytest.mark.parametrize("bad", [
+    pytest.param(["--prefill", "0"], id="prefill=0"),
+    pytest.param(["--prefill", "abc"], id="prefill=abc"),
+    pytest.param(["--reps", "-1"], id="reps=-1"),
+])
 def test_bench_bad_arguments_give_one_line(bad):
     proc = run_cli("bench", "-m", "x.gguf", *bad)
     assert proc.returncode == 2
@@ -68,7 +72,7 @@ def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
 
 def test_multikey_prompt_asks_for_one_of_several_keys(smollm_gguf):
     from htsparse_llama import Model
-    from htsparse_llama.bench_tasks import multikey
+    from htsparse_llama.tasks.text import multikey
 
     model = Model(smollm_gguf, n_ctx=512, n_threads=2)
     p = multikey(model, seed=4, n_lines=40)
@@ -104,7 +108,7 @@ def test_bench_refuses_a_bad_keep_ratio_before_measuring(smollm_gguf):
 
 def test_timestamp_and_order_prompts(smollm_gguf):
     from htsparse_llama import Model
-    from htsparse_llama.bench_tasks import order, timestamp
+    from htsparse_llama.tasks.text import order, timestamp
 
     model = Model(smollm_gguf, n_ctx=512, n_threads=2)
     p = timestamp(model, seed=5, n_lines=30)

@@ -24,7 +24,7 @@ def cli(*args, timeout=600):
 @pytest.fixture(scope="module")
 def bench(qwen_gguf, tmp_path_factory):
     """One benchmark run (the demo model is made on first use): (process, JSON)."""
-    from htsparse_llama.default_model import default_model_paths
+    from htsparse_llama.fetch.demo_model import default_model_paths
 
     default_model_paths()
     out = tmp_path_factory.mktemp("bench_video") / "video.json"
@@ -91,10 +91,11 @@ def test_missing_video_is_one_clear_line(tmp_path):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["--video", "packaged:clip", "--keep-ratio", "0.2,0.3"], "one --keep-ratio"),
-    (["--video", "packaged:clip", "--visual-share", "1.5"], "--visual-share"),
-    (["--video", "packaged:clip", "-m", "model.gguf"], "--mmproj"),
-    ([], "-m MODEL"),
+    pytest.param(["--video", "packaged:clip", "--keep-ratio", "0.2,0.3"], "one --keep-ratio",
+                 id="two-keep-ratios-with-video"),
+    pytest.param(["--video", "packaged:clip", "--visual-share", "1.5"], "--visual-share", id="visual-share=1.5"),
+    pytest.param(["--video", "packaged:clip", "-m", "model.gguf"], "--mmproj", id="model-without-mmproj"),
+    pytest.param([], "-m MODEL", id="no-model"),
 ])
 def test_bad_options_are_one_clear_line(args, fragment):
     r = cli("bench", *args)
@@ -104,7 +105,7 @@ def test_bad_options_are_one_clear_line(args, fragment):
 
 def test_without_llama_cpp_mtmd_the_baseline_is_our_dense_path(bench, monkeypatch, tmp_path, capsys):
     """Where libmtmd cannot be driven, the run still completes and says so."""
-    from htsparse_llama import bench_video
+    from htsparse_llama.bench import video as bench_video
     from htsparse_llama.cli import main
 
     def unavailable(*_args, **_kwargs):

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cmake_build import ROOT, ctest
+from support.cmake_build import ROOT, ctest
 
 import htsparse_llama as hts
-from htsparse_llama.video_chat import VideoTurn, encode_video
+from htsparse_llama.video.turn import VideoTurn, encode_video
 
 QUESTION = "What happens in this video?"
 MAX_TOKENS = 12

@@ -10,11 +10,12 @@ import gguf
 import numpy as np
 import pytest
 
-from htsparse_convert.calibrate import calibrate, write_calibrated_gguf
+from htsparse_convert import write_gguf_with_metadata
 from htsparse_llama import Model, SparseConfig
+from htsparse_llama.bench.llama_cpp import load_llama
+from htsparse_llama.calibrate import calibrate
 from htsparse_llama.sparse_config import GGUF_KEYS
-
-from tiny_models import qwen_vocab, smollm_vocab, tiny_dir, tiny_llama  # noqa: F401  (fixtures)
+from support.haystack import QUESTION, haystack
 
 
 def cli(*args):
@@ -64,8 +65,6 @@ def test_chosen_layer_keeps_the_needle_and_answers(smollm_calibrated):
     recall = result.recall_by_layer
     assert recall[result.select_layer] >= 0.95 and all(r < 0.95 for r in recall[:result.select_layer])
     assert result.select_layer < len(recall) // 2  # selection early enough to save work
-    from test_sparse_session import QUESTION, haystack
-
     def ask(session):
         session.add_message("user", [{"text": haystack(n_lines=60, where=25), "sparse": True},
                                      {"text": "\n" + QUESTION}])
@@ -81,7 +80,7 @@ def test_chosen_layer_keeps_the_needle_and_answers(smollm_calibrated):
 def test_recalibrating_replaces_the_keys(smollm_calibrated, tmp_path):
     _, out = smollm_calibrated
     again = tmp_path / "again.gguf"
-    replaced = write_calibrated_gguf(out, again, {"htsparse.select_layer": 3, "htsparse.version": 1})
+    replaced = write_gguf_with_metadata(out, again, {"htsparse.select_layer": 3, "htsparse.version": 1})
     assert "htsparse.head_prior" in replaced and "htsparse.select_layer" in replaced
     keys = htsparse_keys(again)
     assert set(keys) == {"htsparse.select_layer", "htsparse.version"}
@@ -95,7 +94,7 @@ def test_cli_writes_a_loadable_file_and_refuses_to_overwrite(tiny_llama, tmp_pat
     assert "select layer" in r.stdout and "calibrating: prompt 2/2" in r.stderr
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(out), n_ctx=64, verbose=False)  # upstream still loads it
+    llm = load_llama(str(out), n_ctx=64, verbose=False)  # upstream still loads it
     assert llm.n_vocab() == tiny_llama.n_vocab
     llm.close()
     r = cli("calibrate", "-m", src, "-o", str(out), "--samples", "1", "--context", "256")
@@ -105,11 +104,11 @@ def test_cli_writes_a_loadable_file_and_refuses_to_overwrite(tiny_llama, tmp_pat
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["-m", "/nonexistent.gguf"], "nonexistent"),
-    (["--samples", "0"], "n_samples"),
-    (["--keep-ratio", "1.5"], "keep_ratio"),
-    (["--video", "clip.mp4"], "goes with --mmproj"),
-    (["--mmproj", "missing-mmproj.gguf"], "missing-mmproj.gguf"),
+    pytest.param(["-m", "/nonexistent.gguf"], "nonexistent", id="missing-model"),
+    pytest.param(["--samples", "0"], "n_samples", id="samples=0"),
+    pytest.param(["--keep-ratio", "1.5"], "keep_ratio", id="keep-ratio=1.5"),
+    pytest.param(["--video", "clip.mp4"], "goes with --mmproj", id="video-without-mmproj"),
+    pytest.param(["--mmproj", "missing-mmproj.gguf"], "missing-mmproj.gguf", id="missing-mmproj"),
 ])
 def test_cli_bad_input(tiny_llama, tmp_path, extra, fragment):
     args = ["calibrate", "-m", str(tiny_llama.gguf_path), "-o", str(tmp_path / "out.gguf"), "--context", "256", *extra]
@@ -119,7 +118,7 @@ def test_cli_bad_input(tiny_llama, tmp_path, extra, fragment):
 
 
 def test_needle_image_shows_the_code():
-    from htsparse_convert.calibrate_video import needle_image
+    from htsparse_llama.tasks.needle import needle_image
 
     img = needle_image(448, 224, 48213)
     dark = (img.mean(axis=2) < 128).mean()
@@ -130,7 +129,7 @@ def test_video_calibration_on_the_demo_model(qwen_gguf, tmp_path):
     """--mmproj: needle-frame prompts from the shipped clip through libmtmd.
     The demo model's weights are random, so only the mechanics are checked:
     keys, recall per layer, defaults read back, tensors unchanged."""
-    from htsparse_llama.default_model import default_model_paths
+    from htsparse_llama.fetch.demo_model import default_model_paths
 
     text, mmproj = default_model_paths()
     out = tmp_path / "demo-htsparse.gguf"

@@ -22,7 +22,7 @@ chat turn followed by random ids, 64 tokens):
   bounds the same error of our runtime at 5e-3). Measured 9.0e-4 (Qwen2.5-VL),
   9.3e-4 (Qwen2-VL), 1.8e-3 (SmolVLM2); the bound is ~2.2x the worst.
 - our runtime vs llama.cpp, f32 and Q4_K_M files: REL_TOL_LLAMA_CPP of
-  test_tiny_models (1e-5): same kernels, same graph. Measured 0.
+  support/parity.py (1e-5): same kernels, same graph. Measured 0.
 The RMS-norm epsilon of the Qwen checkpoints is 0 (1e-2 in the tiny models
 elsewhere, 1e-6 in the released ones): llama.cpp 0.3.36's qwen2vl never reads
 it and runs with 0 (see test_tiny_models.llama_cpp_twin). Measured with 1e-2:
@@ -55,12 +55,23 @@ from safetensors.numpy import load_file, save_file
 
 from htsparse_convert import HfVocab, open_checkpoint, read_gguf_header, supported_model_types, write_text_gguf
 from htsparse_convert.mmproj_gguf import write_mmproj_gguf
-from hf_checkpoints import load_json, rebuilt_dirs, released_tokenizer, save_checkpoint  # noqa: F401 (fixture)
-from test_convert_mmproj import CASES, MtmdEncoder, TextModel, pattern_image
-from test_tiny_models import REL_TOL_LLAMA_CPP, check_close, llama_cpp_logits, ours, prompt, reference
-from tiny_models import (VISION_2_5_MMPROJ, VISION_2_MMPROJ, attention_eager, qwen2vl_model, qwen2vl_v1_model,
-                         smolvlm_model)
-from upstream_converter import UpstreamUnavailable, converter_args, run_upstream_converter, upstream_converter_dir
+from support.hf_checkpoints import load_json, released_tokenizer, save_checkpoint
+from support.parity import REL_TOL_LLAMA_CPP, check_close, llama_cpp_logits, ours, prompt, reference
+from support.tiny_models import (
+    VISION_2_5_MMPROJ,
+    VISION_2_MMPROJ,
+    attention_eager,
+    qwen2vl_model,
+    qwen2vl_v1_model,
+    smolvlm_model,
+)
+from support.tiny_vlms import CASES, MtmdEncoder, TextModel, pattern_image
+from support.upstream_converter import (
+    UpstreamUnavailable,
+    converter_args,
+    run_upstream_converter,
+    upstream_converter_dir,
+)
 
 pytestmark = pytest.mark.real_model  # the tokenizers are rebuilt from the real GGUFs
 

@@ -23,32 +23,18 @@ so a wrong window pattern cannot pass.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import gguf
 import numpy as np
 import pytest
-import torch
 
-from htsparse_convert import GgufVocab, read_gguf_header, read_gguf_metadata, write_text_gguf
+from htsparse_convert import GgufVocab, read_gguf_header, write_text_gguf
 from htsparse_convert.mmproj_gguf import VISION_ARCHITECTURES, write_mmproj_gguf
-from htsparse_llama import llama_cpp_mtmd
-
-from tiny_models import (  # noqa: F401  (fixtures)
-    SMOLVLM_VISION,
-    VISION_2_5_MMPROJ,
-    VISION_2_MMPROJ,
-    attention_eager,
-    qwen2vl_model,
-    qwen2vl_v1_model,
-    qwen_vocab,
-    smollm_vocab,
-    smolvlm_model,
-    tiny_dir,
-)
-from upstream_converter import converter_args, run_upstream_converter, upstream_converter  # noqa: F401  (fixture)
+from support.tiny_models import VISION_2_5_MMPROJ, attention_eager
+from support.tiny_vlms import CASES, MtmdEncoder, TextModel, pattern_image, qwen_reference
+from support.upstream_converter import converter_args, run_upstream_converter
 
 pytestmark = pytest.mark.real_model  # the tokenizers libmtmd needs come from real GGUFs
 
@@ -62,148 +48,13 @@ IGNORED_KEYS = {"general.name"}
 OUR_KEYS = "htsparse."
 
 
-def pattern_image(w: int, h: int) -> np.ndarray:
-    """A deterministic [h, w, 3] uint8 pattern: gradients plus a texture, so
-    every patch differs from its neighbours."""
-    y, x = np.mgrid[0:h, 0:w]
-    rgb = [x * 255 // w, y * 255 // h, (x * 7 + y * 13 + (x * y) % 31) % 256]
-    return np.stack(rgb, axis=-1).astype(np.uint8)
-
-
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-# -- transformers references ---------------------------------------------------------------
+# -- the architectures under test (support/tiny_vlms.py: CASES) --------------------------------
 
-
-def qwen_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str, Any]) -> np.ndarray:
-    """Vision tower + merger on `rgb` preprocessed by transformers' Qwen2-VL
-    image processor, with clip.cpp's pixel limits (8..4096 merged tokens of
-    28x28 pixels) so neither side resizes the test image: [n_tokens, n_embd]."""
-    try:  # the PIL backend is the one that runs without torchvision
-        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
-    except ImportError:  # pragma: no cover - other transformers versions
-        from transformers import Qwen2VLImageProcessor as Processor
-    from PIL import Image
-
-    proc = Processor(size={"shortest_edge": 8 * 28 * 28, "longest_edge": 4096 * 28 * 28}, **pre)
-    inputs = proc(images=[Image.fromarray(rgb)], return_tensors="pt")
-    grid = inputs["image_grid_thw"]
-    assert grid.tolist() == [[1, rgb.shape[0] // 14, rgb.shape[1] // 14]], f"transformers resized: {grid.tolist()}"
-    with torch.no_grad():
-        out = model.model.visual(inputs["pixel_values"], grid_thw=grid)
-    return out.pooler_output.float().numpy()
-
-
-def smolvlm_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str, Any]) -> np.ndarray:
-    """Vision tower + connector on `rgb` (one tile, as large as the tower's
-    input, so neither side resizes or splits it): [n_tokens, n_embd]."""
-    try:
-        from transformers.models.smolvlm.image_processing_pil_smolvlm import SmolVLMImageProcessorPil as Processor
-    except ImportError:  # pragma: no cover - other transformers versions
-        from transformers import SmolVLMImageProcessor as Processor
-    from PIL import Image
-
-    size = {"longest_edge": rgb.shape[0]}
-    proc = Processor(do_image_splitting=False, size=size, max_image_size=size, image_mean=pre["image_mean"],
-                     image_std=pre["image_std"])
-    inputs = proc(images=[[Image.fromarray(rgb)]], return_tensors="pt")
-    assert tuple(inputs["pixel_values"].shape) == (1, 1, 3, *rgb.shape[:2])
-    with torch.no_grad():
-        out = model.model.get_image_features(inputs["pixel_values"])
-    return out.pooler_output[0].float().numpy()
-
-
-def smolvlm_text_part(tensors: Dict[str, np.ndarray], config: Any) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
-    """SmolVLM's decoder as the llama checkpoint write_text_gguf knows (it has
-    no SmolVLM entry yet): model.text_model.* -> model.*, the text config."""
-    text = {("model." + k[len("model.text_model."):] if k.startswith("model.text_model.") else k): v
-            for k, v in tensors.items() if not k.startswith(("model.vision_model.", "model.connector."))}
-    return text, dict(config.text_config.to_dict(), architectures=["LlamaForCausalLM"], tie_word_embeddings=False)
-
-
-# -- the architectures under test ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Case:
-    build: Callable[[int], torch.nn.Module]
-    vocab_fixture: str  # the real GGUF whose tokenizer the text model gets
-    preprocessor: Dict[str, Any]  # preprocessor_config.json
-    image_wh: Tuple[int, int]
-    n_images: int  # image chunks libmtmd makes of the test image, each encoded alike
-    n_tokens: int  # per chunk
-    reference: Callable[[torch.nn.Module, np.ndarray, Mapping[str, Any]], np.ndarray]
-    text_part: Optional[Callable[[Dict[str, np.ndarray], Any], Tuple[Dict[str, np.ndarray], Any]]] = None
-
-
-_CLIP = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
-# Not the defaults, so the tests see that the preprocessor's values are written.
-_OTHER = {"image_mean": [0.5, 0.45, 0.4], "image_std": [0.25, 0.3, 0.35]}
-_TILE = SMOLVLM_VISION["image_size"]
-CASES: Dict[str, Case] = {
-    "qwen2_5_vl": Case(lambda n: qwen2vl_model(n, seed=11, vision=VISION_2_5_MMPROJ), "qwen_vocab", _CLIP,
-                       (224, 168), 1, 8 * 6, qwen_reference),
-    "qwen2_vl": Case(lambda n: qwen2vl_v1_model(n, seed=12, vision=VISION_2_MMPROJ), "qwen_vocab", _OTHER,
-                     (224, 168), 1, 8 * 6, qwen_reference),
-    # libmtmd gives SmolVLM the overview and one tile, both the whole image.
-    "smolvlm": Case(lambda n: smolvlm_model(n, seed=13), "smollm_vocab",
-                    {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"longest_edge": _TILE}},
-                    (_TILE, _TILE), 2, (_TILE // 8 // 2) ** 2, smolvlm_reference, smolvlm_text_part),
-}
 MODEL_TYPES = sorted(CASES)
-
-
-# -- libmtmd through llama_cpp.mtmd_cpp ------------------------------------------------------
-
-
-class TextModel:
-    """A text GGUF loaded vocab_only: libmtmd needs its tokenizer (for the
-    image's begin/end tokens) and checks its width, not its weights."""
-
-    def __init__(self, path: Path) -> None:
-        import llama_cpp
-
-        self._llama = llama_cpp
-        llama_cpp.llama_backend_init()
-        params = llama_cpp.llama_model_default_params()
-        params.vocab_only = True
-        self.ptr = llama_cpp.llama_model_load_from_file(str(path).encode(), params)
-        assert self.ptr, f"llama.cpp could not load {path}"
-
-    def close(self) -> None:
-        self._llama.llama_model_free(self.ptr)
-
-
-class MtmdEncoder:
-    """libmtmd on a text model and an mmproj; encode() gives the output
-    embeddings of each image chunk libmtmd makes of an image."""
-
-    def __init__(self, text: TextModel, mmproj: Path) -> None:
-        import llama_cpp.mtmd_cpp as mtmd
-
-        self._mtmd = mtmd
-        self.ctx = llama_cpp_mtmd.init_context(mmproj, text.ptr, n_threads=2)
-        # The text model's width; a vocab_only model reports 0, the mmproj says it.
-        self.n_embd = next(f.value for f in read_gguf_metadata(mmproj) if f.key == "clip.vision.projection_dim")
-
-    def encode(self, rgb: np.ndarray) -> List[np.ndarray]:
-        """[n_tokens, n_embd] per image chunk of an [H, W, 3] uint8 image."""
-        chunks = llama_cpp_mtmd.tokenize(self.ctx, self._mtmd.mtmd_default_marker().decode(), [rgb])
-        try:
-            return list(llama_cpp_mtmd.encode_image_chunks(self.ctx, chunks, self.n_embd).values())
-        finally:
-            self._mtmd.mtmd_input_chunks_free(chunks)
-
-    def close(self) -> None:
-        self._mtmd.mtmd_free(self.ctx)
-
-    def __enter__(self) -> "MtmdEncoder":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 # -- tiny checkpoints ----------------------------------------------------------------------
@@ -396,10 +247,10 @@ def test_unsupported_model_type_is_named(tmp_path):
 @pytest.mark.parametrize("change,preprocessor,match", [
     # Full attention at layers 1 and 2: not "every n-th layer", which is all
     # clip.vision.n_wa_pattern can say.
-    ({"fullatt_block_indexes": [1, 2]}, None, "fullatt_block_indexes"),
-    ({"window_size": 224}, None, "window_size"),  # clip.cpp fixes it at 112 pixels
-    ({"intermediate_size": 32}, None, "swapped"),  # a square MLP
-    ({}, {"patch_size": 16}, "patch_size"),
+    pytest.param({"fullatt_block_indexes": [1, 2]}, None, "fullatt_block_indexes", id="full-attention-at-1-and-2"),
+    pytest.param({"window_size": 224}, None, "window_size", id="window-224"),  # clip.cpp fixes it at 112 pixels
+    pytest.param({"intermediate_size": 32}, None, "swapped", id="square-mlp"),
+    pytest.param({}, {"patch_size": 16}, "patch_size", id="preprocessor-patch-16"),
 ])
 def test_config_clip_cannot_express_is_refused(tmp_path, change, preprocessor, match):
     from transformers import Qwen2_5_VLConfig

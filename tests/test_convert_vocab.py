@@ -12,13 +12,13 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict
 
+import gguf
 import pytest
 
-import gguf
 from htsparse_convert.hf_vocab import PRE_BY_CHKHSH, HfVocab, detect_pre
 from htsparse_convert.text_gguf import read_gguf_metadata, write_text_gguf
-from hf_checkpoints import KINDS, dump_json, load_json, rebuilt_dirs, released_tokenizer  # noqa: F401 (fixture)
-from upstream_converter import converter_args, run_upstream_converter, upstream_converter  # noqa: F401
+from support.hf_checkpoints import KINDS, dump_json, load_json, released_tokenizer
+from support.upstream_converter import converter_args, run_upstream_converter
 
 PRE = {"qwen": "qwen2", "smollm": "smollm"}
 

@@ -1,7 +1,7 @@
 """Builds the C++ unit tests against the installed llama.cpp tree and runs them
 with ctest (tests/cpp/test_runtime.cpp)."""
 
-from cmake_build import ctest
+from support.cmake_build import ctest
 
 
 def test_cpp_units_pass_under_ctest(cmake_build):

@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from test_convert_mmproj import MtmdEncoder, TextModel, pattern_image
+from support.tiny_vlms import MtmdEncoder, TextModel, pattern_image
 
 pytestmark = pytest.mark.real_model  # its tokenizer comes from the packaged Qwen GGUF
 
 
 def test_made_once_and_loadable(qwen_gguf, tmp_path):
-    code = ("import sys, htsparse_llama.default_model as d; "
+    code = ("import sys, htsparse_llama.fetch.demo_model as d; "
             f"t, m = d.default_model_paths(print, {str(tmp_path)!r}); print(t); print(m); print('torch' in sys.modules)")
     # A fresh process, as the CLI's first run: the model is made, without torch.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -5,7 +5,7 @@ import shutil
 
 import numpy as np
 
-from htsparse_llama.embedding_cache import EmbeddingCache
+from htsparse_llama.video.cache import EmbeddingCache
 
 
 def items(seed=0, n=3):

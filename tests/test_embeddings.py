@@ -9,9 +9,7 @@ import torch
 
 import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
-
-from test_tiny_models import REL_TOL_F32, check_close, image_layout, prompt, rel_l2
-from tiny_models import qwen_vocab, smollm_vocab, tiny_dir, tiny_llama, tiny_qwen2vl  # noqa: F401  (fixtures)
+from support.parity import REL_TOL_F32, check_close, image_layout, prompt, rel_l2
 
 pytestmark = pytest.mark.real_model  # the tiny models carry real vocabularies
 

@@ -12,32 +12,42 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from htsparse_llama import explain
+from htsparse_llama import Chunks
 from htsparse_llama.errors import InvalidArgumentError
-from htsparse_llama.vision import ImageChunk, TextChunk
+from htsparse_llama.video import explain
+from support.cli import cli
 
-from test_video_chat import cli, demo_model  # noqa: F401  (fixture)
+
+def chunks(*items):
+    """A runtime Chunks list of 4-wide rows from chunk items (text, image_chunk, smol_chunk)."""
+    return Chunks.from_arrays(list(items), 4, 0)
+
+
+def text_chunk(*tokens):
+    return {"tokens": np.array(tokens, np.int32)}
 
 
 def image_chunk(nx, ny, first, n_images=1):
     n = nx * ny
-    return ImageChunk(np.zeros((n, 4), np.float32), np.zeros((3, n), np.int32), nx, ny, max(nx, ny), first, n_images)
+    return {"embd": np.zeros((n, 4), np.float32), "positions": np.zeros((3, n), np.int32),
+            "meta": np.array([nx, ny, max(nx, ny), first, n_images], np.int32)}  # nx ny n_pos first n_images
 
 
 def smol_chunk(n, first):
     """Not M-RoPE: no grid, nx = n_tokens, ny = 1."""
-    return ImageChunk(np.zeros((n, 4), np.float32), np.arange(n, dtype=np.int32)[None], n, 1, n, first, 1)
+    return {"embd": np.zeros((n, 4), np.float32), "positions": np.arange(n, dtype=np.int32)[None],
+            "meta": np.array([n, 1, n, first, 1], np.int32)}
 
 
 # Span rows: pair 0-7, text 8-10, (empty text), image 11-14, text 15, smol 16-24, odd 25-29.
-CHUNKS = [TextChunk([1, 2]),                       # before the span: not in it
-          image_chunk(4, 2, first=0, n_images=2),  # frames 0 and 1
-          TextChunk([5, 6, 7]), TextChunk([]),
-          image_chunk(2, 2, first=2),
-          TextChunk([9]),
-          smol_chunk(9, first=3),                  # 3x3 square tile
-          smol_chunk(5, first=4),                  # no grid: shaded by share kept
-          TextChunk([3])]                          # after the span
+CHUNKS = chunks(text_chunk(1, 2),                      # before the span: not in it
+                image_chunk(4, 2, first=0, n_images=2),  # frames 0 and 1
+                text_chunk(5, 6, 7), text_chunk(),
+                image_chunk(2, 2, first=2),
+                text_chunk(9),
+                smol_chunk(9, first=3),                  # 3x3 square tile
+                smol_chunk(5, first=4),                  # no grid: shaded by share kept
+                text_chunk(3))                                 # after the span
 KEPT = [0, 5, 9, 12, 15, 16, 20, 24, 25, 26, 99]   # 9, 15: text; 99: beyond this span
 
 
@@ -48,7 +58,7 @@ def test_span_rows_walk_the_chunks():
               25: (7, 0), 29: (7, 4)}
     for row, (chunk, token) in expect.items():
         assert (owner[row], index[row]) == (chunk, token), row
-    assert explain.span_rows([TextChunk([1])])[0].size == 0  # no image, no span
+    assert explain.span_rows(chunks(text_chunk(1)))[0].size == 0  # no image, no span
 
 
 def test_kept_masks_and_heats():
@@ -73,9 +83,9 @@ def test_kept_masks_and_heats():
 
 
 def test_tiles_of_one_image_are_shaded_as_a_whole():
-    chunks = [smol_chunk(4, first=0), TextChunk([7]), smol_chunk(4, first=0)]  # two tiles of image 0
-    masks, _, _ = explain.kept_masks(chunks, [0, 1, 5])
-    (heat,) = explain.picture_heats(chunks, masks, 1)
+    tiles = chunks(smol_chunk(4, first=0), text_chunk(7), smol_chunk(4, first=0))  # two tiles of image 0
+    masks, _, _ = explain.kept_masks(tiles, [0, 1, 5])
+    (heat,) = explain.picture_heats(tiles, masks, 1)
     assert heat.grid.shape == (1, 1) and heat.grid[0, 0] == pytest.approx(3 / 8)
 
 
@@ -141,11 +151,11 @@ def test_picture_from_synthetic_frames(tmp_path):
     rgb = frames(4)
     lay = explain.layout([(224, 112)] * 4)
     pictures = explain.Pictures([explain.thumbnail(f, lay) for f in rgb], ["0.0 s", "0.5 s", "1.0 s", "1.5 s"], lay)
-    chunks = [TextChunk([1]), image_chunk(8, 4, 0, 2), TextChunk([2, 3]), image_chunk(8, 4, 2, 2), TextChunk([4])]
+    pairs = chunks(text_chunk(1), image_chunk(8, 4, 0, 2), text_chunk(2, 3), image_chunk(8, 4, 2, 2), text_chunk(4))
     kept = [0, 9, 31, 33, 34]  # pair 0: cells (0,0) (1,1) (3,7); a text row; pair 1: (0,0)
     full_kv = [[True, False], [False, False], [False, True]]
     out = tmp_path / "out.png"
-    facts = explain.write_explanation(str(out), pictures, chunks, {"kept_in_span": kept, "full_kv": full_kv},
+    facts = explain.write_explanation(str(out), pictures, pairs, {"kept_in_span": kept, "full_kv": full_kv},
                                       "What now?")
     assert sorted(os.listdir(tmp_path)) == ["out.png"]  # no temp file left
     with Image.open(out) as im:
@@ -196,7 +206,7 @@ SMALL = ["--max-frames", "4", "--max-visual-tokens", "512", "-t", "2", "-n", "4"
 
 @pytest.mark.real_model
 def test_cli_video_explain(demo_model, tmp_path):
-    from htsparse_llama.video_frames import iter_frames, sample_clip_path
+    from htsparse_llama.video.frames import iter_frames, sample_clip_path
 
     out = tmp_path / "explain.png"
     r = cli("chat", "--video", "packaged:clip", "--prompt", "What happens?", "--json", "--explain", str(out), *SMALL)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from htsparse_llama.errors import InvalidArgumentError
-from htsparse_llama.hf_repo import parse_spec, pick_files
+from htsparse_llama.fetch.hf_repo import parse_spec, pick_files
 
 # The file list of a typical ggml-org VLM repository.
 FILES = [
@@ -24,9 +24,12 @@ FILES = [
 def test_parse_spec():
     assert parse_spec("ggml-org/SmolVLM2-500M-Video-Instruct-GGUF") == ("ggml-org/SmolVLM2-500M-Video-Instruct-GGUF", None)
     assert parse_spec("a/b:q8_0") == ("a/b", "q8_0")
-    for bad in ("noslash", "a/b/c", "/b", "a/"):
-        with pytest.raises(InvalidArgumentError, match="OWNER/NAME"):
-            parse_spec(bad)
+
+
+@pytest.mark.parametrize("bad", ["noslash", "a/b/c", "/b", "a/"])
+def test_parse_spec_refuses(bad):
+    with pytest.raises(InvalidArgumentError, match="OWNER/NAME"):
+        parse_spec(bad)
 
 
 def test_pick_files():

@@ -46,7 +46,7 @@ def test_any_head_split_keeping_every_cell_equals_dense(smollm, prompt):
     for share_full in (0.0, 0.5, 1.0):
         s = smollm.session()
         s.add_tokens(prompt)
-        s._native._compact_kv(random_routing(smollm, rng, share_full), list(range(len(prompt))))
+        s._context._compact_kv(random_routing(smollm, rng, share_full), list(range(len(prompt))))
         got = decode(s, s.logits(), 6)
         assert np.array_equal(got, want), f"share_full={share_full}"
 
@@ -64,12 +64,12 @@ def test_all_sparse_heads_equal_dense_attention_without_the_dropped_cells(smollm
     ref = smollm.session()
     ref.add_tokens(prompt)
     first = ref.logits()
-    ref._native._set_hidden_cells(dropped)
+    ref._context._set_hidden_cells(dropped)
     want = decode(ref, first, 5)
 
     s = smollm.session()
     s.add_tokens(prompt)
-    s._native._compact_kv([[False] * smollm.info["n_head_kv"]] * smollm.n_layer, kept)
+    s._context._compact_kv([[False] * smollm.info["n_head_kv"]] * smollm.n_layer, kept)
     got = decode(s, first, 5)
     assert np.array_equal(got, want)
     full_context = smollm.session()
@@ -83,11 +83,11 @@ def test_kv_bytes_are_what_the_tensors_hold(smollm, prompt):
     s = smollm.session()
     s.add_tokens(prompt)
     dense_bytes = 2 * n_layer * d * n_kv_head * N_CTX * 2  # K and V, F16, N_CTX a multiple of the cell padding
-    assert s.kv_bytes == s._native.kv_bytes_dense == dense_bytes
+    assert s.kv_bytes == s._context.kv_bytes_dense == dense_bytes
 
     routing = random_routing(smollm, np.random.default_rng(2), 0.34)
     kept = list(range(0, len(prompt), 4))  # the compact cells: kept ones plus room for the rest of the context
-    s._native._compact_kv(routing, kept)
+    s._context._compact_kv(routing, kept)
     sparse_cells = -(-(len(kept) + N_CTX - len(prompt)) // CELL_PAD) * CELL_PAD
     expected = sum(2 * 2 * d * (sum(r) * N_CTX + (n_kv_head - sum(r)) * sparse_cells) for r in routing)
     assert s.kv_bytes == expected < dense_bytes
@@ -105,11 +105,11 @@ def test_bad_compaction_is_refused(smollm, prompt):
     s.add_tokens(prompt[:20])
     n_kv_head = smollm.info["n_head_kv"]
     with pytest.raises(hts.InvalidArgumentError, match="layers"):
-        s._native._compact_kv([[True] * n_kv_head], [0])
+        s._context._compact_kv([[True] * n_kv_head], [0])
     with pytest.raises(hts.InvalidArgumentError, match="ascending"):
-        s._native._compact_kv([[False] * n_kv_head] * smollm.n_layer, [3, 2])
+        s._context._compact_kv([[False] * n_kv_head] * smollm.n_layer, [3, 2])
     with pytest.raises(hts.InvalidArgumentError, match="ascending"):
-        s._native._compact_kv([[False] * n_kv_head] * smollm.n_layer, [25])
-    s._native._compact_kv([[False] * n_kv_head] * smollm.n_layer, [0, 5])
+        s._context._compact_kv([[False] * n_kv_head] * smollm.n_layer, [25])
+    s._context._compact_kv([[False] * n_kv_head] * smollm.n_layer, [0, 5])
     with pytest.raises(hts.InvalidArgumentError, match="already compacted"):
-        s._native._compact_kv([[False] * n_kv_head] * smollm.n_layer, [0])
+        s._context._compact_kv([[False] * n_kv_head] * smollm.n_layer, [0])

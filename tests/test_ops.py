@@ -9,6 +9,7 @@ import pytest
 
 import htsparse_llama as hts
 from htsparse_llama._native_loader import native
+from support.param_ids import kwargs_id
 
 ops = native.ops
 
@@ -68,8 +69,12 @@ SHAPES = [  # (H, G, d, n_q, n_kv, chunk)
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("masked", [False, True])
+def shape_id(shape):
+    return "H{}-G{}-d{}-q{}-kv{}-chunk{}".format(*shape)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
+@pytest.mark.parametrize("masked", [False, True], ids=["unmasked", "masked"])
 def test_attn_lse_matches_numpy(shape, masked):
     n_head, n_kv_head, d, n_q, n_kv, chunk = shape
     rng = np.random.default_rng(sum(shape))
@@ -89,7 +94,7 @@ def test_attn_lse_is_stable_for_large_scores():
     np.testing.assert_allclose(got, lse_ref(q, k, None, 1.0), rtol=1e-4)
 
 
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=shape_id)
 def test_head_saliency_matches_numpy(shape):
     n_head, n_kv_head, d, n_q, n_kv, chunk = shape
     rng = np.random.default_rng(100 + sum(shape))
@@ -126,7 +131,7 @@ def test_head_saliency_refuses_an_empty_span():
 # --- selection ----------------------------------------------------------------
 
 def pick_ref(seg_starts, n_v, token_score, keep_ratio=0.2, keep_mass=0.0, token_keep=1.0, floor=0):
-    """The selection rules of DESIGN.md section 4, written plainly."""
+    """The selection rules of docs/architecture.md#token-selection-on-segments, written plainly."""
     ends = list(seg_starts[1:]) + [n_v]
     segs = [np.arange(a, b) for a, b in zip(seg_starts, ends)]
     seg_score = np.array([token_score[s].max() for s in segs])
@@ -185,7 +190,8 @@ SELECT_CASES = [  # (n_v, n_seg, H, pick settings)
 ]
 
 
-@pytest.mark.parametrize("case", SELECT_CASES)
+@pytest.mark.parametrize("case", SELECT_CASES,
+                         ids=lambda c: f"v{c[0]}-seg{c[1]}-H{c[2]}-" + kwargs_id(c[3]))
 def test_select_tokens_matches_numpy(case):
     n_v, n_seg, n_head, pick = case
     rng = np.random.default_rng(n_v * 31 + n_seg)

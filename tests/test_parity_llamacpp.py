@@ -10,6 +10,7 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 
 from htsparse_llama import Model
+from htsparse_llama.bench.llama_cpp import load_llama
 
 THREADS = 2
 N_PROMPT = 300
@@ -34,7 +35,7 @@ def prompt_tokens(model: Model) -> list:
 def llama_cpp_model(path: str):
     # flash_attn=True: the attention kernel our graphs use; llama.cpp's own CLI
     # turns it on by default on the CPU ("auto").
-    return llama_cpp.Llama(path, n_ctx=1024, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512,
+    return load_llama(path, n_ctx=1024, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512,
                            logits_all=True, flash_attn=True, verbose=False)
 
 
@@ -94,7 +95,7 @@ def test_generate_matches_llama_cpp_greedy_completion(smollm_gguf):
     prompt_ids = model.tokenize(model.apply_chat_template([("user", question)], add_assistant=True))
     assert session.tokens()[: len(prompt_ids)] == prompt_ids
 
-    ref_model = llama_cpp.Llama(smollm_gguf, n_ctx=512, n_threads=THREADS, flash_attn=True, verbose=False)
+    ref_model = load_llama(smollm_gguf, n_ctx=512, n_threads=THREADS, flash_attn=True, verbose=False)
     out = []
     for tok in ref_model.generate(prompt_ids, temp=0.0, top_k=1, repeat_penalty=1.0):
         if llama_cpp.llama_vocab_is_eog(ref_model._model.vocab, tok) or len(out) == 40:

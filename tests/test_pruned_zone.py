@@ -1,6 +1,6 @@
-"""Staged prefill with a pruned zone (DESIGN.md section 4): the sparse span
-runs through layers [0, P) only, selection happens when the answer starts,
-and only the kept tokens run through [P, L).
+"""Staged prefill with a pruned zone (docs/architecture.md#staged-prefill):
+the sparse span runs through layers [0, P) only, selection happens when the
+answer starts, and only the kept tokens run through [P, L).
 
 The exact checks run on the tiny f32 llama (3 layers, GQA 4/2): on quantised
 weights ggml's CPU matrix kernels round differently for different batch
@@ -13,9 +13,8 @@ import pytest
 
 import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
-from htsparse_llama.bench_tasks import passkey
-from sparse_helpers import dense_over_cells, rel_l2, tiny  # noqa: F401  (tiny: fixture)
-from tiny_models import smollm_vocab, tiny_dir, tiny_llama  # noqa: F401  (fixtures)
+from htsparse_llama.tasks.text import passkey
+from support.sparse_helpers import dense_over_cells, rel_l2
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +49,11 @@ def staged_without_selection(model, prompt, prune_layer, n=4):
     s = model.session()
     s.add_tokens(prompt.prefix)
     if prune_layer < model.n_layer:
-        s._native._hold_from_layer(prune_layer)
+        s._context._hold_from_layer(prune_layer)
     s.add_tokens(prompt.span)
     s.add_tokens(prompt.suffix)
     if prune_layer < model.n_layer:
-        s._native._finish_held()
+        s._context._finish_held()
     return s.generate(max_tokens=n, temperature=0, stream=False), s
 
 
@@ -152,7 +151,7 @@ def test_pruned_layers_keep_only_the_kept_tokens(smollm, prompt):
 
 def test_hold_refusals(smollm, prompt):
     s = smollm.session()
-    native = s._native
+    native = s._context
     with pytest.raises(hts.InvalidArgumentError, match="no tokens are held"):
         native._finish_held()
     native._hold_from_layer(3)
@@ -162,7 +161,7 @@ def test_hold_refusals(smollm, prompt):
     with pytest.raises(hts.InvalidArgumentError, match="already held"):
         native._hold_from_layer(5)
     with pytest.raises(hts.InvalidArgumentError, match="outside"):
-        smollm.session()._native._hold_from_layer(31)
+        smollm.session()._context._hold_from_layer(31)
     native._finish_held()  # no compaction: every held token finishes, as one pass would
     dense = smollm.session()
     dense.add_tokens(prompt.prefix)

@@ -1,7 +1,8 @@
-"""Re-routing (SparseConfig(reroute=True), DESIGN.md section 4 "Multi-turn"):
-each follow-up question selects the sparse span's tokens anew. The session
-logs the residual stream at S of every token, keeps the dense zone [0, S)
-whole, and for a new question reruns layers [S, L) under its own selection.
+"""Re-routing (SparseConfig(reroute=True),
+docs/architecture.md#multi-turn-and-re-routing): each follow-up question
+selects the sparse span's tokens anew. The session logs the residual stream
+at S of every token, keeps the dense zone [0, S) whole, and for a new
+question reruns layers [S, L) under its own selection.
 
 The exact checks run on the tiny f32 llama with one thread, as in
 test_pruned_zone.py (same batches, same compact cells: bit for bit)."""
@@ -11,9 +12,8 @@ import pytest
 
 import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
-from htsparse_llama.bench_tasks import follow_up_tokens, multikey, passkey
-from sparse_helpers import dense_over_cells, rel_l2, tiny  # noqa: F401  (tiny: fixture)
-from tiny_models import smollm_vocab, tiny_dir, tiny_llama  # noqa: F401  (fixtures)
+from htsparse_llama.tasks.text import follow_up_tokens, multikey, passkey
+from support.sparse_helpers import dense_over_cells, rel_l2
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +113,9 @@ def test_reroute_refusals(smollm, tiny):
         smollm.session(sparse=SparseConfig(select_layer=30, prune_layer=30, reroute=True))
     s = tiny.session()
     with pytest.raises(hts.InvalidArgumentError, match="no residual log"):
-        s._native._rewind_to_logged_layer(1)
+        s._context._rewind_to_logged_layer(1)
     s.add_text("hello")
-    with pytest.raises(hts.InvalidArgumentError, match="empty session"):
-        s._native._log_residual_at(1)
+    with pytest.raises(hts.InvalidArgumentError, match="empty context"):
+        s._context._log_residual_at(1)
     with pytest.raises(hts.InvalidArgumentError, match="outside"):
-        tiny.session()._native._log_residual_at(3)
+        tiny.session()._context._log_residual_at(3)

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from htsparse_llama.video_frames import sample_clip_path
+from htsparse_llama.video.frames import sample_clip_path
 
 openai = pytest.importorskip("openai")
 pytestmark = pytest.mark.real_model  # SmolLM2, and the demo model's tokenizer from the packaged Qwen GGUF
@@ -90,13 +90,6 @@ class LiveServer:
             self.proc.stdout.close()
         assert code == 0, self.stderr()
         assert "stopped" in self.stderr()
-
-
-@pytest.fixture(scope="module")
-def demo_model(qwen_gguf):
-    from htsparse_llama.default_model import default_model_paths
-
-    return default_model_paths()
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +245,7 @@ def test_video_data_url_and_keep_ratio(vlm):
     d = dense.model_extra["htsparse"]
     assert not d["sparse"] and d["n_sparse"] == 0 and d["kv_bytes"] == d["kv_bytes_dense"]
     assert d["visual_tokens"] == h["visual_tokens"]
-    # Keeping everything is the dense answer (DESIGN.md: sparse = dense at keep 1, full heads 1).
+    # Keeping everything is the dense answer (docs/architecture.md#testing: sparse = dense at keep 1, full heads 1).
     assert every.choices[0].message.content == dense.choices[0].message.content
 
 
@@ -266,7 +259,7 @@ def test_streamed_video_answer(vlm):
     assert chunks[-1].model_extra["htsparse"]["n_kept"] == whole.model_extra["htsparse"]["n_kept"]
 
 
-def test_file_paths_only_under_media_dir(vlm, media_dir, tmp_path):
+def test_file_paths_under_media_dir_are_read(vlm, media_dir):
     client = vlm.client()
     for url in (str(media_dir / "clip.mp4"), (media_dir / "clip.mp4").as_uri()):
         r = client.chat.completions.create(model=DEMO_ID, messages=_video_message(url), extra_body=SMALL_VIDEO)
@@ -275,16 +268,29 @@ def test_file_paths_only_under_media_dir(vlm, media_dir, tmp_path):
                                             {"type": "text", "text": "?"}]}]
     r = client.chat.completions.create(model=DEMO_ID, messages=picture)
     assert r.model_extra["htsparse"]["visual_tokens"] == 48
+
+
+# (media_dir, a copy of the clip outside it, a link inside it to that copy) -> the URL asked for.
+OUTSIDE_MEDIA_DIR = [
+    pytest.param(lambda media_dir, outside, link: str(outside), id="path"),
+    pytest.param(lambda media_dir, outside, link: outside.as_uri(), id="file-uri"),
+    pytest.param(lambda media_dir, outside, link: str(link), id="link-inside-to-outside"),  # inside by name only
+    pytest.param(lambda media_dir, outside, link: str(media_dir / ".." / outside.name), id="dot-dot"),
+]
+
+
+@pytest.mark.parametrize("url_of", OUTSIDE_MEDIA_DIR)
+def test_file_paths_outside_media_dir_are_refused(vlm, media_dir, tmp_path, url_of):
     outside = tmp_path / "clip.mp4"
     shutil.copy(CLIP, outside)
     link = media_dir / "link.mp4"
     link.symlink_to(outside)  # inside by name, outside in fact
     try:
-        for url in (str(outside), outside.as_uri(), str(link), str(media_dir / ".." / outside.name)):
-            with pytest.raises(openai.PermissionDeniedError) as info:
-                client.chat.completions.create(model=DEMO_ID, messages=_video_message(url))
-            assert info.value.status_code == 403 and "outside" in info.value.message
-            assert info.value.body["param"] == "messages[0].content[0]"
+        with pytest.raises(openai.PermissionDeniedError) as info:
+            vlm.client().chat.completions.create(model=DEMO_ID,
+                                                 messages=_video_message(url_of(media_dir, outside, link)))
+        assert info.value.status_code == 403 and "outside" in info.value.message
+        assert info.value.body["param"] == "messages[0].content[0]"
     finally:
         link.unlink()
 
@@ -302,15 +308,28 @@ def _error(server, status, code, **kwargs):
     return err
 
 
-def test_bad_requests_then_a_good_one(vlm):
-    hi = [{"role": "user", "content": "Hi"}]
-    # Malformed JSON, a body that is no object, missing fields: plain HTTP.
-    for body, code in ((b'{"model": "x", messages', "invalid_json"), (b"[1, 2]", "invalid_json"),
-                       (json.dumps({"model": DEMO_ID}).encode(), "missing_required_parameter"),
-                       (json.dumps({"messages": hi}).encode(), "missing_required_parameter")):
-        status, out, _ = vlm.raw("POST", "/v1/chat/completions", body=body)
-        assert status == 400 and out["error"]["code"] == code and out["error"]["message"], out
-    # A body far larger than the limit is refused unread, and the connection closed.
+# The refusals below run one by one against the one live `vlm` server; the
+# last test of the section checks that it still serves after them all.
+
+HI = [{"role": "user", "content": "Hi"}]
+
+# Malformed JSON, a body that is no object, missing fields: plain HTTP.
+BAD_BODIES = [
+    pytest.param(b'{"model": "x", messages', "invalid_json", id="malformed-json"),
+    pytest.param(b"[1, 2]", "invalid_json", id="not-an-object"),
+    pytest.param(json.dumps({"model": DEMO_ID}).encode(), "missing_required_parameter", id="no-messages"),
+    pytest.param(json.dumps({"messages": HI}).encode(), "missing_required_parameter", id="no-model"),
+]
+
+
+@pytest.mark.parametrize("body, code", BAD_BODIES)
+def test_bad_body_is_refused(vlm, body, code):
+    status, out, _ = vlm.raw("POST", "/v1/chat/completions", body=body)
+    assert status == 400 and out["error"]["code"] == code and out["error"]["message"], out
+
+
+def test_body_over_the_limit_is_refused_unread(vlm):
+    """A body far larger than the limit is refused unread, and the connection closed."""
     conn = http.client.HTTPConnection(vlm.host, vlm.port, timeout=60)
     conn.putrequest("POST", "/v1/chat/completions")
     conn.putheader("Content-Length", str(10**9))
@@ -320,41 +339,96 @@ def test_bad_requests_then_a_good_one(vlm):
     assert resp.status == 413 and resp.getheader("Connection") == "close"
     assert json.loads(resp.read())["error"]["code"] == "request_too_large"
     conn.close()
-    # Through the client.
-    err = _error(vlm, 404, "model_not_found", model="gpt-4o", messages=hi)
-    assert "gpt-4o" in err.message and DEMO_ID in err.message
-    big = _data_url("image/png", os.urandom(2 << 20))  # > --max-body-mb 2
-    _error(vlm, 413, "request_too_large", model=DEMO_ID,
-           messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": big}}]}])
-    video = _data_url("video/mp4", os.urandom(1200 << 10))  # < 2 MiB of body, > --max-media-mb 1
-    err = _error(vlm, 413, "media_too_large", model=DEMO_ID, messages=_video_message(video))
-    assert "MiB" in err.message
-    err = _error(vlm, 400, "url_not_allowed", model=DEMO_ID, messages=_video_message("https://example.com/a.mp4"))
-    assert "data URL" in err.message
-    junk = _video_message(_data_url("video/mp4", b"not a video"))
-    err = _error(vlm, 400, "invalid_media", model=DEMO_ID, messages=junk)
+
+
+def _clip_message():
+    return _video_message(_data_url("video/mp4", open(CLIP, "rb").read()))
+
+
+def _message_has(*fragments):
+    def check(err):
+        for fragment in fragments:
+            assert fragment in err.message, err.message
+    return check
+
+
+def _keep_ratio_param(err):
+    assert err.body["param"] == "keep_ratio", err.body
+
+
+def _junk_video_named(err):
     assert "data URL" in err.message and "htsparse-serve" not in err.message  # names the part, not a temp file
-    for value in (1.5, 0, "half", True):
-        err = _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=hi, extra_body={"keep_ratio": value})
-        assert err.body["param"] == "keep_ratio"
-    err = _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=hi, extra_body={"select_layer": 99})
-    assert "select_layer" in err.message
-    _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=hi, extra_body={"max_visual_tokens": 5000})
-    err = _error(vlm, 400, "unknown_parameter", model=DEMO_ID, messages=hi, extra_body={"keep_ration": 0.5})
-    assert "keep_ration" in err.message
-    _error(vlm, 400, "unsupported_parameter", model=DEMO_ID, messages=hi, n=2)
-    _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=[])
-    _error(vlm, 400, "invalid_value", model=DEMO_ID, messages=hi, max_tokens=0)
-    clip = _video_message(_data_url("video/mp4", open(CLIP, "rb").read()))
+
+
+def _refusal(case_id, request, status, code, check=None):
+    """request: () -> the keyword arguments of chat.completions.create
+    (made when the test runs: some are megabytes); check(err): more to assert."""
+    return pytest.param(request, status, code, check, id=case_id)
+
+
+# Through the client: (request, status, code, extra check).
+BAD_REQUESTS = [
+    _refusal("unknown-model", lambda: dict(model="gpt-4o", messages=HI), 404, "model_not_found",
+             _message_has("gpt-4o", DEMO_ID)),
+    _refusal("body-over-max-body-mb",  # > --max-body-mb 2
+             lambda: dict(model=DEMO_ID, messages=[{"role": "user", "content": [
+                 {"type": "image_url", "image_url": {"url": _data_url("image/png", os.urandom(2 << 20))}}]}]),
+             413, "request_too_large"),
+    _refusal("media-over-max-media-mb",  # < 2 MiB of body, > --max-media-mb 1
+             lambda: dict(model=DEMO_ID, messages=_video_message(_data_url("video/mp4", os.urandom(1200 << 10)))),
+             413, "media_too_large", _message_has("MiB")),
+    _refusal("http-url", lambda: dict(model=DEMO_ID, messages=_video_message("https://example.com/a.mp4")),
+             400, "url_not_allowed", _message_has("data URL")),
+    _refusal("not-a-video",
+             lambda: dict(model=DEMO_ID, messages=_video_message(_data_url("video/mp4", b"not a video"))),
+             400, "invalid_media", _junk_video_named),
+    *[_refusal(f"keep_ratio={value!r}", lambda value=value: dict(model=DEMO_ID, messages=HI,
+                                                                  extra_body={"keep_ratio": value}),
+               400, "invalid_value", _keep_ratio_param)
+      for value in (1.5, 0, "half", True)],
+    _refusal("select_layer=99", lambda: dict(model=DEMO_ID, messages=HI, extra_body={"select_layer": 99}),
+             400, "invalid_value", _message_has("select_layer")),
+    _refusal("max_visual_tokens=5000",
+             lambda: dict(model=DEMO_ID, messages=HI, extra_body={"max_visual_tokens": 5000}),
+             400, "invalid_value"),
+    _refusal("unknown-parameter", lambda: dict(model=DEMO_ID, messages=HI, extra_body={"keep_ration": 0.5}),
+             400, "unknown_parameter", _message_has("keep_ration")),
+    _refusal("n=2", lambda: dict(model=DEMO_ID, messages=HI, n=2), 400, "unsupported_parameter"),
+    _refusal("no-messages", lambda: dict(model=DEMO_ID, messages=[]), 400, "invalid_value"),
+    _refusal("max_tokens=0", lambda: dict(model=DEMO_ID, messages=HI, max_tokens=0), 400, "invalid_value"),
     # A budget too small for one frame pair.
-    _error(vlm, 400, "invalid_media", model=DEMO_ID, messages=clip, extra_body={"max_visual_tokens": 10})
-    status, out, _ = vlm.raw("GET", "/v1/nothing")
-    assert status == 404 and out["error"]["code"] == "not_found"
-    status, out, _ = vlm.raw("GET", "/v1/chat/completions")
-    assert status == 405
-    # The server still serves.
-    r = vlm.client().chat.completions.create(model=DEMO_ID, messages=hi)
+    _refusal("budget-below-one-frame-pair",
+             lambda: dict(model=DEMO_ID, messages=_clip_message(), extra_body={"max_visual_tokens": 10}),
+             400, "invalid_media"),
+]
+
+
+@pytest.mark.parametrize("request_kwargs, status, code, check", BAD_REQUESTS)
+def test_bad_request_is_refused(vlm, request_kwargs, status, code, check):
+    err = _error(vlm, status, code, **request_kwargs())
+    if check is not None:
+        check(err)
+
+
+@pytest.mark.parametrize("path, status, code", [
+    pytest.param("/v1/nothing", 404, "not_found", id="unknown-path"),
+    pytest.param("/v1/chat/completions", 405, None, id="get-on-chat-completions"),
+])
+def test_bad_http_get_is_refused(vlm, path, status, code):
+    got, out, _ = vlm.raw("GET", path)
+    assert got == status
+    if code is not None:
+        assert out["error"]["code"] == code
+
+
+def test_the_server_still_serves_after_bad_requests(vlm):
+    """After the refusals above (this test comes after them in the module,
+    and refuses one more itself) the server answers a good request."""
+    status, _, _ = vlm.raw("POST", "/v1/chat/completions", body=b'{"model": "x", messages')
+    assert status == 400
+    r = vlm.client().chat.completions.create(model=DEMO_ID, messages=HI)
     assert r.choices[0].message.content is not None and r.usage.completion_tokens > 0
+    assert vlm.proc.poll() is None
 
 
 def test_text_server_refuses_media(text):
@@ -419,30 +493,38 @@ def test_help_and_bad_flags(tmp_path):
 
 
 def _parse(body, **limits):
-    from htsparse_llama.server_request import Limits, parse_chat_request
+    from htsparse_llama.server.request import parse_chat_request
+    from htsparse_llama.server.types import Limits
 
     return parse_chat_request(json.dumps(body).encode(), Limits(**limits), ["m"])
 
 
 @pytest.mark.parametrize("messages, fragment", [
-    ([{"role": "assistant", "content": "Hi"}], "last message"),
-    ([{"role": "robot", "content": "Hi"}], "role"),
-    ([{"role": "user", "content": 7}], "string or a non-empty list"),
-    ([{"role": "user", "content": [{"type": "audio", "audio": {}}]}], '"audio"'),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}],
-     "base64"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]},
-      {"role": "assistant", "content": "ok"},
-      {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}]}],
-     "one user message"),
-    ([{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4;base64,QUJD"}},
-                                   {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,QUJD"}}]}],
-     "one video"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://host/a.png"}}]}], "scheme"),
-    ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "relative.png"}}]}], "absolute"),
+    pytest.param([{"role": "assistant", "content": "Hi"}], "last message", id="last-message-not-user"),
+    pytest.param([{"role": "robot", "content": "Hi"}], "role", id="unknown-role"),
+    pytest.param([{"role": "user", "content": 7}], "string or a non-empty list", id="content-a-number"),
+    pytest.param([{"role": "user", "content": [{"type": "audio", "audio": {}}]}], '"audio"', id="audio-part"),
+    pytest.param([{"role": "user", "content": [{"type": "image_url",
+                                                "image_url": {"url": "data:image/png;base64,%%%"}}]}],
+                 "base64", id="bad-base64"),
+    pytest.param([{"role": "user", "content": [{"type": "image_url",
+                                                "image_url": {"url": "data:image/png;base64,QUJD"}}]},
+                  {"role": "assistant", "content": "ok"},
+                  {"role": "user", "content": [{"type": "image_url",
+                                                "image_url": {"url": "data:image/png;base64,QUJD"}}]}],
+                 "one user message", id="media-in-two-user-messages"),
+    pytest.param([{"role": "user", "content": [{"type": "video_url",
+                                                "video_url": {"url": "data:video/mp4;base64,QUJD"}},
+                                               {"type": "video_url",
+                                                "video_url": {"url": "data:video/mp4;base64,QUJD"}}]}],
+                 "one video", id="two-videos"),
+    pytest.param([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://host/a.png"}}]}],
+                 "scheme", id="ftp-url"),
+    pytest.param([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "relative.png"}}]}],
+                 "absolute", id="relative-path"),
 ])
 def test_bad_messages(messages, fragment, tmp_path):
-    from htsparse_llama.server_request import ApiError
+    from htsparse_llama.server.types import ApiError
 
     with pytest.raises(ApiError) as info:
         _parse({"model": "m", "messages": messages}, media_dirs=[str(tmp_path)])
@@ -472,8 +554,8 @@ def test_parsed_request():
 
 
 def test_queue_bounds_waiting_requests():
-    from htsparse_llama.server_engine import RequestQueue
-    from htsparse_llama.server_request import ApiError
+    from htsparse_llama.server.engine import RequestQueue
+    from htsparse_llama.server.types import ApiError
 
     queue = RequestQueue(max_waiting=1, timeout=0.5)
     inside, release = threading.Event(), threading.Event()

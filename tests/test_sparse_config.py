@@ -7,6 +7,7 @@ import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
 from htsparse_llama._native_loader import native
 from htsparse_llama.sparse_config import GGUF_KEYS
+from support.param_ids import kwargs_id
 
 
 def test_gguf_key_names_match_between_cpp_and_python():
@@ -21,7 +22,7 @@ def smollm(smollm_gguf):
 def test_defaults_without_calibration_keys(smollm):
     got = SparseConfig().resolve(smollm)
     assert smollm.n_layer == 30
-    assert got["select_layer"] == 5  # about L/6: DESIGN.md section 4's measurement
+    assert got["select_layer"] == 5  # about L/6: docs/architecture.md#token-selection-on-segments
     assert got["select_layer"] <= got["prune_layer"] <= 30
     assert 0 < got["keep_ratio"] <= 1 and 0 <= got["full_head_ratio"] <= 1
     assert got["q_window"] >= 1 and got["head_prior"] == []
@@ -32,16 +33,20 @@ def test_explicit_values_win(smollm):
     assert (got["keep_ratio"], got["select_layer"], got["prune_layer"], got["full_head_ratio"]) == (0.5, 30, 30, 1.0)
 
 
+def _bad(fragment, **bad):
+    return pytest.param(bad, fragment, id=kwargs_id(bad))
+
+
 @pytest.mark.parametrize("bad, fragment", [
-    (dict(keep_ratio=0.0), "keep_ratio must be in (0, 1]"),
-    (dict(keep_ratio=1.5), "keep_ratio must be in (0, 1]"),
-    (dict(token_keep=0.0), "token_keep"),
-    (dict(full_head_ratio=-0.1), "full_head_ratio"),
-    (dict(keep_mass=2.0), "keep_mass"),
-    (dict(select_layer=10, prune_layer=5), "prune_layer must be in [select_layer=10, 30]"),
-    (dict(select_layer=31), "select_layer must be in [0, 30]"),
-    (dict(q_window=0), "q_window"),
-    (dict(segment_tokens=0), "segment_tokens"),
+    _bad("keep_ratio must be in (0, 1]", keep_ratio=0.0),
+    _bad("keep_ratio must be in (0, 1]", keep_ratio=1.5),
+    _bad("token_keep", token_keep=0.0),
+    _bad("full_head_ratio", full_head_ratio=-0.1),
+    _bad("keep_mass", keep_mass=2.0),
+    _bad("prune_layer must be in [select_layer=10, 30]", select_layer=10, prune_layer=5),
+    _bad("select_layer must be in [0, 30]", select_layer=31),
+    _bad("q_window", q_window=0),
+    _bad("segment_tokens", segment_tokens=0),
 ])
 def test_bad_values_are_refused(smollm, bad, fragment):
     with pytest.raises(hts.InvalidArgumentError) as err:
@@ -51,7 +56,7 @@ def test_bad_values_are_refused(smollm, bad, fragment):
 
 def test_calibration_keys_in_the_gguf_become_the_defaults(smollm_gguf, tmp_path):
     from htsparse_convert import GgufVocab, write_text_gguf
-    from tiny_models import llama_model
+    from support.tiny_models import llama_model
 
     vocab = GgufVocab(smollm_gguf)
     model = llama_model(vocab.n_tokens)  # 3 layers, 2 KV heads

@@ -7,13 +7,13 @@ import pytest
 
 import htsparse_llama as hts
 from htsparse_llama import Model
-from htsparse_llama.bench_tasks import passkey
+from htsparse_llama.tasks.text import passkey
 
 
 def prefill(model, prompt, capture=True):
     s = model.session()
     if capture:
-        s._native._set_query_capture(len(prompt.suffix))
+        s._context._set_query_capture(len(prompt.suffix))
     for run in (prompt.prefix, prompt.span, prompt.suffix):
         s.add_tokens(run)
     return s
@@ -30,12 +30,13 @@ def greedy(model, session, n=8):
 
 def select(session, prompt, **config):
     begin = len(prompt.prefix)
-    return session._native._select_sparse([(begin, begin + len(prompt.span), prompt.seg_starts)], config)
+    return session._context._select_sparse([(begin, begin + len(prompt.span), prompt.seg_starts)], config)
 
 
 def test_passkey_survives_selection_at_layer_4_keeping_a_tenth(qwen_gguf):
-    """DESIGN.md section 4's measurement: line segments chosen at layer 4 of 24
-    keep the needle at keep 0.1; the answer is the dense answer."""
+    """The measurement of docs/architecture.md#token-selection-on-segments:
+    line segments chosen at layer 4 of 24 keep the needle at keep 0.1; the
+    answer is the dense answer."""
     model = Model(qwen_gguf, n_ctx=2048, n_threads=2)
     prompt = passkey(model, seed=0)
     dense = prefill(model, prompt, capture=False)
@@ -73,11 +74,11 @@ def test_selection_needs_a_query_window_after_the_span(smollm_gguf):
         select(no_capture, prompt)
     s = prefill(model, prompt)
     with pytest.raises(hts.InvalidArgumentError, match="before the .*query window"):
-        s._native._select_sparse([(0, s.n_past, [0])], {})
+        s._context._select_sparse([(0, s.n_past, [0])], {})
     with pytest.raises(hts.InvalidArgumentError, match="after the previous one"):
-        s._native._select_sparse([(10, 20, [0]), (15, 30, [0])], {})
+        s._context._select_sparse([(10, 20, [0]), (15, 30, [0])], {})
     with pytest.raises(hts.InvalidArgumentError, match="no sparse span"):
-        s._native._select_sparse([], {})
+        s._context._select_sparse([], {})
     with pytest.raises(hts.InvalidArgumentError, match="keep_ratio"):
         select(s, prompt, keep_ratio=0.0)
     select(s, prompt, keep_ratio=0.5)

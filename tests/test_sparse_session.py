@@ -10,15 +10,7 @@ import pytest
 
 import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
-
-QUESTION = "What is the pass key? Answer with the number only."
-
-
-def haystack(seed=5, n_lines=80, key=42817, where=33):
-    rng = np.random.default_rng(seed)
-    lines = [f"[{i:03d}] heartbeat on node {rng.integers(1, 99)}" for i in range(n_lines)]
-    lines[where] = f"[{where:03d}] The pass key is {key}. Remember it."
-    return "\n".join(lines) + "\n"
+from support.haystack import QUESTION, haystack
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +114,13 @@ def test_cli_context_file_with_stats(qwen_gguf, tmp_path):
 
 
 @pytest.mark.parametrize("extra, fragment", [
-    (["--context-file", "/nonexistent/doc.txt"], "cannot read --context-file"),
-    (["--keep-ratio", "2"], "keep_ratio must be in (0, 1]"),
-    (["--prune-layer", "3"], "prune_layer must be in [select_layer=5, 30]"),
-    (["--select-layer", "99"], "select_layer must be in [0, 30]"),
+    pytest.param(["--context-file", "/nonexistent/doc.txt"], "cannot read --context-file", id="missing-context-file"),
+    pytest.param(["--keep-ratio", "2"], "keep_ratio must be in (0, 1]", id="keep-ratio=2"),
+    pytest.param(["--prune-layer", "3"], "prune_layer must be in [select_layer=5, 30]", id="prune-before-select"),
+    pytest.param(["--select-layer", "99"], "select_layer must be in [0, 30]", id="select-layer=99"),
 ])
 def test_cli_bad_sparse_options(smollm_gguf, extra, fragment):
     proc = run_cli("generate", "-m", smollm_gguf, "-p", "hi", "-n", "2", *extra)
-    assert proc.returncode == 1
+    # A value out of its declared range is a bad flag (2, before anything loads); the model's limits, a runtime error (1).
+    assert proc.returncode == (2 if extra[0] == "--keep-ratio" else 1)
     assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

@@ -17,13 +17,13 @@ def test_staged_equals_one_pass(smollm_gguf, n_batch):
     one_pass = session.add_tokens(ids, all_logits=True)
     for split in (0, 1, 7, model.n_layer - 1, model.n_layer):
         session.reset()
-        session._native._eval_staged(ids, True, split)
-        staged = np.asarray(session._native.all_logits())
+        session._context._eval_staged(ids, True, split)
+        staged = np.asarray(session._context.all_logits())
         assert np.array_equal(staged, one_pass), f"split {split}"
     # A follow-up after a staged prompt sees the same cache.
     follow = model.tokenize(" And then?")
     session.reset()
-    session._native._eval_staged(ids, False, 5)
+    session._context._eval_staged(ids, False, 5)
     after_staged = session.add_tokens(follow, all_logits=True)
     session.reset()
     session.add_tokens(ids)
@@ -33,4 +33,4 @@ def test_staged_equals_one_pass(smollm_gguf, n_batch):
 def test_bad_split_is_refused(smollm_gguf):
     session = Model(smollm_gguf, n_ctx=64, n_threads=2).session()
     with pytest.raises(hts.InvalidArgumentError, match="split layer"):
-        session._native._eval_staged([1, 2], False, 99)
+        session._context._eval_staged([1, 2], False, 99)

@@ -11,6 +11,7 @@ gguf = pytest.importorskip("gguf")
 
 from htsparse_convert.synthetic_gguf import SHAPES, tensor_shapes, write_synthetic_gguf, write_vocab_gguf
 from htsparse_llama import Model
+from htsparse_llama.bench.llama_cpp import load_llama
 
 pytestmark = pytest.mark.real_model  # the Qwen2.5 tokenizer of the packaged model
 
@@ -46,7 +47,7 @@ def test_llama_cpp_and_ours_agree_on_it(synthetic):
     ours = Model(str(path), n_ctx=512, n_threads=2)
     ids = ours.tokenize("The quick brown fox jumps over the lazy dog. " * 6)
     logits = ours.session(n_ctx=512).add_tokens(ids, all_logits=True)
-    ref = llama_cpp.Llama(str(path), n_ctx=512, n_threads=2, n_threads_batch=2, logits_all=True, flash_attn=True,
+    ref = load_llama(str(path), n_ctx=512, n_threads=2, n_threads_batch=2, logits_all=True, flash_attn=True,
                           verbose=False)
     ref.eval(ids)
     want = np.asarray(ref.scores[: len(ids)])

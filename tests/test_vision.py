@@ -1,19 +1,15 @@
 """Vision (libmtmd) into a session, on the tiny converted Qwen2.5-VL and
-SmolVLM2 fixtures of test_convert_mmproj: a prompt with an image gives
+SmolVLM2 fixtures (support/tiny_vlms.py): a prompt with an image gives
 transformers' logits (whole VLM forward) and llama.cpp's own (libmtmd's
 mtmd_helper_eval_chunks into llama.cpp's decoder); a mismatched mmproj is a
 clear error; video frames merge in pairs on Qwen and enter a sparse span as
 whole frames.
 
 Tolerances (relative L2 error per position's logits):
-- vs transformers: REL_TOL_TRANSFORMERS. The image embeddings differ by
-  ~2e-4 (test_convert_mmproj: ggml's f16-table GELU); the decoder adds its
-  f16 KV cache / flash-attention rounding (test_tiny_models: up to 2e-3 on
-  text). Measured over all 69 positions of the Qwen2.5-VL prompt: max 3.1e-3,
-  mean 1.7e-3; SmolVLM2, last position: 1.7e-3. The bound is 2.5x the worst.
-  Controls: the Qwen image at plain sequential positions is off by 0.95, and
-  another picture moves SmolVLM2's transformers logits by more than 10x the
-  bound, so wrong positions or embeddings fail.
+- vs transformers: REL_TOL_TRANSFORMERS (8e-3), shared with the video tests:
+  support/tiny_vlms.py says what it bounds, what was measured here (Qwen2.5-VL
+  all 69 positions max 3.1e-3; SmolVLM2 last position 1.7e-3) and the
+  controls below that make wrong positions or embeddings fail.
 - vs llama.cpp: REL_TOL_LLAMA_CPP on the last position: same libmtmd, same
   ggml kernels; measured 0 (Qwen2.5-VL) and 0 (SmolVLM2). llama.cpp's qwen2vl
   ignores the RMS-norm epsilon (see test_tiny_models.llama_cpp_twin), so that
@@ -25,90 +21,23 @@ Tolerances (relative L2 error per position's logits):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import List
 
 import numpy as np
 import pytest
 import torch
 
 import htsparse_llama as hts
-from htsparse_convert import write_text_gguf
-from htsparse_convert.mmproj_gguf import write_mmproj_gguf
-from htsparse_llama import Model, SparseConfig, Vision, llama_cpp_mtmd
-from htsparse_llama.vision import ImageChunk, TextChunk
-
-from test_convert_mmproj import CASES, pattern_image
-from test_tiny_models import check_close, rel_l2
-from tiny_models import attention_eager, qwen_vocab, smollm_vocab, tiny_dir, tiny_llama  # noqa: F401  (fixtures)
+from htsparse_llama import Model, SparseConfig, Vision
+from htsparse_llama.bench import llama_cpp as llama_cpp_mtmd
+from support.parity import check_close, rel_l2
+from support.tiny_vlms import CASES, REL_TOL_TRANSFORMERS, THREADS, TinyVLMFiles, pattern_image
 
 pytestmark = pytest.mark.real_model  # the tiny models carry real vocabularies
 
-REL_TOL_TRANSFORMERS = 8e-3
 REL_TOL_LLAMA_CPP = 1e-5
-THREADS = 2
 QUESTION = " What is in the picture?<|im_end|>\n<|im_start|>assistant\n"
-
-
-@dataclass
-class TinyVLMFiles:
-    model_type: str
-    torch_model: torch.nn.Module
-    text: Path      # the text GGUF
-    mmproj: Path    # f32 mmproj
-    llama_cpp_text: Path  # the text GGUF llama.cpp reads as we do (qwen2vl: epsilon 0, see test_tiny_models)
-
-    def model(self, path: Path = None) -> Model:
-        return Model(str(path or self.text), n_ctx=512, n_threads=THREADS, device="cpu")
-
-
-def build(model_type: str, vocab, folder: Path) -> TinyVLMFiles:
-    case = CASES[model_type]
-    folder.mkdir(exist_ok=True)
-    model = attention_eager(case.build(vocab.n_tokens))
-    tensors = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    text_tensors, config = case.text_part(tensors, model.config) if case.text_part else (tensors, model.config)
-    text = write_text_gguf(folder / "text.gguf", text_tensors, config, vocab_from=vocab)
-    twin = text
-    if model_type.startswith("qwen"):
-        cfg = config.to_dict()
-        cfg["text_config"]["rms_norm_eps"] = 0.0
-        twin = write_text_gguf(folder / "text-eps0.gguf", text_tensors, cfg, vocab_from=vocab)
-    mmproj = write_mmproj_gguf(folder / "mmproj.gguf", tensors, model.config, case.preprocessor, "f32")
-    return TinyVLMFiles(model_type, model, text, mmproj, twin)
-
-
-@pytest.fixture(scope="module")
-def qwen_vl(qwen_vocab, tiny_dir) -> TinyVLMFiles:
-    return build("qwen2_5_vl", qwen_vocab, tiny_dir / "vision-qwen2_5_vl")
-
-
-class WithImageTokens:
-    """A GGUF's tokenizer plus SmolVLM2's added tokens (as control tokens, at
-    the end, as SmolVLM2's tokenizer adds them to SmolLM2's): libmtmd puts
-    <fake_token_around_image>, <global-img> and <row_i_col_j> around images."""
-
-    EXTRA = (["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
-             + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
-
-    def __init__(self, base) -> None:
-        self.base = base
-
-    @property
-    def n_tokens(self) -> int:
-        return self.base.n_tokens + len(self.EXTRA)
-
-    def add_to(self, writer) -> None:
-        extra = {"tokenizer.ggml.tokens": self.EXTRA, "tokenizer.ggml.token_type": [3] * len(self.EXTRA)}
-        for f in self.base._load():
-            value = list(f.value) + extra[f.key] if f.key in extra else f.value
-            writer.add_key_value(f.key, value, f.type, sub_type=f.sub_type)
-
-
-@pytest.fixture(scope="module")
-def smolvlm(smollm_vocab, tiny_dir) -> TinyVLMFiles:
-    return build("smolvlm", WithImageTokens(smollm_vocab), tiny_dir / "vision-smolvlm")
 
 
 def frames(n: int, w: int = 224, h: int = 168) -> List[np.ndarray]:
@@ -142,7 +71,7 @@ def test_image_prompt_matches_transformers(qwen_vl):
     chunks = vision.encode(prompt, [rgb])
 
     # libmtmd's layout: text ending in <|vision_start|>, 8x6 tokens, <|vision_end|> text.
-    assert [type(c) for c in chunks] == [TextChunk, ImageChunk, TextChunk]
+    assert [c.kind for c in chunks] == ["text", "image", "text"]
     image = chunks[1]
     assert (image.n_tokens, image.nx, image.ny, image.n_pos) == (48, 8, 6, 8)
     assert chunks[0].tokens[-1] == cfg.vision_start_token_id and chunks[2].tokens[0] == cfg.vision_end_token_id
@@ -151,7 +80,7 @@ def test_image_prompt_matches_transformers(qwen_vl):
     s = model.session()
     ours, ids = [], []
     for c in chunks:
-        if isinstance(c, TextChunk):
+        if not c.is_image:
             ours.append(s.add_tokens(c.tokens, all_logits=True))
             ids += c.tokens
         else:
@@ -201,10 +130,10 @@ def test_smolvlm_image_prompt_matches_transformers(smolvlm):
     prompt = "<|im_start|>user\nDescribe this: " + vision.marker + QUESTION
     s = model.session()
     chunks = vision.add(s, prompt, [rgb])
-    assert [type(c) for c in chunks] == [TextChunk, ImageChunk, TextChunk, ImageChunk, TextChunk]
+    assert [c.kind for c in chunks] == ["text", "image", "text", "image", "text"]
     assert [(c.first_image, c.n_images, c.n_tokens) for c in chunks[1::2]] == [(0, 1, 16), (0, 1, 16)]  # tile, overview
     assert model.detokenize(chunks[2].tokens, special=True) == "\n\n<fake_token_around_image><global-img>"
-    ids = [t for c in chunks for t in (c.tokens if isinstance(c, TextChunk) else [vision.image_token] * c.n_tokens)]
+    ids = [t for c in chunks for t in (c.tokens if not c.is_image else [vision.image_token] * c.n_tokens)]
     assert s.tokens() == ids
 
     pre = CASES["smolvlm"].preprocessor
@@ -239,8 +168,8 @@ def llama_cpp_mtmd_logits(text: Path, mmproj: Path, prompt: str, images: List[np
     llama_cpp = pytest.importorskip("llama_cpp")
     import llama_cpp.mtmd_cpp as mtmd
 
-    llm = llama_cpp.Llama(str(text), n_ctx=512, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512,
-                          flash_attn=True, verbose=False)
+    llm = llama_cpp_mtmd.load_llama(str(text), n_ctx=512, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512,
+                                    flash_attn=True)
     ctx = llama_cpp_mtmd.init_context(mmproj, llm.model, THREADS)
     chunks = None
     try:
@@ -265,7 +194,7 @@ def test_image_prompt_matches_llama_cpp_mtmd(fixture, request):
     prompt = "<|im_start|>user\nDescribe this: " + vision.marker + QUESTION
     s = model.session()
     chunks = vision.add(s, prompt, [rgb])
-    images = [c for c in chunks if isinstance(c, ImageChunk)]
+    images = [c for c in chunks if c.is_image]
     assert len(images) == CASES[m.model_type].n_images  # SmolVLM2: the overview and one tile
     ref = llama_cpp_mtmd_logits(m.llama_cpp_text, m.mmproj, prompt, [rgb])
     err = rel_l2(s.logits()[None], ref[None]).max()
@@ -323,7 +252,7 @@ def test_frames_merge_in_pairs(qwen_vl):
     clip = frames(4)
     progress = []
     merged = [c for c in vision.encode_frames(clip, progress=lambda d, t: progress.append((d, t)))
-              if isinstance(c, ImageChunk)]
+              if c.is_image]
     assert [(c.first_image, c.n_images, c.n_tokens, c.n_pos) for c in merged] == [(0, 2, 48, 8), (2, 2, 48, 8)]
     assert progress[-1] == (2, 2)
     assert (merged[0].positions[0] == 0).all()  # one temporal unit: one time position
@@ -333,7 +262,7 @@ def test_frames_merge_in_pairs(qwen_vl):
         ref = qwen_pair_reference(m, clip[c.first_image], clip[c.first_image + 1])
         assert rel_l2(c.embd, ref).max() < 1e-3, "a merged pair differs from transformers' 2-frame video"
     # Not frames: four images, each on its own.
-    single = [c for c in vision.encode(vision.marker * 4, clip) if isinstance(c, ImageChunk)]
+    single = [c for c in vision.encode(vision.marker * 4, clip) if c.is_image]
     assert [(c.first_image, c.n_images) for c in single] == [(0, 1), (1, 1), (2, 1), (3, 1)]
     assert rel_l2(single[0].embd, merged[0].embd).max() > 1e-2
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 from .atomic import atomic_path
 from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .hf_vocab import HfVocab
+from .mmproj_gguf import vision_hparams, write_mmproj_gguf
 from .quantize import K_QUANTS, quantize_gguf
 from .text_gguf import ARCHITECTURES, OUT_TYPES, arch_spec, gguf_tensor_name, read_gguf_header, write_text_gguf
 
@@ -141,8 +142,6 @@ def _write_text(ckpt: Checkpoint, path: Path, out_type: str, name: str, n_thread
 
 def _check_mmproj(ckpt: Checkpoint) -> None:
     """Raises on a vision config clip.cpp cannot run, before anything is written."""
-    from .mmproj_gguf import vision_hparams
-
     try:
         vision_hparams(ckpt.config, ckpt.json_file("preprocessor_config.json"))
     except ValueError as exc:
@@ -150,8 +149,6 @@ def _check_mmproj(ckpt: Checkpoint) -> None:
 
 
 def _write_mmproj(ckpt: Checkpoint, path: Path, out_type: str, name: str, progress: bool) -> None:
-    from .mmproj_gguf import write_mmproj_gguf
-
     spec = _spec(ckpt)
     n_vision = sum(1 for n in ckpt.tensors if n.startswith(spec.skip_prefixes))
     bar = _Progress(n_vision, f"vision tower ({out_type})", progress)

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gguf
 
-from .text_gguf import PathLike, _flatten, arch_spec
+from .text_gguf import PathLike, flatten_config, arch_spec
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class HfVocab:
         cfg_path = self.dir / "tokenizer_config.json"
         self._tok_config: Dict[str, Any] = _read_json(cfg_path) if cfg_path.is_file() else {}
         config_path = self.dir / "config.json"
-        self._config = _flatten(_read_json(config_path)) if config_path.is_file() else {}
+        self._config = flatten_config(_read_json(config_path)) if config_path.is_file() else {}
         if arch is None and self._config:
             arch = arch_spec(self._config).gguf_arch
         self.arch = arch

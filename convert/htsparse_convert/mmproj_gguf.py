@@ -250,7 +250,7 @@ def _qwen25vl_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[st
         image_mean=mean,
         image_std=std,
         extra=((_K.USE_SILU, True), (_K.N_WA_PATTERN, _wa_pattern(vcfg)),
-               # Ours, not clip.cpp's: video M-RoPE time steps (video_qwen). Default as transformers'.
+               # Ours, not clip.cpp's: video M-RoPE time steps (runtime/src/video_layout.h). Default as transformers'.
                (TOKENS_PER_SECOND_KEY, int(vcfg.get("tokens_per_second", 4)))),
     )
 

@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Tuple, Union
 
+import gguf
 import numpy as np
+
+from .atomic import write_gguf
+from .text_gguf import GgufVocab
 
 PathLike = Union[str, Path]
 
@@ -93,11 +97,6 @@ def write_synthetic_gguf(path: PathLike, shape: Union[str, Shape], vocab_from: P
                          name: str = "") -> Path:
     """Writes a Q8_0 qwen2 GGUF of `shape` (a SHAPES name or a Shape) with the
     tokenizer of the GGUF `vocab_from`; norms and biases in f32."""
-    import gguf
-
-    from .atomic import write_gguf
-    from .text_gguf import GgufVocab
-
     label = shape if isinstance(shape, str) else "custom"
     if isinstance(shape, str):
         if shape not in SHAPES:
@@ -137,9 +136,6 @@ def write_vocab_gguf(path: PathLike, vocab_from: PathLike) -> Path:
     """A GGUF holding only the tokenizer of `vocab_from` (a few MiB where the
     model is hundreds): what write_synthetic_gguf needs, small enough to
     travel to a machine without network."""
-    from .atomic import write_gguf
-    from .text_gguf import GgufVocab
-
     vocab = GgufVocab(vocab_from)
     return write_gguf(Path(path), "qwen2", vocab.add_to)
 

@@ -170,7 +170,7 @@ def config_dict(config: Any) -> Dict[str, Any]:
     raise TypeError(f"config must be a dict or a transformers config, got {type(config).__name__}")
 
 
-def _flatten(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def flatten_config(cfg: Mapping[str, Any]) -> Dict[str, Any]:
     # A VLM keeps the decoder's sizes in text_config; those win over the top
     # level, which in older checkpoints held the same values flat.
     text = cfg.get("text_config") or {}
@@ -191,7 +191,7 @@ def _rope_params(hp: Mapping[str, Any]) -> Dict[str, Any]:
 
 def text_hparams(config: Any) -> TextHParams:
     """Reads the decoder hyper-parameters of an HF config (dict or object)."""
-    hp = _flatten(config_dict(config))
+    hp = flatten_config(config_dict(config))
     rope = _rope_params(hp)
     n_head = int(hp["num_attention_heads"])
     head_dim = hp.get("head_dim")

@@ -18,16 +18,19 @@ from .errors import (
     UnsupportedModelError,
 )
 from .model import Model, Session, supported_architectures
+from .sampling import Sampling
 from .sparse_config import SparseConfig
-from .vision import Vision
+from .vision import Chunks, Vision
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Model",
     "Session",
+    "Sampling",
     "SparseConfig",
     "Vision",
+    "Chunks",
     "supported_architectures",
     "HtsError",
     "InvalidArgumentError",

@@ -18,8 +18,10 @@ import numpy as np
 
 from ._native_loader import native
 from .errors import InvalidArgumentError
+from .sampling import Sampling
+from .session_stats import SessionStats, SparseView
 from .sparse_config import SparseConfig
-from .sparse_session import SessionStats, SparseView
+
 
 def supported_architectures() -> List[str]:
     """Names of the GGUF architectures (general.architecture) this runtime runs."""
@@ -130,7 +132,9 @@ class Session:
     Text goes in with add_text / add_tokens / add_message; generate() streams
     the model's continuation. The session keeps the logits of the last token.
     The conversation's logic (chat turns, HT-Sparse, statistics, decoding)
-    is the runtime's (runtime/src/conversation.h), shared with the C API.
+    is the runtime's Conversation (runtime/src/conversation.h), shared with
+    the C API; its decoder state (KV cache, scheduler) is a Context
+    (runtime/src/context.h).
     """
 
     def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512,
@@ -141,31 +145,31 @@ class Session:
         if sparse is not None and not isinstance(sparse, SparseConfig):
             raise InvalidArgumentError(f"sparse must be a SparseConfig or None, got {type(sparse).__name__}")
         self._conv = native.Conversation(model._native, n_ctx, n_batch, None if sparse is None else asdict(sparse))
-        self._native = self._conv.session  # the low-level session (tests reach into it)
+        self._context = self._conv.context  # the decoder state (tests reach into it)
         self._sparse = SparseView(self._conv) if sparse is not None else None
         self.finish_reason: Optional[str] = None
 
     @property
     def n_past(self) -> int:
         """Tokens in the context so far."""
-        return self._native.n_past
+        return self._context.n_past
 
     @property
     def next_pos(self) -> int:
         """Rope position the next text token gets (past any M-RoPE image extent)."""
-        return self._native.next_pos
+        return self._context.next_pos
 
     @property
     def n_ctx(self) -> int:
-        return self._native.n_ctx
+        return self._context.n_ctx
 
     @property
     def kv_bytes(self) -> int:
         """Bytes held by this session's KV cache."""
-        return self._native.kv_bytes
+        return self._context.kv_bytes
 
     def tokens(self) -> List[int]:
-        return list(self._native.tokens())
+        return list(self._context.tokens())
 
     # -- input ----------------------------------------------------------------------
     def add_tokens(
@@ -182,7 +186,7 @@ class Session:
         ids = [int(t) for t in tokens]
         pos = None if positions is None else np.asarray(positions, dtype=np.int32)
         self._conv.add_tokens(ids, bool(sparse), bool(all_logits), pos)
-        return np.asarray(self._native.all_logits()) if all_logits else None
+        return np.asarray(self._context.all_logits()) if all_logits else None
 
     def add_embeddings(
         self, embd: np.ndarray, positions: Optional[np.ndarray] = None, placeholder: int = 0, sparse: bool = False,
@@ -203,7 +207,7 @@ class Session:
         pos = None if positions is None else np.asarray(positions, dtype=np.int32)
         segs = None if segments is None else [int(v) for v in segments]
         self._conv.add_embeddings(rows, int(placeholder), pos, bool(sparse), segs, bool(all_logits))
-        return np.asarray(self._native.all_logits()) if all_logits else None
+        return np.asarray(self._context.all_logits()) if all_logits else None
 
     def add_text(self, text: str, special: bool = True, sparse: bool = False) -> int:
         """Tokenizes and evaluates text (special markers parsed when `special`);
@@ -229,17 +233,35 @@ class Session:
                 raise InvalidArgumentError('content must be a string or a list of {"text": str, "sparse": bool} parts')
         return self._conv.add_message(role, [(p["text"], bool(p.get("sparse"))) for p in parts])
 
-    def _begin_turn(self, role: str) -> Tuple[str, str]:
-        """Starts a turn of `role` (after a user turn, generate() opens the
-        assistant's reply); the template's text around its content."""
+    def begin_turn(self, role: str) -> Tuple[str, str]:
+        """Starts a turn of `role` whose content the caller adds itself (after
+        a user turn, generate() opens the assistant's reply); returns the chat
+        template's text before and after the content."""
         return tuple(self._conv.begin_turn(role))
+
+    def add_chunks(self, chunks, sparse: bool = False) -> None:
+        """Appends encoded chunks (a Chunks list from Vision) in order: text as
+        tokens, images as embedding rows at their positions. sparse: from the
+        first image chunk to the last, the text between included, one sparse
+        span with a segment per image (see vision.py)."""
+        self._conv.add_chunks(chunks, bool(sparse))
+
+    def add_media_turn(self, chunks, question: str, sparse: bool = True,
+                       turn_text: Optional[Tuple[str, str]] = None) -> None:
+        """A user turn holding the chunks and then the question, rendered with
+        the chat template as its templates render [video, text] content: text
+        touching the chunks' first or last text chunk is tokenized with it.
+        turn_text: (before, after) the turn's content instead of the
+        template's (a processor's own prompt format); generate() then opens no
+        assistant header of its own."""
+        self._conv.add_media_turn(chunks, question, bool(sparse), turn_text)
 
     # -- output ---------------------------------------------------------------------
     def logits(self) -> np.ndarray:
         """Logits of the last evaluated position, shape [n_vocab] (float32).
         A question waiting after a sparse span is evaluated first (select())."""
         self.select()
-        return np.asarray(self._native.logits())
+        return np.asarray(self._context.logits())
 
     def select(self, replace_kept: Optional[Callable[[List[int]], List[int]]] = None) -> Optional[Dict[str, Any]]:
         """HT-Sparse: evaluates the question waiting after the sparse span(s),
@@ -254,6 +276,21 @@ class Session:
             return None
         self._conv.select(replace_kept)
         return self.selection
+
+    @property
+    def sparse(self) -> Optional[SparseView]:
+        """The HT-Sparse state (spans, their segments, the selection), read
+        from the runtime; None in a dense session."""
+        return self._sparse
+
+    def trial_selections(self, zones: Sequence[Tuple[int, int]]) -> List[Dict[str, Any]]:
+        """Calibration and analysis: the selection the runtime would make at
+        each (select layer, prune layer) of `zones` for the question waiting
+        after the sparse span(s), as `selection` shows one, compacting
+        nothing. Needs a session made with SparseConfig(prune_layer=n_layer)
+        (the spans then run every layer) that has not answered yet; the
+        question runs densely, and the session answers densely afterwards."""
+        return [dict(sel) for sel in self._conv.trial_selections([(int(s), int(p)) for s, p in zones])]
 
     @property
     def selection(self) -> Optional[Dict[str, Any]]:
@@ -288,10 +325,10 @@ class Session:
         is known not to), max_tokens, or a full context; the reason is left in
         self.finish_reason ("stop", "length" or "context"). Closing the
         stream early ends the answer there ("cancelled")."""
-        _check_positive("max_tokens", max_tokens)
-        answer = native.Answer(
-            self._conv, float(temperature), int(top_k), float(top_p), float(min_p), float(repeat_penalty), 64,
-            0xFFFFFFFF if seed is None else int(seed) & 0xFFFFFFFF, int(max_tokens), [str(s) for s in stop])
+        opts = Sampling(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                        repeat_penalty=repeat_penalty, seed=seed, stop=tuple(stop))
+        answer = native.Answer(self._conv, opts.temperature, opts.top_k, opts.top_p, opts.min_p, opts.repeat_penalty,
+                               64, opts.native_seed, opts.max_tokens, list(opts.stop))
         self.finish_reason = None
         pieces = self._stream(answer)
         return pieces if stream else "".join(pieces)

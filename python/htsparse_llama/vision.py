@@ -9,31 +9,38 @@ which are then appended to a Session in order.
     vision.add_message(s, "user", f"{vision.marker}What is in the picture?", [rgb])  # rgb: (H, W, 3) uint8
     print("".join(s.generate(max_tokens=64)))
 
+Encoded chunks are one opaque `Chunks` list the runtime owns (as libmtmd's
+mtmd_input_chunks): len(chunks), and chunks[i] is a view with kind ("text" or
+"image"), n_tokens, tokens (text), embd (n_tokens, n_embd) and positions
+(rows, n_tokens) arrays that are views of the runtime's memory, nx, ny (token
+grid), n_pos, first_image and n_images. They go back to a session without
+being copied through Python.
+
 Video frames go the same way with frames=True: libmtmd merges consecutive
 frames of equal size into one temporal unit on models that do (Qwen-VL:
 pairs, `frames_per_unit` 2), so put no text between the two frames of a pair.
+A whole video in its model family's layout comes from video.encode_video.
 
 Positions: libmtmd gives each image chunk's positions relative to its first
 one; they are placed at the session's next position, and text after an image
 resumes `n_pos` later (M-RoPE: max(grid height, width)), as llama.cpp's
 mtmd_helper_decode_image_chunk does. The next image chunk also starts
-`n_pos` later: a Qwen-VL video block (video_qwen) gives its frame pairs n_pos
-0 and time offsets in t, so they share one start.
+`n_pos` later: a Qwen-VL video block gives its frame pairs n_pos 0 and time
+offsets in t, so they share one start.
 
 Sparse spans (sparse=True, in a session made with a SparseConfig): everything
 from the first image chunk to the last one, the text between them included
-(<|vision_end|><|vision_start|>, timestamps), is one sparse span of embedding
-rows, with one segment per image (per frame pair on Qwen-VL) that starts with
-the text before it. Text before the first and after the last image is
-ordinary text. Kept tokens keep their positions; a dropped frame drops its
-delimiters with it.
+(<|vision_end|><|vision_start|>, frame headers), is one sparse span of
+embedding rows, with one segment per image (per frame pair on Qwen-VL) that
+starts with the text before it. Text before the first and after the last
+image is ordinary text. Kept tokens keep their positions; a dropped frame
+drops its delimiters with it.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -42,37 +49,10 @@ from .errors import InvalidArgumentError
 from .model import Model, Session
 
 ProgressFn = Callable[[int, int], Optional[bool]]
-
-
-@dataclass
-class TextChunk:
-    """Text libmtmd put in the prompt (the caller's text and the markers around images)."""
-
-    tokens: List[int]
-
-
-@dataclass
-class ImageChunk:
-    """The visual tokens of one image (or merged frame pair, or tile)."""
-
-    embd: np.ndarray       # (n_tokens, n_embd) float32
-    positions: np.ndarray  # (3, n_tokens) t/h/w on M-RoPE models, else (1, n_tokens); relative to 0
-    nx: int                # token grid width (M-RoPE), else n_tokens
-    ny: int                # token grid height (M-RoPE), else 1
-    n_pos: int             # positions it takes: text after it resumes n_pos later
-    first_image: int       # index of its first input image
-    n_images: int          # input images merged into it (2: a Qwen-VL frame pair)
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.embd)
-
-    def positions_at(self, pos_0: int) -> np.ndarray:
-        """Absolute positions when the chunk starts at position pos_0."""
-        return self.positions + np.int32(pos_0)
-
-
-Chunk = Union[TextChunk, ImageChunk]
+Chunks = native.Chunks  # the runtime's opaque list of encoded chunks
+# Frames decoded and encoded together (the runtime's VideoEncoder::kFramesPerGroup): bounds the RGB
+# frames held in memory while a long video streams through the vision tower.
+FRAMES_PER_GROUP = int(native.FRAMES_PER_GROUP)
 
 
 class Vision:
@@ -133,32 +113,40 @@ class Vision:
         return dict(self._native.layout)
 
     @property
+    def video_family(self) -> str:
+        """The video layout of the mmproj's model family: "qwen" (Qwen2-VL,
+        Qwen2.5-VL: frame pairs in one block, time in the M-RoPE t ids) or
+        "smolvlm" (SmolVLM2: a frame header and one tile per frame); decided
+        by the runtime from the projector (UnsupportedModelError otherwise)."""
+        return str(self._native.video_family)
+
+    @property
     def image_token(self) -> int:
         """The model's image placeholder token, shown for visual tokens in Session.tokens()."""
         return self._native.image_token
 
     # -- encoding --------------------------------------------------------------------
     def encode(self, prompt: str, images: Sequence[np.ndarray], frames: bool = False,
-               progress: Optional[ProgressFn] = None) -> List[Chunk]:
+               progress: Optional[ProgressFn] = None) -> Chunks:
         """Tokenizes `prompt` (one `marker` per image) and encodes the images:
         the chunks in prompt order. images: (H, W, 3) uint8 RGB arrays.
         frames=True marks them as frames of one video (merged in pairs on
         Qwen-VL). progress(done, total) is called as image chunks are
         encoded; returning False stops (InvalidArgumentError)."""
         arrays = [_rgb(im, i) for i, im in enumerate(images)]
-        return chunks_from_native(self._native.encode(prompt, arrays, bool(frames), False, progress))
+        return self._native.encode(prompt, arrays, bool(frames), False, progress)
 
-    def encode_image(self, rgb: np.ndarray) -> List[Chunk]:
+    def encode_image(self, rgb: np.ndarray) -> Chunks:
         """One image alone: its image chunk(s) and the text libmtmd puts around them."""
         return self.encode(self.marker, [rgb])
 
-    def encode_frames(self, frames: Sequence[np.ndarray], progress: Optional[ProgressFn] = None) -> List[Chunk]:
+    def encode_frames(self, frames: Sequence[np.ndarray], progress: Optional[ProgressFn] = None) -> Chunks:
         """Frames of one video with nothing between them (merged where the model merges)."""
         return self.encode(self.marker * len(frames), frames, frames=True, progress=progress)
 
     # -- into a session -----------------------------------------------------------
     def add(self, session: Session, prompt: str, images: Sequence[np.ndarray], frames: bool = False,
-            sparse: bool = False, progress: Optional[ProgressFn] = None) -> List[Chunk]:
+            sparse: bool = False, progress: Optional[ProgressFn] = None) -> Chunks:
         """Encodes `prompt` with its images and appends it to `session` (BOS
         first when the session is empty and the model wants it). Returns the
         chunks, which add_chunks() can append again without re-encoding."""
@@ -167,59 +155,37 @@ class Vision:
         return chunks
 
     def add_message(self, session: Session, role: str, content: str, images: Sequence[np.ndarray],
-                    frames: bool = False, sparse: bool = False, progress: Optional[ProgressFn] = None) -> List[Chunk]:
+                    frames: bool = False, sparse: bool = False, progress: Optional[ProgressFn] = None) -> Chunks:
         """One chat turn whose content holds the images' markers, rendered
         with the GGUF's chat template (as Session.add_message)."""
-        before, after = session._begin_turn(role)
+        before, after = session.begin_turn(role)
         return self.add(session, before + content + after, images, frames=frames, sparse=sparse, progress=progress)
 
-    def add_chunks(self, session: Session, chunks: Sequence[Chunk], sparse: bool = False) -> None:
+    def add_chunks(self, session: Session, chunks: Chunks, sparse: bool = False) -> None:
         """Appends encoded chunks in order (see the module's docstring for
         positions and sparse spans)."""
         self._check_session(session)
-        session._conv.add_chunks(list(chunks), self.image_token, bool(sparse))
+        session.add_chunks(chunks, sparse=sparse)
 
-    def add_media_turn(self, session: Session, chunks: Sequence[Chunk], question: str, sparse: bool = True) -> None:
-        """A user turn holding the chunks and then the question, rendered with
-        the chat template as its templates render [video, text] content: text
-        touching the chunks' first or last text chunk is tokenized with it."""
+    def add_media_turn(self, session: Session, chunks: Chunks, question: str, sparse: bool = True,
+                       turn_text: Optional[Tuple[str, str]] = None) -> None:
+        """A user turn holding the chunks and then the question (Session.add_media_turn)."""
         self._check_session(session)
-        session._conv.add_media_turn(list(chunks), self.image_token, question, bool(sparse))
-
-    def span(self, chunks: Sequence[Chunk], pos_0: int):
-        """The sparse span add_chunks makes of `chunks` (from an image chunk to
-        an image chunk) when it starts at rope position pos_0: embedding rows
-        (n, n_embd), absolute positions (rows, n), segment starts (one per image)."""
-        rows, positions, segments = native.visual_span(self.model._native, list(chunks), int(pos_0))
-        return np.asarray(rows), np.asarray(positions), list(segments)
+        session.add_media_turn(chunks, question, sparse=sparse, turn_text=turn_text)
 
     def _check_session(self, session: Session) -> None:
         if session.model is not self.model:
             raise InvalidArgumentError("the session belongs to another model than this Vision")
 
 
-def chunks_from_native(items: Sequence[dict]) -> List[Chunk]:
-    """The runtime's chunk dicts ({"type": "text", "tokens"} or {"type":
-    "image", "embd", "positions", ...}) as TextChunk / ImageChunk."""
-    out: List[Chunk] = []
-    for c in items:
-        if c["type"] == "text":
-            out.append(TextChunk(list(c["tokens"])))
-        else:
-            out.append(ImageChunk(np.asarray(c["embd"]), np.asarray(c["positions"]), c["nx"], c["ny"],
-                                  c["n_pos"], c["first_image"], c["n_images"]))
-    return out
-
-
 def encode_video_frames(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
                         progress: Optional[Callable[[int, int], None]] = None,
-                        frames_per_group: int = 16):
+                        frames_per_group: int = FRAMES_PER_GROUP):
     """Frames of one video through the runtime's VideoEncoder (the layout of
     the mmproj's model family), a group at a time as they come (a long video
     is never in memory as pixels); progress(done, total) counts frames.
-    Returns the encoder: .images() and .finish() give its chunks."""
-    from .video_frames import in_groups
-
+    Returns the encoder: .images() (the frame pairs or frames) and
+    .finish(times, duration_s) (the video in its family's layout) give Chunks."""
     encoder = native.VideoEncoder(vision._native)
     done = 0
     for group in in_groups(frames, frames_per_group):
@@ -232,17 +198,18 @@ def encode_video_frames(vision: Vision, frames: Iterable[np.ndarray], n_frames: 
     return encoder
 
 
-def with_turn_text(model: Model, before: str, chunks: Sequence[Chunk], after: str) -> List[Chunk]:
-    """before + chunks + after as a tokenizer reading the whole prompt as one
-    string would: text that touches the chunks' first or last text chunk is
-    tokenized together with it (SmolVLM2: "User: " + "You are provided...")."""
-    chunks = list(chunks)
-    head, tail = before, after
-    if chunks and isinstance(chunks[0], TextChunk):
-        head = before + model.detokenize(chunks.pop(0).tokens, special=True)
-    if chunks and isinstance(chunks[-1], TextChunk):
-        tail = model.detokenize(chunks.pop().tokens, special=True) + after
-    return [TextChunk(model.tokenize(head))] + chunks + [TextChunk(model.tokenize(tail))]
+def in_groups(frames: Iterable[np.ndarray], size: int) -> Iterator[List[np.ndarray]]:
+    """Consecutive lists of `size` frames (the last may be shorter), taken
+    from `frames` as they come: frames are encoded a group at a time while
+    the video is still being decoded, never all held at once."""
+    group: List[np.ndarray] = []
+    for frame in frames:
+        group.append(frame)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def _rgb(image: np.ndarray, i: int) -> np.ndarray:

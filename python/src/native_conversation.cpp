@@ -1,6 +1,6 @@
 // `htsparse_llama._native.Conversation` and `.Answer`: the conversation
 // (chat turns, HT-Sparse, visual chunks, statistics) and the streamed reply,
-// as conversation.h and answer.h define them. model.py's Session is a thin
+// as conversation.h and answer.h define them. model.py's Context is a thin
 // layer over these. Long computations release the GIL.
 #include "native_conversation.h"
 
@@ -8,6 +8,7 @@
 #include "conversation.h"
 #include "errors.h"
 #include "model.h"
+#include "native_chunks.h"
 #include "native_convert.h"
 #include "sparse_state.h"
 
@@ -27,7 +28,7 @@ std::optional<TokenPositions> optional_positions(const std::optional<IntArray> &
     return token_positions(*a);
 }
 
-py::dict selection_dict(const SparseSelection & sel, int select_layer) {
+py::dict selection_dict(const SparseSelection & sel, int select_layer) {  // what Session.selection shows
     py::dict d;
     d["kept_in_span"] = sel.kept_in_span;
     d["full_kv"] = sel.full_kv;
@@ -54,8 +55,15 @@ py::dict stats_dict(const ConversationStats & s) {
     return d;
 }
 
+void check_width(const Conversation & c, const ChunkList & chunks) {
+    if (chunks.n_embd != c.model().hparams().n_embd) {
+        fail(ErrorKind::InvalidArgument, format("the chunks are %d wide, the model's embeddings %d: they were encoded "
+                                                "for another model", chunks.n_embd, c.model().hparams().n_embd));
+    }
+}
+
 std::unique_ptr<Conversation> new_conversation(const Model & m, int n_ctx, int n_batch, const py::object & sparse) {
-    SessionParams p;
+    ContextParams p;
     p.n_ctx = n_ctx;
     p.n_batch = n_batch;
     std::optional<SparseConfig> request;
@@ -68,7 +76,7 @@ void bind_conversation(py::module_ & mod) {
     py::class_<Conversation>(mod, "Conversation")
         .def(py::init(&new_conversation), py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512,
              py::arg("sparse") = py::none(), py::keep_alive<1, 2>())
-        .def_property_readonly("session", py::overload_cast<>(&Conversation::session),
+        .def_property_readonly("context", py::overload_cast<>(&Conversation::context),
                                py::return_value_policy::reference_internal)
         .def("add_tokens",
              [](Conversation & c, const std::vector<int32_t> & tokens, bool sparse, bool all_logits,
@@ -102,20 +110,22 @@ void bind_conversation(py::module_ & mod) {
              py::arg("role"), py::arg("parts"))
         .def("begin_turn", &Conversation::begin_turn, py::arg("role"))
         .def("add_chunks",
-             [](Conversation & c, const py::sequence & chunks, int32_t placeholder, bool sparse) {
-                 std::vector<VisionChunk> v = chunks_from_py(chunks, c.model().hparams().n_embd);
+             [](Conversation & c, const ChunkListPtr & chunks, bool sparse) {
+                 check_width(c, *chunks);
                  py::gil_scoped_release release;
-                 c.add_chunks(std::move(v), placeholder, sparse);
+                 c.add_chunks(chunks->chunks, chunks->image_token, sparse);
              },
-             py::arg("chunks"), py::arg("placeholder"), py::arg("sparse") = false)
+             py::arg("chunks"), py::arg("sparse") = false)
         .def("add_media_turn",
-             [](Conversation & c, const py::sequence & chunks, int32_t placeholder, const std::string & question,
-                bool sparse) {
-                 const std::vector<VisionChunk> v = chunks_from_py(chunks, c.model().hparams().n_embd);
+             [](Conversation & c, const ChunkListPtr & chunks, const std::string & question, bool sparse,
+                const std::optional<std::pair<std::string, std::string>> & turn_text) {
+                 check_width(c, *chunks);
+                 std::optional<TurnText> turn;
+                 if (turn_text) turn = TurnText{turn_text->first, turn_text->second};
                  py::gil_scoped_release release;
-                 c.add_media_turn(v, placeholder, question, sparse);
+                 c.add_media_turn(chunks->chunks, chunks->image_token, question, sparse, turn ? &*turn : nullptr);
              },
-             py::arg("chunks"), py::arg("placeholder"), py::arg("question"), py::arg("sparse") = true)
+             py::arg("chunks"), py::arg("question"), py::arg("sparse") = true, py::arg("turn_text") = py::none())
         .def_property_readonly("next_input_pos", &Conversation::next_input_pos)
         .def("select",
              [](Conversation & c, const py::object & replace_kept) {
@@ -137,6 +147,18 @@ void bind_conversation(py::module_ & mod) {
                  if (!sel) return py::none();
                  return selection_dict(*sel, c.sparse()->config().select_layer);
              })
+        .def("trial_selections",
+             [](Conversation & c, const std::vector<std::pair<int, int>> & zones) {
+                 std::vector<SparseSelection> sels;
+                 {
+                     py::gil_scoped_release release;
+                     sels = c.trial_selections(zones);
+                 }
+                 py::list out;
+                 for (size_t i = 0; i < sels.size(); ++i) out.append(selection_dict(sels[i], zones[i].first));
+                 return out;
+             },
+             py::arg("zones"))
         .def_property_readonly("holds_back", &Conversation::holds_back)
         .def_property_readonly("is_sparse", [](const Conversation & c) { return c.sparse() != nullptr; })
         .def("sparse_config",

@@ -72,49 +72,4 @@ std::vector<float> embedding_rows(const FloatArray & embd, int n_embd) {
     return std::vector<float>(embd.data(), embd.data() + embd.size());
 }
 
-py::dict chunk_dict(const hts::VisionChunk & c, int n_embd) {
-    py::dict d;
-    if (c.is_text()) {
-        d["type"] = "text";
-        d["tokens"] = c.tokens;
-        return d;
-    }
-    const hts::VisualTokens & im = c.image;
-    d["type"] = "image";
-    d["embd"] = float_rows(im.embd, size_t(n_embd));
-    d["positions"] = positions_array(im.pos, size_t(im.n_tokens));
-    d["nx"] = im.nx;
-    d["ny"] = im.ny;
-    d["n_pos"] = im.n_pos;
-    d["first_image"] = im.first_image;
-    d["n_images"] = im.n_images;
-    return d;
-}
-
-std::vector<hts::VisionChunk> chunks_from_py(const py::sequence & chunks, int n_embd) {
-    std::vector<hts::VisionChunk> out;
-    for (const py::handle & obj : chunks) {
-        hts::VisionChunk c;
-        if (!py::hasattr(obj, "embd")) {
-            c.tokens = obj.attr("tokens").cast<std::vector<int32_t>>();
-            out.push_back(std::move(c));
-            continue;
-        }
-        hts::VisualTokens & im = c.image;
-        im.embd = embedding_rows(obj.attr("embd").cast<FloatArray>(), n_embd);
-        im.n_tokens = static_cast<int>(im.embd.size() / size_t(n_embd));
-        im.pos = token_positions(obj.attr("positions").cast<IntArray>());
-        if (im.n_tokens == 0 || im.pos.values.size() != size_t(im.pos.n_streams) * im.n_tokens) {
-            fail(ErrorKind::InvalidArgument, "an image chunk needs rows and one position per row and stream");
-        }
-        im.nx = obj.attr("nx").cast<int>();
-        im.ny = obj.attr("ny").cast<int>();
-        im.n_pos = obj.attr("n_pos").cast<int>();
-        im.first_image = obj.attr("first_image").cast<int>();
-        im.n_images = obj.attr("n_images").cast<int>();
-        out.push_back(std::move(c));
-    }
-    return out;
-}
-
 }  // namespace hts_py

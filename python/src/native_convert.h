@@ -1,11 +1,10 @@
 // Conversions between Python values and the runtime's types, shared by the
-// binding files: rope positions, SparseConfig requests, float rows, and
-// vision chunks (htsparse_llama.vision.TextChunk / ImageChunk).
+// binding files: rope positions, SparseConfig requests and float rows (chunks:
+// native_chunks.h).
 #pragma once
 
-#include "session.h"
+#include "context.h"
 #include "sparse_config.h"
-#include "vision.h"
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -29,11 +28,5 @@ pybind11::array_t<float> float_rows(const std::vector<float> & v, size_t cols);
 pybind11::array_t<int32_t> positions_array(const hts::TokenPositions & pos, size_t n);
 // (n, n_embd) float rows into a flat vector, checking the width.
 std::vector<float> embedding_rows(const FloatArray & embd, int n_embd);
-
-// A chunk as the dict Vision.encode turns into a TextChunk / ImageChunk.
-pybind11::dict chunk_dict(const hts::VisionChunk & c, int n_embd);
-// Python chunks (objects with .tokens, or with .embd, .positions, .nx, .ny,
-// .n_pos, .first_image, .n_images) as runtime chunks.
-std::vector<hts::VisionChunk> chunks_from_py(const pybind11::sequence & chunks, int n_embd);
 
 }  // namespace hts_py

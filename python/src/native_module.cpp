@@ -9,7 +9,7 @@
 #include "native_convert.h"
 #include "native_ops.h"
 #include "native_vision.h"
-#include "session.h"
+#include "context.h"
 #include "sparse_config.h"
 #include "sparse_select.h"
 
@@ -23,7 +23,7 @@ using namespace hts_py;
 
 namespace {
 
-py::array_t<float> logits_array(const Session & s, bool last_only) {
+py::array_t<float> logits_array(const Context & s, bool last_only) {
     const int n_vocab = static_cast<int>(s.logits().size() / std::max(1, s.n_logit_rows()));
     if (last_only) {
         const float * p = s.last_logits();
@@ -98,6 +98,11 @@ PYBIND11_MODULE(_native, mod) {
 
     mod.def("supported_architectures", &supported_architectures);
     mod.def("available_devices", &Backends::available_devices);
+    // The address of a CPU buffer type (0: none), for llama.cpp's tensor_buft_overrides in the tests'
+    // reference (bench/llama_cpp.py): both load the same libggml-cpu, so the pointer is valid there.
+    mod.def("cpu_buffer_type_address",
+            [](const std::string & name) { return reinterpret_cast<uintptr_t>(Backends::cpu_buffer_type(name)); },
+            py::arg("name"));
     mod.def("set_verbose", &set_verbose_logging, py::arg("verbose"));
     // Op recording for tests/test_backend_ops.py (op_recorder.h): on starts an empty set.
     mod.def("_set_op_recording", &set_op_recording, py::arg("on"));
@@ -152,19 +157,20 @@ PYBIND11_MODULE(_native, mod) {
         .def("chat_turn", [](const Model & m, const std::string & role) { return m.vocab().turn_text(role); },
              py::arg("role"))
         .def("assistant_header", [](const Model & m) { return m.vocab().assistant_header(); })
-        .def("set_n_threads", [](Model & m, int n) { m.backends().set_n_threads(n); });
+        .def("set_n_threads", [](Model & m, int n) { m.backends().set_n_threads(n); })
+        .def("weight_placement", &Model::weight_placement);
 
-    py::class_<Session>(mod, "Session")
+    py::class_<Context>(mod, "Context")
         .def(py::init([](const Model & m, int n_ctx, int n_batch) {
-                 SessionParams p;
+                 ContextParams p;
                  p.n_ctx = n_ctx;
                  p.n_batch = n_batch;
                  py::gil_scoped_release release;
-                 return std::make_unique<Session>(m, p);
+                 return std::make_unique<Context>(m, p);
              }),
              py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::keep_alive<1, 2>())
         .def("eval",
-             [](Session & s, const std::vector<int32_t> & tokens, bool all_logits,
+             [](Context & s, const std::vector<int32_t> & tokens, bool all_logits,
                 std::optional<IntArray> positions) {
                  TokenPositions pos;
                  if (positions) pos = token_positions(*positions);
@@ -173,7 +179,7 @@ PYBIND11_MODULE(_native, mod) {
              },
              py::arg("tokens"), py::arg("all_logits") = false, py::arg("positions") = py::none())
         .def("eval_embd",
-             [](Session & s, const FloatArray & embd,
+             [](Context & s, const FloatArray & embd,
                 int32_t placeholder, bool all_logits,
                 std::optional<IntArray> positions) {
                  const std::vector<float> rows = embedding_rows(embd, s.model().hparams().n_embd);
@@ -184,20 +190,20 @@ PYBIND11_MODULE(_native, mod) {
              },
              py::arg("embd"), py::arg("placeholder"), py::arg("all_logits") = false, py::arg("positions") = py::none())
         .def("_eval_staged",
-             [](Session & s, const std::vector<int32_t> & tokens, bool all_logits, int split) {
+             [](Context & s, const std::vector<int32_t> & tokens, bool all_logits, int split) {
                  py::gil_scoped_release release;
                  s.eval_staged(tokens, all_logits, split);
              },
              py::arg("tokens"), py::arg("all_logits"), py::arg("split"))
         .def("_compact_kv",
-             [](Session & s, const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept) {
+             [](Context & s, const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept) {
                  py::gil_scoped_release release;
                  s.compact_kv(full_kv, kept);
              },
              py::arg("full_kv"), py::arg("kept_cells"))
-        .def("_set_query_capture", &Session::set_query_capture, py::arg("n"))
+        .def("_set_query_capture", &Context::set_query_capture, py::arg("n"))
         .def("_select_sparse",
-             [](Session & s, const std::vector<std::tuple<int, int, std::vector<int32_t>>> & span_list,
+             [](Context & s, const std::vector<std::tuple<int, int, std::vector<int32_t>>> & span_list,
                 const py::dict & request, bool compact) {
                  const Model & m = s.model();
                  const SparseConfig config = resolve_sparse_config(sparse_request(request), m.file(), m.hparams());
@@ -217,23 +223,23 @@ PYBIND11_MODULE(_native, mod) {
                  return d;
              },
              py::arg("spans"), py::arg("config"), py::arg("compact") = true)
-        .def("_set_hidden_cells", &Session::set_hidden_cells, py::arg("cells"))
-        .def("_hold_from_layer", &Session::hold_from_layer, py::arg("layer"))
-        .def("_probe_held_layer", &Session::probe_held_layer, py::call_guard<py::gil_scoped_release>())
-        .def("_finish_held", &Session::finish_held, py::call_guard<py::gil_scoped_release>())
-        .def("_log_residual_at", &Session::log_residual_at, py::arg("layer"))
-        .def("_rewind_to_logged_layer", &Session::rewind_to_logged_layer, py::arg("hold_layer"),
+        .def("_set_hidden_cells", &Context::set_hidden_cells, py::arg("cells"))
+        .def("_hold_from_layer", &Context::hold_from_layer, py::arg("layer"))
+        .def("_probe_held_layer", &Context::probe_held_layer, py::call_guard<py::gil_scoped_release>())
+        .def("_finish_held", &Context::finish_held, py::call_guard<py::gil_scoped_release>())
+        .def("_log_residual_at", &Context::log_residual_at, py::arg("layer"))
+        .def("_rewind_to_logged_layer", &Context::rewind_to_logged_layer, py::arg("hold_layer"),
              py::call_guard<py::gil_scoped_release>())
-        .def_property_readonly("n_held", &Session::n_held)
-        .def_property_readonly("kv_bytes_dense", &Session::kv_bytes_dense)
-        .def_property_readonly("next_pos", &Session::next_pos)
-        .def("logits", [](const Session & s) { return logits_array(s, true); })
-        .def("all_logits", [](const Session & s) { return logits_array(s, false); })
-        .def_property_readonly("n_past", &Session::n_past)
-        .def_property_readonly("n_ctx", &Session::n_ctx)
-        .def_property_readonly("kv_bytes", &Session::kv_bytes)
-        .def("tokens", &Session::tokens)
-        .def("reset", &Session::reset);
+        .def_property_readonly("n_held", &Context::n_held)
+        .def_property_readonly("kv_bytes_dense", &Context::kv_bytes_dense)
+        .def_property_readonly("next_pos", &Context::next_pos)
+        .def("logits", [](const Context & s) { return logits_array(s, true); })
+        .def("all_logits", [](const Context & s) { return logits_array(s, false); })
+        .def_property_readonly("n_past", &Context::n_past)
+        .def_property_readonly("n_ctx", &Context::n_ctx)
+        .def_property_readonly("kv_bytes", &Context::kv_bytes)
+        .def("tokens", &Context::tokens)
+        .def("reset", &Context::reset);
 
     register_vision(mod);
 }

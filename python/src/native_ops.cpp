@@ -26,7 +26,7 @@ namespace {
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
 // One small graph on a named device, for the operator tests: the backend is
-// made here, the graph is hts::GraphRunner's (as the session's selection
+// made here, the graph is hts::GraphRunner's (as the context's selection
 // step uses it), and the outputs come back as NumPy arrays.
 class OpGraph {
 public:

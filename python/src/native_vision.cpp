@@ -1,18 +1,16 @@
 // `htsparse_llama._native.Vision`, `.VideoEncoder` and the video layout
 // functions (vision.h, video_layout.h). Images are (H, W, 3) uint8 arrays;
-// chunks come back as {"type": "text", "tokens"} and {"type": "image", "embd"
-// (n, n_embd), "positions" (rows, n) relative, "nx", "ny", "n_pos",
-// "first_image", "n_images"} dicts (vision.py makes them TextChunk /
-// ImageChunk). A progress(done, total) callable is called after each encode
-// batch; an exception in it stops the encoding and propagates.
+// encoded chunks come back as one opaque Chunks list (native_chunks.h). A
+// progress(done, total) callable is called after each encode batch; an
+// exception in it stops the encoding and propagates.
 #include "native_vision.h"
 
 #include "errors.h"
 #include "model.h"
+#include "native_chunks.h"
 #include "native_convert.h"
 #include "image_resize.h"
 #include "video_layout.h"
-#include "visual_span.h"
 #include "vision.h"
 
 #include <pybind11/stl.h>
@@ -76,13 +74,7 @@ private:
     }
 };
 
-py::list chunk_list(const std::vector<VisionChunk> & chunks, int n_embd) {
-    py::list out;
-    for (const VisionChunk & c : chunks) out.append(chunk_dict(c, n_embd));
-    return out;
-}
-
-py::list vision_encode(VisionEncoder & v, const std::string & prompt, const std::vector<RgbArray> & images, bool frames,
+ChunkListPtr vision_encode(VisionEncoder & v, const std::string & prompt, const std::vector<RgbArray> & images, bool frames,
                        bool add_special, const py::object & progress) {
     VisionInput in;
     in.prompt = prompt;
@@ -94,7 +86,7 @@ py::list vision_encode(VisionEncoder & v, const std::string & prompt, const std:
     in.progress_user_data = p.user_data();
     std::vector<VisionChunk> chunks;
     p.run([&] { chunks = v.encode(in); });
-    return chunk_list(chunks, v.n_embd());
+    return make_chunk_list(std::move(chunks), v.n_embd(), v.image_token());
 }
 
 py::dict layout_dict(const MmprojLayout & l) {
@@ -120,6 +112,8 @@ std::unique_ptr<VisionEncoder> new_vision(const Model & m, const std::string & m
     return std::make_unique<VisionEncoder>(m, mmproj, p);
 }
 
+const char * family_name(VideoFamily f) { return f == VideoFamily::QwenVL ? "qwen" : "smolvlm"; }
+
 void bind_vision(py::module_ & mod) {
     py::class_<VisionEncoder>(mod, "Vision")
         .def(py::init(&new_vision), py::arg("model"), py::arg("mmproj"), py::arg("n_threads") = 0,
@@ -132,7 +126,9 @@ void bind_vision(py::module_ & mod) {
         .def_property_readonly("n_embd", &VisionEncoder::n_embd)
         .def_property_readonly("frames_per_unit", &VisionEncoder::frames_per_unit)
         .def_property_readonly("image_token", &VisionEncoder::image_token)
-        .def_property_readonly("layout", [](const VisionEncoder & v) { return layout_dict(v.layout()); });
+        .def_property_readonly("layout", [](const VisionEncoder & v) { return layout_dict(v.layout()); })
+        // The video layout of the mmproj's model family; UnsupportedModelError for one without.
+        .def_property_readonly("video_family", [](const VisionEncoder & v) { return family_name(video_family(v.layout())); });
 }
 
 void bind_video(py::module_ & mod) {
@@ -142,8 +138,7 @@ void bind_video(py::module_ & mod) {
                  return std::make_unique<VideoEncoder>(v);
              }),
              py::arg("vision"), py::keep_alive<1, 2>())
-        .def_property_readonly("family",
-                               [](const VideoEncoder & e) { return e.family() == VideoFamily::QwenVL ? "qwen" : "smolvlm"; })
+        .def_property_readonly("family", [](const VideoEncoder & e) { return family_name(e.family()); })
         .def("add_frames",
              [](VideoEncoder & e, const std::vector<RgbArray> & frames, const py::object & progress) {
                  const std::vector<VisionInput::Image> views = image_views(frames);
@@ -152,21 +147,22 @@ void bind_video(py::module_ & mod) {
              },
              py::arg("frames"), py::arg("progress") = py::none())
         .def_property_readonly("n_frames", &VideoEncoder::n_frames)
-        .def("images", [](const VideoEncoder & e, int n_embd) { return chunk_list(e.images(), n_embd); },
-             py::arg("n_embd"))
+        // The frame pairs (Qwen-VL) or frames (SmolVLM2) encoded so far, without the block's text.
+        .def("images", [](const VideoEncoder & e) { return make_chunk_list(e.images(), e.n_embd(), e.image_token()); })
         .def("finish",
-             [](const VideoEncoder & e, const std::vector<double> & times, double duration_s, int n_embd) {
-                 return chunk_list(e.finish(times, duration_s), n_embd);
+             [](const VideoEncoder & e, const std::vector<double> & times, double duration_s) {
+                 return make_chunk_list(e.finish(times, duration_s), e.n_embd(), e.image_token());
              },
-             py::arg("times"), py::arg("duration_s"), py::arg("n_embd"));
+             py::arg("times"), py::arg("duration_s"));
+    mod.attr("FRAMES_PER_GROUP") = VideoEncoder::kFramesPerGroup;
     mod.def("qwen_temporal_step", &qwen_temporal_step, py::arg("projector"), py::arg("frame_interval_s"),
             py::arg("tokens_per_second") = 2);
     mod.def("frame_interval", &frame_interval, py::arg("times"));
     mod.def("qwen_place_pairs",
-            [](const py::sequence & pairs, double step, int n_embd) {
-                return chunk_list(qwen_place_pairs(chunks_from_py(pairs, n_embd), step), n_embd);
+            [](const ChunkListPtr & pairs, double step) {
+                return make_chunk_list(qwen_place_pairs(pairs->chunks, step), pairs->n_embd, pairs->image_token);
             },
-            py::arg("pairs"), py::arg("step"), py::arg("n_embd"));
+            py::arg("pairs"), py::arg("step"));
     mod.def("number_words", &number_words, py::arg("n"));
     mod.def("smolvlm_video_prompt", &smolvlm_video_prompt, py::arg("times"), py::arg("duration_s"), py::arg("marker"));
     mod.def("longest_edge_size", &longest_edge_size, py::arg("width"), py::arg("height"), py::arg("size"));
@@ -179,21 +175,23 @@ void bind_video(py::module_ & mod) {
                 return a;
             },
             py::arg("rgb"), py::arg("width"), py::arg("height"));
+    mod.def("square_frame",
+            [](const RgbArray & rgb, int tile) {
+                const std::vector<VisionInput::Image> v = image_views({rgb});
+                const std::vector<uint8_t> out = square_frame(v[0], tile);
+                py::array_t<uint8_t> a({size_t(tile), size_t(tile), size_t(3)});
+                std::copy(out.begin(), out.end(), a.mutable_data());
+                return a;
+            },
+            py::arg("rgb"), py::arg("tile"));
 }
 
 }  // namespace
 
 void register_vision(py::module_ & mod) {
+    register_chunks(mod);
     bind_vision(mod);
     bind_video(mod);
-    mod.def("visual_span",
-            [](const Model & m, const py::sequence & chunks, int pos_0) {
-                const int n_embd = m.hparams().n_embd;
-                const VisualSpan span = visual_span(m, chunks_from_py(chunks, n_embd), pos_0);
-                return py::make_tuple(float_rows(span.rows, size_t(n_embd)),
-                                      positions_array(span.positions, span.rows.size() / size_t(n_embd)), span.segments);
-            },
-            py::arg("model"), py::arg("chunks"), py::arg("pos_0"));
     mod.def("token_embeddings",
             [](const Model & m, const std::vector<int32_t> & tokens) {
                 return float_rows(token_embeddings(m, tokens), size_t(m.hparams().n_embd));

@@ -73,7 +73,7 @@ bool Answer::next(std::string & piece) {
         piece = take(text_.size());
         return true;
     }
-    Session & s = conv_.session();
+    Context & s = conv_.context();
     const Vocab & vocab = conv_.model().vocab();
     const int32_t token = sampler_->sample(s.last_logits(), conv_.model().hparams().n_vocab);
     sampler_->accept(token);

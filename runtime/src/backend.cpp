@@ -79,9 +79,28 @@ std::vector<ggml_backend_buffer_type_t> Backends::cpu_extra_bufts() const {
     auto get_extra = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
         ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts"));
     if (get_extra) {
-        for (ggml_backend_buffer_type_t * b = get_extra(cpu_dev_); b && *b; ++b) out.push_back(*b);
+        for (ggml_backend_buffer_type_t * b = get_extra(cpu_dev_); b && *b; ++b) {
+            // ggml's AMX matmul (Sapphire Rapids and later) segfaults on the first
+            // token on some of these CPUs, in llama.cpp too (llama.cpp#20824, open);
+            // the repacked AVX-512 layouts that come next are used instead.
+            if (std::string(ggml_backend_buft_name(*b)) == "AMX") continue;
+            out.push_back(*b);
+        }
     }
     return out;
+}
+
+ggml_backend_buffer_type_t Backends::cpu_buffer_type(const std::string & name) {
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!cpu) return nullptr;
+    ggml_backend_buffer_type_t plain = ggml_backend_dev_buffer_type(cpu);
+    if (name == ggml_backend_buft_name(plain)) return plain;
+    auto get_extra = reinterpret_cast<ggml_backend_dev_get_extra_bufts_t>(
+        ggml_backend_reg_get_proc_address(ggml_backend_dev_backend_reg(cpu), "ggml_backend_dev_get_extra_bufts"));
+    for (ggml_backend_buffer_type_t * b = get_extra ? get_extra(cpu) : nullptr; b && *b; ++b) {
+        if (name == ggml_backend_buft_name(*b)) return *b;
+    }
+    return nullptr;
 }
 
 std::vector<ggml_backend_buffer_type_t> Backends::host_weight_bufts() const {

@@ -40,6 +40,9 @@ public:
 
     // Every device ggml knows, "name (description)", for error messages.
     static std::vector<std::string> available_devices();
+    // The CPU's buffer type of that name ("CPU", or an extra one such as
+    // "CPU_REPACK" or "AMX", skipped or not); null when there is none.
+    static ggml_backend_buffer_type_t cpu_buffer_type(const std::string & name);
 
 private:
     ggml_backend_t cpu_ = nullptr;

@@ -125,7 +125,7 @@ void report(const hts_session * s, const char * stage, int done, int total) {
 }
 
 // Tokens in the context, the question held back after a sparse span included.
-int input_size(const hts::Conversation & c) { return c.session().n_past() + c.n_pending(); }
+int input_size(const hts::Conversation & c) { return c.context().n_past() + c.n_pending(); }
 
 std::vector<hts::VisionInput::Image> image_views(const hts_image * images, int32_t n) {
     std::vector<hts::VisionInput::Image> out;
@@ -292,7 +292,7 @@ struct hts_session_params hts_session_default_params(void) {
 hts_session * hts_session_init(hts_model * model, struct hts_session_params params) {
     return guarded_new<hts_session>([&] {
         require(model != nullptr, "model is NULL");
-        hts::SessionParams sp;
+        hts::ContextParams sp;
         sp.n_ctx = params.n_ctx;
         sp.n_batch = params.n_batch;
         const hts::SparseConfig sparse = sparse_config(params.sparse);
@@ -434,7 +434,7 @@ int32_t hts_session_get_stats(const hts_session * session, struct hts_stats * st
     return guarded([&] {
         require(session != nullptr && stats != nullptr, "session and stats must not be NULL");
         const hts::ConversationStats s = session->conv->stats();
-        stats->n_past = session->conv->session().n_past();
+        stats->n_past = session->conv->context().n_past();
         stats->n_prompt = s.n_prompt;
         stats->n_sparse = s.n_sparse;
         stats->n_kept = s.n_kept;

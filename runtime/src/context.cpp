@@ -1,4 +1,4 @@
-#include "session.h"
+#include "context.h"
 
 #include "errors.h"
 #include "graph_context.h"
@@ -19,7 +19,7 @@ struct ContextGuard {
 };
 }  // namespace
 
-Session::Session(const Model & model, const SessionParams & params) : model_(model) {
+Context::Context(const Model & model, const ContextParams & params) : model_(model) {
     if (params.n_ctx < 0) fail(ErrorKind::InvalidArgument, format("n_ctx must be >= 0, got %d", params.n_ctx));
     if (params.n_batch <= 0) fail(ErrorKind::InvalidArgument, format("n_batch must be positive, got %d", params.n_batch));
     n_ctx_ = params.n_ctx > 0 ? params.n_ctx : model.hparams().n_ctx_train;
@@ -31,17 +31,19 @@ Session::Session(const Model & model, const SessionParams & params) : model_(mod
     reserve();
 }
 
-Session::~Session() {
+Context::~Context() {
     if (sched_) ggml_backend_sched_free(sched_);
 }
 
 // Allocates the compute buffers once, for the largest micro-batch over a full
 // cache, so a long prompt does not grow them midway.
-void Session::reserve() {
+void Context::reserve() {
     ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
     ContextGuard guard{ggml_init(params)};
     ggml_cgraph * gf = ggml_new_graph_custom(guard.ctx, graph_size_, false);
-    MicroBatch mb{n_batch_, kv_->capacity() - n_batch_, 1};
+    MicroBatch mb;
+    mb.n_tokens = n_batch_;
+    mb.first_cell = kv_->capacity() - n_batch_;
     GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
     ggml_build_forward_expand(gf, model_.arch().build_graph(gc));
     if (!ggml_backend_sched_reserve(sched_, gf)) {
@@ -49,14 +51,14 @@ void Session::reserve() {
     }
 }
 
-int Session::n_logit_rows() const { return static_cast<int>(logits_.size() / model_.hparams().n_vocab); }
+int Context::n_logit_rows() const { return static_cast<int>(logits_.size() / model_.hparams().n_vocab); }
 
-const float * Session::last_logits() const {
+const float * Context::last_logits() const {
     if (logits_.empty()) fail(ErrorKind::InvalidArgument, "no logits yet: evaluate some tokens first");
     return logits_.data() + logits_.size() - model_.hparams().n_vocab;
 }
 
-void Session::reset() {
+void Context::reset() {
     if (kv_->is_split()) kv_ = std::make_unique<KvCache>(model_, n_ctx_);  // back to one dense cache
     n_sparse_cells_ = 0;
     hidden_cells_.clear();
@@ -72,7 +74,7 @@ void Session::reset() {
 
 // Rope positions of n new tokens laid out as the graph input wants them:
 // n_pos_per_token rows of n values (M-RoPE: t, h, w and a zero fourth row).
-std::vector<int32_t> Session::rope_positions(int n, const TokenPositions * positions) const {
+std::vector<int32_t> Context::rope_positions(int n, const TokenPositions * positions) const {
     const int n_rows = model_.hparams().n_pos_per_token;
     const int n_rope_streams = std::min(n_rows, 3);
     std::vector<int32_t> pos(size_t(n_rows) * n, 0);
@@ -98,18 +100,18 @@ std::vector<int32_t> Session::rope_positions(int n, const TokenPositions * posit
     return pos;
 }
 
-void Session::compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells) {
+void Context::compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells) {
     kv_->compact(full_kv, kept_cells, n_past_);
     n_sparse_cells_ = static_cast<int>(kept_cells.size());
     kept_cells_ = kept_cells;
 }
 
-size_t Session::kv_bytes_dense() const {
+size_t Context::kv_bytes_dense() const {
     const HParams & hp = model_.hparams();
     return size_t(2) * hp.n_layer * hp.n_embd_kv() * size_t(GGML_PAD(n_ctx_, KvCache::kCellPad)) * sizeof(ggml_fp16_t);
 }
 
-void Session::set_hidden_cells(const std::vector<int32_t> & cells) {
+void Context::set_hidden_cells(const std::vector<int32_t> & cells) {
     if (kv_->is_split()) fail(ErrorKind::InvalidArgument, "hidden cells apply to a dense cache");
     hidden_cells_.assign(kv_->capacity(), false);
     for (int32_t c : cells) {
@@ -118,7 +120,7 @@ void Session::set_hidden_cells(const std::vector<int32_t> & cells) {
     }
 }
 
-void Session::check_fits(const std::vector<int32_t> & tokens) const {
+void Context::check_fits(const std::vector<int32_t> & tokens) const {
     const int n = static_cast<int>(tokens.size());
     const int n_vocab = model_.hparams().n_vocab;
     if (n == 0) fail(ErrorKind::InvalidArgument, "no tokens to evaluate");
@@ -131,16 +133,16 @@ void Session::check_fits(const std::vector<int32_t> & tokens) const {
     }
 }
 
-void Session::eval(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions) {
+void Context::eval(const std::vector<int32_t> & tokens, bool all_logits, const TokenPositions * positions) {
     eval_staged(tokens, all_logits, model_.hparams().n_layer, positions);
 }
 
-void Session::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, int split,
+void Context::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, int split,
                           const TokenPositions * positions) {
     eval_input(tokens, nullptr, all_logits, split, positions);
 }
 
-void Session::eval_embd(const std::vector<float> & embd, int32_t placeholder, bool all_logits,
+void Context::eval_embd(const std::vector<float> & embd, int32_t placeholder, bool all_logits,
                         const TokenPositions * positions) {
     const size_t n_embd = size_t(model_.hparams().n_embd);
     if (embd.empty() || embd.size() % n_embd != 0) {
@@ -155,7 +157,7 @@ void Session::eval_embd(const std::vector<float> & embd, int32_t placeholder, bo
                model_.hparams().n_layer, positions);
 }
 
-void Session::eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
+void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
                          const TokenPositions * positions) {
     const int n_layer = model_.hparams().n_layer;
     if (split < 0 || split > n_layer) fail(ErrorKind::InvalidArgument, format("split layer %d is outside [0, %d]", split, n_layer));
@@ -163,7 +165,7 @@ void Session::eval_input(const std::vector<int32_t> & tokens, const float * embd
         fail(ErrorKind::InvalidArgument, "tokens held at a layer give no logits and take no split: finish_held() first");
     }
     if (logged_.layer >= 0 && split != n_layer && split != logged_.layer) {
-        fail(ErrorKind::InvalidArgument, "a session that logs its residual stream splits at the logged layer only");
+        fail(ErrorKind::InvalidArgument, "a context that logs its residual stream splits at the logged layer only");
     }
     check_fits(tokens);
     const int n = static_cast<int>(tokens.size());
@@ -178,20 +180,34 @@ void Session::eval_input(const std::vector<int32_t> & tokens, const float * embd
     const int mid = logged_.layer >= 0 ? logged_.layer : split;
     std::vector<float> at_mid, at_stop;
     int from = 0;
+    LayerRun run;
+    run.tokens = tokens.data();
+    run.residual_in = embd;  // at layer 0: the embeddings, if any
+    run.pos = pos.data();
+    run.n = n;
+    run.first_cell = n_past_;
+    run.first_sparse_cell = n_sparse_cells_;
     if (mid > 0 && mid < stop) {
         at_mid.resize(size_t(n) * n_embd);
-        run_layers(tokens.data(), embd, pos.data(), n, n_past_, n_sparse_cells_, 0, mid, false, at_mid.data());
-        from = mid;
+        run.end = mid;
+        run.residual_out = at_mid.data();
+        run_layers(run);
+        run.begin = mid;
+        run.residual_in = at_mid.data();
     }
-    const float * residual_in = from > 0 ? at_mid.data() : embd;  // at layer 0: the embeddings, if any
     if (stop < n_layer) {
         if (stop > 0) {  // at 0 the tokens themselves are the input
             at_stop.resize(size_t(n) * n_embd);
-            run_layers(tokens.data(), residual_in, pos.data(), n, n_past_, n_sparse_cells_, from, stop, false, at_stop.data());
+            run.end = stop;
+            run.residual_out = at_stop.data();
+            run_layers(run);
         }
         logits_.clear();
     } else {
-        run_layers(tokens.data(), residual_in, pos.data(), n, n_past_, n_sparse_cells_, from, n_layer, all_logits, nullptr);
+        run.end = n_layer;
+        run.all_logits = all_logits;
+        run.residual_out = nullptr;
+        run_layers(run);
     }
     if (logged_.layer >= 0) logged_.append(n_past_, tokens, pos, logged_.layer == stop ? at_stop : at_mid);
     if (held_.layer >= 0) held_.append(n_past_, tokens, pos, at_stop);
@@ -201,12 +217,10 @@ void Session::eval_input(const std::vector<int32_t> & tokens, const float * embd
     next_pos_ = std::max(next_pos_, *std::max_element(pos.begin(), pos.end()) + 1);
 }
 
-void Session::run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int n, int first_cell,
-                         int first_sparse_cell, int begin, int end, bool all_logits, float * residual_out,
-                         bool kv_only) {
-    const int n_vocab = model_.hparams().n_vocab, n_embd = model_.hparams().n_embd;
-    const bool logits = end == model_.hparams().n_layer && !kv_only;
-    if (logits) logits_.assign(size_t(all_logits ? n : 1) * n_vocab, 0.0f);
+void Context::run_layers(const LayerRun & run) {
+    const int n_vocab = model_.hparams().n_vocab, n_embd = model_.hparams().n_embd, n = run.n;
+    const bool logits = run.end == model_.hparams().n_layer && !run.kv_only;
+    if (logits) logits_.assign(size_t(run.all_logits ? n : 1) * n_vocab, 0.0f);
     // The last micro-batch starts early enough to hold the whole query window.
     const int capture = std::min({capture_q_, n_batch_, n});
     int last_start = n - (n % n_batch_ == 0 ? std::min(n_batch_, n) : n % n_batch_);
@@ -214,21 +228,28 @@ void Session::run_layers(const int32_t * tokens, const float * residual_in, cons
     for (int i = 0; i < n;) {
         const int nb = i < last_start ? std::min(n_batch_, last_start - i) : n - i;
         const bool last = i + nb == n;
-        // Intermediate batches of a prompt need no logits; one row keeps the graph uniform.
-        MicroBatch mb{nb, first_cell + i, !logits || all_logits ? nb : 1, begin, end, first_sparse_cell + i,
-                      last ? capture : 0, kv_only, begin == 0 && residual_in != nullptr};
+        MicroBatch mb;
+        mb.n_tokens = nb;
+        mb.first_cell = run.first_cell + i;
+        mb.n_outputs = !logits || run.all_logits ? nb : 1;  // intermediate batches: one row keeps the graph uniform
+        mb.layer_begin = run.begin;
+        mb.layer_end = run.end;
+        mb.first_sparse_cell = run.first_sparse_cell + i;
+        mb.capture_q = last ? capture : 0;
+        mb.kv_only = run.kv_only;
+        mb.embd_input = run.begin == 0 && run.residual_in != nullptr;
         float * out = nullptr;
-        if (residual_out) out = residual_out + size_t(i) * n_embd;
-        else if (logits && all_logits) out = logits_.data() + size_t(i) * n_vocab;
+        if (run.residual_out) out = run.residual_out + size_t(i) * n_embd;
+        else if (logits && run.all_logits) out = logits_.data() + size_t(i) * n_vocab;
         else if (logits && last) out = logits_.data();
-        const float * res = residual_in ? residual_in + size_t(i) * n_embd : nullptr;
-        eval_micro_batch(tokens ? tokens + i : nullptr, res, pos + i, n, mb, out);
+        const float * res = run.residual_in ? run.residual_in + size_t(i) * n_embd : nullptr;
+        eval_micro_batch(run.tokens ? run.tokens + i : nullptr, res, run.pos + i, n, mb, out);
         i += nb;
         if (batch_callback_ && !batch_callback_(i, n)) fail(ErrorKind::Aborted, "stopped by the progress callback");
     }
 }
 
-void Session::hold_from_layer(int layer) {
+void Context::hold_from_layer(int layer) {
     const int n_layer = model_.hparams().n_layer;
     if (layer < 0 || layer > n_layer) fail(ErrorKind::InvalidArgument, format("hold layer %d is outside [0, %d]", layer, n_layer));
     if (n_held() > 0) fail(ErrorKind::InvalidArgument, "tokens are already held: finish_held() first");
@@ -241,7 +262,7 @@ void Session::hold_from_layer(int layer) {
     held_ = ResidualRows::at(layer < n_layer ? layer : -1, model_.hparams().n_pos_per_token);
 }
 
-void Session::ResidualRows::append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
+void Context::ResidualRows::append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
                                    const std::vector<float> & rows) {
     const size_t n = new_tokens.size();
     if (tokens.empty()) first_cell = cell;
@@ -252,14 +273,14 @@ void Session::ResidualRows::append(int cell, const std::vector<int32_t> & new_to
     residual.insert(residual.end(), rows.begin(), rows.end());
 }
 
-Session::ResidualRows Session::ResidualRows::at(int layer, int n_pos_rows) {
+Context::ResidualRows Context::ResidualRows::at(int layer, int n_pos_rows) {
     ResidualRows rows;
     rows.layer = layer;
     rows.pos_rows.assign(n_pos_rows, {});
     return rows;
 }
 
-std::vector<int32_t> Session::ResidualRows::flat_positions() const {
+std::vector<int32_t> Context::ResidualRows::flat_positions() const {
     std::vector<int32_t> pos;
     for (const auto & row : pos_rows) pos.insert(pos.end(), row.begin(), row.end());
     return pos;
@@ -276,16 +297,23 @@ std::vector<int32_t> gather_positions(const std::vector<std::vector<int32_t>> & 
 }
 }  // namespace
 
-void Session::probe_held_layer() {
+void Context::probe_held_layer() {
     if (held_.layer < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
     const int n = n_held();
     const std::vector<int32_t> pos = held_.flat_positions();
-    const float * residual = held_.layer > 0 ? held_.residual.data() : nullptr;  // layer 0 starts from the tokens
-    run_layers(held_.tokens.data(), residual, pos.data(), n, held_.first_cell, 0, held_.layer, held_.layer + 1,
-               false, nullptr, /*kv_only=*/true);
+    LayerRun run;
+    run.tokens = held_.tokens.data();
+    run.residual_in = held_.layer > 0 ? held_.residual.data() : nullptr;  // layer 0 starts from the tokens
+    run.pos = pos.data();
+    run.n = n;
+    run.first_cell = held_.first_cell;
+    run.begin = held_.layer;
+    run.end = held_.layer + 1;
+    run.kv_only = true;
+    run_layers(run);
 }
 
-void Session::finish_held() {
+void Context::finish_held() {
     const int n_layer = model_.hparams().n_layer, n_embd = model_.hparams().n_embd, P = held_.layer;
     if (P < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
     std::vector<int> idx;  // held tokens to finish
@@ -309,22 +337,29 @@ void Session::finish_held() {
         if (P > 0) std::copy_n(held_.residual.begin() + size_t(idx[j]) * n_embd, n_embd, residual.begin() + size_t(j) * n_embd);
     }
     const std::vector<int32_t> pos = gather_positions(held_.pos_rows, idx);
-    // Pruned-zone layers have no full heads, so first_cell only sizes the (unused) full mask.
-    run_layers(tokens.data(), P > 0 ? residual.data() : nullptr, pos.data(), m, held_.first_cell + idx[0], first_sparse,
-               P, n_layer, false, nullptr);
+    LayerRun run;
+    run.tokens = tokens.data();
+    run.residual_in = P > 0 ? residual.data() : nullptr;
+    run.pos = pos.data();
+    run.n = m;
+    run.first_cell = held_.first_cell + idx[0];  // pruned-zone layers have no full heads: only sizes the unused full mask
+    run.first_sparse_cell = first_sparse;
+    run.begin = P;
+    run.end = n_layer;
+    run_layers(run);
     held_ = ResidualRows{};
 }
 
-void Session::log_residual_at(int layer) {
+void Context::log_residual_at(int layer) {
     const int n_layer = model_.hparams().n_layer;
     if (layer < 0 || layer >= n_layer) fail(ErrorKind::InvalidArgument, format("log layer %d is outside [0, %d)", layer, n_layer));
-    if (n_past_ > 0) fail(ErrorKind::InvalidArgument, "the residual log starts with an empty session");
+    if (n_past_ > 0) fail(ErrorKind::InvalidArgument, "the residual log starts with an empty context");
     logged_ = ResidualRows::at(layer, model_.hparams().n_pos_per_token);
 }
 
-void Session::rewind_to_logged_layer(int hold_layer) {
+void Context::rewind_to_logged_layer(int hold_layer) {
     const int n_layer = model_.hparams().n_layer, S = logged_.layer;
-    if (S < 0) fail(ErrorKind::InvalidArgument, "no residual log: call log_residual_at() on the empty session");
+    if (S < 0) fail(ErrorKind::InvalidArgument, "no residual log: call log_residual_at() on the empty context");
     if (n_held() > 0) fail(ErrorKind::InvalidArgument, "tokens are held: finish_held() first");
     if (hold_layer < S || hold_layer > n_layer) {
         fail(ErrorKind::InvalidArgument, format("hold layer %d is outside [%d, %d]", hold_layer, S, n_layer));
@@ -341,11 +376,18 @@ void Session::rewind_to_logged_layer(int hold_layer) {
     hold_from_layer(hold_layer);
     const int n = static_cast<int>(logged_.tokens.size());
     const std::vector<int32_t> pos = logged_.flat_positions();
-    const float * residual = S > 0 ? logged_.residual.data() : nullptr;
     std::vector<float> at_hold(hold_layer > 0 && hold_layer < n_layer ? size_t(n) * model_.hparams().n_embd : 0);
     if (hold_layer > S) {
-        run_layers(logged_.tokens.data(), residual, pos.data(), n, logged_.first_cell, 0, S, hold_layer, false,
-                   hold_layer < n_layer ? at_hold.data() : nullptr);
+        LayerRun run;
+        run.tokens = logged_.tokens.data();
+        run.residual_in = S > 0 ? logged_.residual.data() : nullptr;
+        run.pos = pos.data();
+        run.n = n;
+        run.first_cell = logged_.first_cell;
+        run.begin = S;
+        run.end = hold_layer;
+        run.residual_out = hold_layer < n_layer ? at_hold.data() : nullptr;
+        run_layers(run);
     } else {
         at_hold = logged_.residual;  // hold_layer == S
     }
@@ -425,7 +467,7 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
     }
 }
 
-void Session::eval_micro_batch(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride,
+void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride,
                                const MicroBatch & mb, float * out) {
     ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
     ContextGuard guard{ggml_init(params)};

@@ -1,6 +1,8 @@
-// One conversation's mutable state over a shared immutable Model: the KV cache,
-// the backend scheduler and the logits of the last evaluated batch. Tokens are
-// evaluated in micro-batches of n_batch, each its own graph.
+// The decoder state of one conversation (Context), over a shared immutable
+// Model: the KV cache, the backend scheduler and the logits of the last
+// evaluated batch. Tokens are evaluated in micro-batches of n_batch, each its
+// own graph. The conversation as a user sees it (chat turns, HT-Sparse) is a
+// Conversation (conversation.h), which owns one Context.
 #pragma once
 
 #include "ggml-backend.h"
@@ -24,17 +26,17 @@ struct TokenPositions {
     std::vector<int32_t> values;  // n_streams * n
 };
 
-struct SessionParams {
+struct ContextParams {
     int n_ctx = 4096;   // KV cells; 0: the model's training context
     int n_batch = 512;  // tokens per micro-batch
 };
 
-class Session {
+class Context {
 public:
-    Session(const Model & model, const SessionParams & params);
-    ~Session();
-    Session(const Session &) = delete;
-    Session & operator=(const Session &) = delete;
+    Context(const Model & model, const ContextParams & params);
+    ~Context();
+    Context(const Context &) = delete;
+    Context & operator=(const Context &) = delete;
 
     // Appends tokens to the next KV cells and runs them through the model.
     // Keeps the logits of the last token, or of every token when all_logits.
@@ -83,7 +85,7 @@ public:
     const KvCache & kv_cache() const { return *kv_; }
     const Model & model() const { return model_; }
 
-    // --- staged prefill (HT-Sparse, DESIGN.md section 4) ---------------------
+    // --- staged prefill (HT-Sparse, docs/architecture.md#staged-prefill) ---------------------
     // While a hold layer P is set (0 <= P < n_layer, dense cache), eval() runs
     // its tokens through layers [0, P) only: they fill the KV cells of those
     // layers and wait, with their residual stream at P kept on the host, for
@@ -101,7 +103,7 @@ public:
     void finish_held();
 
     // --- re-routing (SparseConfig::reroute) ------------------------------------
-    // From an empty session on, every eval also keeps its tokens' residual
+    // From an empty context on, every eval also keeps its tokens' residual
     // stream at `layer` (S, < n_layer) on the host: the whole conversation, so
     // that a follow-up question can rebuild layers [S, n_layer) for itself.
     void log_residual_at(int layer);
@@ -116,7 +118,7 @@ public:
 
     // Called after each micro-batch with the tokens done of the n a run takes
     // through its layers; returning false stops the eval (ErrorKind::Aborted,
-    // the session half-updated: reset() it). Null: none.
+    // the context half-updated: reset() it). Null: none.
     void set_batch_callback(std::function<bool(int done, int total)> callback) { batch_callback_ = std::move(callback); }
 
     // Dense cache only, for tests: cells no query may see (mask -INF).
@@ -165,15 +167,23 @@ private:
     // eval_staged() for token ids, or for embedding rows when embd is set.
     void eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
                     const TokenPositions * positions);
-    // Runs n tokens through layers [begin, end) in micro-batches from KV cell
-    // first_cell (compact cell first_sparse_cell). pos: n_pos_per_token rows
-    // of n positions. Input: token ids, or residual rows when begin > 0.
+    // n tokens through layers [begin, end), in micro-batches (run_layers).
+    struct LayerRun {
+        const int32_t * tokens = nullptr;     // token ids (the cells' ids; layer 0's input without residual_in)
+        const float * residual_in = nullptr;  // residual rows [n_embd, n] at `begin` (at 0: embedding rows)
+        const int32_t * pos = nullptr;        // n_pos_per_token rows of n positions
+        int n = 0;
+        int first_cell = 0;         // KV cell of the first token
+        int first_sparse_cell = 0;  // its compact cell (after compact_kv)
+        int begin = 0, end = 0;     // layers
+        bool all_logits = false;    // end == n_layer: logits of every row, else of the last
+        float * residual_out = nullptr;  // end < n_layer: the residual rows at `end`
+        bool kv_only = false;       // selection probe: layer `begin` writes its K/V only (probe_held_layer)
+    };
     // Output: the residual rows at `end` into residual_out when end < n_layer,
     // else logits_ (every row or the last). The last micro-batch holds the
     // whole query window (capture_q_ tokens) when queries are captured.
-    void run_layers(const int32_t * tokens, const float * residual_in, const int32_t * pos, int n, int first_cell,
-                    int first_sparse_cell, int begin, int end, bool all_logits, float * residual_out,
-                    bool kv_only = false);
+    void run_layers(const LayerRun & run);
     // Runs one micro-batch over mb's layer range. Input: token ids, or the
     // residual [n_embd, n_tokens] when the range starts past layer 0. Output:
     // logits rows, or the residual when the range stops early (may be null).

@@ -33,21 +33,21 @@ double ConversationStats::total_prefill_ms() const {
     return total;
 }
 
-Conversation::Conversation(const Model & model, const SessionParams & params, const SparseConfig * sparse)
-    : model_(model), session_(model, params) {
+Conversation::Conversation(const Model & model, const ContextParams & params, const SparseConfig * sparse)
+    : model_(model), context_(model, params) {
     if (sparse) {
         sparse_request_ = *sparse;
-        sparse_ = std::make_unique<SparseState>(session_, *sparse);
+        sparse_ = std::make_unique<SparseState>(context_, *sparse);
     }
 }
 
 void Conversation::set_progress(ProgressFn fn) {
     progress_ = std::move(fn);
     if (!progress_) {
-        session_.set_batch_callback(nullptr);
+        context_.set_batch_callback(nullptr);
         return;
     }
-    session_.set_batch_callback([this](int done, int total) {
+    context_.set_batch_callback([this](int done, int total) {
         return in_answer_step_ || progress_("prefill", done, total);
     });
 }
@@ -56,7 +56,7 @@ void Conversation::check_usable() const {
     if (stopped_) fail(ErrorKind::InvalidArgument, "the conversation was stopped midway by its progress callback: reset it first");
 }
 
-// Runs work, remembering a stop by the progress callback: the session's
+// Runs work, remembering a stop by the progress callback: the context's
 // state is then half-updated and only reset() makes it usable again.
 template <typename F>
 void Conversation::guarded(F && work) {
@@ -86,7 +86,7 @@ void Conversation::eval_dense(const std::vector<int32_t> & tokens, bool all_logi
         return;
     }
     const auto start = Clock::now();
-    session_.eval(tokens, all_logits, positions);
+    context_.eval(tokens, all_logits, positions);
     count_prompt_time(start);
 }
 
@@ -119,7 +119,7 @@ void Conversation::add_embeddings(const std::vector<float> & rows, int32_t place
             if (holds_back()) {
                 fail(ErrorKind::InvalidArgument, "embeddings after a sparse span and before the answer must be sparse too");
             }
-            session_.eval_embd(rows, placeholder, all_logits, positions);
+            context_.eval_embd(rows, placeholder, all_logits, positions);
         }
         count_prompt_time(start);
     });
@@ -158,10 +158,10 @@ int Conversation::add_message(const std::string & role, const std::vector<TurnPa
 
 bool Conversation::wants_bos() const {
     const Vocab & v = model_.vocab();
-    return session_.n_past() == 0 && !holds_back() && v.add_bos() && v.bos() >= 0;
+    return context_.n_past() == 0 && !holds_back() && v.add_bos() && v.bos() >= 0;
 }
 
-int Conversation::next_input_pos() const { return session_.next_pos() + n_pending(); }
+int Conversation::next_input_pos() const { return context_.next_pos() + n_pending(); }
 
 void Conversation::add_chunks(std::vector<VisionChunk> chunks, int32_t placeholder, bool sparse) {
     if (wants_bos()) {
@@ -172,12 +172,12 @@ void Conversation::add_chunks(std::vector<VisionChunk> chunks, int32_t placehold
     const auto is_image = [](const VisionChunk & c) { return !c.is_text(); };
     const auto first = std::find_if(chunks.begin(), chunks.end(), is_image);
     if (!(sparse && sparse_ && first != chunks.end())) {
-        int pos = session_.next_pos();
+        int pos = context_.next_pos();
         for (const VisionChunk & c : chunks) {  // an image chunk starts n_pos after the one before (0: the same block)
             if (c.is_text()) {
                 if (c.tokens.empty()) continue;
                 add_tokens(c.tokens);
-                pos = session_.next_pos();
+                pos = context_.next_pos();
             } else {
                 const TokenPositions at = c.image.positions_at(pos);
                 add_embeddings(c.image.embd, placeholder, &at);
@@ -196,10 +196,16 @@ void Conversation::add_chunks(std::vector<VisionChunk> chunks, int32_t placehold
     if (!tail.empty()) add_tokens(tail);
 }
 
-void Conversation::add_media(const std::vector<VisionChunk> & chunks, int32_t placeholder, bool sparse) {
+void Conversation::add_media(const std::vector<VisionChunk> & chunks, int32_t placeholder, bool sparse,
+                             const TurnText * turn) {
     std::string head;
     if (!media_turn_) {
         auto [before, after] = begin_turn("user");
+        if (turn) {
+            before = turn->before;
+            after = turn->after;
+            pending_assistant_ = false;  // the caller's text says what follows the turn
+        }
         head = before;
         media_turn_ = MediaTurn{"", after};
     }
@@ -223,8 +229,8 @@ void Conversation::add_media(const std::vector<VisionChunk> & chunks, int32_t pl
 }
 
 void Conversation::add_media_turn(const std::vector<VisionChunk> & chunks, int32_t placeholder,
-                                  const std::string & question, bool sparse) {
-    add_media(chunks, placeholder, sparse);
+                                  const std::string & question, bool sparse, const TurnText * turn) {
+    add_media(chunks, placeholder, sparse, turn);
     add_message("user", {{question, false}});
 }
 
@@ -253,6 +259,19 @@ bool Conversation::select(const KeptReplacer * replace_kept) {
     return true;
 }
 
+std::vector<SparseSelection> Conversation::trial_selections(const std::vector<std::pair<int, int>> & zones) {
+    check_usable();
+    if (!holds_back()) fail(ErrorKind::InvalidArgument, "trial selections need a question waiting after a sparse span");
+    if (pending_assistant_) {  // the window ends with the assistant's header, as when an answer starts
+        add_text(model_.vocab().assistant_header());
+        pending_assistant_ = false;
+        assistant_open_ = true;
+    }
+    std::vector<SparseSelection> out;
+    guarded([&] { out = sparse_->trial_selections(zones); });
+    return out;
+}
+
 const SparseSelection * Conversation::selection() const {
     return sparse_ && sparse_->selection() ? &*sparse_->selection() : nullptr;
 }
@@ -264,7 +283,7 @@ void Conversation::answered() {
 void Conversation::begin_answer() {
     check_usable();
     if (media_turn_) fail(ErrorKind::InvalidArgument, "a user turn with images or video is open: ask a question first");
-    if (session_.n_past() == 0 && !holds_back()) {
+    if (context_.n_past() == 0 && !holds_back()) {
         fail(ErrorKind::InvalidArgument, "nothing to continue: add text or a message first");
     }
     if (pending_assistant_) {
@@ -273,14 +292,14 @@ void Conversation::begin_answer() {
         assistant_open_ = true;
     }
     select();
-    if (stats_.ttft_ms < 0) stats_.n_prompt = session_.n_past();
+    if (stats_.ttft_ms < 0) stats_.n_prompt = context_.n_past();
 }
 
 void Conversation::eval_generated(int32_t token) {
     check_usable();
     in_answer_step_ = true;
     try {
-        session_.eval({token}, false);
+        context_.eval({token}, false);
     } catch (...) {
         in_answer_step_ = false;
         throw;
@@ -306,8 +325,8 @@ bool Conversation::close_assistant_turn() {
 
 ConversationStats Conversation::stats() const {
     ConversationStats s = stats_;
-    s.kv_bytes = session_.kv_bytes();
-    s.kv_bytes_dense = session_.kv_bytes_dense();
+    s.kv_bytes = context_.kv_bytes();
+    s.kv_bytes_dense = context_.kv_bytes_dense();
     if (sparse_) {
         s.select_layer = sparse_->config().select_layer;
         s.prune_layer = sparse_->config().prune_layer;
@@ -316,9 +335,9 @@ ConversationStats Conversation::stats() const {
 }
 
 void Conversation::reset() {
-    session_.reset();
+    context_.reset();
     sparse_.reset();
-    if (sparse_request_) sparse_ = std::make_unique<SparseState>(session_, *sparse_request_);
+    if (sparse_request_) sparse_ = std::make_unique<SparseState>(context_, *sparse_request_);
     stats_ = ConversationStats{};
     assistant_open_ = false;
     pending_assistant_ = false;

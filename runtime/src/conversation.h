@@ -1,8 +1,8 @@
-// One conversation as a user of the runtime sees it (DESIGN.md sections 3-4):
-// a Session with chat turns rendered by the GGUF's template, HT-Sparse
+// One conversation as a user of the runtime sees it (docs/architecture.md#one-request-end-to-end):
+// a Context with chat turns rendered by the GGUF's template, HT-Sparse
 // (sparse spans, the question held back until the answer starts, selection),
 // visual chunks from libmtmd laid into the context, and the statistics. The
-// Python Session and the C API (htsparse.h) are thin layers over it; Answer
+// Python Context and the C API (htsparse.h) are thin layers over it; Answer
 // (answer.h) streams the model's reply.
 //
 //     hts::Conversation c(model, {}, &sparse_config);   // nullptr: dense
@@ -11,7 +11,7 @@
 //     for (std::string piece; a.next(piece);) std::fputs(piece.c_str(), stdout);
 #pragma once
 
-#include "session.h"
+#include "context.h"
 #include "sparse_state.h"
 #include "vision.h"
 
@@ -53,15 +53,21 @@ struct TurnPart {
     bool sparse = false;
 };
 
+// The text around a turn's content when the caller gives its own instead of
+// the chat template's (a processor's prompt format, say).
+struct TurnText {
+    std::string before, after;
+};
+
 class Conversation {
 public:
     // sparse: HT-Sparse settings (unset values from the GGUF's htsparse.*
     // keys, then the defaults); null: the dense path.
-    Conversation(const Model & model, const SessionParams & params, const SparseConfig * sparse);
+    Conversation(const Model & model, const ContextParams & params, const SparseConfig * sparse);
 
     const Model & model() const { return model_; }
-    Session & session() { return session_; }
-    const Session & session() const { return session_; }
+    Context & context() { return context_; }
+    const Context & context() const { return context_; }
     const SparseState * sparse() const { return sparse_.get(); }  // null: dense
 
     // Called after each prefill micro-batch; returning false stops (see
@@ -72,11 +78,11 @@ public:
     // Evaluates tokens after the context. sparse: a sparse span (in a sparse
     // conversation; ordinary tokens otherwise). Tokens after an unselected
     // span wait for the answer as its query window (then neither all_logits
-    // nor positions). positions: see Session::eval.
+    // nor positions). positions: see Context::eval.
     void add_tokens(const std::vector<int32_t> & tokens, bool sparse = false, bool all_logits = false,
                     const TokenPositions * positions = nullptr);
     // Embedding rows F32 [n_embd, n] (visual tokens), shown as `placeholder`
-    // in the session's tokens. sparse: a sparse span with segment starts
+    // in the context's tokens. sparse: a sparse span with segment starts
     // `segments` (null: runs of segment_tokens rows).
     void add_embeddings(const std::vector<float> & rows, int32_t placeholder, const TokenPositions * positions,
                         bool sparse = false, const std::vector<int32_t> * segments = nullptr, bool all_logits = false);
@@ -99,11 +105,14 @@ public:
     // Opens a user turn (unless one is open) holding the chunks, as a
     // tokenizer reading the whole turn as one string would: text touching the
     // chunks' first or last text chunk is tokenized with it. The question
-    // (add_message("user", ...), or close_media_turn) completes the turn.
-    void add_media(const std::vector<VisionChunk> & chunks, int32_t placeholder, bool sparse);
+    // (add_message("user", ...)) completes the turn. `turn`: the caller's
+    // text around the turn's content instead of the template's; the answer
+    // then opens no assistant header of its own (the caller's text has it).
+    void add_media(const std::vector<VisionChunk> & chunks, int32_t placeholder, bool sparse,
+                   const TurnText * turn = nullptr);
     // add_media and then the question that completes the turn.
     void add_media_turn(const std::vector<VisionChunk> & chunks, int32_t placeholder, const std::string & question,
-                        bool sparse);
+                        bool sparse, const TurnText * turn = nullptr);
     bool media_turn_open() const { return media_turn_.has_value(); }
     // Rope position of the next token evaluated (text waiting after a sparse span first).
     int next_input_pos() const;
@@ -116,6 +125,11 @@ public:
     bool select(const KeptReplacer * replace_kept = nullptr);
     const SparseSelection * selection() const;
     bool holds_back() const { return sparse_ && sparse_->holds_back(); }
+    // Calibration and analysis: the selections at each (select layer, prune
+    // layer) of `zones` for the question waiting after the span(s), without
+    // compacting (SparseState::trial_selections). The question runs densely;
+    // the conversation then answers densely until reset().
+    std::vector<SparseSelection> trial_selections(const std::vector<std::pair<int, int>> & zones);
     // The answer ended (decoded by hand): with re-routing the next user turn selects anew.
     void answered();
 
@@ -138,7 +152,7 @@ public:
 
 private:
     const Model & model_;
-    Session session_;
+    Context context_;
     std::optional<SparseConfig> sparse_request_;
     std::unique_ptr<SparseState> sparse_;
     ConversationStats stats_;

@@ -23,13 +23,13 @@ struct MicroBatch {
     // Layers [layer_begin, layer_end) run; layer_end < 0 means all. A batch
     // that starts past layer 0 takes the residual stream as input, one that
     // stops before the last layer returns the residual instead of logits
-    // (staged prefill, DESIGN.md section 4).
+    // (staged prefill, docs/architecture.md#staged-prefill).
     int layer_begin = 0;
     int layer_end = -1;
     int first_sparse_cell = 0;  // compacted KV cache: compact cell of the first token
     int capture_q = 0;          // keep the roped queries of the last capture_q tokens of each layer
     // Selection probe: layer layer_begin only writes its K/V and captures
-    // queries; no attention, no output (Session::probe_held_layer).
+    // queries; no attention, no output (Context::probe_held_layer).
     bool kv_only = false;
     // Layer 0 takes embedding rows (visual tokens) as its input instead of
     // looking token ids up (only with layer_begin == 0).
@@ -69,7 +69,7 @@ public:
     std::vector<ggml_tensor *> captured_q;     // per layer F32 [head_dim, n_head, capture_q]; graph outputs
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
-    // Graph inputs, filled by the session once the graph is allocated.
+    // Graph inputs, filled by the context once the graph is allocated.
     ggml_tensor * inp_tokens = nullptr;   // I32 [n_tokens]
     ggml_tensor * inp_pos = nullptr;      // I32 [n_tokens * n_pos_per_token]
     ggml_tensor * inp_kq_mask = nullptr;  // F16 [n_kv, n_tokens]

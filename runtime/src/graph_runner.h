@@ -1,4 +1,4 @@
-// A small one-off graph on one backend (not the session's scheduler): inputs
+// A small one-off graph on one backend (not the context's scheduler): inputs
 // from host memory, a graph built on them, outputs read back. Used for the
 // HT-Sparse selection step, which runs once per question, and for the
 // operator tests.

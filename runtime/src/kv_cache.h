@@ -1,9 +1,9 @@
-// The KV cache of one session: per layer, a K and a V tensor holding every KV
+// The KV cache of one context: per layer, a K and a V tensor holding every KV
 // head for up to `capacity` cells, cell i holding the token at position i.
 //
 // Graph code reaches the cache only through store()/keys()/values(), per layer
 // and per head group, so the HT-Sparse cache can split a layer into a
-// full-length group and a compact group (DESIGN.md section 4) behind the same
+// full-length group and a compact group (docs/architecture.md#routed-attention-and-the-dual-length-kv-cache) behind the same
 // calls.
 #pragma once
 
@@ -48,7 +48,7 @@ public:
     // zone this way while it rebuilds the layers after it.
     void copy_layers_from(const KvCache & src, int n_layers);
 
-    // --- per-head split (HT-Sparse, DESIGN.md section 4) ----------------------
+    // --- per-head split (HT-Sparse, docs/architecture.md#routed-attention-and-the-dual-length-kv-cache) ----------------------
     // After compact(), every layer's KV heads are in two groups: "full" heads
     // keep every cell (same cell numbering as before), "sparse" heads keep only
     // the listed cells, renumbered 0.. in order, in a compact tensor sized to

@@ -1,4 +1,4 @@
-// KvCache's per-head split (DESIGN.md section 4, "dual-length KV cache"):
+// KvCache's per-head split (docs/architecture.md#routed-attention-and-the-dual-length-kv-cache):
 // compaction of a dense cache into full-head and sparse-head groups, and the
 // graph-side store/views of the split layout.
 #include "errors.h"

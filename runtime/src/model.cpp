@@ -48,6 +48,17 @@ void Model::release() {
     contexts_.clear();
 }
 
+std::vector<std::pair<std::string, std::string>> Model::weight_placement() const {
+    std::vector<std::pair<std::string, std::string>> out;
+    for (ggml_context * ctx : contexts_) {
+        for (ggml_tensor * t = ggml_get_first_tensor(ctx); t; t = ggml_get_next_tensor(ctx, t)) {
+            const char * buft = t->buffer ? ggml_backend_buft_name(ggml_backend_buffer_get_type(t->buffer)) : "";
+            out.emplace_back(ggml_get_name(t), buft);
+        }
+    }
+    return out;
+}
+
 size_t Model::weight_bytes() const {
     size_t total = 0;
     for (auto b : buffers_) total += ggml_backend_buffer_get_size(b);

@@ -1,6 +1,6 @@
 // An immutable loaded model: hyper-parameters, weights on their devices, the
-// tokenizer, and the architecture that builds its graph. Sessions (mutable,
-// one per conversation) borrow it; many sessions may share one model.
+// tokenizer, and the architecture that builds its graph. Contexts (mutable,
+// one per conversation) borrow it; many contexts may share one model.
 #pragma once
 
 #include "arch/architecture.h"
@@ -54,6 +54,9 @@ public:
     Backends & backends() const { return *backends_; }
     const GgufFile & file() const { return *file_; }
     size_t weight_bytes() const;
+    // Each weight's name and the name of the buffer type it lives in (CPU,
+    // CPU_REPACK, CUDA0...): where the loader put it.
+    std::vector<std::pair<std::string, std::string>> weight_placement() const;
 
 private:
     std::unique_ptr<GgufFile> file_;

@@ -12,7 +12,7 @@ namespace hts {
 // Op recording, for tests/test_backend_ops.py: which ggml ops (with types,
 // layouts and the parameters upstream's supports_op functions read) the
 // graphs of this project hand to a backend. Every graph is passed to
-// record_graph_ops() just before it is computed (the session's scheduler, the
+// record_graph_ops() just before it is computed (the context's scheduler, the
 // KV compaction, GraphRunner); it does nothing unless recording is on.
 struct OpUse {
     std::string op;    // ggml_op_name: "MUL_MAT", "FLASH_ATTN_EXT"...

@@ -11,7 +11,7 @@ namespace hts {
 namespace {
 
 // Built-in defaults, used when neither the caller nor the GGUF says. The
-// select layer follows DESIGN.md section 4's measurement on Qwen2.5-0.5B
+// select layer follows the measurement in docs/architecture.md#token-selection-on-segments on Qwen2.5-0.5B
 // (line segments keep a passkey from layer 4 of 24, so about L/6). Pruning
 // from the select layer on (P = S) kept the pass-key accuracy of dense at 2K
 // tokens with 2.8x llama.cpp's prefill speed, against 2.1x for P = S + L/6

@@ -1,4 +1,4 @@
-// HT-Sparse settings of a session (DESIGN.md section 4) and the GGUF keys that
+// HT-Sparse settings of a conversation (docs/architecture.md#calibration-metadata) and the GGUF keys that
 // carry calibrated defaults. The key names are mirrored in
 // python/htsparse_llama/sparse_config.py; a test checks that both agree.
 #pragma once
@@ -45,7 +45,7 @@ struct SparseConfig {
     std::vector<float> head_prior;    // calibrated per-(layer, KV head) saliency; empty if none
 };
 
-// The settings a session runs with: unset values filled (request, then GGUF,
+// The settings a conversation runs with: unset values filled (request, then GGUF,
 // then built-in defaults), then checked; throws InvalidArgument naming the
 // offending value.
 SparseConfig resolve_sparse_config(const SparseConfig & request, const GgufFile & file, const HParams & hp);

@@ -5,7 +5,7 @@
 #include "hts_ops.h"
 #include "kv_cache.h"
 #include "model.h"
-#include "session.h"
+#include "context.h"
 
 #include <algorithm>
 #include <cmath>
@@ -33,10 +33,10 @@ std::vector<float> window_mask(int n_used, int n_q) {
 }
 
 // Saliency at layers [0, n_measured): those whose queries the window captured.
-LayerSaliency measure(const Model & model, const Session & session, const std::vector<SparseSpan> & spans,
+LayerSaliency measure(const Model & model, const Context & context, const std::vector<SparseSpan> & spans,
                       int select_layer, int n_measured) {
     const HParams & hp = model.hparams();
-    const int n_used = session.n_past(), n_q = session.n_captured_q();
+    const int n_used = context.n_past(), n_q = context.n_captured_q();
     const int64_t n_chunks = (n_used + kKeyChunk - 1) / kKeyChunk;
     const size_t n_spans = spans.size();
     GraphRunner runner(model.backends().main(), size_t(64 * (n_chunks + 2) * hp.n_layer * (n_spans + 1) + 1024));
@@ -46,13 +46,13 @@ LayerSaliency measure(const Model & model, const Session & session, const std::v
     std::vector<ggml_tensor *> outputs;  // head scores: layer-major, then span
     std::vector<ggml_tensor *> token_attn;
     for (int il = 0; il < n_measured; ++il) {
-        const std::vector<float> & captured = session.captured_queries()[il];
+        const std::vector<float> & captured = context.captured_queries()[il];
         if (captured.size() != size_t(hp.n_embd_head) * hp.n_head * n_q) {
             fail(ErrorKind::InvalidArgument, format("no captured queries at layer %d", il));
         }
         ggml_tensor * q = runner.input_f32(captured, {hp.n_embd_head, hp.n_head, n_q});
         q = ggml_cont(ctx, ggml_permute(ctx, q, 0, 2, 1, 3));                                        // [d, n_q, H]
-        ggml_tensor * k = ggml_permute(ctx, session.kv_cache().keys(ctx, il, n_used), 0, 2, 1, 3);  // [d, n_used, G]
+        ggml_tensor * k = ggml_permute(ctx, context.kv_cache().keys(ctx, il, n_used), 0, 2, 1, 3);  // [d, n_used, G]
         ggml_tensor * lse = hts_attn_lse(ctx, q, k, mask, scale, kKeyChunk);  // once for every span
         for (const SparseSpan & span : spans) {
             hts_saliency s = hts_head_saliency(ctx, q, k, lse, span.begin, span.end, scale, kKeyChunk);
@@ -142,12 +142,12 @@ void check_spans(const std::vector<SparseSpan> & spans, int n_used, int n_q) {
 
 }  // namespace
 
-SparseSelection select_sparse(const Model & model, const Session & session, const std::vector<SparseSpan> & spans,
+SparseSelection select_sparse(const Model & model, const Context & context, const std::vector<SparseSpan> & spans,
                               const SparseConfig & config) {
     const HParams & hp = model.hparams();
-    const int n_used = session.n_past(), n_q = session.n_captured_q();
-    if (session.kv_cache().is_split()) fail(ErrorKind::InvalidArgument, "this session's cache is already compacted");
-    if (n_q <= 0 || int(session.captured_queries().size()) != hp.n_layer) {
+    const int n_used = context.n_past(), n_q = context.n_captured_q();
+    if (context.kv_cache().is_split()) fail(ErrorKind::InvalidArgument, "this context's cache is already compacted");
+    if (n_q <= 0 || int(context.captured_queries().size()) != hp.n_layer) {
         fail(ErrorKind::InvalidArgument, "no query window: evaluate the question with query capture on");
     }
     check_spans(spans, n_used, n_q);
@@ -156,7 +156,7 @@ SparseSelection select_sparse(const Model & model, const Session & session, cons
     // for layer P too when S = P (the probe). Routing covers layers [0, P).
     const int n_routed = config.prune_layer;
     const int n_measured = std::min(hp.n_layer, std::max(n_routed, select_layer + 1));
-    LayerSaliency sal = measure(model, session, spans, select_layer, n_measured);
+    LayerSaliency sal = measure(model, context, spans, select_layer, n_measured);
 
     SparseSelection sel;
     const int group = hp.n_gqa();

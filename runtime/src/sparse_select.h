@@ -1,7 +1,7 @@
-// The HT-Sparse selection step of a session (DESIGN.md section 4): from the
+// The HT-Sparse selection step of a context (docs/architecture.md#saliency): from the
 // query window's queries and the cached keys, per-head saliency at every
 // layer, token selection at the select layer, and the full/sparse routing of
-// KV heads; the session then compacts its cache accordingly.
+// KV heads; the context then compacts its cache accordingly.
 #pragma once
 
 #include "sparse_config.h"
@@ -12,7 +12,7 @@
 namespace hts {
 
 class Model;
-class Session;
+class Context;
 
 struct SparseSpan {
     int begin = 0, end = 0;            // cells [begin, end) of the sparse span
@@ -27,10 +27,10 @@ struct SparseSelection {
 };
 
 // Needs a dense cache whose last eval captured the query window's queries
-// (Session::set_query_capture), the window lying after the last span. Spans
+// (Context::set_query_capture), the window lying after the last span. Spans
 // ascending and disjoint; each keeps its own keep_ratio share. A head's
 // score is the span-length-weighted mean of its scores over the spans.
-SparseSelection select_sparse(const Model & model, const Session & session, const std::vector<SparseSpan> & spans,
+SparseSelection select_sparse(const Model & model, const Context & context, const std::vector<SparseSpan> & spans,
                               const SparseConfig & config);
 
 }  // namespace hts

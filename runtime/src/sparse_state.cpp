@@ -27,12 +27,12 @@ std::vector<int32_t> line_segments(const Model & model, const std::vector<int32_
     return starts;
 }
 
-SparseState::SparseState(Session & session, const SparseConfig & config)
-    : session_(session),
-      config_(resolve_sparse_config(config, session.model().file(), session.model().hparams())) {
+SparseState::SparseState(Context & context, const SparseConfig & config)
+    : context_(context),
+      config_(resolve_sparse_config(config, context.model().file(), context.model().hparams())) {
     // The whole conversation's residual stream at S, for re-running layers
     // [S, L) with each new question's selection.
-    if (config_.reroute) session_.log_residual_at(config_.select_layer);
+    if (config_.reroute) context_.log_residual_at(config_.select_layer);
 }
 
 void SparseState::queue(const std::vector<int32_t> & tokens) {
@@ -45,27 +45,27 @@ void SparseState::begin_span() {
              "sparse spans go before the first question; call reset() to start over with new ones");
     }
     if (spans_.empty()) {
-        if (config_.prune_layer < session_.model().hparams().n_layer) {
-            session_.hold_from_layer(config_.prune_layer);  // stage 1 now, the pruned zone after selection
+        if (config_.prune_layer < context_.model().hparams().n_layer) {
+            context_.hold_from_layer(config_.prune_layer);  // stage 1 now, the pruned zone after selection
         }
     } else if (!pending_.empty()) {
         // Text between two spans is no query window: it runs now, with the spans.
-        session_.eval(pending_, false);
+        context_.eval(pending_, false);
         pending_.clear();
     }
 }
 
 void SparseState::add_span(const std::vector<int32_t> & tokens) {
-    const std::vector<int32_t> segments = line_segments(session_.model(), tokens, config_.segment_tokens);
+    const std::vector<int32_t> segments = line_segments(context_.model(), tokens, config_.segment_tokens);
     begin_span();
-    const int begin = session_.n_past();
-    session_.eval(tokens, false);
+    const int begin = context_.n_past();
+    context_.eval(tokens, false);
     spans_.push_back({begin, begin + static_cast<int>(tokens.size()), segments});
 }
 
 void SparseState::add_embedding_span(const std::vector<float> & rows, int32_t placeholder,
                                      const TokenPositions * positions, const std::vector<int32_t> * segments) {
-    const int n_embd = session_.model().hparams().n_embd;
+    const int n_embd = context_.model().hparams().n_embd;
     const int n = static_cast<int>(rows.size() / std::max(1, n_embd));
     std::vector<int32_t> starts;
     if (segments) {
@@ -79,13 +79,13 @@ void SparseState::add_embedding_span(const std::vector<float> & rows, int32_t pl
         fail(ErrorKind::InvalidArgument, format("segments must start at 0, ascend and stay below the %d rows", n));
     }
     begin_span();
-    const int begin = session_.n_past();
-    session_.eval_embd(rows, placeholder, false, positions);
+    const int begin = context_.n_past();
+    context_.eval_embd(rows, placeholder, false, positions);
     spans_.push_back({begin, begin + n, starts});
 }
 
 std::vector<int32_t> SparseState::kept_cells(const std::vector<int32_t> & kept_in_span) const {
-    const int n_past = session_.n_past();
+    const int n_past = context_.n_past();
     std::vector<bool> in_span(n_past, false);
     for (const SparseSpan & s : spans_) std::fill(in_span.begin() + s.begin, in_span.begin() + s.end, true);
     std::vector<int32_t> cells;
@@ -108,38 +108,69 @@ std::optional<SelectTimings> SparseState::select(const KeptReplacer * replace_ke
     SelectTimings t;
     auto t0 = std::chrono::steady_clock::now();
     if (n_selections_ > 0) {
-        session_.rewind_to_logged_layer(config_.prune_layer);  // re-route: [S, L) start over, the span waits at P again
+        context_.rewind_to_logged_layer(config_.prune_layer);  // re-route: [S, L) start over, the span waits at P again
     }
-    session_.set_query_capture(std::min(static_cast<int>(window.size()), config_.q_window));
+    context_.set_query_capture(std::min(static_cast<int>(window.size()), config_.q_window));
     try {
-        session_.eval(window, false);
-        t.held = session_.n_held() > 0;
-        if (t.held && config_.select_layer >= config_.prune_layer) session_.probe_held_layer();  // S = P: keys for selection
+        context_.eval(window, false);
+        t.held = context_.n_held() > 0;
+        if (t.held && config_.select_layer >= config_.prune_layer) context_.probe_held_layer();  // S = P: keys for selection
     } catch (...) {
-        session_.set_query_capture(0);
+        context_.set_query_capture(0);
         throw;
     }
-    session_.set_query_capture(0);
+    context_.set_query_capture(0);
     t.question = ms_since(t0);
 
     t0 = std::chrono::steady_clock::now();
-    SparseSelection sel = select_sparse(session_.model(), session_, spans_, config_);
+    SparseSelection sel = select_sparse(context_.model(), context_, spans_, config_);
     if (replace_kept) {
         std::vector<int32_t> kept = (*replace_kept)(sel.kept_in_span);
         std::sort(kept.begin(), kept.end());
         sel.kept_in_span = std::move(kept);
         sel.kept_cells = kept_cells(sel.kept_in_span);
     }
-    session_.compact_kv(sel.full_kv, sel.kept_cells);
+    context_.compact_kv(sel.full_kv, sel.kept_cells);
     selection_ = std::move(sel);
     t.select = ms_since(t0);
 
     t0 = std::chrono::steady_clock::now();
-    if (t.held) session_.finish_held();
+    if (t.held) context_.finish_held();
     t.pruned_zone = t.held ? ms_since(t0) : 0.0;
     selected_ = true;
     ++n_selections_;
     return t;
+}
+
+std::vector<SparseSelection> SparseState::trial_selections(const std::vector<std::pair<int, int>> & zones) {
+    const Model & model = context_.model();
+    const int n_layer = model.hparams().n_layer;
+    if (config_.prune_layer != n_layer) {
+        fail(ErrorKind::InvalidArgument, format("trial selections need the spans in every layer: prune_layer %d, got %d",
+                                                n_layer, config_.prune_layer));
+    }
+    if (n_selections_ > 0 || pending_.empty()) {
+        fail(ErrorKind::InvalidArgument, "trial selections need a first question waiting after the span(s)");
+    }
+    const std::vector<int32_t> window = std::move(pending_);
+    pending_.clear();
+    context_.set_query_capture(std::min(static_cast<int>(window.size()), config_.q_window));
+    try {
+        context_.eval(window, false);
+    } catch (...) {
+        context_.set_query_capture(0);
+        throw;
+    }
+    context_.set_query_capture(0);
+    selected_ = true;  // the question ran densely: nothing waits any more
+    std::vector<SparseSelection> out;
+    for (const auto & [select_layer, prune_layer] : zones) {
+        SparseConfig zone = config_;
+        zone.select_layer = select_layer;
+        zone.prune_layer = prune_layer;
+        out.push_back(select_sparse(model, context_, spans_, resolve_sparse_config(zone, model.file(), model.hparams())));
+    }
+    return out;
 }
 
 void SparseState::answered() {

@@ -1,7 +1,7 @@
-// HT-Sparse bookkeeping of one conversation (DESIGN.md section 4): its sparse
+// HT-Sparse bookkeeping of one conversation (docs/architecture.md#staged-prefill): its sparse
 // spans, the query window held back until the answer starts, and the
 // selection step that routes KV heads, compacts the cache and finishes the
-// pruned zone. Conversation drives it; it drives a Session.
+// pruned zone. Conversation drives it; it drives a Context.
 //
 // Staged prefill: the span (and what follows it) runs through layers [0, P)
 // only, as soon as it is added, its residual stream at P kept. When the answer
@@ -12,20 +12,20 @@
 // tokens run through the pruned zone [P, L). With S = P, layer S's keys are
 // written by a probe (no attention) so selection can read them.
 //
-// Deviation from DESIGN.md: layers [S, P) run every head over every token
+// Deviation from the design (docs/architecture.md#deviations-from-the-design): layers [S, P) run every head over every token
 // during prefill (routing applies from the answer on), because routing a
 // layer needs that layer's own saliency, known only once the window has run
 // through it. All tokens stay in the residual stream there anyway, so only
 // attention FLOPs differ.
 //
-// Re-routing (SparseConfig::reroute): the session logs the residual stream at
+// Re-routing (SparseConfig::reroute): the context logs the residual stream at
 // S of every token from the start, and the dense zone [0, S) keeps every
 // token (no retroactive compaction there). Each follow-up question rewinds
 // layers [S, L) to a dense state, reruns [S, P) for every logged token, and
 // then selects, compacts and finishes as the first question did.
 #pragma once
 
-#include "session.h"
+#include "context.h"
 #include "sparse_config.h"
 #include "sparse_select.h"
 
@@ -57,8 +57,8 @@ std::vector<int32_t> line_segments(const Model & model, const std::vector<int32_
 class SparseState {
 public:
     // config: as requested; resolved here against the model's GGUF keys.
-    // Starts the residual log when re-routing (the session must be empty).
-    SparseState(Session & session, const SparseConfig & config);
+    // Starts the residual log when re-routing (the context must be empty).
+    SparseState(Context & context, const SparseConfig & config);
 
     const SparseConfig & config() const { return config_; }
     const std::vector<SparseSpan> & spans() const { return spans_; }
@@ -83,11 +83,17 @@ public:
     // when a selection ran; nullopt when there was no new question (a
     // continuation: the routing stands).
     std::optional<SelectTimings> select(const KeptReplacer * replace_kept);
+    // Calibration: evaluates the query window with its queries captured and
+    // returns the selection at each (select layer, prune layer) of `zones`,
+    // compacting nothing. Needs spans that ran every layer (prune_layer = the
+    // layer count) and no selection yet; afterwards nothing is held back and
+    // the cache stays dense.
+    std::vector<SparseSelection> trial_selections(const std::vector<std::pair<int, int>> & zones);
     // An answer ended: with re-routing, the next question selects anew.
     void answered();
 
 private:
-    Session & session_;
+    Context & context_;
     SparseConfig config_;
     std::vector<SparseSpan> spans_;
     std::vector<int32_t> pending_;  // tokens after the last span: the query window

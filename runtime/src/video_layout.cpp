@@ -179,6 +179,14 @@ void VideoEncoder::add_qwen(const std::vector<VisionInput::Image> & frames, Visi
     }
 }
 
+std::vector<uint8_t> square_frame(const VisionInput::Image & frame, int tile) {
+    const auto [w, h] = longest_edge_size(int(frame.nx), int(frame.ny), tile);
+    std::vector<uint8_t> first = (w == int(frame.nx) && h == int(frame.ny))
+                                     ? std::vector<uint8_t>(frame.rgb, frame.rgb + size_t(w) * h * 3)
+                                     : resize_rgb_lanczos(frame.rgb, frame.nx, frame.ny, w, h);
+    return w == tile && h == tile ? first : resize_rgb_lanczos(first.data(), w, h, tile, tile);
+}
+
 void VideoEncoder::add_smolvlm(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress,
                                void * user_data) {
     VisionEncoder & enc = one_tile_ ? *one_tile_ : vision_;
@@ -193,10 +201,7 @@ void VideoEncoder::add_smolvlm(const std::vector<VisionInput::Image> & frames, V
             continue;
         }
         if (f.nx == 0 || f.ny == 0 || !f.rgb) fail(ErrorKind::InvalidArgument, format("frame %d is empty", n_frames_ + int(in.images.size())));
-        const auto [w, h] = longest_edge_size(int(f.nx), int(f.ny), tile);
-        std::vector<uint8_t> first = (w == int(f.nx) && h == int(f.ny)) ? std::vector<uint8_t>(f.rgb, f.rgb + size_t(w) * h * 3)
-                                                                        : resize_rgb_lanczos(f.rgb, f.nx, f.ny, w, h);
-        squared.push_back(w == tile && h == tile ? std::move(first) : resize_rgb_lanczos(first.data(), w, h, tile, tile));
+        squared.push_back(square_frame(f, tile));
         in.images.push_back({uint32_t(tile), uint32_t(tile), squared.back().data()});
     }
     in.progress = progress;

@@ -69,6 +69,10 @@ std::string number_words(long long n);
 std::string smolvlm_video_prompt(const std::vector<double> & times, double duration_s, const std::string & marker);
 // (width, height) of transformers' first resize: longest side `size`, the other scaled and made even.
 std::pair<int, int> longest_edge_size(int width, int height, int size);
+// A frame as transformers' SmolVLM video processor squares it: resized to
+// longest_edge_size(tile) and then stretched to tile x tile, each step with
+// Pillow's Lanczos filter and skipped when the size is already right.
+std::vector<uint8_t> square_frame(const VisionInput::Image & frame, int tile);
 
 // A video streamed through the vision tower a group of frames at a time (a
 // long video is never held as pixels), then laid out for its family.
@@ -87,6 +91,8 @@ public:
     ~VideoEncoder();
 
     VideoFamily family() const { return family_; }
+    int n_embd() const { return vision_.n_embd(); }
+    int32_t image_token() const { return vision_.image_token(); }
     // Encodes frames in order. Qwen-VL merges them in pairs of equal size, so
     // every call but the last must bring an even number. progress(done,
     // total) counts image chunks within the call.

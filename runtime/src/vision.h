@@ -1,7 +1,7 @@
-// Vision input through libmtmd's public API (DESIGN.md sections 2-3): images
+// Vision input through libmtmd's public API (docs/architecture.md#llamacpp-consumed-fork-free): images
 // and video frames become visual tokens (embedding rows plus their rope
 // positions) and the text libmtmd puts around them, in prompt order, for a
-// Session to append. libmtmd owns the vision tower, the preprocessing, the
+// Context to append. libmtmd owns the vision tower, the preprocessing, the
 // frame merging and the positions; the runtime owns the text decoder.
 //
 //     hts::Model model("qwen2.5-vl.gguf", {});
@@ -9,7 +9,7 @@
 //     hts::VisionInput in;
 //     in.prompt = std::string("Describe ") + vision.marker() + " please.";
 //     in.images = {{width, height, rgb}};
-//     hts::Session s(model, {});
+//     hts::Context s(model, {});
 //     for (const auto & c : vision.encode(in)) {
 //         if (c.is_text()) { s.eval(c.tokens, false); continue; }
 //         const hts::TokenPositions pos = c.image.positions_at(s.next_pos());
@@ -17,7 +17,7 @@
 //     }
 #pragma once
 
-#include "session.h"
+#include "context.h"
 
 #include <cstdint>
 #include <string>
@@ -42,7 +42,7 @@ struct VisionParams {
 struct VisualTokens {
     std::vector<float> embd;  // F32 [n_embd, n_tokens]: the rows to evaluate
     // Rope positions relative to the chunk's first position (0): 3 rows t/h/w
-    // (M-RoPE models) or 1 row 0..n_tokens-1. Add the session's next position
+    // (M-RoPE models) or 1 row 0..n_tokens-1. Add the context's next position
     // to every value (positions_at), as mtmd_helper_decode_image_chunk does.
     TokenPositions pos;
     int nx = 0, ny = 0;   // token grid (M-RoPE); n_tokens x 1 otherwise

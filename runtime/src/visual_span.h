@@ -1,11 +1,11 @@
-// Visual chunks as one sparse span of embedding rows (DESIGN.md section 4):
+// Visual chunks as one sparse span of embedding rows (docs/architecture.md#one-request-end-to-end):
 // everything from the first image chunk to the last, the text between them
 // included (<|vision_end|><|vision_start|>, frame headers), with one segment
 // per image that starts with the text before it, so a dropped frame drops its
 // delimiters with it. Kept tokens keep their positions.
 #pragma once
 
-#include "session.h"
+#include "context.h"
 #include "vision.h"
 
 #include <cstdint>

@@ -3,7 +3,7 @@
 llama-cpp-python 0.3.36 sdist), so a graph change that would make the
 scheduler fall back to the CPU on one of them is caught on any machine.
 
-    from backend_support import load_backends, check_node
+    from support.backend_support import load_backends, check_node
 
     backends = load_backends()           # {"Metal": Backend, "CUDA": ..., "Vulkan": ...}
     verdict = check_node(backends["Metal"], node)   # node: a dict of _native._recorded_ops()
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
-from upstream_converter import vendor_subset_dir
+from support.upstream_converter import vendor_subset_dir
 
 # backend -> (file of supports_op, supports_op, other files whose helpers it calls)
 SOURCES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (this file: tests/support/)
 TARGETS = ("test_runtime", "test_c_api", "video_question")
 
 

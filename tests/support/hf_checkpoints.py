@@ -21,7 +21,7 @@ from typing import Any, Dict, Mapping, Optional
 
 import pytest
 
-from htsparse_llama.packaged_models import cache_dir
+from htsparse_llama.fetch.packaged import cache_dir
 
 KINDS = ("qwen", "smollm")  # the tokenizers
 
@@ -46,7 +46,7 @@ def rebuilt_tokenizer(gguf_path: str) -> Path:
 
 @pytest.fixture(scope="session")
 def rebuilt_dirs(qwen_gguf, smollm_gguf) -> Dict[str, Path]:
-    """kind -> the rebuilt tokenizer directory (import this fixture to use it)."""
+    """kind -> the rebuilt tokenizer directory (a fixture of every test, through conftest.py)."""
     return {"qwen": rebuilt_tokenizer(qwen_gguf), "smollm": rebuilt_tokenizer(smollm_gguf)}
 
 

@@ -1,5 +1,6 @@
 """Shared pieces of the HT-Sparse exactness tests (test_pruned_zone.py,
-test_reroute.py): the one-thread tiny llama they run on, and the dense
+test_reroute.py): the one-thread tiny llama they run on (the module-scoped
+`tiny` fixture, given to every test module by conftest.py), and the dense
 reference they compare against."""
 
 import numpy as np

@@ -1,12 +1,13 @@
-"""Tiny synthetic checkpoints (DESIGN.md section 6): random-weight transformers
-models with tiny configs, converted to GGUF by htsparse_convert. The reference
-output of each is the transformers forward pass itself.
+"""Tiny synthetic checkpoints (docs/architecture.md#testing): random-weight
+transformers models with tiny configs, converted to GGUF by htsparse_convert.
+The reference output of each is the transformers forward pass itself.
 
 The vocabulary is the size of a real GGUF's tokenizer, copied into the tiny
 file, so llama.cpp loads it like any other model; only the embedding and
 output rows are that large, the decoder is 64 wide.
 
-The fixtures at the end are session-scoped; a test module imports them.
+The fixtures at the end are session-scoped; conftest.py makes them
+available to every test module.
 """
 
 from __future__ import annotations

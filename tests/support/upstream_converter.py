@@ -1,6 +1,6 @@
 """Upstream llama.cpp's own HF -> GGUF converter, for cross-checking ours.
 
-    from upstream_converter import converter_args, run_upstream_converter, upstream_converter  # (fixture)
+    from support.upstream_converter import converter_args, run_upstream_converter, upstream_converter  # (fixture)
 
     def test_same_as_upstream(upstream_converter, tmp_path):
         out = tmp_path / "up.gguf"
@@ -33,7 +33,7 @@ from typing import Callable, List, Sequence
 
 import pytest
 
-from htsparse_llama.packaged_models import cache_dir
+from htsparse_llama.fetch.packaged import cache_dir
 
 LLAMA_CPP_PYTHON = "llama-cpp-python==0.3.36"
 LOCAL_SOURCE = Path("/tmp/lcp_src")  # an already extracted sdist, where a machine has one

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 
 def require_matplotlib() -> None:

@@ -1,6 +1,6 @@
 """`bench` without --dense-only: llama.cpp dense, our dense path and our
 HT-Sparse path on the same long-context retrieval prompts (a log marked
-sparse with the question after it; tasks in bench_tasks.py), same GGUF and
+sparse with the question after it; tasks in tasks/text.py), same GGUF and
 threads, in one process run; plus a random-selection baseline that keeps as
 many tokens.
 
@@ -14,23 +14,25 @@ first routing kept or, with --reroute, selected anew.
 
 from __future__ import annotations
 
+import argparse
+import os
 import statistics
 import time
+from dataclasses import replace
+from datetime import date
 from typing import Dict, List, Tuple
 
 import numpy as np
 
-from .bench_tasks import TASKS, SparsePrompt, follow_up_tokens
+from ..model import Model
+from ..sparse_config import SparseConfig
+from ..tasks.text import TASKS, SparsePrompt, follow_up_tokens, lines_for_context
+from . import plot
+from .llama_cpp import LlamaCppEngine
+from .report import command_line, machine, write_json
 
 ANSWER_TOKENS = 8     # enough for a five-digit key
 DECODE_TOKENS = 32    # decode speed is timed over this many tokens after the answer starts
-
-
-def lines_for_context(model, task: str, context: int) -> int:
-    """Log lines whose span is about 90% of a `context`-token prompt (the
-    tasks' lines differ in length: measured on a 40-line prompt)."""
-    probe = TASKS[task](model, seed=0, n_lines=40)
-    return max(8, int(0.9 * context * 40 / len(probe.span)))
 
 
 class Trial:
@@ -140,8 +142,6 @@ class LlamaCppRunner:
     GGUF, threads, batch, flash attention and offload as ours)."""
 
     def __init__(self, path: str, n_ctx: int, threads: int, on_gpu: bool) -> None:
-        from .bench import LlamaCppEngine
-
         self.engine = LlamaCppEngine(path, n_ctx, threads, on_gpu)
 
     def run(self, model, prompt: SparsePrompt) -> Trial:
@@ -193,8 +193,6 @@ def _measure_context(model, ref, context: int, keep_ratios: List[float], base, t
                      task: str) -> List[Dict]:
     """Every engine on `trials` prompts of one length: the dense engines once
     per prompt, the sparse ones once per keep ratio. One result per ratio."""
-    from dataclasses import replace
-
     n_lines = lines_for_context(model, task, context)
     prompts = [TASKS[task](model, seed=1000 + i, n_lines=n_lines) for i in range(trials)]
     n_tokens = len(prompts[0].prefix + prompts[0].span + prompts[0].suffix)
@@ -221,16 +219,13 @@ def _measure_context(model, ref, context: int, keep_ratios: List[float], base, t
     return points
 
 
-def run(args, path: str) -> Dict[str, object]:
+def compare(args: argparse.Namespace, path: str) -> Dict[str, object]:
     """The comparison; prints one row per engine and returns the JSON body:
     the engines' rows for one context and keep ratio, or under "points" one
     entry per (context, keep ratio) when several are given."""
-    from .model import Model
-    from .sparse_config import SparseConfig
-
     n_ctx = max(args.context) + ANSWER_TOKENS + DECODE_TOKENS + 256
     model = Model(path, n_ctx=n_ctx, n_threads=args.threads, device=args.device)
-    base = SparseConfig(keep_ratio=args.keep_ratio[0], full_head_ratio=args.full_heads,
+    base = SparseConfig(keep_ratio=args.keep_ratio[0], full_head_ratio=args.full_head_ratio,
                         select_layer=args.select_layer, prune_layer=args.prune_layer, reroute=args.reroute)
     settings = base.resolve(model)  # checks every value before the long run
     for r in args.keep_ratio:
@@ -254,3 +249,17 @@ def run(args, path: str) -> Dict[str, object]:
 
 
 ENGINES = ("llama_cpp", "dense", "sparse", "random")
+
+
+def run(args: argparse.Namespace, path: str) -> int:
+    """`bench` without --dense-only: the comparison, its JSON and its plot."""
+    if args.plot:
+        plot.require_matplotlib()
+    result = compare(args, path)
+    result.update(date=date.today().isoformat(), command=command_line(args), model=os.path.basename(path),
+                  machine=machine(), threads=args.threads)
+    write_json(args.json, result)
+    if args.plot:
+        plot.plot_curve(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0

@@ -10,7 +10,7 @@ question and threads:
   mtmd_helper_eval_chunks does, with the encode timed apart), greedy
   llama_decode steps;
 - ours dense and ours HT-Sparse: the video as `chat --video` puts it in the
-  conversation (VideoTurn), the question after it.
+  conversation (video.VideoTurn), the question after it.
 
 Per engine: frames/s ingested (frames / (frame decode + vision encode)),
 vision encode time, prefill tokens/s (prompt tokens / time from the first
@@ -27,8 +27,8 @@ per-cell K/V size, F16), which is less than the n_ctx cells it allocates
 (`kv_alloc_bytes`); llama_state_seq_get_size is recorded too.
 
 Layouts differ only in text tokens: llama.cpp wraps every frame pair in
-<|vision_start|>/<|vision_end|>; ours follows VideoTurn's layout (see
-video_chat.py). The visual tokens are the same, the question follows the
+<|vision_start|>/<|vision_end|>; ours follows the runtime's layout of the
+model family (video/turn.py). The visual tokens are the same, the question follows the
 frames in both, and the prompt sizes of both are printed. The goals are
 stated at ~90% visual tokens: --visual-share 0.9 puts subtitle-like text
 before the question until the video is that share of the prompt.
@@ -41,20 +41,27 @@ HT-Sparse settings come from bench's --keep-ratio (one value), --full-heads,
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import platform
 import shlex
 import statistics
 import sys
 import time
 from datetime import date
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import llama_cpp_mtmd
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
+from ..fetch import resolve_model_path
+from ..fetch.demo_model import demo_model_paths
+from ..model import Model
+from ..sparse_config import SparseConfig
+from ..video import frames as vf
+from ..video.cache import EmbeddingCache
+from ..video.turn import VideoOptions, VideoTurn
+from ..vision import Vision
+from .llama_cpp import LlamaMtmd
+from .report import machine, write_json
 
 QUESTION = "What happens in this video?"
 GOAL_PREFILL = 2.5   # x llama.cpp dense prefill tokens/s
@@ -62,116 +69,6 @@ GOAL_KV = 2.5        # x less KV than llama.cpp dense
 GOAL_VISUAL_SHARE = 0.9
 ENGINES = ("llama_cpp", "dense", "sparse")
 LABELS = {"llama_cpp": "llama.cpp dense", "dense": "ours dense", "sparse": "ours sparse"}
-
-
-def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("video benchmark (--video; without -m the demo model runs)")
-    g.add_argument("--video", metavar="FILE", help="benchmark one question about this video (packaged:clip: the "
-                                                   "packaged clip) against llama.cpp + libmtmd")
-    g.add_argument("--mmproj", metavar="FILE", help="the vision tower GGUF made with -m")
-    g.add_argument("--question", default=QUESTION, help=f"the question asked (default: {QUESTION!r})")
-    g.add_argument("--max-visual-tokens", type=int, default=8192,
-                   help="budget of visual tokens; frame count and size are chosen to fit (default: 8192)")
-    g.add_argument("--fps", type=float, default=None, help="frames sampled per second (default: the model's)")
-    g.add_argument("--max-frames", type=int, default=None, help="most frames sampled")
-    g.add_argument("--start", type=float, default=None, help="start of the part sampled, in seconds")
-    g.add_argument("--end", type=float, default=None, help="end of the part sampled, in seconds")
-    g.add_argument("--visual-share", type=float, default=None, metavar="SHARE",
-                   help="add subtitle-like text before the question until the visual tokens are this share of "
-                        "the prompt (the goal is stated at 0.9; default: the video and the question only)")
-
-
-# -- llama.cpp: libllama + libmtmd -------------------------------------------------------------
-
-
-@ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-def _mtmd_log(level: int, text: bytes, _user_data) -> None:
-    if level == 4 and text:  # GGML_LOG_LEVEL_ERROR; the rest (per-chunk progress) is noise here
-        sys.stderr.write(text.decode("utf-8", errors="replace"))
-
-
-class LlamaMtmd:
-    """llama.cpp's dense multimodal path on one prompt with images."""
-
-    def __init__(self, text_path: str, mmproj_path: str, n_ctx: int, threads: int, on_gpu: bool) -> None:
-        import llama_cpp
-        import llama_cpp.mtmd_cpp as mtmd
-
-        from .bench import N_BATCH, LlamaCppEngine
-
-        self.lib, self.mtmd, self.n_batch = llama_cpp, mtmd, N_BATCH
-        # libmtmd is one library in the process: this quiets its per-chunk log for our Vision too
-        # (errors still reach stderr).
-        mtmd.mtmd_helper_log_set(_mtmd_log, None)
-        self.text = LlamaCppEngine(text_path, n_ctx, threads, on_gpu)
-        self.ctx = llama_cpp_mtmd.init_context(mmproj_path, self.text.llm.model, threads, use_gpu=on_gpu)
-        self.lctx = self.text.llm._ctx.ctx
-        self.n_embd = llama_cpp.llama_model_n_embd_inp(self.text.llm.model)
-        self.marker = mtmd.mtmd_default_marker().decode()
-        self.batch = llama_cpp.llama_batch_init(1, 0, 1)
-        self.chunks = None
-        self.embd: Dict[int, np.ndarray] = {}
-        self.n_past = 0
-
-    def encode(self, prompt: str, frames: Sequence[np.ndarray]) -> None:
-        """mtmd_tokenize (with the images' preprocessing) and mtmd_encode_chunk
-        of every image chunk; keeps the embeddings for prefill()."""
-        self._free_chunks()
-        self.chunks = llama_cpp_mtmd.tokenize(self.ctx, prompt, frames, add_special=True, mergeable=True)
-        self.embd = llama_cpp_mtmd.encode_image_chunks(self.ctx, self.chunks, self.n_embd)
-
-    def counts(self) -> Dict[str, int]:
-        mtmd = self.mtmd
-        n_visual = sum(mtmd.mtmd_input_chunk_get_n_tokens(mtmd.mtmd_input_chunks_get(self.chunks, i))
-                       for i in self.embd)
-        return {"prompt_tokens": int(mtmd.mtmd_helper_get_n_tokens(self.chunks)), "visual_tokens": int(n_visual)}
-
-    def prefill(self) -> np.ndarray:
-        """The encoded prompt into a cleared KV cache; the last logits."""
-        lib, mtmd = self.lib, self.mtmd
-        lib.llama_memory_clear(lib.llama_get_memory(self.lctx), True)
-        n = mtmd.mtmd_input_chunks_size(self.chunks)
-        n_past = 0
-        for i in range(n):
-            chunk = mtmd.mtmd_input_chunks_get(self.chunks, i)
-            new_n_past = lib.llama_pos(n_past)  # set from n_past: this build's text helper adds to it
-            if i in self.embd:
-                rc = mtmd.mtmd_helper_decode_image_chunk(
-                    self.ctx, self.lctx, chunk, self.embd[i].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n_past,
-                    0, self.n_batch, ctypes.byref(new_n_past), mtmd.mtmd_helper_post_decode_callback(), None)
-            else:
-                rc = mtmd.mtmd_helper_eval_chunk_single(self.ctx, self.lctx, chunk, n_past, 0, self.n_batch,
-                                                        i == n - 1, ctypes.byref(new_n_past))
-            if rc != 0:
-                raise RuntimeError(f"llama.cpp could not evaluate prompt chunk {i} ({rc})")
-            n_past = new_n_past.value
-        self.n_past = n_past  # the next position (M-RoPE: past the images' extent)
-        return self.text.logits()
-
-    def step(self, token: int) -> np.ndarray:
-        b = self.batch
-        b.n_tokens, b.token[0], b.pos[0], b.n_seq_id[0], b.logits[0] = 1, token, self.n_past, 1, 1
-        b.seq_id[0][0] = 0
-        if self.lib.llama_decode(self.lctx, b) != 0:
-            raise RuntimeError("llama_decode failed")
-        self.n_past += 1
-        return self.text.logits()
-
-    def kv(self, hp: Dict[str, int], n_cells: int) -> Dict[str, int]:
-        per_cell = 2 * hp["n_layer"] * hp["n_embd_head"] * hp["n_head_kv"] * 2  # F16 K and V
-        return {"kv_bytes": per_cell * n_cells, "kv_alloc_bytes": per_cell * int(self.text.llm.n_ctx()),
-                "kv_state_bytes": int(self.lib.llama_state_seq_get_size(self.lctx, 0))}
-
-    def _free_chunks(self) -> None:
-        if self.chunks is not None:
-            self.mtmd.mtmd_input_chunks_free(self.chunks)
-            self.chunks = None
-
-    def close(self) -> None:
-        self._free_chunks()
-        self.mtmd.mtmd_free(self.ctx)
-        self.lib.llama_batch_free(self.batch)
-        self.text.llm.close()
 
 
 # -- one measurement -----------------------------------------------------------------------------
@@ -229,11 +126,7 @@ def _run_ours(model, vision, turn, question: str, header: str, n_ctx: int, spars
 
 def _open(args: argparse.Namespace):
     """(text GGUF, mmproj, is the demo model)."""
-    from .cli import resolve_model_path
-
     if args.model is None:
-        from .default_model import demo_model_paths
-
         text, mmproj = demo_model_paths("benchmarking")
         print("(its speed and KV sizes are real)", file=sys.stderr)
         return text, mmproj, True
@@ -309,7 +202,7 @@ def _command_line(args: argparse.Namespace, video: str) -> str:
             f" --keep-ratio {args.keep_ratio[0]:g} --decode-tokens {args.decode_tokens} --reps {args.reps}")
     for flag, value in (("--fps", args.fps), ("--max-frames", args.max_frames), ("--start", args.start),
                         ("--visual-share", args.visual_share),
-                        ("--end", args.end), ("--full-heads", args.full_heads),
+                        ("--end", args.end), ("--full-heads", args.full_head_ratio),
                         ("--select-layer", args.select_layer), ("--prune-layer", args.prune_layer)):
         if value is not None:
             cmd += f" {flag} {value:g}"
@@ -334,13 +227,6 @@ class _Setup:
     decoded frames, the full question, the context size."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from . import video_frames as vf
-        from .embedding_cache import EmbeddingCache
-        from .model import Model
-        from .sparse_config import SparseConfig
-        from .video_chat import VideoOptions, VideoTurn
-        from .vision import ImageChunk, Vision
-
         if len(args.keep_ratio) != 1:
             raise InvalidArgumentError("--video measures one --keep-ratio at a time")
         if args.visual_share is not None and not 0 < args.visual_share <= 1:
@@ -349,7 +235,7 @@ class _Setup:
         vf.probe(self.path)  # a missing or broken video is one clear error before any model loads
         self.text_path, self.mmproj_path, self.demo = _open(args)
         self.model = model = Model(self.text_path, n_threads=args.threads, device=args.device)
-        self.sparse = SparseConfig(keep_ratio=args.keep_ratio[0], full_head_ratio=args.full_heads,
+        self.sparse = SparseConfig(keep_ratio=args.keep_ratio[0], full_head_ratio=args.full_head_ratio,
                                    select_layer=args.select_layer, prune_layer=args.prune_layer)
         self.settings = self.sparse.resolve(model)  # a bad value stops here, before the long run
         self.vision = Vision(model, self.mmproj_path, n_threads=args.threads)
@@ -365,7 +251,7 @@ class _Setup:
 
         self.before, self.after = model.chat_turn("user")
         self.header = model.assistant_header()
-        n_turn = sum(c.n_tokens if isinstance(c, ImageChunk) else len(c.tokens) for c in turn.chunks)
+        n_turn = turn.chunks.n_tokens
         n_rest = sum(len(model.tokenize(t)) for t in (self.before, args.question + self.after, self.header))
         n_text = n_turn - turn.n_visual_tokens + n_rest
         n_visual = turn.n_visual_tokens
@@ -405,8 +291,7 @@ def _measure(args: argparse.Namespace, setup: _Setup, ref: Optional[LlamaMtmd]) 
 
 
 def run(args: argparse.Namespace) -> int:
-    from .bench import _cpu_name, _write_json
-
+    """`bench --video`: the three engines on one video question; prints the table and the ratios."""
     setup = _Setup(args)
     model, turn, settings = setup.model, setup.turn, setup.settings
     baseline, note, ref = "llama_cpp", None, None
@@ -430,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     result = {
         "date": date.today().isoformat(),
         "command": _command_line(args, args.video),
-        "machine": {"platform": platform.platform(), "cpu": _cpu_name(), "cpu_count": os.cpu_count()},
+        "machine": machine(),
         "model": os.path.basename(setup.text_path), "mmproj": os.path.basename(setup.mmproj_path),
         "demo_model": setup.demo, "arch": model.arch, "device": model.device, "threads": args.threads,
         "reps": args.reps, "question": setup.question,
@@ -448,5 +333,5 @@ def run(args: argparse.Namespace) -> int:
     result["ratios"] = _ratios(rows, baseline, round(float(settings["keep_ratio"]), 6))
     if setup.demo:
         print("(demo model: random weights, so no answer is checked; speed and KV are real)")
-    _write_json(args.json, result)
+    write_json(args.json, result)
     return 0

@@ -8,20 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-PACKAGE = Path(__file__).absolute().parent
-LIBRARY_NAMES = ("libhtsparse.so", "libhtsparse.dylib", "htsparse.dll")
-
-
-def c_api_paths():
-    """(include folder, library folder) of the installed C API; None when this
-    copy of the package has none (a build without the install step)."""
-    include, lib = PACKAGE / "include", PACKAGE / "lib"
-    if not (include / "htsparse.h").is_file() or not any((lib / n).is_file() for n in LIBRARY_NAMES):
-        return None
-    return include, lib
-
+from ..c_api import PACKAGE, c_api_paths
 
 def register(sub) -> None:
     p = sub.add_parser("c-flags", help="print the flags that build a C app against the installed C API",

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..calibrate import calibrate
+from ..fetch import resolve_model_path
+
 
 def register(sub) -> None:
     p = sub.add_parser(
@@ -13,8 +16,7 @@ def register(sub) -> None:
         description="Run a GGUF through HT-Sparse on retrieval prompts (a long log marked sparse, a needle in it), "
                     "pick the earliest select layer whose selection keeps the needle, measure each KV head's "
                     "saliency, and write a copy of the GGUF with the htsparse.* keys the runtime reads as its "
-                    "defaults. Tensors are copied unchanged. Needs the gguf package: "
-                    "pip install 'htsparse-llama[convert]'.",
+                    "defaults. Tensors are copied unchanged.",
     )
     p.add_argument("-m", "--model", required=True, help="GGUF model file (any supported architecture)")
     p.add_argument("-o", "--output", required=True, help="the calibrated GGUF to write")
@@ -37,14 +39,6 @@ def run(args: argparse.Namespace) -> int:
     if args.video and not args.mmproj:
         print("error: --video goes with --mmproj", file=sys.stderr)
         return 1
-    try:
-        from htsparse_convert.calibrate import calibrate
-    except ImportError as exc:
-        print(f"error: calibration needs the gguf package ({exc.name} is missing): "
-              "pip install 'htsparse-llama[convert]'", file=sys.stderr)
-        return 1
-    from .cli import resolve_model_path
-
     def progress(i: int, n: int) -> None:
         print(f"\rcalibrating: prompt {i}/{n}", end="\n" if i == n else "", file=sys.stderr, flush=True)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from htsparse_convert import convert_checkpoint
+
 _TYPES = ("f32", "f16", "bf16", "q8_0", "Q4_K_M", "Q5_K_M", "Q6_K")
 
 
@@ -30,8 +32,6 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from htsparse_convert.convert_checkpoint import convert_checkpoint
-
         result = convert_checkpoint(args.model_dir, args.outdir, out_type=args.outtype, name=args.name,
                                     mmproj=False if args.no_mmproj else None, force=args.force,
                                     n_threads=args.threads, progress=sys.stderr.isatty(), verbose=args.verbose,

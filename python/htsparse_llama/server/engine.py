@@ -14,7 +14,6 @@ file's content, so the same data URL sent twice hits).
 
 from __future__ import annotations
 
-import argparse
 import threading
 import time
 import uuid
@@ -22,9 +21,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
-from .embedding_cache import EmbeddingCache
-from .errors import ContextOverflowError, HtsError, InvalidArgumentError
-from .server_request import ApiError, ChatRequest, Limits, Media
+from ..errors import ContextOverflowError, HtsError, InvalidArgumentError
+from ..sparse_config import SparseConfig, sparse_config_from
+from ..video.cache import EmbeddingCache
+from ..video.turn import VideoOptions, VideoTurn
+from .types import ApiError, ChatRequest, Limits, Media
 
 
 class RequestQueue:
@@ -61,8 +62,8 @@ class RequestQueue:
 class Defaults:
     """What a request gets for the fields it leaves out (the serve flags)."""
 
-    sampling: Dict[str, Any]  # Session.generate keywords
-    sparse: Dict[str, Any] = field(default_factory=dict)  # keep_ratio, keep_mass, full_head_ratio, ..., dense
+    sampling: Dict[str, Any]  # Session.generate keywords (Sampling's options)
+    sparse: Dict[str, Any] = field(default_factory=dict)  # SparseConfig's options and `dense`
     ctx: int = 4096  # context of a request's text; its visual tokens come on top
 
 
@@ -83,6 +84,9 @@ class Engine:
         self.created = int(time.time())
         # Tokens the session appends after an answer (the template's end of turn); not the answer's.
         self.turn_tail = len(model.tokenize(model.chat_turn("assistant")[1]))
+        default = sparse_config_from(defaults.sparse)
+        if default is not None:
+            default.resolve(model)  # the server's own HT-Sparse flags fit this model, or it does not start
 
     def model_card(self) -> Dict[str, Any]:
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "htsparse-llama"}
@@ -96,14 +100,11 @@ class Engine:
             yield self._start(req)
 
     # -- a request's session ---------------------------------------------------------------
-    def _sparse_config(self, overrides: Dict[str, Any]):
-        from .cli import sparse_config
-
-        s = dict(self.defaults.sparse, **overrides)
-        args = argparse.Namespace(dense=bool(s.get("dense")), keep_ratio=s.get("keep_ratio"),
-                                  full_heads=s.get("full_head_ratio"), select_layer=s.get("select_layer"),
-                                  prune_layer=s.get("prune_layer"), keep_mass=s.get("keep_mass"), reroute=False)
-        config = sparse_config(args)
+    def sparse_config(self, overrides: Dict[str, Any]) -> Optional[SparseConfig]:
+        """The HT-Sparse settings of a request: the server's, then the
+        request's fields; None for dense. ApiError (400) when the runtime
+        refuses them for this model."""
+        config = sparse_config_from(dict(self.defaults.sparse, **overrides))
         if config is not None:
             try:
                 config.resolve(self.model)  # layers out of range for this model, and the like
@@ -112,8 +113,6 @@ class Engine:
         return config
 
     def _load_turn(self, req: ChatRequest, media: List[Media]):
-        from .video_chat import VideoOptions, VideoTurn
-
         if self.vision is None:
             raise ApiError(400, "this server runs a text model without a vision tower, so it takes no images or "
                                 "videos (start it with --mmproj)", code="media_not_supported")
@@ -132,7 +131,7 @@ class Engine:
         return turn
 
     def _start(self, req: ChatRequest) -> "Generation":
-        sparse = self._sparse_config(req.sparse)
+        sparse = self.sparse_config(req.sparse)
         visual = req.visual_index
         turn = self._load_turn(req, req.messages[visual].media) if visual is not None else None
         if turn is None:

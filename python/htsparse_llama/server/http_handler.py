@@ -24,8 +24,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Dict, Optional, Sequence, Tuple
 from urllib.parse import unquote, urlsplit
 
-from .server_engine import Engine, Generation, describe_error
-from .server_request import ApiError, parse_chat_request
+from .engine import Engine, Generation, describe_error
+from .request import parse_chat_request
+from .types import ApiError
 
 # An oversized body up to this many times the limit is read and dropped, so that
 # the client (which is still sending) reads the 413 instead of a reset connection.

@@ -21,7 +21,7 @@ import os
 import re
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
-from .server_request import ApiError, Limits, Media
+from .types import ApiError, Limits, Media
 
 _DATA_URL = re.compile(r"data:(?P<mime>[^;,]*)(?P<params>(?:;[^;,]*)*),(?P<data>.*)\Z", re.S | re.I)
 _SCHEME = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*):")

@@ -10,80 +10,38 @@ an OpenAI-style body) before the model is touched.
     finally:
         req.close()              # removes the files data URLs were decoded to
 
-Fields beyond OpenAI's (the openai client's extra_body) are listed in
-EXTRA_FIELDS; an unknown field is refused rather than ignored, so a
-misspelt `keep_ratio` does not silently run with the default.
+The sampling, HT-Sparse and video fields are the options of Sampling,
+SparseConfig (with `dense`) and VideoOptions, made from their one
+declaration (options.py), under OpenAI's names where OpenAI has one; the
+others are the openai client's extra_body. An unknown field is refused
+rather than ignored, so a misspelt `keep_ratio` does not silently run with
+the default.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..options import OptionError, from_request, request_fields
+from ..sampling import Sampling
+from ..sparse_config import SPARSE_SWITCHES, SparseConfig
+from ..video.turn import VideoOptions
+from .media import resolve_media
+from .types import ApiError, ChatRequest, Limits, Media, Message
+
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-MAX_STOP = 16
 
-
-class ApiError(Exception):
-    """A request the server refuses: HTTP status + OpenAI's error object."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 code: Optional[str] = None, param: Optional[str] = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
-
-    def body(self) -> Dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-@dataclass
-class Limits:
-    """What one request may ask for (the serve command's flags)."""
-
-    max_body_bytes: int = 64 << 20
-    max_media_bytes: int = 48 << 20
-    max_visual_tokens: int = 8192
-    max_images: int = 32
-    media_dirs: Sequence[str] = ()
-
-
-@dataclass
-class Media:
-    kind: str   # "image" | "video"
-    path: str   # a readable file (a data URL is decoded to a temporary one)
-    label: str  # how errors name it: the path, or "the video data URL"
-
-
-@dataclass
-class Message:
-    role: str   # system | user | assistant
-    text: str
-    media: List[Media] = field(default_factory=list)
-
-
-@dataclass
-class ChatRequest:
-    model: str
-    messages: List[Message]
-    stream: bool = False
-    include_usage: bool = False
-    sampling: Dict[str, Any] = field(default_factory=dict)  # Session.generate keywords given by the request
-    sparse: Dict[str, Any] = field(default_factory=dict)    # HT-Sparse overrides given by the request
-    video: Dict[str, Any] = field(default_factory=dict)     # VideoOptions fields given by the request
-    workdir: Optional[str] = None  # temporary folder of decoded data URLs
-
-    @property
-    def visual_index(self) -> Optional[int]:
-        """The message that carries the images or the video, if any."""
-        return next((i for i, m in enumerate(self.messages) if m.media), None)
-
-    def close(self) -> None:
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+# OpenAI's own fields: the ones this server implements come from the options below, the
+# others are accepted at their no-op values only (_unsupported).
+OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
+                 "temperature", "top_p", "stop", "seed", "n", "frequency_penalty", "presence_penalty",
+                 "logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call",
+                 "response_format", "logit_bias", "user", "metadata", "store", "service_tier"}
+OPTION_FIELDS = (request_fields(Sampling) + request_fields(SparseConfig) + request_fields(SPARSE_SWITCHES)
+                 + request_fields(VideoOptions))
+EXTRA_FIELDS = [f for f in OPTION_FIELDS if f not in OPENAI_FIELDS]
 
 
 # -- field checks --------------------------------------------------------------------------------
@@ -93,21 +51,12 @@ def _bad(param: str, message: str) -> ApiError:
     return ApiError(400, message, code="invalid_value", param=param)
 
 
-def _number(body: dict, name: str, lo: float, hi: float = math.inf, lo_open: bool = False,
-            integer: bool = False) -> Optional[float]:
-    """body[name] when present and not null, checked against [lo, hi] ((lo, hi] when lo_open)."""
-    value = body.get(name)
-    if value is None:
-        return None
-    kind = "an integer" if integer else "a number"
-    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)) \
-            or (isinstance(value, float) and not math.isfinite(value)):
-        raise _bad(name, f"'{name}' must be {kind}, got {json.dumps(value)}")
-    if value < lo or (lo_open and value == lo) or value > hi:
-        span = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if hi != math.inf else \
-            (f"> {lo:g}" if lo_open else f">= {lo:g}")
-        raise _bad(name, f"'{name}' must be {kind} {'in ' if hi != math.inf else ''}{span}, got {value}")
-    return value
+def _options(source: Any, body: dict) -> Dict[str, Any]:
+    """The fields of `source`'s options the body sets, checked (a 400 naming the field)."""
+    try:
+        return from_request(source, body)
+    except OptionError as exc:
+        raise _bad(exc.name, str(exc)) from None
 
 
 def _bool(body: dict, name: str) -> Optional[bool]:
@@ -124,49 +73,15 @@ def _neutral(body: dict, name: str, neutral: Sequence[Any], why: str) -> None:
                        param=name)
 
 
-# Extra (non-OpenAI) fields: name -> (check arguments for _number, or "bool"), grouped by where they go.
-SAMPLING_EXTRAS = {"top_k": dict(lo=0, integer=True), "min_p": dict(lo=0, hi=1),
-                   "repeat_penalty": dict(lo=0, lo_open=True)}
-SPARSE_EXTRAS = {"keep_ratio": dict(lo=0, hi=1, lo_open=True), "keep_mass": dict(lo=0, hi=1, lo_open=True),
-                 "full_head_ratio": dict(lo=0, hi=1), "select_layer": dict(lo=0, integer=True),
-                 "prune_layer": dict(lo=0, integer=True), "dense": "bool"}
-VIDEO_EXTRAS = {"fps": dict(lo=0, lo_open=True), "max_frames": dict(lo=1, integer=True), "start": dict(lo=0),
-                "end": dict(lo=0, lo_open=True), "max_visual_tokens": dict(lo=1, integer=True)}
-EXTRA_FIELDS = {**SAMPLING_EXTRAS, **SPARSE_EXTRAS, **VIDEO_EXTRAS}
-STANDARD_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-                   "temperature", "top_p", "stop", "seed", "n", "frequency_penalty", "presence_penalty",
-                   "logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call",
-                   "response_format", "logit_bias", "user", "metadata", "store", "service_tier"}
-
-
-def _extras(body: dict, spec: dict) -> Dict[str, Any]:
-    out = {}
-    for name, check in spec.items():
-        value = _bool(body, name) if check == "bool" else _number(body, name, **check)
-        if value is not None:
-            out[name] = value
-    return out
-
-
 def _sampling(body: dict) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
-    given = [n for n in ("max_completion_tokens", "max_tokens") if body.get(n) is not None]
-    for name in given[:1]:  # the newer name wins when a client sends both
-        out["max_tokens"] = int(_number(body, name, 1, integer=True))
-    for name, key, check in (("temperature", "temperature", dict(lo=0, hi=2)),
-                             ("top_p", "top_p", dict(lo=0, hi=1, lo_open=True)),
-                             ("seed", "seed", dict(lo=-math.inf, integer=True))):
-        value = _number(body, name, **check)
-        if value is not None:
-            out[key] = value
-    stop = body.get("stop")
-    if stop is not None:
-        stops = [stop] if isinstance(stop, str) else stop
-        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops) or len(stops) > MAX_STOP:
-            raise _bad("stop", f"'stop' must be a string or a list of at most {MAX_STOP} strings")
-        out["stop"] = [s for s in stops if s]
-    out.update(_extras(body, SAMPLING_EXTRAS))
+    out = _options(Sampling, body)
+    if "stop" in out:
+        out["stop"] = [s for s in out["stop"] if s]
     return out
+
+
+def _sparse(body: dict) -> Dict[str, Any]:
+    return {**_options(SparseConfig, body), **_options(SPARSE_SWITCHES, body)}
 
 
 def _unsupported(body: dict) -> None:
@@ -197,8 +112,6 @@ def _content(i: int, message: dict, role: str, limits: Limits, workdir: "_Workdi
         return Message(role, content)
     if not isinstance(content, list) or not content:
         raise _bad(where, f"'{where}' must be a string or a non-empty list of content parts")
-    from .server_media import resolve_media
-
     texts: List[str] = []
     media: List[Media] = []
     for j, part in enumerate(content):
@@ -288,7 +201,7 @@ def parse_chat_request(body: bytes, limits: Limits, model_ids: Sequence[str]) ->
     """The checked request; raises ApiError. Data URLs are decoded to files
     here, before the request waits for the model: call close() after."""
     obj = parse_json(body)
-    unknown = sorted(set(obj) - STANDARD_FIELDS - set(EXTRA_FIELDS))
+    unknown = sorted(set(obj) - OPENAI_FIELDS - set(EXTRA_FIELDS))
     if unknown:
         raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; extra fields this server takes: "
                             f"{', '.join(EXTRA_FIELDS)}", code="unknown_parameter", param=unknown[0])
@@ -304,8 +217,8 @@ def parse_chat_request(body: bytes, limits: Limits, model_ids: Sequence[str]) ->
     if options is not None and not isinstance(options, dict):
         raise _bad("stream_options", "'stream_options' must be an object")
     include_usage = bool(options and _bool(options, "include_usage"))
-    sampling, sparse, video = _sampling(obj), _extras(obj, SPARSE_EXTRAS), _extras(obj, VIDEO_EXTRAS)
-    if video.get("max_visual_tokens", 0) > limits.max_visual_tokens:
+    sampling, sparse, video = _sampling(obj), _sparse(obj), _options(VideoOptions, obj)
+    if video.get("max_visual_tokens", 0) > limits.max_visual_tokens:  # the server's bound, not the option's
         raise _bad("max_visual_tokens", f"'max_visual_tokens' may be at most {limits.max_visual_tokens} on this "
                                         f"server, got {video['max_visual_tokens']}")
     workdir = _Workdir()

@@ -1,6 +1,7 @@
 """Retrieval tasks over a long sparse span, for the HT-Sparse fidelity
 benchmark and tests: a haystack of log lines marked sparse, a needle in it,
-and a question after it (DESIGN.md section 6).
+and a question after it (docs/architecture.md#testing). Used by the
+benchmark (bench/sparse.py) and by calibration (calibrate/text.py).
 
 - passkey: one pass key in the log.
 - multikey: four services' keys on look-alike lines; the question names one
@@ -17,7 +18,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from ._native_loader import native
+from .._native_loader import native
 
 _EVENTS = ("disk check ok", "cache warmed", "user login", "backup done", "queue drained", "cron tick",
            "config reloaded", "heartbeat")
@@ -164,3 +165,10 @@ def follow_up_tokens(model, question: str) -> List[int]:
 
 
 TASKS = {"passkey": passkey, "multikey": multikey, "timestamp": timestamp, "order": order}
+
+
+def lines_for_context(model, task: str, context: int) -> int:
+    """Log lines whose span is about 90% of a `context`-token prompt (the
+    tasks' lines differ in length: measured on a 40-line prompt)."""
+    probe = TASKS[task](model, seed=0, n_lines=40)
+    return max(8, int(0.9 * context * 40 / len(probe.span)))

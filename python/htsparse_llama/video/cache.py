@@ -11,8 +11,12 @@ decode and encode the video again.
 
 The key covers the video's *content* (sha256, so a renamed copy hits and an
 edited file misses), the sampling settings and the mmproj that encoded it.
-An item is a dict of numpy arrays (for an image chunk: its embedding rows,
-positions, frame times); what the arrays mean is the caller's business.
+On disk an entry is a list of items, each a dict of numpy arrays (for an
+image chunk: its embedding rows, positions, layout); what the arrays mean is
+the caller's business. In memory it is the value put, as put: a list of
+items, or an object with to_arrays() and nbytes (the runtime's Chunks), so
+the embeddings are not held twice; get(key, from_arrays) turns a disk hit
+into that object again.
 Disk entries are written to a temporary name and renamed, so a crash never
 leaves a half-written entry, and a damaged entry reads as a miss.
 """
@@ -25,7 +29,7 @@ import os
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
@@ -43,7 +47,7 @@ class EmbeddingCache:
     def __init__(self, cache_dir: Optional[PathLike] = None, max_memory_bytes: int = 2 << 30) -> None:
         self.dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.max_memory_bytes = int(max_memory_bytes)
-        self._memory: "OrderedDict[str, List[Item]]" = OrderedDict()
+        self._memory: "OrderedDict[str, Any]" = OrderedDict()
         self._memory_bytes = 0
         self._file_hashes: Dict[Tuple[str, int, int], str] = {}
         self.hits = self.misses = 0
@@ -70,36 +74,43 @@ class EmbeddingCache:
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     # -- get / put -----------------------------------------------------------------------------
-    def get(self, key: str) -> Optional[List[Item]]:
-        items = self._memory.get(key)
-        if items is not None:
+    def get(self, key: str, from_arrays: Optional[Callable[[List[Item]], Any]] = None) -> Any:
+        """The value put under `key`, or None on a miss. A disk hit is the
+        items, or from_arrays(items) when given (and then kept in memory so)."""
+        value = self._memory.get(key)
+        if value is not None:
             self._memory.move_to_end(key)
         elif self.dir is not None:
-            items = self._read(self._path(key))
-            if items is not None:
-                self._remember(key, items)
-        if items is None:
+            value = self._read(self._path(key))
+            if value is not None:
+                value = from_arrays(value) if from_arrays is not None else value
+                self._remember(key, value)
+        if value is None:
             self.misses += 1
         else:
             self.hits += 1
-        return items
+        return value
 
-    def put(self, key: str, items: List[Item]) -> None:
-        items = [{name: np.asarray(a) for name, a in item.items()} for item in items]
-        self._remember(key, items)
+    def put(self, key: str, value: Any) -> None:
+        """A list of items, or an object with to_arrays() and nbytes."""
+        if not hasattr(value, "to_arrays"):
+            value = [{name: np.asarray(a) for name, a in item.items()} for item in value]
+        self._remember(key, value)
         if self.dir is not None:
-            self._write(self._path(key), items)
+            self._write(self._path(key), value.to_arrays() if hasattr(value, "to_arrays") else value)
 
     # -- memory --------------------------------------------------------------------------------
     @staticmethod
-    def _nbytes(items: List[Item]) -> int:
-        return sum(a.nbytes for item in items for a in item.values())
+    def _nbytes(value: Any) -> int:
+        if hasattr(value, "nbytes"):
+            return int(value.nbytes)
+        return sum(a.nbytes for item in value for a in item.values())
 
-    def _remember(self, key: str, items: List[Item]) -> None:
+    def _remember(self, key: str, value: Any) -> None:
         if key in self._memory:
             self._memory_bytes -= self._nbytes(self._memory.pop(key))
-        self._memory[key] = items
-        self._memory_bytes += self._nbytes(items)
+        self._memory[key] = value
+        self._memory_bytes += self._nbytes(value)
         while self._memory_bytes > self.max_memory_bytes and len(self._memory) > 1:
             _, old = self._memory.popitem(last=False)
             self._memory_bytes -= self._nbytes(old)

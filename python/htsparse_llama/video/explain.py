@@ -9,7 +9,7 @@ layer:head.
     write_explanation("out.png", pictures, turn.chunks, session.selection, "What happens?")
 
 Mapping tokens to places: the sparse span runs from the first image chunk to
-the last one, text between them included (vision.Vision.add_chunks), so span
+the last one, text between them included (Session.add_chunks), so span
 rows are found by walking the chunks, whatever text lies between frames.
 A chunk covers `n_images` pictures (2: a Qwen-VL frame pair, which gets one
 map drawn on both frames). On M-RoPE models (Qwen-VL) token i sits at row
@@ -36,9 +36,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import video_frames as vf
-from .errors import InvalidArgumentError
-from .vision import Chunk, ImageChunk
+from ..errors import InvalidArgumentError
+from ..vision import Chunks
+from . import frames as vf
 
 MARGIN = 8
 MIN_WIDTH = 480          # room for the text block under a small grid
@@ -52,27 +52,27 @@ METADATA_KEY = "htsparse-explain"
 # -- which span rows are which tokens ------------------------------------------------------
 
 
-def span_rows(chunks: Sequence[Chunk]) -> Tuple[np.ndarray, np.ndarray]:
+def span_rows(chunks: Chunks) -> Tuple[np.ndarray, np.ndarray]:
     """For each row of the sparse span: the index in `chunks` of the chunk it
     comes from and its token index in that chunk (text rows included)."""
-    images = [i for i, c in enumerate(chunks) if isinstance(c, ImageChunk)]
+    images = [i for i, c in enumerate(chunks) if c.is_image]
     if not images:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     span = range(images[0], images[-1] + 1)
-    sizes = [chunks[i].n_tokens if isinstance(chunks[i], ImageChunk) else len(chunks[i].tokens) for i in span]
+    sizes = [chunks[i].n_tokens for i in span]
     owner = np.repeat(np.array(span, dtype=np.int64), sizes)
     index = np.concatenate([np.arange(n, dtype=np.int64) for n in sizes])
     return owner, index
 
 
-def kept_masks(chunks: Sequence[Chunk], kept_in_span: Sequence[int]) -> Tuple[Dict[int, np.ndarray], int, int]:
+def kept_masks(chunks: Chunks, kept_in_span: Sequence[int]) -> Tuple[Dict[int, np.ndarray], int, int]:
     """Per image chunk (by index), which of its tokens were kept; and the
     kept and total text rows of the span (delimiters, timestamps)."""
     owner, index = span_rows(chunks)
     kept = np.asarray(kept_in_span, dtype=np.int64)
     kept = kept[(kept >= 0) & (kept < len(owner))]  # rows of other spans are not this turn's
-    is_image = np.array([isinstance(c, ImageChunk) for c in chunks], dtype=bool)[owner]
-    masks = {i: np.zeros(c.n_tokens, bool) for i, c in enumerate(chunks) if isinstance(c, ImageChunk)}
+    is_image = np.array([c.is_image for c in chunks], dtype=bool)[owner]
+    masks = {i: np.zeros(c.n_tokens, bool) for i, c in enumerate(chunks) if c.is_image}
     for i, mask in masks.items():
         mask[index[kept[owner[kept] == i]]] = True
     return masks, int((~is_image[kept]).sum()), int((~is_image).sum())
@@ -87,7 +87,7 @@ class Heat:
     total: int
 
 
-def _cells(c: ImageChunk) -> Optional[Tuple[np.ndarray, np.ndarray, int, int]]:
+def _cells(c) -> Optional[Tuple[np.ndarray, np.ndarray, int, int]]:
     """Row and column of each token, and the grid shape; None without a grid."""
     i = np.arange(c.n_tokens)
     if c.ny > 1 and c.nx * c.ny == c.n_tokens:
@@ -98,12 +98,12 @@ def _cells(c: ImageChunk) -> Optional[Tuple[np.ndarray, np.ndarray, int, int]]:
     return None
 
 
-def picture_heats(chunks: Sequence[Chunk], masks: Dict[int, np.ndarray], n_pictures: int) -> List[Heat]:
+def picture_heats(chunks: Chunks, masks: Dict[int, np.ndarray], n_pictures: int) -> List[Heat]:
     """One Heat per input picture (frame or image)."""
     heats = []
     for p in range(n_pictures):
         own = [i for i, c in enumerate(chunks)
-               if isinstance(c, ImageChunk) and c.first_image <= p < c.first_image + c.n_images]
+               if c.is_image and c.first_image <= p < c.first_image + c.n_images]
         kept = sum(int(masks[i].sum()) for i in own)
         total = sum(chunks[i].n_tokens for i in own)
         cells = _cells(chunks[own[0]]) if len(own) == 1 else None
@@ -299,7 +299,7 @@ def _save(img, path: Path, facts: Dict[str, object]) -> None:
             tmp.unlink()
 
 
-def write_explanation(path: str, pictures: Pictures, chunks: Sequence[Chunk], selection: Dict[str, object],
+def write_explanation(path: str, pictures: Pictures, chunks: Chunks, selection: Dict[str, object],
                       question: str, selected_by: Optional[str] = None) -> Dict[str, object]:
     """Draws the last selection over the pictures and writes the PNG; returns
     the facts it shows (also stored in the PNG). selected_by: the question
@@ -312,10 +312,36 @@ def write_explanation(path: str, pictures: Pictures, chunks: Sequence[Chunk], se
         "visual_kept": int(sum(m.sum() for m in masks.values())),
         "visual_total": int(sum(len(m) for m in masks.values())),
         "text_kept": text_kept, "text_total": text_total,
-        "pairs": any(isinstance(c, ImageChunk) and c.n_images > 1 for c in chunks),
+        "pairs": any(c.is_image and c.n_images > 1 for c in chunks),
         "full_heads": full_heads(selection["full_kv"]),
         "n_kv_heads": sum(len(layer) for layer in selection["full_kv"]),
         "pictures": [{"label": lab, "kept": h.kept, "total": h.total} for lab, h in zip(pictures.labels, heats)]}
     img, facts["lines"] = render(pictures, heats, summary_lines(facts))
     _save(img, check_output(path), facts)
     return facts
+
+
+class Explainer:
+    """--explain: the picture of the last answer, rewritten after each one.
+    Frames are decoded again once, on the first answer (the turn may come
+    from the embedding cache, without pixels)."""
+
+    def __init__(self, path: str, turn, video: Optional[str] = None, images: Sequence[str] = ()) -> None:
+        self.path, self.turn, self.video, self.images = path, turn, video, list(images)
+        self.pictures: Optional[Pictures] = None
+        self.selected_by: Optional[str] = None  # the question whose selection stands
+
+    def answered(self, selection: Optional[Dict[str, object]], question: str, selected: bool) -> Optional[str]:
+        """Writes the picture for `question`'s answer; selected: this question
+        picked the tokens (the first one, or any with --reroute). Returns what
+        to tell the user."""
+        if selected:
+            self.selected_by = question
+        if selection is None:
+            return "explain: no HT-Sparse selection to draw"
+        if self.pictures is None:
+            plan = self.turn.plan
+            self.pictures = (video_pictures(self.video, self.turn.times, (plan.width, plan.height))
+                             if self.video else image_pictures(self.images))
+        write_explanation(self.path, self.pictures, self.turn.chunks, selection, question, self.selected_by)
+        return f"explain: wrote {self.path}"

@@ -1,84 +1,31 @@
-"""Video frame ingestion: probe a file, choose the times and the frame size
-that fit a visual-token budget, and stream RGB frames to the vision encoder.
+"""Video files as frames: probe a file, stream the RGB frames shown at
+chosen times to the vision encoder, read still images (plan.py chooses the
+times and the size).
 
-    >>> from htsparse_llama.video_frames import probe, plan_video, iter_frames
+    >>> from htsparse_llama.video.frames import probe, iter_frames
     >>> info = probe("clip.mp4")
-    >>> times, plan = plan_video(info, max_visual_tokens=4096)   # Qwen-VL grid
-    >>> print(plan.describe())
-    21 frames at 728x364 (338 tokens per frame pair, 11 pairs) = 3718 visual tokens (budget 4096)
-    >>> for f in iter_frames("clip.mp4", times, size=(plan.width, plan.height)):
+    >>> for f in iter_frames("clip.mp4", [0.0, 0.5, 1.0], size=(448, 224)):
     ...     encode(f.rgb)   # [H, W, 3] uint8, f.time_s = time of the decoded frame
 
-Rules, and why:
-
-- Sampling (`sample_times`): frame k is taken at start + k/fps for every such
-  time in [start, end); when that is more than `max_frames`, exactly
-  `max_frames` times start + k*(end-start)/max_frames are taken instead. The
-  default rate is 2 fps (`DEFAULT_FPS`): Qwen2-VL / Qwen2.5-VL were trained
-  at 2 fps (qwen-vl-utils' FPS), so one merged frame pair covers one second.
-  SmolVLM2 samples at 1 fps (`default_fps("smolvlm")`). For long videos the
-  budget, not the rate, decides how many frames are kept.
-- Which frame (`iter_frames`): for a requested time t the frame shown at t,
-  i.e. the last decoded frame whose timestamp is <= t (the first frame when t
-  precedes it). Times are relative to the video stream's start.
-- Budget (`plan_budget`): all requested frames are kept and the resolution is
-  lowered until they fit (shorter side down to `min_side`); only then are
-  frames dropped (spread evenly again). Qwen-VL sizes are multiples of 28 px
-  inside libmtmd's 8..4096 tokens per image, so libmtmd's dynamic resize
-  (`mtmd_image_preprocessor_dyn_size`, the smart-resize of transformers)
-  leaves them unchanged: the planned token count is the one libmtmd produces.
-  A Qwen-VL frame pair costs (W/28)*(H/28) tokens (temporal merge of 2); an
-  odd last frame is encoded alone, which equals Qwen's processor repeating it.
-- Timestamps (`frame_header`, `timestamp_text`): SmolVLM2 gets "\nFrame from
-  00:12:" before each frame, as its processor writes. Qwen2-VL / Qwen2.5-VL
-  get no text: their video is one block whose time lives in the M-RoPE
-  temporal ids (video_qwen); the "<12.5 seconds>" format is Qwen3-VL's.
+Which frame (`iter_frames`): for a requested time t the frame shown at t,
+i.e. the last decoded frame whose timestamp is <= t (the first frame when t
+precedes it). Times are relative to the video stream's start. Decoding goes
+forward and seeks to a keyframe only to skip far ahead, holding at most two
+decoded frames, so a long video is never in memory.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import VideoError
-
-__all__ = [
-    "DEFAULT_FPS",
-    "VideoInfo",
-    "VisionGrid",
-    "QWEN2_VL",
-    "QWEN2_5_VL",
-    "SMOLVLM2_VIDEO",
-    "smolvlm_mtmd_grid",
-    "FramePlan",
-    "Frame",
-    "DecodeStats",
-    "probe",
-    "sample_times",
-    "plan_budget",
-    "plan_video",
-    "iter_frames",
-    "read_image",
-    "frame_units",
-    "unit_times",
-    "mtmd_dyn_size",
-    "default_fps",
-    "in_groups",
-    "longest_edge_size",
-    "model_family",
-    "timestamp_text",
-    "frame_header",
-    "sample_clip_path",
-]
-
-DEFAULT_FPS = 2.0
-_FAMILY_FPS = {"qwen": 2.0, "smolvlm": 1.0, "mtmd": 2.0, "none": 2.0}
+from ..errors import VideoError
 
 # ffmpeg's "tty" demuxer renders .txt/.nfo/.asc files as ANSI-art video.
 _NOT_VIDEO_FORMATS = frozenset({"tty"})
@@ -238,10 +185,11 @@ def probe(path) -> VideoInfo:
     return VideoInfo(duration_s=float(duration), **info)
 
 
-# ---------------------------------------------------------------- sampling
+# ---------------------------------------------------------------- argument checks
 
 
-def _number(name: str, value) -> float:
+def check_number(name: str, value) -> float:
+    """`value` as a finite float, or VideoError naming `name`."""
     if isinstance(value, bool) or not isinstance(
             value, (int, float, Fraction, np.integer, np.floating)):
         raise VideoError(f"{name} must be a number, got {value!r}")
@@ -251,402 +199,13 @@ def _number(name: str, value) -> float:
     return v
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """`value` as an int >= minimum, or VideoError naming `name`."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise VideoError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise VideoError(f"{name} must be an integer >= {minimum}, got {value}")
     return int(value)
-
-
-def default_fps(family: str = "qwen2vl") -> float:
-    """The sampling rate a model family was trained with (see module doc)."""
-    return _FAMILY_FPS[model_family(family)]
-
-
-def sample_times(info: VideoInfo, fps: Optional[float] = None,
-                 max_frames: Optional[int] = None,
-                 start: Optional[float] = None,
-                 end: Optional[float] = None) -> list:
-    """Times (s, from the video start) of the frames to take.
-
-    Every 1/fps from `start` while < `end` (default: the whole video, `end`
-    past the duration is clamped to it); if that is more than `max_frames`,
-    `max_frames` times spread evenly over [start, end) instead."""
-    fps = DEFAULT_FPS if fps is None else _number("fps", fps)
-    if fps <= 0:
-        raise VideoError(f"fps must be > 0 frames per second, got {fps:g}")
-    if max_frames is not None:
-        max_frames = _positive_int("max_frames", max_frames)
-    duration = info.duration_s
-    s = 0.0 if start is None else _number("start", start)
-    if s < 0:
-        raise VideoError(f"start must be >= 0 s, got {s:g} s")
-    if s >= duration:
-        raise VideoError(
-            f"start {s:g} s is at or beyond the end of the video "
-            f"({duration:.3f} s long)")
-    e = duration if end is None else _number("end", end)
-    if e <= s:
-        raise VideoError(f"end ({e:g} s) must be after start ({s:g} s)")
-    e = min(e, duration)
-    span = e - s
-    n = max(1, math.ceil(span * fps - 1e-9))
-    step = 1.0 / fps
-    if max_frames is not None and n > max_frames:
-        n, step = max_frames, span / max_frames
-    return [round(s + k * step, 6) for k in range(n)]
-
-
-# ------------------------------------------------------------------ budget
-
-
-def longest_edge_size(width: int, height: int, side: int) -> Tuple[int, int]:
-    """(width, height) scaled so the longest side is `side`, the other made
-    even: the idefics3 resize of libmtmd and of transformers' SmolVLM
-    processors (get_resize_output_image_size), integer for integer; the
-    runtime's own (video_layout.h), which squares the frames the C API gets."""
-    from ._native_loader import native
-
-    return tuple(native.longest_edge_size(int(width), int(height), int(side)))
-
-
-@dataclass(frozen=True)
-class VisionGrid:
-    """How a vision encoder turns a frame into tokens.
-
-    kind "patches" (Qwen-VL): one token per `patch` x `patch` px (14 px ViT
-    patches merged 2x2 = 28), sizes are multiples of `patch`, `temporal`
-    consecutive frames share one set of tokens, and libmtmd keeps an image
-    between `min_tokens` and `max_tokens` (clip.cpp: set_limit_image_tokens(8,
-    4096) for qwen2vl/qwen2.5vl).
-
-    kind "tiles" (SmolVLM2 / Idefics3): a frame costs whole tiles of
-    `tokens_per_tile` whatever its resolution. With `longest_edge` > 0 this is
-    libmtmd's idefics3 preprocessor: the frame is resized to that longest
-    side, cut into `tile` px tiles, plus one overview tile. With 0, one tile
-    per frame (transformers' SmolVLM2 video path).
-    """
-
-    name: str
-    kind: str = "patches"
-    patch: int = 28
-    temporal: int = 2
-    min_tokens: int = 8
-    max_tokens: int = 4096
-    tile: int = 0
-    tokens_per_tile: int = 0
-    longest_edge: int = 0
-
-    @property
-    def mergeable(self) -> bool:
-        """Consecutive frames are merged in time (mark bitmaps mergeable)."""
-        return self.temporal > 1
-
-    def tokens(self, width: int, height: int) -> int:
-        """Tokens of one unit (a frame pair for Qwen-VL) at width x height."""
-        if self.kind == "patches":
-            return (width // self.patch) * (height // self.patch)
-        if self.longest_edge <= 0:
-            return self.tokens_per_tile
-        # mtmd_image_preprocessor_idefics3::preprocess, integer for integer
-        rw, rh = longest_edge_size(width, height, self.longest_edge)
-        gx, gy = -(-rw // self.tile), -(-rh // self.tile)
-        return (gx * gy + 1) * self.tokens_per_tile
-
-
-QWEN2_VL = VisionGrid("qwen2vl")
-QWEN2_5_VL = replace(QWEN2_VL, name="qwen2.5vl")
-# SmolVLM2-256M/500M: 512 px tiles, 16 px patches, pixel shuffle 4 -> 64 tokens.
-SMOLVLM2_VIDEO = VisionGrid("smolvlm2", kind="tiles", patch=16, temporal=1,
-                            min_tokens=0, max_tokens=0, tile=512,
-                            tokens_per_tile=64, longest_edge=0)
-
-
-def smolvlm_mtmd_grid(image_size: int, patch_size: int, scale_factor: int,
-                      preproc_image_size: int) -> VisionGrid:
-    """The grid libmtmd uses for an Idefics3/SmolVLM mmproj, from its GGUF keys
-    clip.vision.image_size, clip.vision.patch_size,
-    clip.vision.projector.scale_factor and clip.vision.preproc_image_size."""
-    per_tile = (image_size // patch_size) ** 2 // (scale_factor ** 2)
-    return VisionGrid("smolvlm2", kind="tiles", patch=patch_size, temporal=1,
-                      min_tokens=0, max_tokens=0, tile=image_size,
-                      tokens_per_tile=per_tile, longest_edge=preproc_image_size)
-
-
-def mtmd_dyn_size(width: int, height: int, grid: VisionGrid = QWEN2_VL):
-    """The size libmtmd resizes a width x height image to for a "patches"
-    grid (clip's calc_size_preserved_ratio, i.e. transformers' smart_resize
-    with libmtmd's min/max pixels). A planned Qwen-VL frame size is a fixed
-    point of this, so libmtmd encodes exactly what was planned."""
-    f = grid.patch
-    min_px, max_px = grid.min_tokens * f * f, grid.max_tokens * f * f
-    w_bar = max(f, int(round(width / f)) * f)
-    h_bar = max(f, int(round(height / f)) * f)
-    if max_px > 0 and w_bar * h_bar > max_px:
-        beta = math.sqrt(height * width / max_px)
-        h_bar = max(f, math.floor(height / beta / f) * f)
-        w_bar = max(f, math.floor(width / beta / f) * f)
-    elif min_px > 0 and w_bar * h_bar < min_px:
-        beta = math.sqrt(min_px / (height * width))
-        h_bar = math.ceil(height * beta / f) * f
-        w_bar = math.ceil(width * beta / f) * f
-    return w_bar, h_bar
-
-
-@dataclass(frozen=True)
-class FramePlan:
-    """Frame count and size chosen for a visual-token budget."""
-
-    n_frames: int
-    width: int
-    height: int
-    tokens_per_unit: int  # per frame pair for Qwen-VL, per frame otherwise
-    frames_per_unit: int  # grid.temporal
-    n_units: int
-    total_tokens: int
-    budget: Optional[int]
-    n_requested: int  # frames asked for before the budget
-    grid: VisionGrid = field(repr=False, default=QWEN2_VL)
-
-    @property
-    def pairs_mergeable(self) -> bool:
-        """Consecutive frames form one unit (Qwen-VL temporal merge): mark
-        every frame's mtmd bitmap mergeable and put no text between the two
-        frames of a pair."""
-        return self.frames_per_unit > 1
-
-    @property
-    def odd_last_frame(self) -> bool:
-        """The last unit has a single frame. libmtmd encodes a lone frame with
-        both temporal kernels, the same as Qwen's processor repeating it."""
-        return self.n_frames % self.frames_per_unit != 0
-
-    @property
-    def tokens_per_frame(self) -> float:
-        return self.tokens_per_unit / self.frames_per_unit
-
-    @property
-    def frames_reduced(self) -> bool:
-        return self.n_frames < self.n_requested
-
-    def describe(self) -> str:
-        unit = "frame pair" if self.pairs_mergeable else "frame"
-        units = ""
-        if self.pairs_mergeable:
-            units = f", {self.n_units} pair{'s' if self.n_units != 1 else ''}"
-        budget = "no budget" if self.budget is None else f"budget {self.budget}"
-        cut = (f"; {self.n_requested} frames requested"
-               if self.frames_reduced else "")
-        return (f"{self.n_frames} frames at {self.width}x{self.height} "
-                f"({self.tokens_per_unit} tokens per {unit}{units}) = "
-                f"{self.total_tokens} visual tokens ({budget}{cut})")
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
-def _plan_patches(info, n, budget, grid, min_side, max_side):
-    f = grid.patch
-    short, long = sorted((info.width, info.height))
-    landscape = info.width >= info.height
-
-    def size(k):  # shorter side k patches, longer side keeps the aspect
-        return k * f, max(1, _round_half_up(k * long / short)) * f
-
-    def tokens(k):
-        s, l = size(k)
-        return (s // f) * (l // f)
-
-    def fits_caps(k):
-        return size(k)[1] <= max_side and (grid.max_tokens <= 0
-                                           or tokens(k) <= grid.max_tokens)
-
-    k_nat = max(1, _round_half_up(short / f))  # no upscaling past libmtmd's
-    k_min_tok = 1
-    while grid.min_tokens > 0 and tokens(k_min_tok) < grid.min_tokens:
-        k_min_tok += 1
-    k_hi = max(k_nat, k_min_tok)
-    while k_hi >= 1 and not fits_caps(k_hi):
-        k_hi -= 1
-    if k_hi < k_min_tok:
-        raise VideoError(
-            f"a {info.width}x{info.height} video cannot be sized within "
-            f"max_side={max_side} px and {grid.min_tokens}..{grid.max_tokens} "
-            "tokens per frame (aspect ratio too extreme); raise max_side")
-    k_lo = min(max(-(-min_side // f), k_min_tok), k_hi)
-    units = -(-n // grid.temporal)
-    k = k_hi
-    if budget is not None:
-        while k >= k_lo and units * tokens(k) > budget:
-            k -= 1
-    n_out = n
-    if k < k_lo:  # even the smallest size is too big for all frames
-        k, t = k_lo, tokens(k_lo)
-        fit = budget // t
-        if fit < 1:
-            s, l = size(k_lo)
-            w, h = (l, s) if landscape else (s, l)
-            what = "one frame pair" if grid.temporal > 1 else "one frame"
-            raise VideoError(
-                f"max_visual_tokens={budget} cannot hold {what} even at the "
-                f"smallest size {w}x{h} ({t} tokens); raise it to at least "
-                f"{t} or lower min_side")
-        n_out = min(n, fit * grid.temporal)
-    s, l = size(k)
-    w, h = (l, s) if landscape else (s, l)
-    return n_out, w, h, tokens(k)
-
-
-def _plan_tiles(info, n, budget, grid, max_side):
-    long = max(info.width, info.height)
-    target = min(long, grid.longest_edge or grid.tile, max_side)
-    scale = target / long
-    w = max(2, 2 * _round_half_up(info.width * scale / 2))
-    h = max(2, 2 * _round_half_up(info.height * scale / 2))
-    t = grid.tokens(w, h)
-    n_out = n
-    if budget is not None:
-        fit = budget // t
-        if fit < 1:
-            raise VideoError(
-                f"max_visual_tokens={budget} cannot hold one frame, which "
-                f"costs {t} tokens for this model; raise it to at least {t}")
-        n_out = min(n, fit)
-    return n_out, w, h, t
-
-
-def plan_budget(info: VideoInfo, n_frames: int,
-                max_visual_tokens: Optional[int] = None,
-                grid: VisionGrid = QWEN2_VL, min_side: int = 224,
-                max_side: int = 896) -> FramePlan:
-    """Choose how many of `n_frames` to keep and at what size so that the
-    visual tokens fit `max_visual_tokens` (None: no budget, full size within
-    `max_side`). Resolution goes down first (shorter side not below
-    `min_side`, ~Qwen's 128-token video floor), then frames are dropped.
-    Sizes keep the aspect ratio (to half a patch) and never exceed the
-    source's own (28-rounded) size or `max_side` on the longer side."""
-    n = _positive_int("n_frames", n_frames)
-    budget = None
-    if max_visual_tokens is not None:
-        budget = _positive_int("max_visual_tokens", max_visual_tokens)
-    min_side = _positive_int("min_side", min_side)
-    max_side = _positive_int("max_side", max_side)
-    if min_side > max_side:
-        raise VideoError(
-            f"min_side ({min_side} px) must not exceed max_side ({max_side} px)")
-    if grid.kind == "patches":
-        n_out, w, h, t = _plan_patches(info, n, budget, grid, min_side, max_side)
-    elif grid.kind == "tiles":
-        n_out, w, h, t = _plan_tiles(info, n, budget, grid, max_side)
-    else:
-        raise VideoError(f"unknown vision grid kind {grid.kind!r}")
-    units = -(-n_out // grid.temporal)
-    return FramePlan(n_frames=n_out, width=w, height=h, tokens_per_unit=t,
-                     frames_per_unit=grid.temporal, n_units=units,
-                     total_tokens=units * t, budget=budget, n_requested=n,
-                     grid=grid)
-
-
-def plan_video(info: VideoInfo, *, fps: Optional[float] = None,
-               max_frames: Optional[int] = None, start: Optional[float] = None,
-               end: Optional[float] = None,
-               max_visual_tokens: Optional[int] = None,
-               grid: VisionGrid = QWEN2_VL, min_side: int = 224,
-               max_side: int = 896) -> Tuple[list, FramePlan]:
-    """`sample_times` then `plan_budget`; when the budget drops frames, the
-    kept ones are re-spread evenly over [start, end). fps defaults to the
-    grid family's rate."""
-    if fps is None:
-        fps = default_fps(grid.name)
-    times = sample_times(info, fps, max_frames, start, end)
-    plan = plan_budget(info, len(times), max_visual_tokens, grid, min_side,
-                       max_side)
-    if plan.n_frames < len(times):
-        times = sample_times(info, fps, plan.n_frames, start, end)
-    return times, plan
-
-
-def frame_units(n_frames: int, temporal: int = 2) -> list:
-    """Frame indices encoded together: (0, 1), (2, 3)... for Qwen-VL; an odd
-    last frame is (n-1, n-1), as Qwen's processor repeats it."""
-    n = _positive_int("n_frames", n_frames)
-    out = []
-    for i in range(0, n, temporal):
-        unit = tuple(range(i, min(i + temporal, n)))
-        out.append(unit + (unit[-1],) * (temporal - len(unit)))
-    return out
-
-
-def unit_times(times: Sequence[float], temporal: int = 2) -> list:
-    """One time per unit: the mean of its frames' times (Qwen3-VL's rule)."""
-    if not times:
-        return []
-    return [float(np.mean([times[j] for j in u]))
-            for u in frame_units(len(times), temporal)]
-
-
-# ------------------------------------------------------------- timestamps
-
-
-def model_family(name: str) -> str:
-    """'qwen' (Qwen2-VL, Qwen2.5-VL, Qwen3-VL), 'smolvlm' (SmolVLM2,
-    Idefics3), 'mtmd' (llama.cpp's own video helper) or 'none'."""
-    key = "".join(ch for ch in str(name).lower() if ch.isalnum())
-    if key.startswith("qwen"):
-        return "qwen"
-    if key.startswith(("smolvlm", "idefics")):
-        return "smolvlm"
-    if key in ("mtmd", "llamacpp"):
-        return "mtmd"
-    if key in ("none", "off", ""):
-        return "none"
-    raise VideoError(f"no timestamp format for model family {name!r}")
-
-
-def timestamp_text(t: float, family: str = "qwen2vl") -> str:
-    """A frame's time as the model family writes it.
-
-    qwen: "<12.5 seconds>", Qwen3-VL's processor format (one per frame pair,
-      at the pair's mean time). Qwen2/2.5-VL write no text: chat --video puts
-      their time into the M-RoPE temporal ids (video_qwen).
-    smolvlm: "00:12", minutes:seconds, seconds truncated (SmolVLM2 processor).
-    mtmd: "[0m12.50s]", libmtmd's video helper.
-    none: "".
-    """
-    t = _number("t", t)
-    fam = model_family(family)
-    if fam == "qwen":
-        return f"<{t:.1f} seconds>"
-    if fam == "smolvlm":
-        return f"{int(t // 60):02d}:{int(t % 60):02d}"
-    if fam == "mtmd":
-        m = int(t // 60)
-        return f"[{m}m{t - 60 * m:.2f}s]"
-    return ""
-
-
-def frame_header(t: float, family: str = "qwen2vl") -> str:
-    """The text put right before a frame (SmolVLM2) or a frame pair (Qwen):
-    SmolVLM2's "\\nFrame from 00:12:" or the bare timestamp otherwise."""
-    if model_family(family) == "smolvlm":
-        return f"\nFrame from {timestamp_text(t, family)}:"
-    return timestamp_text(t, family)
-
-
-def in_groups(frames: Iterable[np.ndarray], size: int) -> Iterator[List[np.ndarray]]:
-    """Consecutive lists of `size` frames (the last may be shorter), taken
-    from `frames` as they come: frames are encoded a group at a time while
-    the video is still being decoded, never all held at once."""
-    group: List[np.ndarray] = []
-    for frame in frames:
-        group.append(frame)
-        if len(group) == size:
-            yield group
-            group = []
-    if group:
-        yield group
 
 
 # ---------------------------------------------------------------- decoding
@@ -671,7 +230,7 @@ class DecodeStats:
 def _check_times(times) -> list:
     out = []
     for i, t in enumerate(times):
-        v = _number(f"times[{i}]", t)
+        v = check_number(f"times[{i}]", t)
         if v < 0:
             raise VideoError(f"frame times must be >= 0 s, got {v:g} s")
         if out and v < out[-1]:
@@ -687,7 +246,7 @@ def _check_size(size):
         w, h = size
     except (TypeError, ValueError):
         raise VideoError(f"size must be (width, height), got {size!r}") from None
-    return (_positive_int("width", w), _positive_int("height", h))
+    return (check_int("width", w), check_int("height", h))
 
 
 def iter_frames(path, times: Sequence[float],
@@ -872,9 +431,10 @@ def sample_clip_path() -> Path:
     """The clip shipped in the package (data/clip.mp4; see data/README.md)."""
     from importlib import resources
 
-    res = resources.files(__package__).joinpath("data").joinpath("clip.mp4")
+    res = resources.files("htsparse_llama").joinpath("data").joinpath("clip.mp4")
     path = Path(str(res))
     if not path.is_file():
         raise VideoError(
             f"the packaged sample clip is missing ({path}); reinstall htsparse-llama")
     return path
+

@@ -1,13 +1,14 @@
 """A video (or images) as the first user turn of a chat: frames sampled and
-sized to a visual-token budget (video_frames), encoded by the mmproj's vision
-tower through libmtmd (vision) in the layout the model family was trained on
-(video_qwen: one block, time in the M-RoPE ids), cached by content
-(embedding_cache), and put in the session as one sparse span so that
-HT-Sparse keeps, per question, the frames the question needs. Frames stream:
-they are decoded and encoded a group at a time.
+sized to a visual-token budget (plan, frames), encoded by the mmproj's
+vision tower through libmtmd in the layout the model family was trained on
+(the runtime's VideoEncoder: Qwen-VL one block with time in the M-RoPE ids,
+SmolVLM2 a frame header and one tile per frame), cached by content (cache),
+and put in the session as one sparse span so that HT-Sparse keeps, per
+question, the frames the question needs. Frames stream: they are decoded and
+encoded a group at a time.
 
-    turn = VideoTurn.load(vision, "clip.mp4", VideoOptions(max_visual_tokens=4096), cache)
-    turn.ask(session, "What happens at the end?")     # then session.generate()
+    turn = VideoTurn.load_video(vision, "clip.mp4", VideoOptions(max_visual_tokens=4096), cache)
+    turn.ask(session, vision, "What happens at the end?")     # then session.generate()
 """
 
 from __future__ import annotations
@@ -18,94 +19,85 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import video_frames as vf
-from . import video_qwen, video_smolvlm
-from .embedding_cache import EmbeddingCache
-from .errors import InvalidArgumentError
-from .model import Session
-from .vision import Chunk, ImageChunk, TextChunk, Vision
+from ..errors import VideoError
+from ..model import Session
+from ..options import check_fields, option
+from ..vision import Chunks, Vision, encode_video_frames
+from . import frames as vf
+from . import plan as vp
+from .cache import EmbeddingCache
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
+
+# Bump when the chunks a video becomes change, so cached entries of the old layout are not reused.
+LAYOUT_VERSION = 3
 
 
 @dataclass
 class VideoOptions:
-    fps: Optional[float] = None
-    max_frames: Optional[int] = None
-    start: Optional[float] = None
-    end: Optional[float] = None
-    max_visual_tokens: Optional[int] = 8192
+    """Which frames of a video are taken, and how many visual tokens they may make."""
+
+    fps: Optional[float] = option(None, "frames sampled per second (default: the model family's, 2 for Qwen-VL, 1 "
+                                        "for SmolVLM2)", lo=0, lo_open=True)
+    max_frames: Optional[int] = option(None, "most frames sampled", lo=1)
+    start: Optional[float] = option(None, "start of the part to sample, in seconds", lo=0)
+    end: Optional[float] = option(None, "end of the part to sample, in seconds", lo=0, lo_open=True)
+    max_visual_tokens: Optional[int] = option(8192, "budget of visual tokens; frame count and size are chosen to "
+                                                    "fit", lo=1)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
-QWEN_PROJECTORS = ("qwen2vl_merger", "qwen2.5vl_merger")
-SMOLVLM_PROJECTOR = "idefics3"
-# Bump when the chunks a video becomes change, so cached entries of the old layout are not reused.
-LAYOUT_VERSION = 2
-
-
-def _grid(vision: Vision) -> vf.VisionGrid:
-    """How the model's tower turns frames into tokens (Qwen-VL: 28-px patches,
-    pairs; SmolVLM2: one tile per frame)."""
-    if vision.projector in QWEN_PROJECTORS:
-        return vf.QWEN2_5_VL
-    if vision.projector == SMOLVLM_PROJECTOR:
-        return video_smolvlm.video_grid(vision)
-    raise InvalidArgumentError(f"video input is supported for Qwen2-VL, Qwen2.5-VL and SmolVLM2 models (this "
-                               f"mmproj's projector is '{vision.projector}'); use --image for this model")
+def vision_grid(vision: Vision) -> vp.VisionGrid:
+    """How the model's tower turns frames into tokens, for its video family
+    (which the runtime decides from the mmproj's projector): Qwen-VL 28-px
+    patches merged in frame pairs; SmolVLM2 one tile per frame."""
+    if vision.video_family == "qwen":
+        return vp.QWEN2_5_VL
+    layout = vision.layout
+    for name in ("image_size", "patch_size", "scale_factor"):
+        if layout[name] <= 0:
+            raise VideoError(f"mmproj '{vision.path}' has no clip.vision.{name}: not a SmolVLM / Idefics3 mmproj")
+    return vp.smolvlm_mtmd_grid(layout["image_size"], layout["patch_size"], layout["scale_factor"], 0)
 
 
 def encode_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[float],
                  progress: Optional[Callable[[int, int], None]] = None,
-                 duration: Optional[float] = None) -> List[Chunk]:
-    """The video's chunks (for Vision.add_chunks) in the layout its model
-    family was trained on, from frames sampled at `times` (s) of a video
-    `duration` s long; frames may be a generator (they are encoded as they
-    come). Qwen-VL frames come sized by the plan; SmolVLM2 frames any size."""
-    if _grid(vision).kind == "tiles":
-        return video_smolvlm.encode_smolvlm_video(vision, frames, times, duration, progress)
-    return video_qwen.encode_video(vision, frames, times, progress)
+                 duration: Optional[float] = None) -> Chunks:
+    """The video's chunks (for Session.add_chunks / add_media_turn) in the
+    layout its model family was trained on, from frames sampled at `times`
+    (s) of a video `duration` s long (None: unknown); frames may be a
+    generator (they are encoded as they come). Qwen-VL frames come sized by
+    the plan; SmolVLM2 frames any size (the runtime squares them)."""
+    encoder = encode_video_frames(vision, frames, len(times), progress)
+    return encoder.finish([float(t) for t in times], -1.0 if duration is None else float(duration))
 
 
-def plan_frames(vision: Vision, path: str, options: VideoOptions) -> Tuple[vf.VideoInfo, List[float], vf.FramePlan]:
+def plan_frames(vision: Vision, path: str, options: VideoOptions) -> Tuple[vf.VideoInfo, List[float], vp.FramePlan]:
     """The video's facts, the frame times and the plan (count and size) for
     this model's tower within the options' budget."""
     info = vf.probe(path)
-    times, plan = vf.plan_video(info, fps=options.fps, max_frames=options.max_frames, start=options.start,
-                                end=options.end, max_visual_tokens=options.max_visual_tokens, grid=_grid(vision))
+    times, plan = vp.plan_video(info, fps=options.fps, max_frames=options.max_frames, start=options.start,
+                                end=options.end, max_visual_tokens=options.max_visual_tokens, grid=vision_grid(vision))
     return info, times, plan
 
 
-def frame_size(info: vf.VideoInfo, plan: vf.FramePlan) -> Tuple[int, int]:
+def frame_size(info: vf.VideoInfo, plan: vp.FramePlan) -> Tuple[int, int]:
     """The size frames are decoded at: the plan's (Qwen-VL), or SmolVLM2's first
-    resize (longest side to the tile, as transformers; the encoder squares it)."""
+    resize (longest side to the tile, as transformers; the runtime squares it)."""
     if plan.grid.kind == "tiles":
-        return video_smolvlm.decode_size(info.width, info.height, plan.grid)
+        return vp.decode_size(info.width, info.height, plan.grid)
     return plan.width, plan.height
 
 
 # -- cache entries ---------------------------------------------------------------------------
 
 
-def chunks_to_items(chunks: Sequence[Chunk]) -> List[Dict[str, np.ndarray]]:
-    items = []
-    for c in chunks:
-        if isinstance(c, TextChunk):
-            items.append({"tokens": np.asarray(c.tokens, dtype=np.int32)})
-        else:
-            meta = np.array([c.nx, c.ny, c.n_pos, c.first_image, c.n_images], dtype=np.int32)
-            items.append({"embd": c.embd, "positions": c.positions, "meta": meta})
-    return items
-
-
-def items_to_chunks(items: Sequence[Dict[str, np.ndarray]]) -> List[Chunk]:
-    chunks: List[Chunk] = []
-    for it in items:
-        if "tokens" in it:
-            chunks.append(TextChunk([int(t) for t in it["tokens"]]))
-        else:
-            nx, ny, n_pos, first, n_images = (int(v) for v in it["meta"])
-            chunks.append(ImageChunk(it["embd"], it["positions"], nx, ny, n_pos, first, n_images))
-    return chunks
+def _cached(cache: EmbeddingCache, key: str, vision: Vision) -> Optional[Chunks]:
+    """The chunks under `key`: the same Chunks from memory, or rebuilt from disk."""
+    n_embd, image_token = vision.model.info["n_embd"], vision.image_token
+    return cache.get(key, lambda items: Chunks.from_arrays(items, n_embd, image_token))
 
 
 # -- the turn ------------------------------------------------------------------------------
@@ -115,15 +107,15 @@ def items_to_chunks(items: Sequence[Dict[str, np.ndarray]]) -> List[Chunk]:
 class VideoTurn:
     """The encoded visual part of the first user turn."""
 
-    chunks: List[Chunk]
+    chunks: Chunks
     source: str
     times: List[float] = field(default_factory=list)  # frame times (video)
-    plan: Optional[vf.FramePlan] = None
+    plan: Optional[vp.FramePlan] = None
     from_cache: bool = False
 
     @property
     def n_visual_tokens(self) -> int:
-        return sum(c.n_tokens for c in self.chunks if isinstance(c, ImageChunk))
+        return self.chunks.n_visual_tokens
 
     def describe(self) -> str:
         what = self.plan.describe() if self.plan is not None else f"{self.n_visual_tokens} visual tokens"
@@ -136,13 +128,13 @@ class VideoTurn:
         settings = {"times": [round(t, 6) for t in times], "size": [plan.width, plan.height],
                     "layout": f"{vision.projector}-v{LAYOUT_VERSION}"}
         key = cache.key(path, settings, vision.path)
-        cached = cache.get(key)
+        cached = _cached(cache, key, vision)
         if cached is not None:
-            return cls(items_to_chunks(cached), Path(path).name, times, plan, from_cache=True)
-        frames = (f.rgb for f in vf.iter_frames(path, times, size=frame_size(info, plan)))
-        chunks = encode_video(vision, frames, times, lambda done, total: progress("encoding frames", done, total),
+            return cls(cached, Path(path).name, times, plan, from_cache=True)
+        decoded = (f.rgb for f in vf.iter_frames(path, times, size=frame_size(info, plan)))
+        chunks = encode_video(vision, decoded, times, lambda done, total: progress("encoding frames", done, total),
                               duration=info.duration_s)
-        cache.put(key, chunks_to_items(chunks))
+        cache.put(key, chunks)
         return cls(chunks, Path(path).name, times, plan)
 
     @classmethod
@@ -150,25 +142,25 @@ class VideoTurn:
                     progress: Progress = lambda *_: None) -> "VideoTurn":
         images = [vf.read_image(p) for p in paths]
         key = cache.key(paths[0], {"images": [cache.file_hash(p) for p in paths]}, vision.path)
-        cached = cache.get(key)
+        cached = _cached(cache, key, vision)
+        names = ", ".join(Path(p).name for p in paths)
         if cached is not None:
-            return cls(items_to_chunks(cached), ", ".join(Path(p).name for p in paths), from_cache=True)
+            return cls(cached, names, from_cache=True)
         chunks = vision.encode(vision.marker * len(images), images,
                                progress=lambda done, total: progress("encoding", done, total))
-        cache.put(key, chunks_to_items(chunks))
-        return cls(chunks, ", ".join(Path(p).name for p in paths))
+        cache.put(key, chunks)
+        return cls(chunks, names)
 
     def ask(self, session: Session, vision: Vision, question: str, sparse: bool = True) -> None:
         """The first user turn: the visual span (sparse), then the question
         (the query window), rendered with the chat template."""
         vision.add_media_turn(session, self.chunks, question, sparse=sparse)  # generate() then opens the reply
 
-
-def plan_summary(turn: VideoTurn) -> Dict[str, object]:
-    """What --json reports about the visual input."""
-    out: Dict[str, object] = {"source": turn.source, "visual_tokens": turn.n_visual_tokens,
-                              "from_cache": turn.from_cache}
-    if turn.plan is not None:
-        out.update(frames=len(turn.times), width=turn.plan.width, height=turn.plan.height,
-                   times=[round(t, 3) for t in turn.times])
-    return out
+    def summary(self) -> Dict[str, object]:
+        """What --json and the server report about the visual input."""
+        out: Dict[str, object] = {"source": self.source, "visual_tokens": self.n_visual_tokens,
+                                  "from_cache": self.from_cache}
+        if self.plan is not None:
+            out.update(frames=len(self.times), width=self.plan.width, height=self.plan.height,
+                       times=[round(t, 3) for t in self.times])
+        return out

@@ -2,7 +2,7 @@
 // rope is M-RoPE: each token has four position streams (time, height, width,
 // unused) and the rotary dimensions are split among them by
 // qwen2vl.rope.dimension_sections. Text tokens carry one position on the first
-// three streams and 0 on the fourth (set by the session).
+// three streams and 0 on the fourth (set by the context).
 #include "architecture.h"
 #include "decoder_common.h"
 #include "errors.h"
