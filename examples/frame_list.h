@@ -41,8 +41,8 @@ static int read_ppm(const char * path, unsigned char ** rgb, uint32_t * width, u
     }
     fgetc(f); /* the single whitespace before the pixels */
     if (values[0] == 0 || values[1] == 0 || values[2] != 255) goto fail;
-    size = (size_t) values[0] * values[1] * 3;
-    *rgb = (unsigned char *) malloc(size);
+    size = (size_t)values[0] * values[1] * 3;
+    *rgb = (unsigned char *)malloc(size);
     if (!*rgb || fread(*rgb, 1, size, f) != size) {
         free(*rgb);
         goto fail;
@@ -74,7 +74,7 @@ static int read_frame_list(const char * list_path, struct frame_list * out) {
         fprintf(stderr, "error: cannot open the frame list '%s'\n", list_path);
         return -1;
     }
-    snprintf(dir, sizeof(dir), "%.*s", slash ? (int) (slash - list_path) : 1, slash ? list_path : ".");
+    snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - list_path) : 1, slash ? list_path : ".");
     while (fgets(line, sizeof(line), f)) {
         double t;
         char name[2048];
@@ -86,8 +86,8 @@ static int read_frame_list(const char * list_path, struct frame_list * out) {
         }
         if (out->n == capacity) {
             capacity = capacity ? 2 * capacity : 16;
-            out->frames = (struct hts_image *) realloc(out->frames, capacity * sizeof(struct hts_image));
-            out->pixels = (unsigned char **) realloc(out->pixels, capacity * sizeof(unsigned char *));
+            out->frames = (struct hts_image *)realloc(out->frames, capacity * sizeof(struct hts_image));
+            out->pixels = (unsigned char **)realloc(out->pixels, capacity * sizeof(unsigned char *));
             if (!out->frames || !out->pixels) goto fail;
         }
         snprintf(path, sizeof(path), "%s/%s", dir, name);

@@ -57,8 +57,9 @@ def main() -> int:
 
     video = args.video or str(vf.sample_clip_path())
     model = Model(text, n_ctx=256, n_threads=1)
-    info, times, plan = plan_frames(Vision(model, mmproj, n_threads=1), video,
-                                    VideoOptions(max_visual_tokens=args.max_visual_tokens))
+    info, times, plan = plan_frames(
+        Vision(model, mmproj, n_threads=1), video, VideoOptions(max_visual_tokens=args.max_visual_tokens)
+    )
     size = frame_size(info, plan)
     lines = [f"duration {info.duration_s:.6f}"]
     for i, frame in enumerate(vf.iter_frames(video, times, size=size)):

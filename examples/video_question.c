@@ -22,15 +22,16 @@
 #include <string.h>
 
 static bool print_piece(const char * piece, void * user_data) {
-    (void) user_data;
+    (void)user_data;
     fputs(piece, stdout);
     fflush(stdout);
     return true;
 }
 
 static bool show_progress(const char * stage, int32_t done, int32_t total, void * user_data) {
-    (void) user_data;
-    if (strcmp(stage, "encoding") == 0) fprintf(stderr, "\rencoding frames %d/%d%s", done, total, done == total ? "\n" : "");
+    (void)user_data;
+    if (strcmp(stage, "encoding") == 0)
+        fprintf(stderr, "\rencoding frames %d/%d%s", done, total, done == total ? "\n" : "");
     return true;
 }
 
@@ -52,8 +53,10 @@ int main(int argc, char ** argv) {
     int32_t n;
 
     if (argc < 5) {
-        fprintf(stderr, "usage: %s MODEL.gguf MMPROJ.gguf FRAMES.txt \"QUESTION\" [--max-tokens N] [--greedy] "
-                        "[--dense] [--keep-ratio R] [--threads N]\n", argv[0]);
+        fprintf(stderr,
+                "usage: %s MODEL.gguf MMPROJ.gguf FRAMES.txt \"QUESTION\" [--max-tokens N] [--greedy] "
+                "[--dense] [--keep-ratio R] [--threads N]\n",
+                argv[0]);
         return 2;
     }
     ap.max_tokens = 128;
@@ -65,7 +68,7 @@ int main(int argc, char ** argv) {
         } else if (strcmp(argv[i], "--max-tokens") == 0 && i + 1 < argc) {
             ap.max_tokens = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--keep-ratio") == 0 && i + 1 < argc) {
-            sp.sparse.keep_ratio = (float) atof(argv[++i]);
+            sp.sparse.keep_ratio = (float)atof(argv[++i]);
         } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
             mp.n_threads = atoi(argv[++i]);
         } else {
@@ -107,7 +110,7 @@ int main(int argc, char ** argv) {
         printf("dense: all %d tokens of the video kept; ", n);
     }
     printf("KV %.1f MiB (%.2fx less than dense); first token %.0f ms; %.1f tok/s\n", st.kv_bytes / 1048576.0,
-           st.kv_bytes ? (double) st.kv_bytes_dense / st.kv_bytes : 0.0, st.ttft_ms, st.decode_tok_s);
+           st.kv_bytes ? (double)st.kv_bytes_dense / st.kv_bytes : 0.0, st.ttft_ms, st.decode_tok_s);
     rc = 0;
 done:
     hts_session_free(session);

@@ -33,10 +33,10 @@ ggml_tensor * hts_attn_lse(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k,
                            int64_t chunk);
 
 struct hts_saliency {
-    ggml_tensor * token_attn;     // F32 [n_v, H]: mean over queries of a_h(q, v)
-    ggml_tensor * head_mass;      // F32 [1, H]:   m_h = sum_v token_attn(v, h)
-    ggml_tensor * head_conc;      // F32 [1, H]:   c_h = 1 - entropy(p_h) / log(n_v)
-    ggml_tensor * head_score;     // F32 [1, H]:   s_h = m_h * c_h
+    ggml_tensor * token_attn;  // F32 [n_v, H]: mean over queries of a_h(q, v)
+    ggml_tensor * head_mass;   // F32 [1, H]:   m_h = sum_v token_attn(v, h)
+    ggml_tensor * head_conc;   // F32 [1, H]:   c_h = 1 - entropy(p_h) / log(n_v)
+    ggml_tensor * head_score;  // F32 [1, H]:   s_h = m_h * c_h
 };
 
 // Attention that the query window pays to the keys [v_begin, v_end) of one
@@ -44,8 +44,8 @@ struct hts_saliency {
 // over *all* visible keys restricted to the span; and per-head statistics.
 // The span must be visible to every query (it lies before the query window).
 //   q, k as for hts_attn_lse; lse from hts_attn_lse.   Needs n_v >= 1.
-hts_saliency hts_head_saliency(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * lse,
-                               int64_t v_begin, int64_t v_end, float scale, int64_t chunk);
+hts_saliency hts_head_saliency(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * lse, int64_t v_begin,
+                               int64_t v_end, float scale, int64_t chunk);
 
 struct hts_segment_order {
     ggml_tensor * token_score;    // F32 [n_v]:   t(v) = sum_h w_h token_attn(v, h)
@@ -69,10 +69,10 @@ hts_segment_order hts_select_tokens(ggml_context * ctx, ggml_tensor * token_attn
 std::vector<int32_t> hts_segment_index(const std::vector<int32_t> & seg_starts, int32_t n_v, int64_t & max_len);
 
 struct hts_pick_params {
-    float keep_ratio = 0.2f;   // keep segments until this share of the span's tokens
-    float keep_mass = 0.0f;    // > 0: instead, the fewest segments holding this share of the score
-    float token_keep = 1.0f;   // < 1: inside kept segments keep this share of tokens, by token score
-    int segment_floor = 0;     // at least one segment from each of this many equal stretches
+    float keep_ratio = 0.2f;  // keep segments until this share of the span's tokens
+    float keep_mass = 0.0f;   // > 0: instead, the fewest segments holding this share of the score
+    float token_keep = 1.0f;  // < 1: inside kept segments keep this share of tokens, by token score
+    int segment_floor = 0;    // at least one segment from each of this many equal stretches
 };
 
 // Host half of token selection: from the ranking, the kept token indices of

@@ -9,7 +9,7 @@ ggml_tensor * attend(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_
                      float scale) {
     ggml_tensor * out = ggml_flash_attn_ext(ctx, ggml_permute(ctx, q, 0, 2, 1, 3), k, v, mask, scale, 0.0f, 0.0f);
     ggml_prec_set_acc(out, GGML_PREC_F32);  // as the dense path, so all-full equals dense
-    return out;  // [d, n_head, n_tokens]
+    return out;                             // [d, n_head, n_tokens]
 }
 
 }  // namespace
@@ -26,14 +26,15 @@ ggml_tensor * hts_routed_attention(ggml_context * ctx, ggml_tensor * q, ggml_ten
 
     // Query heads regrouped: the full group's heads first, then the sparse group's.
     ggml_tensor * qp = ggml_get_rows(ctx, q, head_perm);  // [d, H, n_tokens]
-    ggml_tensor * out_full = nullptr, * out_sparse = nullptr;
+    ggml_tensor *out_full = nullptr, *out_sparse = nullptr;
     if (h_full > 0) {
         ggml_tensor * qf = ggml_view_3d(ctx, qp, d, h_full, n_tokens, qp->nb[1], qp->nb[2], 0);
         out_full = attend(ctx, qf, k_full, v_full, mask_full, scale);
         ggml_set_name(out_full, "hts_attn_full");
     }
     if (h_sparse > 0) {
-        ggml_tensor * qs = ggml_view_3d(ctx, qp, d, h_sparse, n_tokens, qp->nb[1], qp->nb[2], size_t(h_full) * qp->nb[1]);
+        ggml_tensor * qs =
+            ggml_view_3d(ctx, qp, d, h_sparse, n_tokens, qp->nb[1], qp->nb[2], size_t(h_full) * qp->nb[1]);
         out_sparse = attend(ctx, qs, k_sparse, v_sparse, mask_sparse, scale);
         ggml_set_name(out_sparse, "hts_attn_sparse");
     }

@@ -66,17 +66,17 @@ ggml_tensor * hts_attn_lse(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k,
     return ggml_reshape_2d(ctx, lse, n_q, n_head);
 }
 
-hts_saliency hts_head_saliency(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * lse,
-                               int64_t v_begin, int64_t v_end, float scale, int64_t chunk) {
+hts_saliency hts_head_saliency(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * lse, int64_t v_begin,
+                               int64_t v_end, float scale, int64_t chunk) {
     GGML_ASSERT(0 <= v_begin && v_begin < v_end && v_end <= k->ne[1] && chunk > 0);
     const int64_t n_q = q->ne[1], n_head = q->ne[2], n_v = v_end - v_begin;
     ggml_tensor * lse_b = ggml_reshape_3d(ctx, lse, 1, n_q, n_head);  // broadcast over keys
     std::vector<ggml_tensor *> parts;
     for (int64_t k0 = v_begin; k0 < v_end; k0 += chunk) {
         const int64_t n = std::min(chunk, v_end - k0);
-        ggml_tensor * s = scores(ctx, key_chunk(ctx, k, k0, n), q, scale);     // [n, n_q, H]
-        ggml_tensor * a = ggml_exp(ctx, ggml_sub(ctx, s, lse_b));              // a_h(q, v)
-        a = ggml_cont(ctx, ggml_permute(ctx, a, 1, 0, 2, 3));                  // [n_q, n, H]
+        ggml_tensor * s = scores(ctx, key_chunk(ctx, k, k0, n), q, scale);        // [n, n_q, H]
+        ggml_tensor * a = ggml_exp(ctx, ggml_sub(ctx, s, lse_b));                 // a_h(q, v)
+        a = ggml_cont(ctx, ggml_permute(ctx, a, 1, 0, 2, 3));                     // [n_q, n, H]
         parts.push_back(ggml_reshape_2d(ctx, ggml_sum_rows(ctx, a), n, n_head));  // [n, H]
     }
     hts_saliency out;
@@ -85,12 +85,12 @@ hts_saliency hts_head_saliency(ggml_context * ctx, ggml_tensor * q, ggml_tensor 
 
     // Per head: mass, and concentration from the entropy of the normalised
     // distribution p = token_attn / mass (clamped so log(0) never appears).
-    out.head_mass = ggml_sum_rows(ctx, out.token_attn);                        // [1, H]
+    out.head_mass = ggml_sum_rows(ctx, out.token_attn);                          // [1, H]
     ggml_tensor * mass_safe = ggml_clamp(ctx, out.head_mass, FLT_MIN, FLT_MAX);  // a head that saw nothing
-    ggml_tensor * p = ggml_div(ctx, out.token_attn, mass_safe);                 // [n_v, H]
+    ggml_tensor * p = ggml_div(ctx, out.token_attn, mass_safe);                  // [n_v, H]
     ggml_tensor * plogp = ggml_mul(ctx, p, ggml_log(ctx, ggml_clamp(ctx, p, 1e-30f, FLT_MAX)));
-    ggml_tensor * neg_entropy = ggml_sum_rows(ctx, plogp);                     // [1, H]
-    const float inv_log_n = n_v > 1 ? 1.0f / std::log(float(n_v)) : 0.0f;     // one key: fully concentrated
+    ggml_tensor * neg_entropy = ggml_sum_rows(ctx, plogp);                 // [1, H]
+    const float inv_log_n = n_v > 1 ? 1.0f / std::log(float(n_v)) : 0.0f;  // one key: fully concentrated
     out.head_conc = ggml_scale_bias(ctx, neg_entropy, inv_log_n, 1.0f);
     out.head_score = ggml_mul(ctx, out.head_mass, out.head_conc);
     ggml_set_name(out.head_mass, "hts_head_mass");

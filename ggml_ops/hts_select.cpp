@@ -20,7 +20,8 @@ hts_segment_order hts_select_tokens(ggml_context * ctx, ggml_tensor * token_attn
     ggml_set_name(out.token_score, "hts_token_score");
 
     // Gather each segment's scores into a padded row, then max over the row.
-    ggml_tensor * rows = ggml_get_rows(ctx, ggml_reshape_2d(ctx, out.token_score, 1, n_v), seg_index);  // [1, max_len * n_seg]
+    ggml_tensor * rows =
+        ggml_get_rows(ctx, ggml_reshape_2d(ctx, out.token_score, 1, n_v), seg_index);  // [1, max_len * n_seg]
     rows = ggml_reshape_2d(ctx, rows, max_len, n_seg);
     ggml_tensor * seg = ggml_pool_1d(ctx, rows, GGML_OP_POOL_MAX, int(max_len), int(max_len), 0);  // [1, n_seg]
     out.segment_score = ggml_reshape_1d(ctx, seg, n_seg);
@@ -129,7 +130,8 @@ std::vector<int32_t> hts_pick_segments(const std::vector<int32_t> & seg_starts, 
     if (params.token_keep < 1.0f && tokens.size() > 1) {
         // Token-level cut inside the kept segments: the best-scored share.
         const size_t n = std::max<size_t>(1, size_t(std::ceil(double(params.token_keep) * tokens.size() - 1e-9)));
-        std::stable_sort(tokens.begin(), tokens.end(), [&](int32_t a, int32_t b) { return token_score[a] > token_score[b]; });
+        std::stable_sort(tokens.begin(), tokens.end(),
+                         [&](int32_t a, int32_t b) { return token_score[a] > token_score[b]; });
         tokens.resize(n);
         std::sort(tokens.begin(), tokens.end());
     }

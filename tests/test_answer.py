@@ -28,9 +28,9 @@ def test_stop_string_is_never_streamed(smollm):
     _, pieces = answer(smollm)
     full = "".join(pieces)
     assert len(full) > 20
-    stop = full[len(full) // 2: len(full) // 2 + 4]  # spans token boundaries somewhere in the middle
+    stop = full[len(full) // 2 : len(full) // 2 + 4]  # spans token boundaries somewhere in the middle
     s, cut = answer(smollm, stop=[stop])
-    assert "".join(cut) == full[:full.index(stop)] and s.finish_reason == "stop"
+    assert "".join(cut) == full[: full.index(stop)] and s.finish_reason == "stop"
     shown = ""
     for piece in cut:  # every prefix shown so far is a prefix of the final answer: nothing taken back
         shown += piece

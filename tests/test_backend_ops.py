@@ -50,8 +50,15 @@ BACKENDS = ("Metal", "CUDA", "Vulkan")
 # Tiny decoders with the head sizes of the models we target: 64 (Qwen2.5 0.5B,
 # SmolLM2, SmolVLM2) and 128 (Qwen2-VL / Qwen2.5-VL 2B-7B). Width 256 so that
 # K-quants apply (rows of 256).
-LLAMA_64 = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=8192, rms_norm_eps=1e-5)
+LLAMA_64 = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-5,
+)
 QWEN2VL_128 = dict(LLAMA_64, num_attention_heads=2, num_key_value_heads=1)
 MROPE_128 = [16, 24, 24]  # t, h, w pairs of a 128 head (Qwen2-VL's own)
 
@@ -124,10 +131,14 @@ def _tiny_llama(vocab, path, out_type: str):
 def _qwen2vl_scenarios(vocab, path) -> Dict[str, List[bs.Node]]:
     """qwen2vl (M-RoPE, head 128): text, a grid of embedding rows at image
     positions (dense, then as a sparse span of frames), text; decode."""
-    text = dict(QWEN2VL_128, vocab_size=vocab.n_tokens,
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": MROPE_128})
-    config = Qwen2_5_VLConfig(text_config=text, vision_config=dict(VISION_2_5, out_hidden_size=256),
-                              tie_word_embeddings=False)
+    text = dict(
+        QWEN2VL_128,
+        vocab_size=vocab.n_tokens,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": MROPE_128},
+    )
+    config = Qwen2_5_VLConfig(
+        text_config=text, vision_config=dict(VISION_2_5, out_hidden_size=256), tie_word_embeddings=False
+    )
     hf = Qwen2_5_VLForConditionalGeneration(config)
     randomize_(hf, seed=12)
     model = Model(str(convert(hf, path, vocab, out_type="f16")), n_ctx=1024, n_threads=2)
@@ -177,11 +188,19 @@ def recorded(qwen_gguf, smollm_gguf, qwen_vocab, smollm_vocab, tiny_dir) -> Dict
     for out_type in ("f16", "q8_0", "Q4_K_M"):
         path = _tiny_llama(smollm_vocab, tiny_dir / f"llama-h64-{out_type}.gguf", out_type)
         model = Model(str(path), n_ctx=8192, n_threads=2)
-        out.update(_text_scenarios(f"llama-h64-{out_type}", model, configs=(
-            configs if out_type == "f16" else {"sparse S<P<L": configs["sparse S<P<L"]})))
+        out.update(
+            _text_scenarios(
+                f"llama-h64-{out_type}",
+                model,
+                configs=(configs if out_type == "f16" else {"sparse S<P<L": configs["sparse S<P<L"]}),
+            )
+        )
     # A span over 4096 keys: the saliency runs in several key chunks (concatenated).
-    out.update(_text_scenarios("llama-h64-Q4_K_M long span", model, n_lines=360,
-                               configs={"sparse S<P<L": configs["sparse S<P<L"]}))
+    out.update(
+        _text_scenarios(
+            "llama-h64-Q4_K_M long span", model, n_lines=360, configs={"sparse S<P<L": configs["sparse S<P<L"]}
+        )
+    )
     out.update(_qwen2vl_scenarios(qwen_vocab, tiny_dir / "qwen2vl-h128-f16.gguf"))
     return out
 
@@ -226,8 +245,24 @@ def test_the_scenarios_build_every_graph(recorded):
     only those paths build are there."""
     nodes = {n for ns in recorded.values() for n in ns}
     seen = {(n.op, n.sub) for n in nodes}
-    for op in ["FLASH_ATTN_EXT", "ARGSORT", "POOL_1D", "CONCAT", "SUM_ROWS", "DIV", "LOG", "CLAMP", "SCALE", "CPY",
-               "GET_ROWS", "RMS_NORM", "ROPE", "MUL_MAT", "CONT", "TRANSPOSE"]:
+    for op in [
+        "FLASH_ATTN_EXT",
+        "ARGSORT",
+        "POOL_1D",
+        "CONCAT",
+        "SUM_ROWS",
+        "DIV",
+        "LOG",
+        "CLAMP",
+        "SCALE",
+        "CPY",
+        "GET_ROWS",
+        "RMS_NORM",
+        "ROPE",
+        "MUL_MAT",
+        "CONT",
+        "TRANSPOSE",
+    ]:
         assert (op, "") in seen, op
     assert ("UNARY", "EXP") in seen and ("GLU", "SWIGLU") in seen
     concat_dims = {n.param("dim") for n in nodes if n.op == "CONCAT"}
@@ -255,8 +290,10 @@ def test_every_recorded_op_runs_on_metal_cuda_and_vulkan(backends, recorded):
             if not v.ok:
                 where = [s for s, ns in recorded.items() if n in ns]
                 more = f" and {len(where) - 1} more" if len(where) > 1 else ""
-                failures.append(f"{name}: {n.label()} layout {n.layout} / {','.join(n.src_layout)} "
-                                f"({v.how}): {v.reason}; in {where[0]}{more}")
+                failures.append(
+                    f"{name}: {n.label()} layout {n.layout} / {','.join(n.src_layout)} "
+                    f"({v.how}): {v.reason}; in {where[0]}{more}"
+                )
     assert not failures, "ops that would fall back to the CPU:\n" + "\n".join(failures) + "\n\n" + table
 
 
@@ -264,8 +301,17 @@ def test_every_recorded_op_runs_on_metal_cuda_and_vulkan(backends, recorded):
 
 
 def node(op, type_, *src, sub="", layout="c12red3", params="") -> bs.Node:
-    return bs.Node.of({"op": op, "sub": sub, "type": type_, "src": list(src), "layout": layout,
-                       "src_layout": [layout if s else "" for s in src], "params": params})
+    return bs.Node.of(
+        {
+            "op": op,
+            "sub": sub,
+            "type": type_,
+            "src": list(src),
+            "layout": layout,
+            "src_layout": [layout if s else "" for s in src],
+            "params": params,
+        }
+    )
 
 
 def test_the_parse_reads_each_switch(backends):

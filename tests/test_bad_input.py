@@ -13,8 +13,9 @@ from htsparse_llama import Model
 
 
 def run_cli(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def assert_one_line_error(proc, *fragments):
@@ -134,12 +135,15 @@ def test_bad_arguments(smollm_gguf):
         session.generate(max_tokens=4, top_p=1.5, stream=False)
 
 
-@pytest.mark.parametrize("tokens, positions, match", [
-    pytest.param([10, 11], np.zeros((3, 2)), "1 row", id="three-rows-on-llama"),  # llama has one rope stream
-    pytest.param([10, 11], [0, 1, 2], "2 values", id="more-positions-than-tokens"),
-    pytest.param([10, 11], [0, -1], "negative", id="negative"),
-    pytest.param([10], np.zeros((1, 1, 1)), "1-D", id="three-dimensional"),
-])
+@pytest.mark.parametrize(
+    "tokens, positions, match",
+    [
+        pytest.param([10, 11], np.zeros((3, 2)), "1 row", id="three-rows-on-llama"),  # llama has one rope stream
+        pytest.param([10, 11], [0, 1, 2], "2 values", id="more-positions-than-tokens"),
+        pytest.param([10, 11], [0, -1], "negative", id="negative"),
+        pytest.param([10], np.zeros((1, 1, 1)), "1-D", id="three-dimensional"),
+    ],
+)
 def test_bad_positions(smollm_gguf, tokens, positions, match):
     session = Model(smollm_gguf, n_ctx=64, n_threads=2).session()
     with pytest.raises(hts.InvalidArgumentError, match=match):
@@ -157,8 +161,12 @@ def test_bad_positions(smollm_gguf, tokens, positions, match):
     ],
 )
 def test_cli_bad_model_files(case, fragments, tmp_path, text_file, truncated_copy, unsupported_arch):
-    path = {"missing": str(tmp_path / "missing.gguf"), "text": text_file, "truncated": truncated_copy,
-            "unsupported": unsupported_arch}[case]
+    path = {
+        "missing": str(tmp_path / "missing.gguf"),
+        "text": text_file,
+        "truncated": truncated_copy,
+        "unsupported": unsupported_arch,
+    }[case]
     assert_one_line_error(run_cli("generate", "-m", path, "-p", "hi"), *fragments)
 
 
@@ -170,10 +178,14 @@ def test_cli_prompt_longer_than_context(smollm_gguf):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        pytest.param(["generate", "-m", "x.gguf"], "the following arguments are required: -p/--prompt",
-                     id="generate-without-prompt"),
-        pytest.param(["generate", "-m", "x.gguf", "-p", "hi", "--threads", "many"], "invalid int value",
-                     id="threads=many"),
+        pytest.param(
+            ["generate", "-m", "x.gguf"],
+            "the following arguments are required: -p/--prompt",
+            id="generate-without-prompt",
+        ),
+        pytest.param(
+            ["generate", "-m", "x.gguf", "-p", "hi", "--threads", "many"], "invalid int value", id="threads=many"
+        ),
         pytest.param(["frobnicate"], "invalid choice", id="unknown-command"),
         pytest.param([], "required", id="no-command"),
     ],
@@ -185,5 +197,6 @@ def test_cli_bad_arguments(args, fragment):
 
 
 def test_cli_bad_device(smollm_gguf):
-    assert_one_line_error(run_cli("generate", "-m", smollm_gguf, "-p", "hi", "--device", "tpu9"),
-                          "device 'tpu9' is not available")
+    assert_one_line_error(
+        run_cli("generate", "-m", smollm_gguf, "-p", "hi", "--device", "tpu9"), "device 'tpu9' is not available"
+    )

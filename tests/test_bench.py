@@ -17,8 +17,24 @@ def run_cli(*args):
 
 def test_bench_writes_json_with_both_engines(smollm_gguf, tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--prefill", "32,64", "--decode-ctx", "64",
-                   "--decode-tokens", "4", "--reps", "1", "--dense-only", "--json", str(out))
+    proc = run_cli(
+        "bench",
+        "-m",
+        smollm_gguf,
+        "-t",
+        "2",
+        "--prefill",
+        "32,64",
+        "--decode-ctx",
+        "64",
+        "--decode-tokens",
+        "4",
+        "--reps",
+        "1",
+        "--dense-only",
+        "--json",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     assert "prefill 64 tokens" in proc.stdout and "decode at 64 context" in proc.stdout
     result = json.loads(out.read_text())
@@ -30,11 +46,14 @@ def test_bench_writes_json_with_both_engines(smollm_gguf, tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
-@pytest.mark.parametrize("bad", [
-    pytest.param(["--prefill", "0"], id="prefill=0"),
-    pytest.param(["--prefill", "abc"], id="prefill=abc"),
-    pytest.param(["--reps", "-1"], id="reps=-1"),
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(["--prefill", "0"], id="prefill=0"),
+        pytest.param(["--prefill", "abc"], id="prefill=abc"),
+        pytest.param(["--reps", "-1"], id="reps=-1"),
+    ],
+)
 def test_bench_bad_arguments_give_one_line(bad):
     proc = run_cli("bench", "-m", "x.gguf", *bad)
     assert proc.returncode == 2
@@ -49,9 +68,28 @@ def test_bench_missing_model_is_one_clear_line(tmp_path):
 
 def test_bench_sparse_comparison_writes_every_engine(smollm_gguf, tmp_path):
     out = tmp_path / "sparse.json"
-    proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--context", "600", "--trials", "1",
-                   "--keep-ratio", "0.3", "--select-layer", "3", "--prune-layer", "5", "--task", "multikey",
-                   "--reroute", "--json", str(out))
+    proc = run_cli(
+        "bench",
+        "-m",
+        smollm_gguf,
+        "-t",
+        "2",
+        "--context",
+        "600",
+        "--trials",
+        "1",
+        "--keep-ratio",
+        "0.3",
+        "--select-layer",
+        "3",
+        "--prune-layer",
+        "5",
+        "--task",
+        "multikey",
+        "--reroute",
+        "--json",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     for engine in ("llama_cpp", "dense", "sparse", "random"):
@@ -78,7 +116,7 @@ def test_multikey_prompt_asks_for_one_of_several_keys(smollm_gguf):
     p = multikey(model, seed=4, n_lines=40)
     text = model.detokenize(p.span)
     assert text.count("The pass key of") == 4
-    needle_line = model.detokenize(p.span[p.needle.start:p.needle.stop])
+    needle_line = model.detokenize(p.span[p.needle.start : p.needle.stop])
     service = needle_line.split("The pass key of ")[1].split(" is ")[0]
     assert p.answer in needle_line and f"pass key of {service}?" in model.detokenize(p.suffix)
     assert p.needle.start in p.seg_starts
@@ -86,8 +124,25 @@ def test_multikey_prompt_asks_for_one_of_several_keys(smollm_gguf):
 
 def test_bench_sweep_writes_one_point_per_context_and_keep_ratio(smollm_gguf, tmp_path):
     out = tmp_path / "sweep.json"
-    proc = run_cli("bench", "-m", smollm_gguf, "-t", "2", "--context", "300,500", "--trials", "1",
-                   "--keep-ratio", "0.2,0.5", "--select-layer", "3", "--json", str(out), "--plot", str(tmp_path / "c.png"))
+    proc = run_cli(
+        "bench",
+        "-m",
+        smollm_gguf,
+        "-t",
+        "2",
+        "--context",
+        "300,500",
+        "--trials",
+        "1",
+        "--keep-ratio",
+        "0.2,0.5",
+        "--select-layer",
+        "3",
+        "--json",
+        str(out),
+        "--plot",
+        str(tmp_path / "c.png"),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(out.read_text())
     points = result["points"]

@@ -17,8 +17,13 @@ SMALL = ["--max-visual-tokens", "1024", "-t", "2", "--decode-tokens", "4"]  # 16
 
 
 def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "htsparse_llama", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +48,17 @@ def test_three_engines_and_every_field(bench):
     assert result["ratios"]["baseline"] == "llama_cpp"
     for engine in ENGINES:
         row = result[engine]
-        for key in ("frames_per_s", "encode_s", "frame_decode_s", "prefill_tok_s", "ttft_s", "decode_tok_s",
-                    "kv_bytes", "prompt_tokens", "visual_tokens"):
+        for key in (
+            "frames_per_s",
+            "encode_s",
+            "frame_decode_s",
+            "prefill_tok_s",
+            "ttft_s",
+            "decode_tok_s",
+            "kv_bytes",
+            "prompt_tokens",
+            "visual_tokens",
+        ):
             assert row[key] > 0, (engine, key)
         assert row["frames"] == result["video"]["frames"] == 16
     ratios = result["ratios"]
@@ -90,13 +104,17 @@ def test_missing_video_is_one_clear_line(tmp_path):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
-@pytest.mark.parametrize("args, fragment", [
-    pytest.param(["--video", "packaged:clip", "--keep-ratio", "0.2,0.3"], "one --keep-ratio",
-                 id="two-keep-ratios-with-video"),
-    pytest.param(["--video", "packaged:clip", "--visual-share", "1.5"], "--visual-share", id="visual-share=1.5"),
-    pytest.param(["--video", "packaged:clip", "-m", "model.gguf"], "--mmproj", id="model-without-mmproj"),
-    pytest.param([], "-m MODEL", id="no-model"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        pytest.param(
+            ["--video", "packaged:clip", "--keep-ratio", "0.2,0.3"], "one --keep-ratio", id="two-keep-ratios-with-video"
+        ),
+        pytest.param(["--video", "packaged:clip", "--visual-share", "1.5"], "--visual-share", id="visual-share=1.5"),
+        pytest.param(["--video", "packaged:clip", "-m", "model.gguf"], "--mmproj", id="model-without-mmproj"),
+        pytest.param([], "-m MODEL", id="no-model"),
+    ],
+)
 def test_bad_options_are_one_clear_line(args, fragment):
     r = cli("bench", *args)
     assert r.returncode == 1 and fragment in r.stderr and "Traceback" not in r.stderr
@@ -113,8 +131,24 @@ def test_without_llama_cpp_mtmd_the_baseline_is_our_dense_path(bench, monkeypatc
 
     monkeypatch.setattr(bench_video, "LlamaMtmd", unavailable)
     out = tmp_path / "fallback.json"
-    assert main(["bench", "--video", "packaged:clip", "--max-visual-tokens", "512", "-t", "2",
-                 "--decode-tokens", "2", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--video",
+                "packaged:clip",
+                "--max-visual-tokens",
+                "512",
+                "-t",
+                "2",
+                "--decode-tokens",
+                "2",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "unavailable" in captured.err and "llama.cpp dense" not in captured.out
     result = json.loads(out.read_text())

@@ -17,10 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from support.cmake_build import ROOT, ctest
-
 import htsparse_llama as hts
 from htsparse_llama.video.turn import VideoTurn, encode_video
+from support.cmake_build import ROOT, ctest
 
 QUESTION = "What happens in this video?"
 MAX_TOKENS = 12
@@ -66,9 +65,22 @@ def python_answer(data: Path, sparse: bool):
 
 
 def run_example(exe: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(exe), str(data / "model.gguf"), str(data / "mmproj.gguf"), str(data / "frames.txt"),
-                           QUESTION, "--max-tokens", str(MAX_TOKENS), "--greedy", *extra],
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            str(exe),
+            str(data / "model.gguf"),
+            str(data / "mmproj.gguf"),
+            str(data / "frames.txt"),
+            QUESTION,
+            "--max-tokens",
+            str(MAX_TOKENS),
+            "--greedy",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.mark.parametrize("sparse", [True, False], ids=["sparse", "dense"])
@@ -95,13 +107,19 @@ def test_example_reports_bad_input(ctest_run, tmp_path):
     usage = subprocess.run([str(exe)], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage:" in usage.stderr
     (tmp_path / "frames.txt").write_text("0.0 missing.ppm\n")
-    missing = subprocess.run([str(exe), str(data / "model.gguf"), str(data / "mmproj.gguf"),
-                              str(tmp_path / "frames.txt"), "q"], capture_output=True, text=True)
+    missing = subprocess.run(
+        [str(exe), str(data / "model.gguf"), str(data / "mmproj.gguf"), str(tmp_path / "frames.txt"), "q"],
+        capture_output=True,
+        text=True,
+    )
     assert missing.returncode == 1 and "missing.ppm" in missing.stderr
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"GGUF" + b"\0" * 20)
-    bad_model = subprocess.run([str(exe), str(broken), str(data / "mmproj.gguf"), str(data / "frames.txt"), "q"],
-                               capture_output=True, text=True)
+    bad_model = subprocess.run(
+        [str(exe), str(broken), str(data / "mmproj.gguf"), str(data / "frames.txt"), "q"],
+        capture_output=True,
+        text=True,
+    )
     assert bad_model.returncode == 1 and "error: loading the model" in bad_model.stderr
     assert len(bad_model.stderr.strip().splitlines()) <= 3  # a clear message, no crash dump
 
@@ -116,8 +134,21 @@ def test_c_program_builds_against_the_installed_package(ctest_run, tmp_path):
     flags = subprocess.run([sys.executable, "-m", "htsparse_llama", "c-flags"], capture_output=True, text=True)
     assert flags.returncode == 0, flags.stderr
     exe = tmp_path / "video_question"
-    compiled = subprocess.run([cc, "-std=c99", "-Wall", "-Werror", "-pedantic", str(ROOT / "examples" / "video_question.c"),
-                               *flags.stdout.split(), "-o", str(exe)], capture_output=True, text=True)
+    compiled = subprocess.run(
+        [
+            cc,
+            "-std=c99",
+            "-Wall",
+            "-Werror",
+            "-pedantic",
+            str(ROOT / "examples" / "video_question.c"),
+            *flags.stdout.split(),
+            "-o",
+            str(exe),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert compiled.returncode == 0, compiled.stderr
     data = build / "test-data"
     installed = run_example(exe, data)

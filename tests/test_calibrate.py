@@ -19,15 +19,15 @@ from support.haystack import QUESTION, haystack
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True, timeout=600)
 
 
 def same_tensors(a, b) -> bool:
     ra, rb = gguf.GGUFReader(str(a)), gguf.GGUFReader(str(b))
     return len(ra.tensors) == len(rb.tensors) and all(
         x.name == y.name and x.tensor_type == y.tensor_type and np.array_equal(x.data, y.data)
-        for x, y in zip(ra.tensors, rb.tensors))
+        for x, y in zip(ra.tensors, rb.tensors)
+    )
 
 
 def htsparse_keys(path):
@@ -63,11 +63,13 @@ def test_chosen_layer_keeps_the_needle_and_answers(smollm_calibrated):
     the pass key as a dense one does."""
     result, out = smollm_calibrated
     recall = result.recall_by_layer
-    assert recall[result.select_layer] >= 0.95 and all(r < 0.95 for r in recall[:result.select_layer])
+    assert recall[result.select_layer] >= 0.95 and all(r < 0.95 for r in recall[: result.select_layer])
     assert result.select_layer < len(recall) // 2  # selection early enough to save work
+
     def ask(session):
-        session.add_message("user", [{"text": haystack(n_lines=60, where=25), "sparse": True},
-                                     {"text": "\n" + QUESTION}])
+        session.add_message(
+            "user", [{"text": haystack(n_lines=60, where=25), "sparse": True}, {"text": "\n" + QUESTION}]
+        )
         return session.generate(max_tokens=16, temperature=0, stream=False)
 
     model = Model(str(out), n_ctx=2048, n_threads=2)
@@ -92,7 +94,6 @@ def test_cli_writes_a_loadable_file_and_refuses_to_overwrite(tiny_llama, tmp_pat
     r = cli("calibrate", "-m", src, "-o", str(out), "--samples", "2", "--context", "256", "-t", "2")
     assert r.returncode == 0, r.stderr
     assert "select layer" in r.stdout and "calibrating: prompt 2/2" in r.stderr
-    import llama_cpp
 
     llm = load_llama(str(out), n_ctx=64, verbose=False)  # upstream still loads it
     assert llm.n_vocab() == tiny_llama.n_vocab
@@ -103,13 +104,16 @@ def test_cli_writes_a_loadable_file_and_refuses_to_overwrite(tiny_llama, tmp_pat
     assert r.returncode == 0 and "already had" in r.stderr and "replaced" in r.stderr
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    pytest.param(["-m", "/nonexistent.gguf"], "nonexistent", id="missing-model"),
-    pytest.param(["--samples", "0"], "n_samples", id="samples=0"),
-    pytest.param(["--keep-ratio", "1.5"], "keep_ratio", id="keep-ratio=1.5"),
-    pytest.param(["--video", "clip.mp4"], "goes with --mmproj", id="video-without-mmproj"),
-    pytest.param(["--mmproj", "missing-mmproj.gguf"], "missing-mmproj.gguf", id="missing-mmproj"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        pytest.param(["-m", "/nonexistent.gguf"], "nonexistent", id="missing-model"),
+        pytest.param(["--samples", "0"], "n_samples", id="samples=0"),
+        pytest.param(["--keep-ratio", "1.5"], "keep_ratio", id="keep-ratio=1.5"),
+        pytest.param(["--video", "clip.mp4"], "goes with --mmproj", id="video-without-mmproj"),
+        pytest.param(["--mmproj", "missing-mmproj.gguf"], "missing-mmproj.gguf", id="missing-mmproj"),
+    ],
+)
 def test_cli_bad_input(tiny_llama, tmp_path, extra, fragment):
     args = ["calibrate", "-m", str(tiny_llama.gguf_path), "-o", str(tmp_path / "out.gguf"), "--context", "256", *extra]
     r = cli(*args)

@@ -39,7 +39,21 @@ def test_generate_prints_the_api_greedy_answer(smollm_gguf):
 
 
 def test_seeded_sampling_is_reproducible(smollm_gguf):
-    args = ("generate", "-m", smollm_gguf, "-p", "Tell me a story.", "--temp", "1.0", "--seed", "42", "-n", "20", "-t", "2")
+    args = (
+        "generate",
+        "-m",
+        smollm_gguf,
+        "-p",
+        "Tell me a story.",
+        "--temp",
+        "1.0",
+        "--seed",
+        "42",
+        "-n",
+        "20",
+        "-t",
+        "2",
+    )
     a, b = run_cli(*args), run_cli(*args)
     assert a.returncode == b.returncode == 0
     assert a.stdout == b.stdout and len(a.stdout.strip()) > 0
@@ -64,8 +78,12 @@ def test_chat_remembers_the_conversation(smollm_gguf):
 
 def test_interactive_chat_on_a_terminal(smollm_gguf):
     pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(CLI[0], [*CLI[1:], "chat", "-m", smollm_gguf, "--temp", "0", "-n", "24", "-t", "2"],
-                          encoding="utf-8", timeout=120)
+    child = pexpect.spawn(
+        CLI[0],
+        [*CLI[1:], "chat", "-m", smollm_gguf, "--temp", "0", "-n", "24", "-t", "2"],
+        encoding="utf-8",
+        timeout=120,
+    )
     try:
         child.expect("/reset")  # the banner names the commands
         child.expect("> ")

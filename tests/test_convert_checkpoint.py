@@ -152,8 +152,13 @@ def checkpoints(rebuilt_dirs, tmp_path_factory) -> Dict[str, Ckpt]:
 
 def start_convert(*args: Any, env: Optional[Dict[str, str]] = None) -> subprocess.Popen:
     """`python -m htsparse_llama convert ARGS` as a user runs it, started."""
-    return subprocess.Popen([sys.executable, "-m", "htsparse_llama", "convert", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "htsparse_llama", "convert", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
@@ -183,8 +188,10 @@ def cli_f32(checkpoints, tmp_path_factory) -> Dict[str, CliRun]:
     """model_type -> the CLI's f32 conversion of its checkpoint (the three run at once)."""
     outs = {m: tmp_path_factory.mktemp(f"cli_{m}") for m in checkpoints}
     started = {m: start_convert(ckpt.path, "-o", outs[m], "--outtype", "f32") for m, ckpt in checkpoints.items()}
-    return {m: CliRun(checkpoints[m], finish(proc), outs[m] / f"{m}-F32.gguf", outs[m] / f"mmproj-{m}-F32.gguf")
-            for m, proc in started.items()}
+    return {
+        m: CliRun(checkpoints[m], finish(proc), outs[m] / f"{m}-F32.gguf", outs[m] / f"mmproj-{m}-F32.gguf")
+        for m, proc in started.items()
+    }
 
 
 @dataclass
@@ -198,8 +205,9 @@ class Gguf:
     @classmethod
     def read(cls, path: Path) -> "Gguf":
         fields, tensors = read_gguf_header(path)
-        return cls(path, {f.key: (f.value, f.type, f.sub_type) for f in fields},
-                   {t.name: (t.shape, t.type) for t in tensors})
+        return cls(
+            path, {f.key: (f.value, f.type, f.sub_type) for f in fields}, {t.name: (t.shape, t.type) for t in tensors}
+        )
 
     def value(self, key: str) -> Any:
         return self.meta[key][0]
@@ -212,15 +220,17 @@ class Gguf:
         header order, each padded to the alignment: found from the end, with
         no second pass over the metadata (gguf.GGUFReader takes ~10 s)."""
         align = self.meta.get("general.alignment", (gguf.GGUF_DEFAULT_ALIGNMENT,))[0]
-        sizes = [int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[t][0] * gguf.GGML_QUANT_SIZES[t][1]
-                 for shape, t in self.tensors.values()]
+        sizes = [
+            int(np.prod(shape)) // gguf.GGML_QUANT_SIZES[t][0] * gguf.GGML_QUANT_SIZES[t][1]
+            for shape, t in self.tensors.values()
+        ]
         padded = [-(-n // align) * align for n in sizes]
         raw = self.path.read_bytes()
         offset = len(raw) - sum(padded)
         assert offset > 0 and offset % align == 0, f"{self.path}: the data section does not end the file"
         out = {}
         for name, n, p in zip(self.tensors, sizes, padded):
-            out[name] = raw[offset:offset + n]
+            out[name] = raw[offset : offset + n]
             offset += p
         return out
 
@@ -295,8 +305,12 @@ def test_llama_cpp_runs_the_text_gguf_as_transformers(logits, model_type):
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_our_runtime_runs_the_text_gguf_as_llama_cpp(logits, cli_f32, model_type):
     got = logits[model_type]
-    check_close(f"{model_type} f32: ours vs llama.cpp", ours(cli_f32[model_type].text, got.ids), got.llama_cpp,
-                REL_TOL_LLAMA_CPP)
+    check_close(
+        f"{model_type} f32: ours vs llama.cpp",
+        ours(cli_f32[model_type].text, got.ids),
+        got.llama_cpp,
+        REL_TOL_LLAMA_CPP,
+    )
 
 
 # -- 1. the mmproj ------------------------------------------------------------------------------------
@@ -318,9 +332,14 @@ def test_mmproj_encodes_an_image_and_is_the_writers_file(checkpoints, cli_f32, m
     for chunk in chunks:
         assert chunk.shape == (case.n_tokens, 64) and np.isfinite(chunk).all() and chunk.std() > 0
 
-    direct = write_mmproj_gguf(tmp_path / "direct.gguf", load_file(str(folder / "model.safetensors")),
-                               load_json(folder / "config.json"), load_json(folder / "preprocessor_config.json"),
-                               "f32", name=model_type)
+    direct = write_mmproj_gguf(
+        tmp_path / "direct.gguf",
+        load_file(str(folder / "model.safetensors")),
+        load_json(folder / "config.json"),
+        load_json(folder / "preprocessor_config.json"),
+        "f32",
+        name=model_type,
+    )
     cli, ref = Gguf.read(run.mmproj), Gguf.read(direct)
     assert (cli.meta, cli.tensors) == (ref.meta, ref.tensors)
     assert run.mmproj.read_bytes() == direct.read_bytes()
@@ -411,6 +430,7 @@ def _no_config(src, dest):
 def _unsupported(src, dest):
     def edit(c):
         c.update(model_type="mistral3", architectures=["Mistral3ForConditionalGeneration"])
+
     return _edit_config(src, dest, edit)
 
 
@@ -430,25 +450,35 @@ def _truncated(src, dest):
 def _vision_config(src, dest):
     def edit(c):
         c["vision_config"]["hidden_act"] = "relu"
+
     return _edit_config(src, dest, edit)
 
 
 BAD_INPUT = {
     "no_config": (_no_config, r"has no config\.json: not a Hugging Face checkpoint directory"),
     # The message names the type and the class and lists the supported types (checked below).
-    "unsupported_architecture": (_unsupported, r"unsupported architecture 'mistral3' "
-                                               r"\(Mistral3ForConditionalGeneration\); supported model types: "),
-    "missing_shard": (lambda s, d: _sharded(s, d, {}),
-                      rf"1 of the 2 shards named in {INDEX} are missing: {SHARDS[1]}$"),
-    "mismatched_shard": (lambda s, d: _sharded(s, d, {"model.norm.weight": np.ones(64, np.float32)}),
-                         rf"{SHARDS[1]} lacks 1 tensors that {INDEX} puts there, e\.g\. 'lm_head\.weight'"),
+    "unsupported_architecture": (
+        _unsupported,
+        r"unsupported architecture 'mistral3' "
+        r"\(Mistral3ForConditionalGeneration\); supported model types: ",
+    ),
+    "missing_shard": (
+        lambda s, d: _sharded(s, d, {}),
+        rf"1 of the 2 shards named in {INDEX} are missing: {SHARDS[1]}$",
+    ),
+    "mismatched_shard": (
+        lambda s, d: _sharded(s, d, {"model.norm.weight": np.ones(64, np.float32)}),
+        rf"{SHARDS[1]} lacks 1 tensors that {INDEX} puts there, e\.g\. 'lm_head\.weight'",
+    ),
     "bin_only": (_bin_only, r"has no \.safetensors weights \(found pytorch_model\.bin: only safetensors"),
     "truncated_safetensors": (_truncated, r"model\.safetensors is not a readable safetensors file: "),
     # Found before anything is written.
     "vision_config_clip_cannot_run": (_vision_config, r"cannot write the mmproj: .*'relu'"),
     # Found after the text model is written, which must not stay behind alone.
-    "vision_tensor_missing": (lambda s, d: _without_tensor(s, d, "model.connector.modality_projection.proj.weight"),
-                              r"lacks 1 vision tensors, first: \['mm\.model\.fc\.weight'\]"),
+    "vision_tensor_missing": (
+        lambda s, d: _without_tensor(s, d, "model.connector.modality_projection.proj.weight"),
+        r"lacks 1 vision tensors, first: \['mm\.model\.fc\.weight'\]",
+    ),
 }
 
 
@@ -502,13 +532,18 @@ def test_without_torch_the_cli_says_what_to_install(checkpoints, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(stand_in), os.environ.get("PYTHONPATH")])))
     out = tmp_path / "out"
     proc = finish(start_convert(checkpoints["smolvlm"].path, "-o", out, env=env))
-    assert_refused(proc, r"^error: conversion needs torch and safetensors \(torch is missing\): "
-                         r"pip install 'htsparse-llama\[convert\]'$", out)
+    assert_refused(
+        proc,
+        r"^error: conversion needs torch and safetensors \(torch is missing\): "
+        r"pip install 'htsparse-llama\[convert\]'$",
+        out,
+    )
 
 
 def test_no_mmproj_writes_the_text_model_only(checkpoints, cli_f32, tmp_path):
-    proc = run_convert(checkpoints["smolvlm"].path, "-o", tmp_path, "--outtype", "f32", "--no-mmproj",
-                       "--name", "SmolVLM2-tiny")
+    proc = run_convert(
+        checkpoints["smolvlm"].path, "-o", tmp_path, "--outtype", "f32", "--no-mmproj", "--name", "SmolVLM2-tiny"
+    )
     assert proc.returncode == 0, proc.stderr
     text = tmp_path / "SmolVLM2-tiny-F32.gguf"
     assert listing(tmp_path) == [text.name]
@@ -572,8 +607,9 @@ def hf_vocabs(checkpoints) -> Dict[str, HfVocab]:
 
 @pytest.mark.parametrize("out_type", OUT_TYPES)
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
-def test_text_gguf_same_as_upstream_converter(checkpoints, cli_f32, hf_vocabs, upstream_text, model_type, out_type,
-                                             tmp_path):
+def test_text_gguf_same_as_upstream_converter(
+    checkpoints, cli_f32, hf_vocabs, upstream_text, model_type, out_type, tmp_path
+):
     """Same metadata keys, values and value types; same tensors (names, ggml
     shapes, types, order) and bytes. f32 is the CLI's file; the others are
     written by write_text_gguf from the checkpoint as convert_checkpoint
@@ -582,16 +618,24 @@ def test_text_gguf_same_as_upstream_converter(checkpoints, cli_f32, hf_vocabs, u
         ours_path = cli_f32[model_type].text
     else:
         ckpt = open_checkpoint(checkpoints[model_type].path)
-        ours_path = write_text_gguf(tmp_path / "ours.gguf", ckpt.tensors, ckpt.config, vocab_from=hf_vocabs[model_type],
-                                    out_type=out_type, name=model_type)
+        ours_path = write_text_gguf(
+            tmp_path / "ours.gguf",
+            ckpt.tensors,
+            ckpt.config,
+            vocab_from=hf_vocabs[model_type],
+            out_type=out_type,
+            name=model_type,
+        )
     ours, theirs = Gguf.read(ours_path), Gguf.read(upstream_text.path(model_type, out_type))
 
     assert ours.value("general.name") == model_type
-    meta_ours, meta_theirs = ({k: v for k, v in g.meta.items() if k not in UPSTREAM_IGNORED_KEYS}
-                              for g in (ours, theirs))
+    meta_ours, meta_theirs = (
+        {k: v for k, v in g.meta.items() if k not in UPSTREAM_IGNORED_KEYS} for g in (ours, theirs)
+    )
     assert sorted(meta_ours) == sorted(meta_theirs), {
         "only ours": sorted(set(meta_ours) - set(meta_theirs)),
-        "only upstream": sorted(set(meta_theirs) - set(meta_ours))}
+        "only upstream": sorted(set(meta_theirs) - set(meta_ours)),
+    }
     differing = {k: (str(meta_ours[k])[:160], str(v)[:160]) for k, v in meta_theirs.items() if meta_ours[k] != v}
     assert not differing, differing
     assert list(ours.tensors.items()) == list(theirs.tensors.items())

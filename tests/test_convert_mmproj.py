@@ -145,8 +145,9 @@ def tiny_vlms(request, tiny_dir) -> Iterator[TinyVLMs]:
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_mtmd_embeddings_match_transformers(tiny_vlms, model_type, out_type, tol):
     vlm = tiny_vlms[model_type]
-    path = write_mmproj_gguf(vlm.folder / f"mmproj-{out_type}.gguf", vlm.state_dict, vlm.model.config,
-                             vlm.case.preprocessor, out_type)
+    path = write_mmproj_gguf(
+        vlm.folder / f"mmproj-{out_type}.gguf", vlm.state_dict, vlm.model.config, vlm.case.preprocessor, out_type
+    )
     with MtmdEncoder(vlm.text_model, path) as enc:
         chunks = enc.encode(vlm.image)
     assert len(chunks) == vlm.case.n_images
@@ -198,8 +199,11 @@ def _load_checkpoint(folder: Path) -> Tuple[Dict[str, np.ndarray], Dict[str, Any
 def _gguf_contents(path: Path) -> Tuple[Dict[str, Any], Dict[str, Tuple[tuple, Any, bytes]]]:
     """(key -> (value, type, sub_type)), (tensor -> (ggml shape, type, data bytes))."""
     fields, _ = read_gguf_header(path)
-    meta = {f.key: (f.value, f.type, f.sub_type) for f in fields
-            if f.key not in IGNORED_KEYS and not f.key.startswith(OUR_KEYS)}
+    meta = {
+        f.key: (f.value, f.type, f.sub_type)
+        for f in fields
+        if f.key not in IGNORED_KEYS and not f.key.startswith(OUR_KEYS)
+    }
     reader = gguf.GGUFReader(path)
     tensors = {t.name: (tuple(int(n) for n in t.shape), t.tensor_type, bytes(t.data.tobytes())) for t in reader.tensors}
     return meta, tensors
@@ -228,7 +232,9 @@ def test_same_as_upstream_converter(tiny_vlms, upstream_mmprojs, model_type, out
         assert meta_ours[key] == value, f"{key}: ours {meta_ours[key]} upstream {value}"
     assert tensors_ours.keys() == tensors_theirs.keys()
     for name, (shape, qtype, data) in tensors_theirs.items():
-        assert tensors_ours[name][:2] == (shape, qtype), f"{name}: ours {tensors_ours[name][:2]} upstream {(shape, qtype)}"
+        assert tensors_ours[name][:2] == (shape, qtype), (
+            f"{name}: ours {tensors_ours[name][:2]} upstream {(shape, qtype)}"
+        )
         assert tensors_ours[name][2] == data, f"{name}: same shape and type, different bytes"
 
 
@@ -244,14 +250,17 @@ def test_unsupported_model_type_is_named(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("change,preprocessor,match", [
-    # Full attention at layers 1 and 2: not "every n-th layer", which is all
-    # clip.vision.n_wa_pattern can say.
-    pytest.param({"fullatt_block_indexes": [1, 2]}, None, "fullatt_block_indexes", id="full-attention-at-1-and-2"),
-    pytest.param({"window_size": 224}, None, "window_size", id="window-224"),  # clip.cpp fixes it at 112 pixels
-    pytest.param({"intermediate_size": 32}, None, "swapped", id="square-mlp"),
-    pytest.param({}, {"patch_size": 16}, "patch_size", id="preprocessor-patch-16"),
-])
+@pytest.mark.parametrize(
+    "change,preprocessor,match",
+    [
+        # Full attention at layers 1 and 2: not "every n-th layer", which is all
+        # clip.vision.n_wa_pattern can say.
+        pytest.param({"fullatt_block_indexes": [1, 2]}, None, "fullatt_block_indexes", id="full-attention-at-1-and-2"),
+        pytest.param({"window_size": 224}, None, "window_size", id="window-224"),  # clip.cpp fixes it at 112 pixels
+        pytest.param({"intermediate_size": 32}, None, "swapped", id="square-mlp"),
+        pytest.param({}, {"patch_size": 16}, "patch_size", id="preprocessor-patch-16"),
+    ],
+)
 def test_config_clip_cannot_express_is_refused(tmp_path, change, preprocessor, match):
     from transformers import Qwen2_5_VLConfig
 

@@ -22,6 +22,7 @@ from support.upstream_converter import converter_args, run_upstream_converter
 
 PRE = {"qwen": "qwen2", "smollm": "smollm"}
 
+
 def _tiny_checkpoint(kind: str, d: Path, n_vocab: int) -> None:
     """A random 2-layer decoder saved next to the tokenizer, special ids in
     config.json as in the released configs."""
@@ -29,8 +30,16 @@ def _tiny_checkpoint(kind: str, d: Path, n_vocab: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    common = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=n_vocab, max_position_embeddings=512, tie_word_embeddings=True)
+    common = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=n_vocab,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
     if kind == "qwen":
         model = Qwen2ForCausalLM(Qwen2Config(bos_token_id=151643, eos_token_id=151645, **common))
     else:
@@ -77,8 +86,9 @@ def our_gguf(released_dir, hf_vocab, tmp_path_factory):
         if kind not in made:
             d = released_dir(kind)
             out = tmp_path_factory.mktemp(f"ours_{kind}") / "ours.gguf"
-            made[kind] = write_text_gguf(out, load_file(str(d / "model.safetensors")), load_json(d / "config.json"),
-                                         vocab_from=hf_vocab(kind))
+            made[kind] = write_text_gguf(
+                out, load_file(str(d / "model.safetensors")), load_json(d / "config.json"), vocab_from=hf_vocab(kind)
+            )
         return made[kind]
 
     return get
@@ -137,8 +147,7 @@ def test_released_layout_gives_back_the_real_gguf_vocab(kind, our_gguf, qwen_ggu
     (add_* flags are left out: that file came from an older converter.)"""
     real = _values(Path(qwen_gguf if kind == "qwen" else smollm_gguf))
     ours = _values(our_gguf(kind))
-    for key in ("tokens", "token_type", "merges", "pre", "model", "bos_token_id", "eos_token_id",
-                "padding_token_id"):
+    for key in ("tokens", "token_type", "merges", "pre", "model", "bos_token_id", "eos_token_id", "padding_token_id"):
         assert ours[f"tokenizer.ggml.{key}"] == real[f"tokenizer.ggml.{key}"], key
     assert ours["tokenizer.chat_template"] == real["tokenizer.chat_template"]
 

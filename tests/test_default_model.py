@@ -14,8 +14,10 @@ pytestmark = pytest.mark.real_model  # its tokenizer comes from the packaged Qwe
 
 
 def test_made_once_and_loadable(qwen_gguf, tmp_path):
-    code = ("import sys, htsparse_llama.fetch.demo_model as d; "
-            f"t, m = d.default_model_paths(print, {str(tmp_path)!r}); print(t); print(m); print('torch' in sys.modules)")
+    code = (
+        "import sys, htsparse_llama.fetch.demo_model as d; "
+        f"t, m = d.default_model_paths(print, {str(tmp_path)!r}); print(t); print(m); print('torch' in sys.modules)"
+    )
     # A fresh process, as the CLI's first run: the model is made, without torch.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr

@@ -10,13 +10,20 @@ from htsparse_llama.video.cache import EmbeddingCache
 
 def items(seed=0, n=3):
     rng = np.random.default_rng(seed)
-    return [{"embd": rng.normal(size=(4, 8)).astype(np.float32), "pos": np.arange(12, dtype=np.int32).reshape(3, 4),
-             "time": np.array(0.5 * i)} for i in range(n)]
+    return [
+        {
+            "embd": rng.normal(size=(4, 8)).astype(np.float32),
+            "pos": np.arange(12, dtype=np.int32).reshape(3, 4),
+            "time": np.array(0.5 * i),
+        }
+        for i in range(n)
+    ]
 
 
 def same(a, b):
-    return len(a) == len(b) and all(x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x)
-                                    for x, y in zip(a, b))
+    return len(a) == len(b) and all(
+        x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b)
+    )
 
 
 def test_key_follows_content_settings_and_mmproj(tmp_path):

@@ -45,11 +45,18 @@ def image_case(tiny_qwen2vl):
     embeds = token_rows(m, ids)
     rng = np.random.default_rng(5)
     visual = rng.normal(0, float(embeds.std()), size=(n_grid, embeds.shape[1])).astype(np.float32)
-    embeds[n_before:n_before + n_grid] = visual
+    embeds[n_before : n_before + n_grid] = visual
     with torch.no_grad():
-        ref = m.torch_model(inputs_embeds=torch.from_numpy(embeds)[None],
-                            position_ids=torch.as_tensor(positions, dtype=torch.long)[:, None, :],
-                            use_cache=False).logits[0].float().numpy()
+        ref = (
+            m.torch_model(
+                inputs_embeds=torch.from_numpy(embeds)[None],
+                position_ids=torch.as_tensor(positions, dtype=torch.long)[:, None, :],
+                use_cache=False,
+            )
+            .logits[0]
+            .float()
+            .numpy()
+        )
     return m, ids, positions, chunks, visual, ref
 
 
@@ -57,13 +64,22 @@ def test_visual_rows_at_image_positions_match_transformers(image_case):
     m, ids, positions, chunks, visual, ref = image_case
     (n_before, _), (n_grid, grid_pos), (n_after, _) = chunks
     s = Model(str(m.gguf_path), n_ctx=256, n_threads=2).session()
-    out = [s.add_tokens(ids[:n_before], all_logits=True),
-           s.add_embeddings(visual, positions=grid_pos, placeholder=151655, all_logits=True),
-           s.add_tokens(ids[n_before + n_grid:], all_logits=True)]  # text resumes past the grid's extent
+    out = [
+        s.add_tokens(ids[:n_before], all_logits=True),
+        s.add_embeddings(visual, positions=grid_pos, placeholder=151655, all_logits=True),
+        s.add_tokens(ids[n_before + n_grid :], all_logits=True),
+    ]  # text resumes past the grid's extent
     check_close("qwen2vl visual rows", np.concatenate(out), ref, REL_TOL_F32)
     # The rows matter: the same positions with the tokens' own rows differ.
-    assert rel_l2(Model(str(m.gguf_path), n_ctx=256, n_threads=2).session().add_tokens(
-        ids, all_logits=True, positions=positions), ref).max() > 10 * REL_TOL_F32
+    assert (
+        rel_l2(
+            Model(str(m.gguf_path), n_ctx=256, n_threads=2)
+            .session()
+            .add_tokens(ids, all_logits=True, positions=positions),
+            ref,
+        ).max()
+        > 10 * REL_TOL_F32
+    )
 
 
 def test_visual_rows_as_a_sparse_span(image_case):
@@ -78,7 +94,7 @@ def test_visual_rows_as_a_sparse_span(image_case):
         s = model.session(sparse=config)
         s.add_tokens(ids[:n_before])
         s.add_embeddings(visual, positions=grid_pos, sparse=True, segments=frames)
-        s.add_tokens(ids[n_before + n_grid:])
+        s.add_tokens(ids[n_before + n_grid :])
         return s, s.logits()
 
     _, full = run(SparseConfig(keep_ratio=1.0, full_head_ratio=1.0, select_layer=1, prune_layer=3))

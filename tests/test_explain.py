@@ -29,33 +29,52 @@ def text_chunk(*tokens):
 
 def image_chunk(nx, ny, first, n_images=1):
     n = nx * ny
-    return {"embd": np.zeros((n, 4), np.float32), "positions": np.zeros((3, n), np.int32),
-            "meta": np.array([nx, ny, max(nx, ny), first, n_images], np.int32)}  # nx ny n_pos first n_images
+    return {
+        "embd": np.zeros((n, 4), np.float32),
+        "positions": np.zeros((3, n), np.int32),
+        "meta": np.array([nx, ny, max(nx, ny), first, n_images], np.int32),
+    }  # nx ny n_pos first n_images
 
 
 def smol_chunk(n, first):
     """Not M-RoPE: no grid, nx = n_tokens, ny = 1."""
-    return {"embd": np.zeros((n, 4), np.float32), "positions": np.arange(n, dtype=np.int32)[None],
-            "meta": np.array([n, 1, n, first, 1], np.int32)}
+    return {
+        "embd": np.zeros((n, 4), np.float32),
+        "positions": np.arange(n, dtype=np.int32)[None],
+        "meta": np.array([n, 1, n, first, 1], np.int32),
+    }
 
 
 # Span rows: pair 0-7, text 8-10, (empty text), image 11-14, text 15, smol 16-24, odd 25-29.
-CHUNKS = chunks(text_chunk(1, 2),                      # before the span: not in it
-                image_chunk(4, 2, first=0, n_images=2),  # frames 0 and 1
-                text_chunk(5, 6, 7), text_chunk(),
-                image_chunk(2, 2, first=2),
-                text_chunk(9),
-                smol_chunk(9, first=3),                  # 3x3 square tile
-                smol_chunk(5, first=4),                  # no grid: shaded by share kept
-                text_chunk(3))                                 # after the span
-KEPT = [0, 5, 9, 12, 15, 16, 20, 24, 25, 26, 99]   # 9, 15: text; 99: beyond this span
+CHUNKS = chunks(
+    text_chunk(1, 2),  # before the span: not in it
+    image_chunk(4, 2, first=0, n_images=2),  # frames 0 and 1
+    text_chunk(5, 6, 7),
+    text_chunk(),
+    image_chunk(2, 2, first=2),
+    text_chunk(9),
+    smol_chunk(9, first=3),  # 3x3 square tile
+    smol_chunk(5, first=4),  # no grid: shaded by share kept
+    text_chunk(3),
+)  # after the span
+KEPT = [0, 5, 9, 12, 15, 16, 20, 24, 25, 26, 99]  # 9, 15: text; 99: beyond this span
 
 
 def test_span_rows_walk_the_chunks():
     owner, index = explain.span_rows(CHUNKS)
     assert len(owner) == 8 + 3 + 4 + 1 + 9 + 5
-    expect = {0: (1, 0), 7: (1, 7), 8: (2, 0), 10: (2, 2), 11: (4, 0), 15: (5, 0), 16: (6, 0), 24: (6, 8),
-              25: (7, 0), 29: (7, 4)}
+    expect = {
+        0: (1, 0),
+        7: (1, 7),
+        8: (2, 0),
+        10: (2, 2),
+        11: (4, 0),
+        15: (5, 0),
+        16: (6, 0),
+        24: (6, 8),
+        25: (7, 0),
+        29: (7, 4),
+    }
     for row, (chunk, token) in expect.items():
         assert (owner[row], index[row]) == (chunk, token), row
     assert explain.span_rows(chunks(text_chunk(1)))[0].size == 0  # no image, no span
@@ -93,8 +112,17 @@ def test_full_heads_listed():
     full_kv = [[True, False], [False, False], [False, True], [True, True]]
     heads = explain.full_heads(full_kv)
     assert heads == ["0:0", "2:1", "3:0", "3:1"]
-    facts = {"question": "q?", "selected_by": "first?", "visual_kept": 3, "visual_total": 12, "text_kept": 0,
-             "text_total": 0, "pairs": True, "full_heads": heads, "n_kv_heads": 8}
+    facts = {
+        "question": "q?",
+        "selected_by": "first?",
+        "visual_kept": 3,
+        "visual_total": 12,
+        "text_kept": 0,
+        "text_total": 0,
+        "pairs": True,
+        "full_heads": heads,
+        "n_kv_heads": 8,
+    }
     lines = explain.summary_lines(facts)
     assert lines[0] == "question: q?" and "first?" in lines[1]  # says which question's selection stands
     assert "3 of 12 (25%)" in lines[2] and "text tokens" not in lines[2]
@@ -122,8 +150,9 @@ def test_layout_fits():
 def frames(n, w=224, h=112):
     """Smooth, distinct, not reddish frames."""
     y, x = np.mgrid[0:h, 0:w]
-    return [np.stack([x * 60 // w, 80 + y * 100 // h + 10 * k, 200 - x * 80 // w], -1).astype(np.uint8)
-            for k in range(n)]
+    return [
+        np.stack([x * 60 // w, 80 + y * 100 // h + 10 * k, 200 - x * 80 // w], -1).astype(np.uint8) for k in range(n)
+    ]
 
 
 def cell_diffs(png, lay, i, thumb, ny, nx):
@@ -131,12 +160,12 @@ def cell_diffs(png, lay, i, thumb, ny, nx):
     `thumb`, per token cell (the cell's inner half, away from edges)."""
     x0, y0 = lay.origin(i)
     th, tw = thumb.shape[:2]
-    region = png[y0:y0 + th, x0:x0 + tw].astype(float)
+    region = png[y0 : y0 + th, x0 : x0 + tw].astype(float)
     out = np.zeros((ny, nx))
     for r in range(ny):
         for c in range(nx):
-            ys = slice(int((r + .25) * th / ny), int(np.ceil((r + .75) * th / ny)))
-            xs = slice(int((c + .25) * tw / nx), int(np.ceil((c + .75) * tw / nx)))
+            ys = slice(int((r + 0.25) * th / ny), int(np.ceil((r + 0.75) * th / ny)))
+            xs = slice(int((c + 0.25) * tw / nx), int(np.ceil((c + 0.75) * tw / nx)))
             out[r, c] = np.abs(region[ys, xs] - thumb[ys, xs]).mean()
     return out, region
 
@@ -155,8 +184,9 @@ def test_picture_from_synthetic_frames(tmp_path):
     kept = [0, 9, 31, 33, 34]  # pair 0: cells (0,0) (1,1) (3,7); a text row; pair 1: (0,0)
     full_kv = [[True, False], [False, False], [False, True]]
     out = tmp_path / "out.png"
-    facts = explain.write_explanation(str(out), pictures, pairs, {"kept_in_span": kept, "full_kv": full_kv},
-                                      "What now?")
+    facts = explain.write_explanation(
+        str(out), pictures, pairs, {"kept_in_span": kept, "full_kv": full_kv}, "What now?"
+    )
     assert sorted(os.listdir(tmp_path)) == ["out.png"]  # no temp file left
     with Image.open(out) as im:
         assert im.format == "PNG" and im.size == (lay.width, lay.height(len(facts["lines"])))
@@ -178,7 +208,7 @@ def test_picture_from_synthetic_frames(tmp_path):
                     assert diffs[r, c] < 1.5, (i, r, c)  # the frame as decoded
         ys, xs = slice(0, thumb.shape[0] // 8), slice(0, thumb.shape[1] // 16)  # inside cell (0, 0)
         assert region[ys, xs, 0].mean() > thumb[ys, xs, 0].mean() + 50  # redder
-    text = png[lay.text_top:].astype(int)
+    text = png[lay.text_top :].astype(int)
     assert (text.sum(-1) < 300).sum() > 200  # dark glyphs in the text block
 
 
@@ -264,9 +294,13 @@ def test_cli_explain_refused_early(demo_model, tmp_path):
 def test_cli_interactive_rewrites_after_each_answer(demo_model, tmp_path):
     pexpect = pytest.importorskip("pexpect")
     out = tmp_path / "ex.png"
-    child = pexpect.spawn(sys.executable, ["-m", "htsparse_llama", "chat", "--video", "packaged:clip",
-                                           "--explain", str(out), *SMALL],
-                          encoding="utf-8", timeout=300, env=dict(os.environ, TERM="dumb"))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "htsparse_llama", "chat", "--video", "packaged:clip", "--explain", str(out), *SMALL],
+        encoding="utf-8",
+        timeout=300,
+        env=dict(os.environ, TERM="dumb"),
+    )
     questions = []
     try:
         for q in ("What is shown first?", "And then?"):

@@ -20,7 +20,9 @@ def smollm(smollm_gguf):
 
 @pytest.fixture(scope="module")
 def prompt(smollm):
-    return smollm.tokenize("The dual-length cache keeps every token in a few heads and a few tokens in the rest. " * 20)[:400]
+    return smollm.tokenize(
+        "The dual-length cache keeps every token in a few heads and a few tokens in the rest. " * 20
+    )[:400]
 
 
 def decode(session, first_logits, n):

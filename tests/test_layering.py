@@ -18,13 +18,25 @@ from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = {"htsparse_llama": ROOT / "python" / "htsparse_llama", "htsparse_convert": ROOT / "convert" / "htsparse_convert"}
+PACKAGES = {
+    "htsparse_llama": ROOT / "python" / "htsparse_llama",
+    "htsparse_convert": ROOT / "convert" / "htsparse_convert",
+}
 EXTENSIONS = {"htsparse_llama._native"}  # compiled modules (python/src)
 
 # Rooms of htsparse_llama, lowest first; a room imports only rooms of a lower rank
 # (the public core is the package's own top-level modules).
-LAYERS = {"core": 0, "video": 1, "fetch": 1, "tasks": 2, "calibrate": 3, "bench": 3, "server": 3, "cli": 4,
-          "__main__": 5}
+LAYERS = {
+    "core": 0,
+    "video": 1,
+    "fetch": 1,
+    "tasks": 2,
+    "calibrate": 3,
+    "bench": 3,
+    "server": 3,
+    "cli": 4,
+    "__main__": 5,
+}
 
 
 @dataclass
@@ -72,8 +84,9 @@ def build_graph(pkg: str) -> Graph:
                 targets = [(a.name, "") for a in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = _resolve(module, path.name == "__init__.py", node.level, node.module or "")
-                targets = [(f"{base}.{a.name}", "") if f"{base}.{a.name}" in known else (base, a.name)
-                           for a in node.names]
+                targets = [
+                    (f"{base}.{a.name}", "") if f"{base}.{a.name}" in known else (base, a.name) for a in node.names
+                ]
             for target, name in targets:
                 top = target.split(".")[0]
                 if top in PACKAGES and top != pkg:
@@ -185,10 +198,12 @@ def summary(pkg: str) -> str:
     g = build_graph(pkg)
     cyc = circles(g)
     up = upward_arrows(g) if pkg == "htsparse_llama" else []
-    return (f"{pkg}: {len(g.modules)} modules, {sum(len(t) for t in g.arrows.values())} arrows, {len(cyc)} circles "
-            f"({sum(len(c) for c in cyc)} modules in them), {len(up)} upward arrows between rooms, "
-            f"{len(g.local_imports)} function-local imports of package modules, {len(g.private_names)} private-name "
-            f"imports, imports of the other package: {sorted(t for ts in g.external.values() for t in ts)}")
+    return (
+        f"{pkg}: {len(g.modules)} modules, {sum(len(t) for t in g.arrows.values())} arrows, {len(cyc)} circles "
+        f"({sum(len(c) for c in cyc)} modules in them), {len(up)} upward arrows between rooms, "
+        f"{len(g.local_imports)} function-local imports of package modules, {len(g.private_names)} private-name "
+        f"imports, imports of the other package: {sorted(t for ts in g.external.values() for t in ts)}"
+    )
 
 
 if __name__ == "__main__":

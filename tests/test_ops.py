@@ -56,7 +56,7 @@ def causal_tail_mask(n_q, n_kv):
     """The query window is the last n_q keys; each query sees itself and before."""
     mask = np.zeros((n_q, n_kv), np.float32)
     for i in range(n_q):
-        mask[i, n_kv - n_q + i + 1:] = -np.inf
+        mask[i, n_kv - n_q + i + 1 :] = -np.inf
     return mask
 
 
@@ -130,6 +130,7 @@ def test_head_saliency_refuses_an_empty_span():
 
 # --- selection ----------------------------------------------------------------
 
+
 def pick_ref(seg_starts, n_v, token_score, keep_ratio=0.2, keep_mass=0.0, token_keep=1.0, floor=0):
     """The selection rules of docs/architecture.md#token-selection-on-segments, written plainly."""
     ends = list(seg_starts[1:]) + [n_v]
@@ -180,18 +181,17 @@ def params(**kw):
 
 SELECT_CASES = [  # (n_v, n_seg, H, pick settings)
     (100, 10, 4, dict(keep_ratio=0.2)),
-    (100, 1, 4, dict(keep_ratio=0.2)),            # one segment: all or nothing
-    (1, 1, 2, dict(keep_ratio=0.5)),              # one token
-    (777, 777, 8, dict(keep_ratio=0.1)),          # token-level segments
-    (500, 37, 14, dict(keep_ratio=1.0)),          # keep everything
+    (100, 1, 4, dict(keep_ratio=0.2)),  # one segment: all or nothing
+    (1, 1, 2, dict(keep_ratio=0.5)),  # one token
+    (777, 777, 8, dict(keep_ratio=0.1)),  # token-level segments
+    (500, 37, 14, dict(keep_ratio=1.0)),  # keep everything
     (500, 37, 14, dict(keep_mass=0.6)),
     (500, 37, 14, dict(keep_ratio=0.05, segment_floor=6)),
     (500, 37, 14, dict(keep_ratio=0.3, token_keep=0.5)),
 ]
 
 
-@pytest.mark.parametrize("case", SELECT_CASES,
-                         ids=lambda c: f"v{c[0]}-seg{c[1]}-H{c[2]}-" + kwargs_id(c[3]))
+@pytest.mark.parametrize("case", SELECT_CASES, ids=lambda c: f"v{c[0]}-seg{c[1]}-H{c[2]}-" + kwargs_id(c[3]))
 def test_select_tokens_matches_numpy(case):
     n_v, n_seg, n_head, pick = case
     rng = np.random.default_rng(n_v * 31 + n_seg)
@@ -202,8 +202,9 @@ def test_select_tokens_matches_numpy(case):
     got = ops.select_tokens(token_attn, head_w, seg_starts, params(**pick))
 
     token_score = head_w.astype(np.float64) @ token_attn
-    seg_score, order, kept = pick_ref(seg_starts, n_v, token_score, **{
-        {"segment_floor": "floor"}.get(k, k): v for k, v in pick.items()})
+    seg_score, order, kept = pick_ref(
+        seg_starts, n_v, token_score, **{{"segment_floor": "floor"}.get(k, k): v for k, v in pick.items()}
+    )
     np.testing.assert_allclose(got["token_score"], token_score, rtol=1e-5)
     np.testing.assert_allclose(got["segment_score"], seg_score, rtol=1e-5)
     assert got["order"].tolist() == order.tolist()
@@ -224,6 +225,7 @@ def test_select_tokens_refuses_bad_segments():
 
 # --- routed attention ---------------------------------------------------------
 
+
 def attention_ref(q, k, v, mask, scale):
     """q (n, d), k/v (n_kv, d), mask (n, n_kv) -> (n, d)."""
     s = scale * f16(q).astype(np.float64) @ f16(k).T.astype(np.float64) + f16(mask)
@@ -243,8 +245,11 @@ def causal_mask(n_tokens, cells_pos, first_pos):
 def test_routed_attention_matches_numpy(n_head, n_kv_head, split):
     rng = np.random.default_rng(n_head * 10 + n_kv_head)
     d, n_tokens, n_cells = 32, 6, 70
-    is_full = {"all_full": [True] * n_kv_head, "all_sparse": [False] * n_kv_head,
-               "mixed": [bool(g % 2 == 0) for g in range(n_kv_head)]}[split]
+    is_full = {
+        "all_full": [True] * n_kv_head,
+        "all_sparse": [False] * n_kv_head,
+        "mixed": [bool(g % 2 == 0) for g in range(n_kv_head)],
+    }[split]
     if split == "mixed" and all(is_full):
         is_full[-1] = False  # one KV head: make it sparse so the case differs
     full_g = [g for g in range(n_kv_head) if is_full[g]]
@@ -253,8 +258,9 @@ def test_routed_attention_matches_numpy(n_head, n_kv_head, split):
     # Full cache: every position; compact cache: a kept subset plus the new tokens.
     k_all = rng.standard_normal((n_kv_head, n_cells, d)).astype(np.float32)
     v_all = rng.standard_normal((n_kv_head, n_cells, d)).astype(np.float32)
-    kept_cells = np.sort(rng.choice(n_cells - n_tokens, size=20, replace=False)).tolist() + \
-        list(range(n_cells - n_tokens, n_cells))
+    kept_cells = np.sort(rng.choice(n_cells - n_tokens, size=20, replace=False)).tolist() + list(
+        range(n_cells - n_tokens, n_cells)
+    )
     q = rng.standard_normal((n_tokens, n_head, d)).astype(np.float32)
     first_pos = n_cells - n_tokens
     mask_full = causal_mask(n_tokens, range(n_cells), first_pos)
@@ -265,8 +271,9 @@ def test_routed_attention_matches_numpy(n_head, n_kv_head, split):
     if full_g:
         kw.update(k_full=k_all[full_g], v_full=v_all[full_g], mask_full=mask_full)
     if sparse_g:
-        kw.update(k_sparse=k_all[sparse_g][:, kept_cells], v_sparse=v_all[sparse_g][:, kept_cells],
-                  mask_sparse=mask_sparse)
+        kw.update(
+            k_sparse=k_all[sparse_g][:, kept_cells], v_sparse=v_all[sparse_g][:, kept_cells], mask_sparse=mask_sparse
+        )
     got = ops.routed_attention(q, is_full, scale=scale, **kw)
     assert got.shape == (n_tokens, n_head, d)
 

@@ -34,8 +34,9 @@ def _flags(command):
 
 
 def _parse(body):
-    return server_request.parse_chat_request(json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
-                                                         **body}).encode(), Limits(), ["m"])
+    return server_request.parse_chat_request(
+        json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}).encode(), Limits(), ["m"]
+    )
 
 
 def _outside(opt: Option):
@@ -91,8 +92,12 @@ def test_a_bad_value_is_one_message_everywhere(opt):
                 _parse({opt.request_field: value})
             assert api_error.value.status == 400 and api_error.value.param == opt.request_field
         if opt.cli:
-            r = subprocess.run([sys.executable, "-m", "htsparse_llama", "chat", "-m", "x.gguf", opt.cli_flags[-1],
-                                str(value)], capture_output=True, text=True, timeout=120)
+            r = subprocess.run(
+                [sys.executable, "-m", "htsparse_llama", "chat", "-m", "x.gguf", opt.cli_flags[-1], str(value)],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert r.returncode == 2 and str(py_error.value) in r.stderr and "Traceback" not in r.stderr
         assert isinstance(py_error.value, InvalidArgumentError)
 
@@ -136,5 +141,6 @@ def test_the_sampler_refuses_what_the_declaration_refuses(smollm_gguf, name):
             continue  # the C API documents a negative temperature as greedy; Python refuses it
         kw = dict(defaults, **{name: value})
         with pytest.raises(InvalidArgumentError, match=name):
-            native.Answer(s._conv, kw["temperature"], kw["top_k"], kw["top_p"], kw["min_p"], kw["repeat_penalty"],
-                          64, 0, 4, [])
+            native.Answer(
+                s._conv, kw["temperature"], kw["top_k"], kw["top_p"], kw["min_p"], kw["repeat_penalty"], 64, 0, 4, []
+            )

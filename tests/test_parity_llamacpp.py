@@ -9,8 +9,8 @@ import pytest
 
 llama_cpp = pytest.importorskip("llama_cpp")
 
-from htsparse_llama import Model
-from htsparse_llama.bench.llama_cpp import load_llama
+from htsparse_llama import Model  # noqa: E402
+from htsparse_llama.bench.llama_cpp import load_llama  # noqa: E402
 
 THREADS = 2
 N_PROMPT = 300
@@ -35,8 +35,16 @@ def prompt_tokens(model: Model) -> list:
 def llama_cpp_model(path: str):
     # flash_attn=True: the attention kernel our graphs use; llama.cpp's own CLI
     # turns it on by default on the CPU ("auto").
-    return load_llama(path, n_ctx=1024, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512,
-                           logits_all=True, flash_attn=True, verbose=False)
+    return load_llama(
+        path,
+        n_ctx=1024,
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        n_batch=512,
+        logits_all=True,
+        flash_attn=True,
+        verbose=False,
+    )
 
 
 def greedy(step_logits, first_logits, n):
@@ -120,8 +128,9 @@ def llama_cpp_logits_at(ref_model, ids, positions):
             batch.seq_id[i][0] = 0
         assert llama_cpp.llama_decode(ctx, batch) == 0
         n_vocab = ref_model.n_vocab()
-        return np.array([np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,))
-                         for i in range(len(ids))])
+        return np.array(
+            [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, i), shape=(n_vocab,)) for i in range(len(ids))]
+        )
     finally:
         llama_cpp.llama_batch_free(batch)
 

@@ -65,7 +65,7 @@ def test_keeping_everything_with_full_heads_is_dense(tiny, prompt, select_layer,
     batching noise (measured 5.8e-4 to 6.2e-4 rel L2) of one dense pass."""
     config = SparseConfig(keep_ratio=1.0, full_head_ratio=1.0, select_layer=select_layer, prune_layer=prune_layer)
     text, s = sparse_answer(tiny, prompt, config)
-    assert s.tokens()[:s.n_past - 4] == prompt.prefix + prompt.span + prompt.suffix  # the span round-trips as text
+    assert s.tokens()[: s.n_past - 4] == prompt.prefix + prompt.span + prompt.suffix  # the span round-trips as text
     assert s.stats().n_kept == len(prompt.span)
     same_text, same = staged_without_selection(tiny, prompt, prune_layer)
     assert text == same_text and np.array_equal(s.logits(), same.logits())
@@ -88,7 +88,7 @@ def test_pruning_from_layer_0_equals_dropping_the_tokens(tiny, prompt):
     assert text == ref_text
     assert np.array_equal(s.logits(), ref.logits())
     # And it is not the full-context answer: the dropped tokens mattered.
-    _, full = dense_answer(tiny, all_ids[:s.n_past - 4])
+    _, full = dense_answer(tiny, all_ids[: s.n_past - 4])
     assert rel_l2(full.logits(), ref.logits()) > 1e-2
 
 
@@ -106,8 +106,10 @@ def test_two_spans_from_layer_0_equal_dropping_their_tokens(tiny, prompt):
     s.add_tokens(prompt.suffix)
     text = s.generate(max_tokens=4, temperature=0, stream=False)
     spans = s._sparse.spans
-    assert spans == [(len(prompt.prefix), len(prompt.prefix) + cut),
-                     (len(prompt.prefix) + cut + len(between), len(prompt.prefix) + len(prompt.span) + len(between))]
+    assert spans == [
+        (len(prompt.prefix), len(prompt.prefix) + cut),
+        (len(prompt.prefix) + cut + len(between), len(prompt.prefix) + len(prompt.span) + len(between)),
+    ]
     kept = [spans[0][0] + v for v in s.selection["kept_in_span"]]
     for b, e in spans:
         assert 0.3 * (e - b) <= sum(b <= c < e for c in kept) < 0.5 * (e - b)

@@ -52,8 +52,9 @@ def test_rerouting_while_keeping_everything_is_dense(tiny, prompt, select_layer,
     session's, and the logits within batching noise of it (the rerun batches
     the whole conversation at once, the dense session had it token by token:
     measured 1.1e-4 to 2.0e-4 rel L2)."""
-    config = SparseConfig(keep_ratio=1.0, full_head_ratio=1.0, select_layer=select_layer, prune_layer=prune_layer,
-                          reroute=True)
+    config = SparseConfig(
+        keep_ratio=1.0, full_head_ratio=1.0, select_layer=select_layer, prune_layer=prune_layer, reroute=True
+    )
     answers, _, s = two_questions(tiny, prompt, config, QUESTION_2)
     assert s._sparse.n_selections == 2 and "reroute" in s.stats().prefill_ms
     dense_answers, _, dense = two_questions(tiny, prompt, None, QUESTION_2)
@@ -86,8 +87,9 @@ def test_each_question_finds_its_own_key(smollm):
     assert len(task.follow_ups) == 3
     second = task.follow_ups[0]
     config = SparseConfig(keep_ratio=0.05, full_head_ratio=0.0, select_layer=8, prune_layer=8)
-    _, picks, s = two_questions(smollm, task, SparseConfig(**{**config.__dict__, "reroute": True}),
-                                second.question, n=1)
+    _, picks, s = two_questions(
+        smollm, task, SparseConfig(**{**config.__dict__, "reroute": True}), second.question, n=1
+    )
     assert set(task.needle) <= set(picks[0]), "the first question's needle was not kept"
     assert set(second.needle) <= set(picks[1]), "the second question's needle was not kept"
     assert not set(second.needle) <= set(picks[0])  # so re-routing is what kept it

@@ -42,15 +42,20 @@ class LiveServer:
     def __init__(self, args, tmp_path, api_key=None):
         self.stderr_path = tmp_path / "server.err"
         self._err = open(self.stderr_path, "w")
-        self.proc = subprocess.Popen([sys.executable, "-m", "htsparse_llama", "serve", "--port", "0", "-t", "2",
-                                      *args], stdout=subprocess.PIPE, stderr=self._err, stdin=subprocess.DEVNULL,
-                                     text=True, env=dict(os.environ, HTSPARSE_API_KEY=api_key or ""))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "htsparse_llama", "serve", "--port", "0", "-t", "2", *args],
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            env=dict(os.environ, HTSPARSE_API_KEY=api_key or ""),
+        )
         self.api_key = api_key
         line = self._first_line(timeout=600)
         match = re.search(r"at (http://[^/\s]+/v1)", line)
         assert match, f"no listening line: {line!r}; stderr: {self.stderr()}"
         self.base_url = match.group(1)
-        self.host, port = self.base_url[len("http://"):-len("/v1")].rsplit(":", 1)
+        self.host, port = self.base_url[len("http://") : -len("/v1")].rsplit(":", 1)
         self.port = int(port)
 
     def _first_line(self, timeout):
@@ -61,8 +66,9 @@ class LiveServer:
         return self.stderr_path.read_text()
 
     def client(self, api_key=None, **kwargs):
-        return openai.OpenAI(base_url=self.base_url, api_key=api_key or self.api_key or "none", max_retries=0,
-                             timeout=300, **kwargs)
+        return openai.OpenAI(
+            base_url=self.base_url, api_key=api_key or self.api_key or "none", max_retries=0, timeout=300, **kwargs
+        )
 
     def raw(self, method, path, body=None, headers=None):
         """(status, parsed JSON body, response headers) of one plain HTTP request."""
@@ -103,9 +109,24 @@ def media_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vlm(demo_model, media_dir, tmp_path_factory):
     """The demo VLM (no -m), an API key from the environment, small limits."""
-    server = LiveServer(["--media-dir", str(media_dir), "--max-body-mb", "2", "--max-media-mb", "1",
-                         "--max-visual-tokens", "1024", "-n", "6", "--temp", "0"],
-                        tmp_path_factory.mktemp("vlm"), api_key=KEY)
+    server = LiveServer(
+        [
+            "--media-dir",
+            str(media_dir),
+            "--max-body-mb",
+            "2",
+            "--max-media-mb",
+            "1",
+            "--max-visual-tokens",
+            "1024",
+            "-n",
+            "6",
+            "--temp",
+            "0",
+        ],
+        tmp_path_factory.mktemp("vlm"),
+        api_key=KEY,
+    )
     yield server
     server.stop()
 
@@ -138,8 +159,12 @@ def _data_url(mime, data):
 
 
 def _video_message(url, question="What happens?"):
-    return [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
-                                         {"type": "text", "text": question}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "video_url", "video_url": {"url": url}}, {"type": "text", "text": question}],
+        }
+    ]
 
 
 def _expected(model, messages, max_tokens=16):
@@ -175,8 +200,10 @@ def test_api_key_required(vlm):
 
 
 def test_text_answer_equals_a_session(text, smollm):
-    messages = [{"role": "system", "content": "You are a helpful assistant."},
-                {"role": "user", "content": "Name three colours."}]
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Name three colours."},
+    ]
     r = text.client().chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=16)
     answer, session = _expected(smollm, messages)
     assert r.choices[0].message.content == answer and answer.strip()
@@ -195,8 +222,16 @@ def test_streamed_answer_equals_the_whole_one(text):
     client = text.client()
     messages = [{"role": "user", "content": "Write a short sentence about the sea."}]
     whole = client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=12)
-    chunks = list(client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=12,
-                                                 stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="smollm",
+            messages=messages,
+            temperature=0,
+            max_tokens=12,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     deltas = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     assert len([d for d in deltas if d]) > 1  # it came in pieces
     assert "".join(deltas) == whole.choices[0].message.content
@@ -210,16 +245,22 @@ def test_streamed_answer_equals_the_whole_one(text):
     stop = words[min(2, len(words) - 1)]
     cut = client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=12, stop=[stop])
     full = whole.choices[0].message.content
-    assert cut.choices[0].message.content == full[:full.index(stop)] and cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == full[: full.index(stop)] and cut.choices[0].finish_reason == "stop"
 
 
 # -- images and video -------------------------------------------------------------------------------
 
 
 def test_image_part(vlm):
-    messages = [{"role": "user", "content": [{"type": "text", "text": "What is this?"},
-                                             {"type": "image_url", "image_url": {"url": _data_url("image/png",
-                                                                                                  _png())}}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is this?"},
+                {"type": "image_url", "image_url": {"url": _data_url("image/png", _png())}},
+            ],
+        }
+    ]
     r = vlm.client().chat.completions.create(model=DEMO_ID, messages=messages)
     h = r.model_extra["htsparse"]
     assert h["visual_tokens"] == 48  # 224x168 px: 8x6 merged patches
@@ -230,14 +271,16 @@ def test_image_part(vlm):
 def test_video_data_url_and_keep_ratio(vlm):
     client = vlm.client()
     messages = _video_message(_data_url("video/mp4", open(CLIP, "rb").read()))
-    few = client.chat.completions.create(model=DEMO_ID, messages=messages,
-                                         extra_body=dict(SMALL_VIDEO, keep_ratio=0.25))
+    few = client.chat.completions.create(
+        model=DEMO_ID, messages=messages, extra_body=dict(SMALL_VIDEO, keep_ratio=0.25)
+    )
     h = few.model_extra["htsparse"]
     assert h["frames"] == 8 and 0 < h["visual_tokens"] <= 512 and h["n_sparse"] >= h["visual_tokens"]
     assert 0 < h["n_kept"] < h["n_sparse"] / 2 and h["kv_bytes"] < h["kv_bytes_dense"]
     assert few.usage.prompt_tokens > h["visual_tokens"]
-    every = client.chat.completions.create(model=DEMO_ID, messages=messages,
-                                           extra_body=dict(SMALL_VIDEO, keep_ratio=1.0, full_head_ratio=1.0))
+    every = client.chat.completions.create(
+        model=DEMO_ID, messages=messages, extra_body=dict(SMALL_VIDEO, keep_ratio=1.0, full_head_ratio=1.0)
+    )
     e = every.model_extra["htsparse"]
     assert e["from_cache"]  # the same video again: not encoded again
     assert e["n_kept"] == e["n_sparse"] > h["n_kept"]  # the per-request keep_ratio decides
@@ -253,8 +296,7 @@ def test_streamed_video_answer(vlm):
     client = vlm.client()
     messages = _video_message(_data_url("video/mp4", open(CLIP, "rb").read()), "And then?")
     whole = client.chat.completions.create(model=DEMO_ID, messages=messages, extra_body=SMALL_VIDEO)
-    chunks = list(client.chat.completions.create(model=DEMO_ID, messages=messages, extra_body=SMALL_VIDEO,
-                                                 stream=True))
+    chunks = list(client.chat.completions.create(model=DEMO_ID, messages=messages, extra_body=SMALL_VIDEO, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.choices[0].message.content
     assert chunks[-1].model_extra["htsparse"]["n_kept"] == whole.model_extra["htsparse"]["n_kept"]
 
@@ -264,8 +306,15 @@ def test_file_paths_under_media_dir_are_read(vlm, media_dir):
     for url in (str(media_dir / "clip.mp4"), (media_dir / "clip.mp4").as_uri()):
         r = client.chat.completions.create(model=DEMO_ID, messages=_video_message(url), extra_body=SMALL_VIDEO)
         assert r.model_extra["htsparse"]["frames"] == 8
-    picture = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": str(media_dir / "picture.png")}},
-                                            {"type": "text", "text": "?"}]}]
+    picture = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": str(media_dir / "picture.png")}},
+                {"type": "text", "text": "?"},
+            ],
+        }
+    ]
     r = client.chat.completions.create(model=DEMO_ID, messages=picture)
     assert r.model_extra["htsparse"]["visual_tokens"] == 48
 
@@ -287,8 +336,9 @@ def test_file_paths_outside_media_dir_are_refused(vlm, media_dir, tmp_path, url_
     link.symlink_to(outside)  # inside by name, outside in fact
     try:
         with pytest.raises(openai.PermissionDeniedError) as info:
-            vlm.client().chat.completions.create(model=DEMO_ID,
-                                                 messages=_video_message(url_of(media_dir, outside, link)))
+            vlm.client().chat.completions.create(
+                model=DEMO_ID, messages=_video_message(url_of(media_dir, outside, link))
+            )
         assert info.value.status_code == 403 and "outside" in info.value.message
         assert info.value.body["param"] == "messages[0].content[0]"
     finally:
@@ -349,6 +399,7 @@ def _message_has(*fragments):
     def check(err):
         for fragment in fragments:
             assert fragment in err.message, err.message
+
     return check
 
 
@@ -368,38 +419,90 @@ def _refusal(case_id, request, status, code, check=None):
 
 # Through the client: (request, status, code, extra check).
 BAD_REQUESTS = [
-    _refusal("unknown-model", lambda: dict(model="gpt-4o", messages=HI), 404, "model_not_found",
-             _message_has("gpt-4o", DEMO_ID)),
-    _refusal("body-over-max-body-mb",  # > --max-body-mb 2
-             lambda: dict(model=DEMO_ID, messages=[{"role": "user", "content": [
-                 {"type": "image_url", "image_url": {"url": _data_url("image/png", os.urandom(2 << 20))}}]}]),
-             413, "request_too_large"),
-    _refusal("media-over-max-media-mb",  # < 2 MiB of body, > --max-media-mb 1
-             lambda: dict(model=DEMO_ID, messages=_video_message(_data_url("video/mp4", os.urandom(1200 << 10)))),
-             413, "media_too_large", _message_has("MiB")),
-    _refusal("http-url", lambda: dict(model=DEMO_ID, messages=_video_message("https://example.com/a.mp4")),
-             400, "url_not_allowed", _message_has("data URL")),
-    _refusal("not-a-video",
-             lambda: dict(model=DEMO_ID, messages=_video_message(_data_url("video/mp4", b"not a video"))),
-             400, "invalid_media", _junk_video_named),
-    *[_refusal(f"keep_ratio={value!r}", lambda value=value: dict(model=DEMO_ID, messages=HI,
-                                                                  extra_body={"keep_ratio": value}),
-               400, "invalid_value", _keep_ratio_param)
-      for value in (1.5, 0, "half", True)],
-    _refusal("select_layer=99", lambda: dict(model=DEMO_ID, messages=HI, extra_body={"select_layer": 99}),
-             400, "invalid_value", _message_has("select_layer")),
-    _refusal("max_visual_tokens=5000",
-             lambda: dict(model=DEMO_ID, messages=HI, extra_body={"max_visual_tokens": 5000}),
-             400, "invalid_value"),
-    _refusal("unknown-parameter", lambda: dict(model=DEMO_ID, messages=HI, extra_body={"keep_ration": 0.5}),
-             400, "unknown_parameter", _message_has("keep_ration")),
+    _refusal(
+        "unknown-model",
+        lambda: dict(model="gpt-4o", messages=HI),
+        404,
+        "model_not_found",
+        _message_has("gpt-4o", DEMO_ID),
+    ),
+    _refusal(
+        "body-over-max-body-mb",  # > --max-body-mb 2
+        lambda: dict(
+            model=DEMO_ID,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": _data_url("image/png", os.urandom(2 << 20))}}
+                    ],
+                }
+            ],
+        ),
+        413,
+        "request_too_large",
+    ),
+    _refusal(
+        "media-over-max-media-mb",  # < 2 MiB of body, > --max-media-mb 1
+        lambda: dict(model=DEMO_ID, messages=_video_message(_data_url("video/mp4", os.urandom(1200 << 10)))),
+        413,
+        "media_too_large",
+        _message_has("MiB"),
+    ),
+    _refusal(
+        "http-url",
+        lambda: dict(model=DEMO_ID, messages=_video_message("https://example.com/a.mp4")),
+        400,
+        "url_not_allowed",
+        _message_has("data URL"),
+    ),
+    _refusal(
+        "not-a-video",
+        lambda: dict(model=DEMO_ID, messages=_video_message(_data_url("video/mp4", b"not a video"))),
+        400,
+        "invalid_media",
+        _junk_video_named,
+    ),
+    *[
+        _refusal(
+            f"keep_ratio={value!r}",
+            lambda value=value: dict(model=DEMO_ID, messages=HI, extra_body={"keep_ratio": value}),
+            400,
+            "invalid_value",
+            _keep_ratio_param,
+        )
+        for value in (1.5, 0, "half", True)
+    ],
+    _refusal(
+        "select_layer=99",
+        lambda: dict(model=DEMO_ID, messages=HI, extra_body={"select_layer": 99}),
+        400,
+        "invalid_value",
+        _message_has("select_layer"),
+    ),
+    _refusal(
+        "max_visual_tokens=5000",
+        lambda: dict(model=DEMO_ID, messages=HI, extra_body={"max_visual_tokens": 5000}),
+        400,
+        "invalid_value",
+    ),
+    _refusal(
+        "unknown-parameter",
+        lambda: dict(model=DEMO_ID, messages=HI, extra_body={"keep_ration": 0.5}),
+        400,
+        "unknown_parameter",
+        _message_has("keep_ration"),
+    ),
     _refusal("n=2", lambda: dict(model=DEMO_ID, messages=HI, n=2), 400, "unsupported_parameter"),
     _refusal("no-messages", lambda: dict(model=DEMO_ID, messages=[]), 400, "invalid_value"),
     _refusal("max_tokens=0", lambda: dict(model=DEMO_ID, messages=HI, max_tokens=0), 400, "invalid_value"),
     # A budget too small for one frame pair.
-    _refusal("budget-below-one-frame-pair",
-             lambda: dict(model=DEMO_ID, messages=_clip_message(), extra_body={"max_visual_tokens": 10}),
-             400, "invalid_media"),
+    _refusal(
+        "budget-below-one-frame-pair",
+        lambda: dict(model=DEMO_ID, messages=_clip_message(), extra_body={"max_visual_tokens": 10}),
+        400,
+        "invalid_media",
+    ),
 ]
 
 
@@ -410,10 +513,13 @@ def test_bad_request_is_refused(vlm, request_kwargs, status, code, check):
         check(err)
 
 
-@pytest.mark.parametrize("path, status, code", [
-    pytest.param("/v1/nothing", 404, "not_found", id="unknown-path"),
-    pytest.param("/v1/chat/completions", 405, None, id="get-on-chat-completions"),
-])
+@pytest.mark.parametrize(
+    "path, status, code",
+    [
+        pytest.param("/v1/nothing", 404, "not_found", id="unknown-path"),
+        pytest.param("/v1/chat/completions", 405, None, id="get-on-chat-completions"),
+    ],
+)
 def test_bad_http_get_is_refused(vlm, path, status, code):
     got, out, _ = vlm.raw("GET", path)
     assert got == status
@@ -449,8 +555,9 @@ def test_concurrent_load(text, smollm):
         prompt = prompts[i % len(prompts)]
         messages = [{"role": "user", "content": prompt}]
         if i % 2:  # half of them streamed
-            stream = client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=8,
-                                                    stream=True)
+            stream = client.chat.completions.create(
+                model="smollm", messages=messages, temperature=0, max_tokens=8, stream=True
+            )
             return prompt, "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
         r = client.chat.completions.create(model="smollm", messages=messages, temperature=0, max_tokens=8)
         return prompt, r.choices[0].message.content
@@ -480,12 +587,21 @@ def test_help_and_bad_flags(tmp_path):
     top = subprocess.run([*cli, "--help"], capture_output=True, text=True, timeout=120)
     assert "serve" in top.stdout
     out = subprocess.run([*cli, "serve", "--help"], capture_output=True, text=True, timeout=120).stdout
-    for flag in ("--mmproj", "--host", "--port", "--api-key", "--media-dir", "--max-body-mb", "--keep-ratio",
-                 "--alias"):
+    for flag in (
+        "--mmproj",
+        "--host",
+        "--port",
+        "--api-key",
+        "--media-dir",
+        "--max-body-mb",
+        "--keep-ratio",
+        "--alias",
+    ):
         assert flag in out
     # Refused before any model loads: one line, no traceback.
-    r = subprocess.run([*cli, "serve", "--media-dir", str(tmp_path / "missing")], capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [*cli, "serve", "--media-dir", str(tmp_path / "missing")], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 1 and "--media-dir" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -499,30 +615,58 @@ def _parse(body, **limits):
     return parse_chat_request(json.dumps(body).encode(), Limits(**limits), ["m"])
 
 
-@pytest.mark.parametrize("messages, fragment", [
-    pytest.param([{"role": "assistant", "content": "Hi"}], "last message", id="last-message-not-user"),
-    pytest.param([{"role": "robot", "content": "Hi"}], "role", id="unknown-role"),
-    pytest.param([{"role": "user", "content": 7}], "string or a non-empty list", id="content-a-number"),
-    pytest.param([{"role": "user", "content": [{"type": "audio", "audio": {}}]}], '"audio"', id="audio-part"),
-    pytest.param([{"role": "user", "content": [{"type": "image_url",
-                                                "image_url": {"url": "data:image/png;base64,%%%"}}]}],
-                 "base64", id="bad-base64"),
-    pytest.param([{"role": "user", "content": [{"type": "image_url",
-                                                "image_url": {"url": "data:image/png;base64,QUJD"}}]},
-                  {"role": "assistant", "content": "ok"},
-                  {"role": "user", "content": [{"type": "image_url",
-                                                "image_url": {"url": "data:image/png;base64,QUJD"}}]}],
-                 "one user message", id="media-in-two-user-messages"),
-    pytest.param([{"role": "user", "content": [{"type": "video_url",
-                                                "video_url": {"url": "data:video/mp4;base64,QUJD"}},
-                                               {"type": "video_url",
-                                                "video_url": {"url": "data:video/mp4;base64,QUJD"}}]}],
-                 "one video", id="two-videos"),
-    pytest.param([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://host/a.png"}}]}],
-                 "scheme", id="ftp-url"),
-    pytest.param([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "relative.png"}}]}],
-                 "absolute", id="relative-path"),
-])
+@pytest.mark.parametrize(
+    "messages, fragment",
+    [
+        pytest.param([{"role": "assistant", "content": "Hi"}], "last message", id="last-message-not-user"),
+        pytest.param([{"role": "robot", "content": "Hi"}], "role", id="unknown-role"),
+        pytest.param([{"role": "user", "content": 7}], "string or a non-empty list", id="content-a-number"),
+        pytest.param([{"role": "user", "content": [{"type": "audio", "audio": {}}]}], '"audio"', id="audio-part"),
+        pytest.param(
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,%%%"}}]}],
+            "base64",
+            id="bad-base64",
+        ),
+        pytest.param(
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}],
+                },
+                {"role": "assistant", "content": "ok"},
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}}],
+                },
+            ],
+            "one user message",
+            id="media-in-two-user-messages",
+        ),
+        pytest.param(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,QUJD"}},
+                        {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,QUJD"}},
+                    ],
+                }
+            ],
+            "one video",
+            id="two-videos",
+        ),
+        pytest.param(
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "ftp://host/a.png"}}]}],
+            "scheme",
+            id="ftp-url",
+        ),
+        pytest.param(
+            [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "relative.png"}}]}],
+            "absolute",
+            id="relative-path",
+        ),
+    ],
+)
 def test_bad_messages(messages, fragment, tmp_path):
     from htsparse_llama.server.types import ApiError
 
@@ -532,13 +676,31 @@ def test_bad_messages(messages, fragment, tmp_path):
 
 
 def test_parsed_request():
-    req = _parse({"model": "m", "stream": True, "stream_options": {"include_usage": True}, "max_tokens": 9,
-                  "max_completion_tokens": 5, "stop": "END", "seed": 3, "top_k": 1, "keep_ratio": 0.5, "fps": 1,
-                  "messages": [{"role": "developer", "content": "Be brief."},
-                               {"role": "user", "content": [
-                                   {"type": "text", "text": "Look:"},
-                                   {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
-                                   {"type": "text", "text": "what is it?"}]}]})
+    req = _parse(
+        {
+            "model": "m",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 9,
+            "max_completion_tokens": 5,
+            "stop": "END",
+            "seed": 3,
+            "top_k": 1,
+            "keep_ratio": 0.5,
+            "fps": 1,
+            "messages": [
+                {"role": "developer", "content": "Be brief."},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Look:"},
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,QUJD"}},
+                        {"type": "text", "text": "what is it?"},
+                    ],
+                },
+            ],
+        }
+    )
     try:
         assert req.stream and req.include_usage and req.visual_index == 1
         assert req.sampling == {"max_tokens": 5, "stop": ["END"], "seed": 3, "top_k": 1}

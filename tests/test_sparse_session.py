@@ -35,7 +35,9 @@ def test_sparse_session_answers_like_dense_with_less_kv(qwen):
     assert (st.select_layer, st.prune_layer) == (4, 4)
     assert len(st.full_heads) == round(0.25 * 4 * qwen.info["n_head_kv"]) and all(il < 4 for il, _ in st.full_heads)
     assert st.kv_bytes < st.kv_bytes_dense == dense.stats().kv_bytes
-    assert set(st.prefill_ms) >= {"prompt", "question", "select", "pruned_zone"} and st.ttft_ms > 0 and st.decode_tok_s > 0
+    assert (
+        set(st.prefill_ms) >= {"prompt", "question", "select", "pruned_zone"} and st.ttft_ms > 0 and st.decode_tok_s > 0
+    )
     assert "kept" in st.line() and "less than dense" in st.line()
     # A follow-up reuses the routing and the compacted cache.
     s.add_message("user", "Say it again.")
@@ -101,8 +103,23 @@ def run_cli(*args):
 def test_cli_context_file_with_stats(qwen_gguf, tmp_path):
     doc = tmp_path / "log.txt"
     doc.write_text(haystack(seed=9, key=61524, where=50))
-    common = ["generate", "-m", qwen_gguf, "-t", "2", "-c", "2048", "--temp", "0", "-n", "8", "-p", QUESTION,
-              "--context-file", str(doc)]
+    common = [
+        "generate",
+        "-m",
+        qwen_gguf,
+        "-t",
+        "2",
+        "-c",
+        "2048",
+        "--temp",
+        "0",
+        "-n",
+        "8",
+        "-p",
+        QUESTION,
+        "--context-file",
+        str(doc),
+    ]
     sparse = run_cli(*common, "--keep-ratio", "0.1", "--select-layer", "4", "--stats")
     assert sparse.returncode == 0, sparse.stderr
     assert sparse.stdout.strip() == "61524"
@@ -113,14 +130,19 @@ def test_cli_context_file_with_stats(qwen_gguf, tmp_path):
     assert dense.returncode == 0 and dense.stdout.strip() == "61524"
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    pytest.param(["--context-file", "/nonexistent/doc.txt"], "cannot read --context-file", id="missing-context-file"),
-    pytest.param(["--keep-ratio", "2"], "keep_ratio must be in (0, 1]", id="keep-ratio=2"),
-    pytest.param(["--prune-layer", "3"], "prune_layer must be in [select_layer=5, 30]", id="prune-before-select"),
-    pytest.param(["--select-layer", "99"], "select_layer must be in [0, 30]", id="select-layer=99"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        pytest.param(
+            ["--context-file", "/nonexistent/doc.txt"], "cannot read --context-file", id="missing-context-file"
+        ),
+        pytest.param(["--keep-ratio", "2"], "keep_ratio must be in (0, 1]", id="keep-ratio=2"),
+        pytest.param(["--prune-layer", "3"], "prune_layer must be in [select_layer=5, 30]", id="prune-before-select"),
+        pytest.param(["--select-layer", "99"], "select_layer must be in [0, 30]", id="select-layer=99"),
+    ],
+)
 def test_cli_bad_sparse_options(smollm_gguf, extra, fragment):
     proc = run_cli("generate", "-m", smollm_gguf, "-p", "hi", "-n", "2", *extra)
-    # A value out of its declared range is a bad flag (2, before anything loads); the model's limits, a runtime error (1).
+    # Out of the declared range: a bad flag (2, before anything loads); past the model's limits: an error (1).
     assert proc.returncode == (2 if extra[0] == "--keep-ratio" else 1)
     assert fragment in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

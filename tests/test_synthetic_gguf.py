@@ -9,9 +9,9 @@ import pytest
 llama_cpp = pytest.importorskip("llama_cpp")
 gguf = pytest.importorskip("gguf")
 
-from htsparse_convert.synthetic_gguf import SHAPES, tensor_shapes, write_synthetic_gguf, write_vocab_gguf
-from htsparse_llama import Model
-from htsparse_llama.bench.llama_cpp import load_llama
+from htsparse_convert.synthetic_gguf import SHAPES, tensor_shapes, write_synthetic_gguf, write_vocab_gguf  # noqa: E402
+from htsparse_llama import Model  # noqa: E402
+from htsparse_llama.bench.llama_cpp import load_llama  # noqa: E402
 
 pytestmark = pytest.mark.real_model  # the Qwen2.5 tokenizer of the packaged model
 
@@ -47,8 +47,9 @@ def test_llama_cpp_and_ours_agree_on_it(synthetic):
     ours = Model(str(path), n_ctx=512, n_threads=2)
     ids = ours.tokenize("The quick brown fox jumps over the lazy dog. " * 6)
     logits = ours.session(n_ctx=512).add_tokens(ids, all_logits=True)
-    ref = load_llama(str(path), n_ctx=512, n_threads=2, n_threads_batch=2, logits_all=True, flash_attn=True,
-                          verbose=False)
+    ref = load_llama(
+        str(path), n_ctx=512, n_threads=2, n_threads_batch=2, logits_all=True, flash_attn=True, verbose=False
+    )
     ref.eval(ids)
     want = np.asarray(ref.scores[: len(ids)])
     assert np.isfinite(logits).all() and logits.std() > 0

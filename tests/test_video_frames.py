@@ -32,10 +32,8 @@ NO_SHARED = pytest.mark.skipif(not SHARED.is_dir(), reason=f"{SHARED} absent")
 CLIPS = {
     "clip": (lambda: sample_clip_path(), 720, 358, 10.024, 23.88, 240, True),
     "bikes": (lambda: SHARED / "bikes.mp4", 640, 272, 10.0, 25.0, 250, False),
-    "bigbuckbunny": (lambda: SHARED / "bigbuckbunny.mp4", 1280, 720, 5.28, 25.0,
-                     132, True),
-    "llamacpp-test-3": (lambda: SHARED / "llamacpp-test-3.mp4", 720, 358, 10.024,
-                        23.88, 240, True),
+    "bigbuckbunny": (lambda: SHARED / "bigbuckbunny.mp4", 1280, 720, 5.28, 25.0, 132, True),
+    "llamacpp-test-3": (lambda: SHARED / "llamacpp-test-3.mp4", 720, 358, 10.024, 23.88, 240, True),
 }
 ALL = [pytest.param(n, marks=() if n == "clip" else NO_SHARED) for n in CLIPS]
 
@@ -49,14 +47,21 @@ def decode_all(path):
     with av.open(path) as c:
         s = c.streams.video[0]
         t0 = s.start_time or 0
-        return [(float((f.pts - t0) * s.time_base), f.to_ndarray(format="rgb24"))
-                for f in c.decode(s)]
+        return [(float((f.pts - t0) * s.time_base), f.to_ndarray(format="rgb24")) for f in c.decode(s)]
 
 
 def info_of(duration, width=640, height=360):
-    return VideoInfo(path="x.mp4", duration_s=duration, fps=25.0, n_frames=None,
-                     width=width, height=height, codec="h264", has_audio=False,
-                     container="mp4")
+    return VideoInfo(
+        path="x.mp4",
+        duration_s=duration,
+        fps=25.0,
+        n_frames=None,
+        width=width,
+        height=height,
+        codec="h264",
+        has_audio=False,
+        container="mp4",
+    )
 
 
 # ------------------------------------------------------------------ probe
@@ -82,17 +87,23 @@ def test_shipped_clip_is_llamacpp_test_clip():
 # --------------------------------------------------------------- sampling
 
 
-@pytest.mark.parametrize("kw, expected", [pytest.param(kw, expected, id=kwargs_id(kw)) for kw, expected in [
-    (dict(fps=1), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
-    (dict(), [k / 2 for k in range(20)]),  # default 2 fps
-    (dict(fps=2, max_frames=4), [0, 2.5, 5, 7.5]),
-    (dict(fps=1, start=2, end=5), [2, 3, 4]),
-    (dict(fps=0.3), [0, 3.333333, 6.666667]),  # 10*0.3 is 3.0000000000000004
-    (dict(fps=1, start=8, end=100), [8, 9]),  # end clamped to the duration
-    (dict(fps=10, max_frames=3, start=1, end=4), [1, 2, 3]),
-    (dict(fps=4, start=9.9), [9.9]),
-    (dict(max_frames=1), [0]),
-]])
+@pytest.mark.parametrize(
+    "kw, expected",
+    [
+        pytest.param(kw, expected, id=kwargs_id(kw))
+        for kw, expected in [
+            (dict(fps=1), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+            (dict(), [k / 2 for k in range(20)]),  # default 2 fps
+            (dict(fps=2, max_frames=4), [0, 2.5, 5, 7.5]),
+            (dict(fps=1, start=2, end=5), [2, 3, 4]),
+            (dict(fps=0.3), [0, 3.333333, 6.666667]),  # 10*0.3 is 3.0000000000000004
+            (dict(fps=1, start=8, end=100), [8, 9]),  # end clamped to the duration
+            (dict(fps=10, max_frames=3, start=1, end=4), [1, 2, 3]),
+            (dict(fps=4, start=9.9), [9.9]),
+            (dict(max_frames=1), [0]),
+        ]
+    ],
+)
 def test_sample_times_rule(kw, expected):
     assert sample_times(info_of(10.0), **kw) == pytest.approx(expected, abs=1e-9)
 
@@ -106,19 +117,25 @@ def test_sample_times_on_real_durations():
     assert sample_times(short, max_frames=3) == pytest.approx([0, 1.76, 3.52])
 
 
-@pytest.mark.parametrize("kw, words", [pytest.param(kw, words, id=kwargs_id(kw)) for kw, words in [
-    (dict(fps=0), "fps must be > 0"),
-    (dict(fps=-2), "fps must be > 0"),
-    (dict(fps=float("nan")), "finite"),
-    (dict(fps="2"), "must be a number"),
-    (dict(max_frames=0), "max_frames must be an integer >= 1"),
-    (dict(max_frames=2.5), "max_frames must be an integer >= 1"),
-    (dict(start=-1), "start must be >= 0"),
-    (dict(start=10.0), "at or beyond the end of the video"),
-    (dict(start=42), "at or beyond the end of the video"),
-    (dict(start=5, end=5), "must be after start"),
-    (dict(start=6, end=2), "must be after start"),
-]])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        pytest.param(kw, words, id=kwargs_id(kw))
+        for kw, words in [
+            (dict(fps=0), "fps must be > 0"),
+            (dict(fps=-2), "fps must be > 0"),
+            (dict(fps=float("nan")), "finite"),
+            (dict(fps="2"), "must be a number"),
+            (dict(max_frames=0), "max_frames must be an integer >= 1"),
+            (dict(max_frames=2.5), "max_frames must be an integer >= 1"),
+            (dict(start=-1), "start must be >= 0"),
+            (dict(start=10.0), "at or beyond the end of the video"),
+            (dict(start=42), "at or beyond the end of the video"),
+            (dict(start=5, end=5), "must be after start"),
+            (dict(start=6, end=2), "must be after start"),
+        ]
+    ],
+)
 def test_sample_times_rejects_bad_arguments(kw, words):
     with pytest.raises(VideoError, match=words) as e:
         sample_times(info_of(10.0), **kw)
@@ -137,9 +154,11 @@ def test_iter_frames_takes_the_frame_shown_at_each_time(name):
     info = probe(path)
     # a dense stretch (3 fps), a stretch above the native rate (repeats),
     # and a jump far ahead (a seek)
-    times = (sample_times(info, fps=3, start=0.9, end=2.6)
-             + sample_times(info, fps=60, start=3.0, end=3.1)
-             + [info.duration_s - 0.6, info.duration_s - 0.01])
+    times = (
+        sample_times(info, fps=3, start=0.9, end=2.6)
+        + sample_times(info, fps=60, start=3.0, end=3.1)
+        + [info.duration_s - 0.6, info.duration_s - 0.01]
+    )
     stats = DecodeStats()
     frames = list(iter_frames(path, times, stats=stats))
     assert [f.index for f in frames] == list(range(len(times)))
@@ -159,8 +178,7 @@ def test_iter_frames_before_first_and_after_last_frame():
     path = clip_path("clip")
     every = decode_all(path)
     frames = list(iter_frames(path, [0.0, 0.0, 10.02]))
-    assert [f.time_s for f in frames] == pytest.approx(
-        [0.0, 0.0, every[-1][0]])
+    assert [f.time_s for f in frames] == pytest.approx([0.0, 0.0, every[-1][0]])
     assert np.array_equal(frames[2].rgb, every[-1][1])
 
 
@@ -190,8 +208,7 @@ def test_streaming_seeks_instead_of_decoding_everything():
 @NO_SHARED
 def test_streaming_two_frames_of_bigbuckbunny():
     stats = DecodeStats()  # one keyframe at 0 s: stopping early is the saving
-    frames = list(iter_frames(clip_path("bigbuckbunny"), [0.0, 2.64],
-                              stats=stats))
+    frames = list(iter_frames(clip_path("bigbuckbunny"), [0.0, 2.64], stats=stats))
     assert len(frames) == 2 and stats.decoded < 132
 
 
@@ -256,12 +273,13 @@ def test_budget_rule_by_hand():
     assert (small.width, small.height, small.tokens_per_unit) == (504, 252, 162)
     assert (small.n_frames, small.total_tokens) == (21, 1782)
     cut = plan_budget(clip, 21, 1000)  # floor 224 px: 448x224 = 128 a pair
-    assert (cut.width, cut.height, cut.n_frames, cut.total_tokens) == (
-        448, 224, 14, 896)
+    assert (cut.width, cut.height, cut.n_frames, cut.total_tokens) == (448, 224, 14, 896)
     assert cut.frames_reduced and not cut.odd_last_frame
-    assert cut.describe() == ("14 frames at 448x224 (128 tokens per frame "
-                              "pair, 7 pairs) = 896 visual tokens (budget "
-                              "1000; 21 frames requested)")
+    assert cut.describe() == (
+        "14 frames at 448x224 (128 tokens per frame "
+        "pair, 7 pairs) = 896 visual tokens (budget "
+        "1000; 21 frames requested)"
+    )
     bikes = plan_budget(info_of(10.0, 640, 272), 20, 152)
     assert (bikes.width, bikes.height, bikes.n_frames) == (532, 224, 2)
     portrait = plan_budget(info_of(10.0, 358, 720), 21)
@@ -278,22 +296,36 @@ def test_plan_video_respreads_dropped_frames():
     assert times == pytest.approx([0, 2.506089, 5.012178, 7.518267])
 
 
-@pytest.mark.parametrize("budget, grid, words", [
-    pytest.param(127, QWEN2_VL, "cannot hold one frame pair even at the smallest size "
-                                r"448x224 \(128 tokens\)", id="qwen-127"),
-    pytest.param(1, QWEN2_VL, "raise it to at least 128", id="qwen-1"),
-    pytest.param(63, SMOLVLM2_VIDEO, "cannot hold one frame", id="smolvlm-63"),
-])
+@pytest.mark.parametrize(
+    "budget, grid, words",
+    [
+        pytest.param(
+            127,
+            QWEN2_VL,
+            "cannot hold one frame pair even at the smallest size "
+            r"448x224 \(128 tokens\)",
+            id="qwen-127",
+        ),
+        pytest.param(1, QWEN2_VL, "raise it to at least 128", id="qwen-1"),
+        pytest.param(63, SMOLVLM2_VIDEO, "cannot hold one frame", id="smolvlm-63"),
+    ],
+)
 def test_budget_too_small_is_an_error(budget, grid, words):
     with pytest.raises(VideoError, match=words):
         plan_budget(info_of(10.0, 720, 358), 21, budget, grid)
 
 
-@pytest.mark.parametrize("kw, words", [pytest.param(kw, words, id=kwargs_id(kw)) for kw, words in [
-    (dict(n_frames=0), "n_frames must be an integer >= 1"),
-    (dict(max_visual_tokens=0), "max_visual_tokens must be an integer >= 1"),
-    (dict(min_side=500, max_side=400), "must not exceed max_side"),
-]])
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        pytest.param(kw, words, id=kwargs_id(kw))
+        for kw, words in [
+            (dict(n_frames=0), "n_frames must be an integer >= 1"),
+            (dict(max_visual_tokens=0), "max_visual_tokens must be an integer >= 1"),
+            (dict(min_side=500, max_side=400), "must not exceed max_side"),
+        ]
+    ],
+)
 def test_plan_budget_rejects_bad_arguments(kw, words):
     args = dict(n_frames=4, max_visual_tokens=1000) | kw
     with pytest.raises(VideoError, match=words):
@@ -309,8 +341,7 @@ def test_pairs_and_odd_frame_count():
 def test_tile_grids():
     info = info_of(10.0, 720, 358)
     plan = plan_budget(info, 10, 64 * 4, SMOLVLM2_VIDEO)
-    assert (plan.n_frames, plan.total_tokens, plan.width, plan.height) == (
-        4, 256, 512, 254)
+    assert (plan.n_frames, plan.total_tokens, plan.width, plan.height) == (4, 256, 512, 254)
     assert not plan.pairs_mergeable and plan.tokens_per_frame == 64
     # libmtmd's idefics3 path: longest side 2048 -> 2048x1018 -> 4x2 tiles
     # + 1 overview, 64 tokens each (SmolVLM2-256M: 512 px, patch 16, x4)
@@ -333,8 +364,7 @@ def test_smolvlm_frame_headers():
 
 def remux(src, dst, kind, format=None, **options):
     """Copy one stream kind of src into dst without re-encoding."""
-    with av.open(src) as inp, av.open(dst, "w", format=format,
-                                      options=options) as out:
+    with av.open(src) as inp, av.open(dst, "w", format=format, options=options) as out:
         s = getattr(inp.streams, kind)[0]
         o = out.add_stream_from_template(s)
         for pkt in inp.demux(s):
@@ -350,28 +380,31 @@ def bad_files(tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "notes.txt").write_text("not a video\n" * 40)
     (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])  # no index
-    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).integers(
-        0, 256, 50_000, dtype=np.uint8).tobytes())
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes())
     (tmp_path / "folder.mp4").mkdir()
     remux(src, str(tmp_path / "audio.m4a"), "audio")
     remux(src, str(tmp_path / "front.mp4"), "video", movflags="faststart")
     front = (tmp_path / "front.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(front[: len(front) // 2])  # index kept
     from PIL import Image
+
     Image.new("RGB", (64, 48), (200, 10, 10)).save(tmp_path / "still.jpg")
     return tmp_path
 
 
-@pytest.mark.parametrize("name, words", [
-    ("missing.mp4", "video file not found"),
-    ("folder.mp4", "is a directory"),
-    ("empty.mp4", r"is empty \(0 bytes\)"),
-    ("notes.txt", "has no video stream"),
-    ("audio.m4a", r"has no video stream \(it holds only audio\)"),
-    ("half.mp4", "is not a readable video"),
-    ("noise.mp4", "is not a readable video"),
-    ("still.jpg", "is a still image"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        ("missing.mp4", "video file not found"),
+        ("folder.mp4", "is a directory"),
+        ("empty.mp4", r"is empty \(0 bytes\)"),
+        ("notes.txt", "has no video stream"),
+        ("audio.m4a", r"has no video stream \(it holds only audio\)"),
+        ("half.mp4", "is not a readable video"),
+        ("noise.mp4", "is not a readable video"),
+        ("still.jpg", "is a still image"),
+    ],
+)
 def test_unusable_files_are_rejected(bad_files, name, words):
     before = sorted(os.listdir(bad_files))
     for call in (lambda p: probe(p), lambda p: next(iter_frames(p, [0.0]))):
@@ -393,12 +426,15 @@ def test_truncated_video_fails_while_streaming(bad_files):
     assert 1 <= len(frames) < 11
 
 
-@pytest.mark.parametrize("times, size, words", [
-    pytest.param([1.0, 0.5], None, "increasing order", id="times-decreasing"),
-    pytest.param([-1.0], None, "must be >= 0", id="negative-time"),
-    pytest.param([0.0], (0, 10), "width must be an integer", id="zero-width"),
-    pytest.param([0.0], (10,), "size must be", id="size-of-one-value"),
-])
+@pytest.mark.parametrize(
+    "times, size, words",
+    [
+        pytest.param([1.0, 0.5], None, "increasing order", id="times-decreasing"),
+        pytest.param([-1.0], None, "must be >= 0", id="negative-time"),
+        pytest.param([0.0], (0, 10), "width must be an integer", id="zero-width"),
+        pytest.param([0.0], (10,), "size must be", id="size-of-one-value"),
+    ],
+)
 def test_iter_frames_rejects_bad_arguments(times, size, words):
     with pytest.raises(VideoError, match=words):
         list(iter_frames(clip_path("clip"), times, size=size))
@@ -409,6 +445,7 @@ def test_iter_frames_rejects_bad_arguments(times, size, words):
 
 def test_read_image(tmp_path):
     from PIL import Image
+
     rgba = Image.new("RGBA", (30, 20), (10, 20, 30, 128))
     rgba.save(tmp_path / "a.png")
     pal = Image.new("P", (8, 6), 3)
@@ -425,13 +462,17 @@ def test_read_image(tmp_path):
     assert np.abs(back.astype(int) - frame.rgb).mean() < 4
 
 
-@pytest.mark.parametrize("name, words", [
-    pytest.param("cut.jpg", "not a decodable image", id="truncated-jpeg"),
-    pytest.param("junk.png", "not a decodable image", id="not-a-png"),
-    pytest.param("nope.png", "image file not found", id="missing"),
-])
+@pytest.mark.parametrize(
+    "name, words",
+    [
+        pytest.param("cut.jpg", "not a decodable image", id="truncated-jpeg"),
+        pytest.param("junk.png", "not a decodable image", id="not-a-png"),
+        pytest.param("nope.png", "image file not found", id="missing"),
+    ],
+)
 def test_read_image_refuses(tmp_path, name, words):
     from PIL import Image
+
     frame = next(iter_frames(clip_path("clip"), [1.0]))
     Image.fromarray(frame.rgb).save(tmp_path / "f.jpg", quality=95)
     jpg = (tmp_path / "f.jpg").read_bytes()
@@ -443,6 +484,7 @@ def test_read_image_refuses(tmp_path, name, words):
 
 def test_read_image_without_pillow(tmp_path, monkeypatch):
     from PIL import Image
+
     Image.new("RGB", (30, 20), (10, 20, 30)).save(tmp_path / "a.png")
     (tmp_path / "junk.png").write_bytes(b"\x89PNG not really")
     monkeypatch.setitem(__import__("sys").modules, "PIL", None)  # as if absent

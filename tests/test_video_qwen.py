@@ -30,7 +30,7 @@ from support.tiny_vlms import CASES, REL_TOL_TRANSFORMERS, THREADS, build
 pytestmark = pytest.mark.real_model  # the tiny models carry real vocabularies
 
 TIMES = [1.0, 1.5, 2.0, 2.5]  # 4 frames, 0.5 s apart: 2 pairs
-WIDTH, HEIGHT = 224, 168      # 8 x 6 tokens per pair
+WIDTH, HEIGHT = 224, 168  # 8 x 6 tokens per pair
 QUESTION = "What happens in the video?<|im_end|>\n<|im_start|>assistant\n"
 BEFORE = "<|im_start|>user\n"
 
@@ -50,9 +50,9 @@ def video_pixels(frames: List[np.ndarray], preprocessor) -> torch.Tensor:
     already at a multiple of 28 px (no resize): rescaled, normalized, cut in
     14-px patches of 2 frames, in its order (its _preprocess's view/permute,
     in numpy: the processor itself needs torchvision, absent here)."""
-    x = np.stack(frames).astype(np.float32) / 255.0                       # T, H, W, C
+    x = np.stack(frames).astype(np.float32) / 255.0  # T, H, W, C
     x = (x - np.array(preprocessor["image_mean"], np.float32)) / np.array(preprocessor["image_std"], np.float32)
-    x = x.transpose(0, 3, 1, 2)                                           # T, C, H, W
+    x = x.transpose(0, 3, 1, 2)  # T, C, H, W
     t, c, h, w = x.shape
     gt, gh, gw = t // 2, h // 14, w // 14
     x = x.reshape(gt, 2, c, gh // 2, 2, 14, gw // 2, 2, 14)
@@ -67,16 +67,24 @@ def transformers_logits(files, ids: List[int], frames: List[np.ndarray], seconds
     token_type = torch.tensor([[2 if t == cfg.video_token_id else 0 for t in ids]])
     extra = {"second_per_grid_ts": torch.tensor([seconds_per_pair])} if files.model_type == "qwen2_5_vl" else {}
     with torch.no_grad():
-        out = files.torch_model(input_ids=torch.tensor([ids]), mm_token_type_ids=token_type,
-                                pixel_values_videos=video_pixels(frames, CASES[files.model_type].preprocessor),
-                                video_grid_thw=grid, use_cache=False, **extra)
+        out = files.torch_model(
+            input_ids=torch.tensor([ids]),
+            mm_token_type_ids=token_type,
+            pixel_values_videos=video_pixels(frames, CASES[files.model_type].preprocessor),
+            video_grid_thw=grid,
+            use_cache=False,
+            **extra,
+        )
     return out.logits[0, -1].float().numpy()
 
 
 def with_text(model, before: str, chunks, after: str):
     """The chunks with text chunks of `before` and `after` around them."""
-    items = [{"tokens": np.asarray(model.tokenize(before), np.int32)}, *chunks.to_arrays(),
-             {"tokens": np.asarray(model.tokenize(after), np.int32)}]
+    items = [
+        {"tokens": np.asarray(model.tokenize(before), np.int32)},
+        *chunks.to_arrays(),
+        {"tokens": np.asarray(model.tokenize(after), np.int32)},
+    ]
     return Chunks.from_arrays(items, chunks.n_embd, chunks.image_token)
 
 
@@ -129,8 +137,9 @@ def test_sparse_video_block(tiny_vlm, clip_frames):
     vision = Vision(model, files.mmproj, n_threads=THREADS)
     chunks = encode_video(vision, clip_frames, TIMES)
     _, dense = ours(model, vision, chunks)
-    s_all, all_kept = ours(model, vision, chunks, SparseConfig(keep_ratio=1.0, full_head_ratio=1.0,
-                                                                     select_layer=1, prune_layer=3))
+    s_all, all_kept = ours(
+        model, vision, chunks, SparseConfig(keep_ratio=1.0, full_head_ratio=1.0, select_layer=1, prune_layer=3)
+    )
     assert len(s_all.selection["kept_in_span"]) == 96
     assert rel_l2(all_kept[None], dense[None]).max() < 3e-3
     s_half, _ = ours(model, vision, chunks, SparseConfig(keep_ratio=0.5, select_layer=1, prune_layer=1))
@@ -144,8 +153,10 @@ def test_time_positions_follow_the_sampling_interval():
     grid = np.array([[0] * 6, [0, 0, 0, 1, 1, 1], [0, 1, 2, 0, 1, 2]], dtype=np.int32)  # nx 3, ny 2
 
     def pairs(n):
-        items = [{"embd": np.zeros((6, 4), np.float32), "positions": grid,
-                  "meta": np.array([3, 2, 3, 2 * i, 2], np.int32)} for i in range(n)]  # nx ny n_pos first n_images
+        items = [
+            {"embd": np.zeros((6, 4), np.float32), "positions": grid, "meta": np.array([3, 2, 3, 2 * i, 2], np.int32)}
+            for i in range(n)
+        ]  # nx ny n_pos first n_images
         return Chunks.from_arrays(items, 4, 0)
 
     step = native.qwen_temporal_step("qwen2.5vl_merger", 0.75)  # 3 positions per pair at 2 tokens/s
@@ -165,8 +176,9 @@ def test_frames_stream_through_the_tower_in_groups(qwen_vocab, tiny_dir, clip_fr
     vision = Vision(files.model(), files.mmproj, n_threads=THREADS)
     six = clip_frames + clip_frames[:2]
     seen = []
-    pairs = encode_video_frames(vision, iter(six), len(six), lambda d, n: seen.append((d, n)),
-                                frames_per_group=2).images()
+    pairs = encode_video_frames(
+        vision, iter(six), len(six), lambda d, n: seen.append((d, n)), frames_per_group=2
+    ).images()
     whole = encode_video_frames(vision, six, len(six)).images()
     assert seen == [(2, 6), (4, 6), (6, 6)]
     assert [p.first_image for p in pairs] == [0, 2, 4] and all(p.n_images == 2 for p in pairs)

@@ -60,12 +60,25 @@ def square_frame(rgb, grid):
 # -- the text ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("n,words", [
-    (1, "one"), (4, "four"), (13, "thirteen"), (20, "twenty"), (21, "twenty-one"), (64, "sixty-four"),
-    (100, "one hundred"), (101, "one hundred and one"), (115, "one hundred and fifteen"), (1000, "one thousand"),
-    (1001, "one thousand and one"), (1234, "one thousand, two hundred and thirty-four"),
-    (120000, "one hundred and twenty thousand"), (2000001, "two million and one"),
-])
+@pytest.mark.parametrize(
+    "n,words",
+    [
+        (1, "one"),
+        (4, "four"),
+        (13, "thirteen"),
+        (20, "twenty"),
+        (21, "twenty-one"),
+        (64, "sixty-four"),
+        (100, "one hundred"),
+        (101, "one hundred and one"),
+        (115, "one hundred and fifteen"),
+        (1000, "one thousand"),
+        (1001, "one thousand and one"),
+        (1234, "one thousand, two hundred and thirty-four"),
+        (120000, "one hundred and twenty thousand"),
+        (2000001, "two million and one"),
+    ],
+)
 def test_number_words_as_num2words(n, words):
     assert native.number_words(n) == words
 
@@ -73,12 +86,15 @@ def test_number_words_as_num2words(n, words):
 def test_prompt_text():
     text = native.smolvlm_video_prompt([0.0, 2.5, 65.9, 3599.99], 3725.4, "<M>")
     frame = "<fake_token_around_image><global-img><M><fake_token_around_image>"
-    assert text == ("You are provided the following series of four frames from a 1:02:05 [H:MM:SS] video.\n"
-                    f"\nFrame from 00:00:{frame}\nFrame from 00:02:{frame}\nFrame from 01:05:{frame}"
-                    f"\nFrame from 59:59:{frame}\n\n")
+    assert text == (
+        "You are provided the following series of four frames from a 1:02:05 [H:MM:SS] video.\n"
+        f"\nFrame from 00:00:{frame}\nFrame from 00:02:{frame}\nFrame from 01:05:{frame}"
+        f"\nFrame from 59:59:{frame}\n\n"
+    )
     # Without a duration (< 0), the last frame's time (transformers without metadata.duration).
     assert native.smolvlm_video_prompt([0.0, 1.0], -1.0, "<M>").startswith(
-        "You are provided the following series of two frames from a 0:00:01 [H:MM:SS] video.\n")
+        "You are provided the following series of two frames from a 0:00:01 [H:MM:SS] video.\n"
+    )
 
 
 def test_prompt_text_is_replace_video_token(monkeypatch):
@@ -90,11 +106,16 @@ def test_prompt_text_is_replace_video_token(monkeypatch):
     from transformers.video_utils import VideoMetadata
 
     monkeypatch.setattr(processing_smolvlm, "num2words", {4: "four"}.__getitem__)
-    me = SimpleNamespace(image_seq_len=64, image_token="<image>", fake_image_token="<fake_token_around_image>",
-                         global_image_token="<global-img>")
+    me = SimpleNamespace(
+        image_seq_len=64,
+        image_token="<image>",
+        fake_image_token="<fake_token_around_image>",
+        global_image_token="<global-img>",
+    )
     meta = VideoMetadata(total_num_frames=240, fps=2.0, duration=10.02, frames_indices=[0, 5, 10, 15])
     ref = processing_smolvlm.SmolVLMProcessor.replace_video_token(
-        me, {"pixel_values": torch.zeros(1, 4, 3, 1, 1), "video_metadata": [meta]}, 0)
+        me, {"pixel_values": torch.zeros(1, 4, 3, 1, 1), "video_metadata": [meta]}, 0
+    )
     assert native.smolvlm_video_prompt(TIMES, 10.02, "<image>" * 64) == ref
 
 
@@ -117,8 +138,13 @@ def test_square_frame_follows_transformers():
     assert decode_size(358, 721, grid) == (254, 512)  # portrait; odd sides made even
     ref = rgb
     for size in ((h, w), (512, 512)):
-        ref = resize(ref, size, resample=PILImageResampling.LANCZOS, data_format=ChannelDimension.LAST,
-                     input_data_format=ChannelDimension.LAST)
+        ref = resize(
+            ref,
+            size,
+            resample=PILImageResampling.LANCZOS,
+            data_format=ChannelDimension.LAST,
+            input_data_format=ChannelDimension.LAST,
+        )
     got = square_frame(rgb, grid)
     assert got.shape == (512, 512, 3) and got.dtype == np.uint8
     # The runtime's Lanczos is within one level of Pillow's per resize (test_runtime_squares_frames_like_pillow),
@@ -126,8 +152,13 @@ def test_square_frame_follows_transformers():
     diff = np.abs(got.astype(int) - ref.astype(int))
     assert diff.max() <= 2 and (diff > 1).mean() < 1e-3
     # The two steps are not one: the short side goes through 254 rows.
-    direct = resize(rgb, (512, 512), resample=PILImageResampling.LANCZOS, data_format=ChannelDimension.LAST,
-                    input_data_format=ChannelDimension.LAST)
+    direct = resize(
+        rgb,
+        (512, 512),
+        resample=PILImageResampling.LANCZOS,
+        data_format=ChannelDimension.LAST,
+        input_data_format=ChannelDimension.LAST,
+    )
     assert np.abs(got.astype(int) - direct.astype(int)).max() > 8
     # A frame already one tile is left as it is.
     assert np.array_equal(square_frame(got, grid), got)
@@ -173,8 +204,9 @@ def test_runtime_squares_frames_like_pillow(smolvlm, clip):
         assert ours.shape == pillow.shape and np.abs(ours - pillow).max() <= 1 and np.abs(ours - pillow).mean() < 1e-3
     vision = Vision(smolvlm.model(), smolvlm.mmproj, n_threads=THREADS)
     got = [c.embd for c in encode_frames(vision, frames, len(frames))]  # 64 x 32: not yet square
-    pillow = [np.asarray(Image.fromarray(f).resize((_TINY.tile, _TINY.tile), Image.Resampling.LANCZOS))
-              for f in frames]  # one resize: 64 x 32 frames are already longest side 64
+    pillow = [
+        np.asarray(Image.fromarray(f).resize((_TINY.tile, _TINY.tile), Image.Resampling.LANCZOS)) for f in frames
+    ]  # one resize: 64 x 32 frames are already longest side 64
     ref = encode_frames(vision, pillow, len(frames))
     assert len(got) == len(ref) == len(frames)
     assert max(float(rel_l2(a.ravel(), b.embd.ravel())) for a, b in zip(got, ref)) < 2e-2
@@ -190,8 +222,13 @@ def test_upscaling_mmproj_is_capped_at_one_tile(smolvlm, clip, tmp_path):
 
     m = smolvlm
     tensors = {k: v.detach().cpu().numpy() for k, v in m.torch_model.state_dict().items()}
-    upscaling = write_mmproj_gguf(tmp_path / "mmproj-128.gguf", tensors, m.torch_model.config,
-                                  dict(CASES["smolvlm"].preprocessor, size={"longest_edge": 128}), "f32")
+    upscaling = write_mmproj_gguf(
+        tmp_path / "mmproj-128.gguf",
+        tensors,
+        m.torch_model.config,
+        dict(CASES["smolvlm"].preprocessor, size={"longest_edge": 128}),
+        "f32",
+    )
     _, frames = clip
     model = m.model()
     uncapped = Vision(model, upscaling, n_threads=THREADS)
@@ -218,14 +255,16 @@ def hf_processor(monkeypatch, tokenizer, pixel_values: torch.Tensor, duration: f
     class GivenPixels(SmolVLMVideoProcessor):
         def __call__(self, videos, **kwargs):
             # Timestamps are frames_indices / fps: 2 "fps" makes them TIMES exactly.
-            meta = VideoMetadata(total_num_frames=240, fps=2.0, duration=duration,
-                                 frames_indices=[round(t * 2) for t in TIMES])
+            meta = VideoMetadata(
+                total_num_frames=240, fps=2.0, duration=duration, frames_indices=[round(t * 2) for t in TIMES]
+            )
             return BatchFeature({"pixel_values": pixel_values, "video_metadata": [meta]})
 
     monkeypatch.setattr(processing_smolvlm, "num2words", {4: "four"}.__getitem__)
     monkeypatch.setattr(ProcessorMixin, "check_argument_for_proper_class", lambda *a, **k: None)
-    return processing_smolvlm.SmolVLMProcessor(image_processor=SmolVLMImageProcessorPil(), tokenizer=tokenizer,
-                                               video_processor=GivenPixels(), image_seq_len=16)
+    return processing_smolvlm.SmolVLMProcessor(
+        image_processor=SmolVLMImageProcessorPil(), tokenizer=tokenizer, video_processor=GivenPixels(), image_seq_len=16
+    )
 
 
 def normalized(frames: List[np.ndarray], mean, std) -> torch.Tensor:
@@ -250,8 +289,9 @@ def test_video_matches_transformers(smolvlm, smollm_gguf, clip, monkeypatch):
     tokenizer.add_special_tokens({"additional_special_tokens": WithImageTokens.EXTRA})
     pre = {"image_mean": [0.5] * 3, "image_std": [0.5] * 3}  # CASES["smolvlm"].preprocessor's
     squared = [square_frame(f, _TINY) for f in frames]
-    proc = hf_processor(monkeypatch, tokenizer, normalized(squared, pre["image_mean"], pre["image_std"]),
-                        info.duration_s)
+    proc = hf_processor(
+        monkeypatch, tokenizer, normalized(squared, pre["image_mean"], pre["image_std"]), info.duration_s
+    )
     conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}]
     text = proc.apply_chat_template(conversation, add_generation_prompt=True)
     assert text == USER_PREFIX + "<video>" + QUESTION + TURN_SUFFIX
@@ -264,27 +304,48 @@ def test_video_matches_transformers(smolvlm, smollm_gguf, clip, monkeypatch):
     assert chunks.n_visual_tokens == ids.count(vision.image_token) == 4 * 16
     # Tokenized apart, the text at the block's ends would differ ("User: " + "You", "\n\n" + "What").
     apart = model.tokenize(USER_PREFIX) + chunks[0].tokens
-    assert apart != s.tokens()[:len(apart)]
+    assert apart != s.tokens()[: len(apart)]
 
     m.torch_model.config.image_token_id = vision.image_token
     m.torch_model.model.image_token_id = vision.image_token
     with torch.no_grad():
-        ref = m.torch_model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                            pixel_values=inputs["pixel_values"], use_cache=False).logits[0, -1:].float().numpy()
+        ref = (
+            m.torch_model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                pixel_values=inputs["pixel_values"],
+                use_cache=False,
+            )
+            .logits[0, -1:]
+            .float()
+            .numpy()
+        )
     err = rel_l2(s.logits()[None], ref).max()
     print(f"\nsmolvlm2 4-frame video vs transformers: last-position relative L2 error {err:.2e}")
     assert err < REL_TOL_TRANSFORMERS
     # Control: the frames in another order move transformers' logits far beyond that.
     with torch.no_grad():
-        moved = m.torch_model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:, [3, 2, 1, 0]],
-                              use_cache=False).logits[0, -1:].float().numpy()
+        moved = (
+            m.torch_model(
+                input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"][:, [3, 2, 1, 0]], use_cache=False
+            )
+            .logits[0, -1:]
+            .float()
+            .numpy()
+        )
     assert rel_l2(moved, ref).max() > 10 * REL_TOL_TRANSFORMERS
     # Control: libmtmd's own wrapping of the frames (a tile and the overview
     # each, with their markers) in the same text is far off too.
     intro = native.smolvlm_video_prompt(TIMES, info.duration_s, "").split("\n\nFrame")[0] + "\n"
     header = "\nFrame from {:02d}:{:02d}:"  # SmolVLM2's frame header, minutes:seconds
-    naive_prompt = (USER_PREFIX + intro + "".join(header.format(int(t // 60), int(t % 60)) + vision.marker for t in TIMES)
-                    + "\n\n" + QUESTION + TURN_SUFFIX)
+    naive_prompt = (
+        USER_PREFIX
+        + intro
+        + "".join(header.format(int(t // 60), int(t % 60)) + vision.marker for t in TIMES)
+        + "\n\n"
+        + QUESTION
+        + TURN_SUFFIX
+    )
     naive = model.session()
     vision.add(naive, naive_prompt, [square_frame(f, _TINY) for f in frames])
     assert naive.tokens() != ids

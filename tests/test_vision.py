@@ -54,8 +54,9 @@ def qwen_pixels(rgb: np.ndarray):
     from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
 
-    proc = Processor(size={"shortest_edge": 8 * 28 * 28, "longest_edge": 4096 * 28 * 28},
-                     **CASES["qwen2_5_vl"].preprocessor)
+    proc = Processor(
+        size={"shortest_edge": 8 * 28 * 28, "longest_edge": 4096 * 28 * 28}, **CASES["qwen2_5_vl"].preprocessor
+    )
     return proc(images=[Image.fromarray(rgb)], return_tensors="pt")
 
 
@@ -84,18 +85,32 @@ def test_image_prompt_matches_transformers(qwen_vl):
             ours.append(s.add_tokens(c.tokens, all_logits=True))
             ids += c.tokens
         else:
-            ours.append(s.add_embeddings(c.embd, positions=c.positions_at(s.next_pos), placeholder=vision.image_token,
-                                         all_logits=True))
+            ours.append(
+                s.add_embeddings(
+                    c.embd, positions=c.positions_at(s.next_pos), placeholder=vision.image_token, all_logits=True
+                )
+            )
             ids += [vision.image_token] * c.n_tokens
     ours = np.concatenate(ours)
 
     inputs = qwen_pixels(rgb)
     assert inputs["image_grid_thw"].tolist() == [[1, 12, 16]]
-    token_type = torch.tensor([[int(t == cfg.image_token_id) for t in ids]])  # without it transformers uses 1-D positions
+    token_type = torch.tensor(
+        [[int(t == cfg.image_token_id) for t in ids]]
+    )  # without it transformers uses 1-D positions
     with torch.no_grad():
-        ref = m.torch_model(input_ids=torch.tensor([ids]), mm_token_type_ids=token_type,
-                            pixel_values=inputs["pixel_values"], image_grid_thw=inputs["image_grid_thw"],
-                            use_cache=False).logits[0].float().numpy()
+        ref = (
+            m.torch_model(
+                input_ids=torch.tensor([ids]),
+                mm_token_type_ids=token_type,
+                pixel_values=inputs["pixel_values"],
+                image_grid_thw=inputs["image_grid_thw"],
+                use_cache=False,
+            )
+            .logits[0]
+            .float()
+            .numpy()
+        )
     check_close("qwen2.5-vl image prompt vs transformers", ours, ref, REL_TOL_TRANSFORMERS)
 
     # Vision.add (the API) gives the same last logits as the chunks by hand.
@@ -138,22 +153,35 @@ def test_smolvlm_image_prompt_matches_transformers(smolvlm):
 
     pre = CASES["smolvlm"].preprocessor
     size = {"longest_edge": rgb.shape[0]}
-    proc = Processor(do_image_splitting=False, size=size, max_image_size=size, image_mean=pre["image_mean"],
-                     image_std=pre["image_std"])
+    proc = Processor(
+        do_image_splitting=False,
+        size=size,
+        max_image_size=size,
+        image_mean=pre["image_mean"],
+        image_std=pre["image_std"],
+    )
     pixels = proc(images=[[Image.fromarray(rgb)]], return_tensors="pt")["pixel_values"]
     m.torch_model.config.image_token_id = vision.image_token
     m.torch_model.model.image_token_id = vision.image_token
     with torch.no_grad():
-        ref = m.torch_model(input_ids=torch.tensor([ids]), pixel_values=pixels.repeat(1, 2, 1, 1, 1),
-                            use_cache=False).logits[0, -1:].float().numpy()
+        ref = (
+            m.torch_model(input_ids=torch.tensor([ids]), pixel_values=pixels.repeat(1, 2, 1, 1, 1), use_cache=False)
+            .logits[0, -1:]
+            .float()
+            .numpy()
+        )
     err = rel_l2(s.logits()[None], ref).max()
     print(f"\nsmolvlm2 image prompt vs transformers: last-position relative L2 error {err:.2e}")
     assert err < REL_TOL_TRANSFORMERS
     # Control: another picture moves transformers' logits far beyond that.
     other = proc(images=[[Image.fromarray(rgb[::-1].copy())]], return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        moved = m.torch_model(input_ids=torch.tensor([ids]), pixel_values=other.repeat(1, 2, 1, 1, 1),
-                              use_cache=False).logits[0, -1:].float().numpy()
+        moved = (
+            m.torch_model(input_ids=torch.tensor([ids]), pixel_values=other.repeat(1, 2, 1, 1, 1), use_cache=False)
+            .logits[0, -1:]
+            .float()
+            .numpy()
+        )
     assert rel_l2(moved, ref).max() > 10 * REL_TOL_TRANSFORMERS
 
 
@@ -168,8 +196,9 @@ def llama_cpp_mtmd_logits(text: Path, mmproj: Path, prompt: str, images: List[np
     llama_cpp = pytest.importorskip("llama_cpp")
     import llama_cpp.mtmd_cpp as mtmd
 
-    llm = llama_cpp_mtmd.load_llama(str(text), n_ctx=512, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512,
-                                    flash_attn=True)
+    llm = llama_cpp_mtmd.load_llama(
+        str(text), n_ctx=512, n_threads=THREADS, n_threads_batch=THREADS, n_batch=512, flash_attn=True
+    )
     ctx = llama_cpp_mtmd.init_context(mmproj, llm.model, THREADS)
     chunks = None
     try:
@@ -251,8 +280,7 @@ def test_frames_merge_in_pairs(qwen_vl):
     vision = Vision(m.model(), m.mmproj, n_threads=THREADS)
     clip = frames(4)
     progress = []
-    merged = [c for c in vision.encode_frames(clip, progress=lambda d, t: progress.append((d, t)))
-              if c.is_image]
+    merged = [c for c in vision.encode_frames(clip, progress=lambda d, t: progress.append((d, t))) if c.is_image]
     assert [(c.first_image, c.n_images, c.n_tokens, c.n_pos) for c in merged] == [(0, 2, 48, 8), (2, 2, 48, 8)]
     assert progress[-1] == (2, 2)
     assert (merged[0].positions[0] == 0).all()  # one temporal unit: one time position
@@ -301,8 +329,9 @@ def test_frames_as_a_sparse_span(qwen_vl):
     text_pos = np.arange(pos + 8, pos + 8 + len(between.tokens))
     table = m.torch_model.get_input_embeddings().weight.detach().numpy()  # the f32 GGUF's token_embd
     rows = np.concatenate([pair0.embd, table[between.tokens], pair1.embd])
-    positions = np.concatenate([pair0.positions_at(pos), np.tile(text_pos, (3, 1)),
-                                pair1.positions_at(text_pos[-1] + 1)], axis=1)
+    positions = np.concatenate(
+        [pair0.positions_at(pos), np.tile(text_pos, (3, 1)), pair1.positions_at(text_pos[-1] + 1)], axis=1
+    )
     same = model.session()
     same.add_tokens(before.tokens)
     same.add_embeddings(rows, positions=positions)

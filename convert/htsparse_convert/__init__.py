@@ -22,9 +22,9 @@ from .text_gguf import (
     TextHParams,
     VocabSource,
     gguf_tensor_name,
+    permute_for_normal_rope,
     read_gguf_header,
     read_gguf_metadata,
-    permute_for_normal_rope,
     text_hparams,
     write_text_gguf,
 )

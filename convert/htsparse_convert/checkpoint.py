@@ -111,15 +111,19 @@ def _tensor_locations(path: Path) -> Dict[str, Path]:
         shards = sorted(set(weight_map.values()))
         missing = [s for s in shards if not (path / s).is_file()]
         if missing:
-            raise CheckpointError(f"{len(missing)} of the {len(shards)} shards named in {INDEX_FILE} are missing: "
-                                  f"{', '.join(missing[:3])}")
+            raise CheckpointError(
+                f"{len(missing)} of the {len(shards)} shards named in {INDEX_FILE} are missing: "
+                f"{', '.join(missing[:3])}"
+            )
         where: Dict[str, Path] = {}
         for shard in shards:
             held = set(_shard_names(path, path / shard))
             listed = {n for n, s in weight_map.items() if s == shard}
             if listed - held:
-                raise CheckpointError(f"{shard} lacks {len(listed - held)} tensors that {INDEX_FILE} puts there, "
-                                      f"e.g. {sorted(listed - held)[0]!r}: the shards do not match the index")
+                raise CheckpointError(
+                    f"{shard} lacks {len(listed - held)} tensors that {INDEX_FILE} puts there, "
+                    f"e.g. {sorted(listed - held)[0]!r}: the shards do not match the index"
+                )
             where.update({n: path / shard for n in held})
         return where
     single = path / SINGLE_FILE
@@ -129,8 +133,9 @@ def _tensor_locations(path: Path) -> Dict[str, Path]:
         hint = f" (found {others[0]}: only safetensors checkpoints are read)" if others else ""
         raise CheckpointError(f"{path} has no .safetensors weights{hint}")
     if len(shards) > 1:
-        raise CheckpointError(f"{path} has {len(shards)} .safetensors files but no {INDEX_FILE} to say how "
-                              "they fit together")
+        raise CheckpointError(
+            f"{path} has {len(shards)} .safetensors files but no {INDEX_FILE} to say how they fit together"
+        )
     return {n: shards[0] for n in _shard_names(path, shards[0])}
 
 

@@ -68,9 +68,11 @@ def _spec(ckpt: Checkpoint):
     try:
         return arch_spec(ckpt.config)
     except ValueError:
-        raise CheckpointError(f"{ckpt.path}: unsupported architecture {ckpt.model_type!r} "
-                              f"({', '.join(ckpt.config.get('architectures') or []) or 'no architectures listed'}); "
-                              f"supported model types: {', '.join(supported_model_types())}") from None
+        raise CheckpointError(
+            f"{ckpt.path}: unsupported architecture {ckpt.model_type!r} "
+            f"({', '.join(ckpt.config.get('architectures') or []) or 'no architectures listed'}); "
+            f"supported model types: {', '.join(supported_model_types())}"
+        ) from None
 
 
 def _has_vision(ckpt: Checkpoint, spec) -> bool:
@@ -84,7 +86,9 @@ def _embedding_rows(ckpt: Checkpoint, spec) -> int:
     raise CheckpointError(f"{ckpt.path}: no token embedding (embed_tokens.weight) among the tensors")
 
 
-def output_paths(ckpt: Checkpoint, outdir: Path, out_type: str, name: str, with_mmproj: bool) -> Tuple[Path, Optional[Path]]:
+def output_paths(
+    ckpt: Checkpoint, outdir: Path, out_type: str, name: str, with_mmproj: bool
+) -> Tuple[Path, Optional[Path]]:
     """<name>-<TYPE>.gguf and mmproj-<name>-<type>.gguf, as llama.cpp's releases name them."""
     text = outdir / f"{name}-{out_type.upper()}.gguf"
     mmproj = outdir / f"mmproj-{name}-{mmproj_type(out_type).upper()}.gguf" if with_mmproj else None
@@ -117,8 +121,9 @@ class _Progress:
             self.bar.close()
 
 
-def _write_text(ckpt: Checkpoint, path: Path, out_type: str, name: str, n_threads: int, progress: bool,
-                verbose: bool) -> None:
+def _write_text(
+    ckpt: Checkpoint, path: Path, out_type: str, name: str, n_threads: int, progress: bool, verbose: bool
+) -> None:
     spec = _spec(ckpt)
     vocab = HfVocab(ckpt.path, n_vocab=_embedding_rows(ckpt, spec))
     n_text = sum(1 for n in ckpt.tensors if not (spec.skip_prefixes and n.startswith(spec.skip_prefixes)))
@@ -154,8 +159,14 @@ def _write_mmproj(ckpt: Checkpoint, path: Path, out_type: str, name: str, progre
     bar = _Progress(n_vision, f"vision tower ({out_type})", progress)
     ckpt.tensors.on_load = bar.tick
     try:
-        write_mmproj_gguf(path, ckpt.tensors, ckpt.config, preprocessor=ckpt.json_file("preprocessor_config.json"),
-                          out_type=out_type, name=name)
+        write_mmproj_gguf(
+            path,
+            ckpt.tensors,
+            ckpt.config,
+            preprocessor=ckpt.json_file("preprocessor_config.json"),
+            out_type=out_type,
+            name=name,
+        )
     finally:
         ckpt.tensors.on_load = None
         bar.close()
@@ -204,8 +215,10 @@ def convert_checkpoint(
     import torch  # noqa: F401  (LazyTensors reads through it: an ImportError now, before anything is written)
 
     outdir.mkdir(parents=True, exist_ok=True)
-    log(f"{ckpt.model_type}: {len(ckpt.tensors)} tensors -> {spec.gguf_arch} GGUF ({out_type})"
-        + (" + mmproj" if with_mmproj else ""))
+    log(
+        f"{ckpt.model_type}: {len(ckpt.tensors)} tensors -> {spec.gguf_arch} GGUF ({out_type})"
+        + (" + mmproj" if with_mmproj else "")
+    )
     # The text file waits under a hidden name until the mmproj is written too,
     # so that a failing vision tower does not leave a text model alone.
     with atomic_path(text_path) as staged:

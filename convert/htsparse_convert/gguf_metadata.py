@@ -15,8 +15,9 @@ from .text_gguf import add_metadata_value
 PathLike = Union[str, "os.PathLike[str]"]
 
 
-def write_gguf_with_metadata(src: PathLike, dst: PathLike, metadata: Dict[str, Any],
-                             replace_prefix: str = "htsparse.") -> List[str]:
+def write_gguf_with_metadata(
+    src: PathLike, dst: PathLike, metadata: Dict[str, Any], replace_prefix: str = "htsparse."
+) -> List[str]:
     """A copy of `src` with `metadata` added; every key of `src` under
     `replace_prefix` is dropped first. `dst` appears only once complete.
     Returns the keys dropped."""

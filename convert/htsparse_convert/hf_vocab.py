@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import gguf
 
-from .text_gguf import PathLike, flatten_config, arch_spec
+from .text_gguf import PathLike, arch_spec, flatten_config
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +59,18 @@ PRE_BY_CHKHSH: Dict[str, str] = {
 # SpecialVocab's default special token types; writers exist for all but cls.
 _SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 _ID_KEYS = {
-    "bos": gguf.Keys.Tokenizer.BOS_ID, "eos": gguf.Keys.Tokenizer.EOS_ID,
-    "unk": gguf.Keys.Tokenizer.UNK_ID, "sep": gguf.Keys.Tokenizer.SEP_ID,
-    "pad": gguf.Keys.Tokenizer.PAD_ID, "mask": gguf.Keys.Tokenizer.MASK_ID,
-    "eot": gguf.Keys.Tokenizer.EOT_ID, "eom": gguf.Keys.Tokenizer.EOM_ID,
+    "bos": gguf.Keys.Tokenizer.BOS_ID,
+    "eos": gguf.Keys.Tokenizer.EOS_ID,
+    "unk": gguf.Keys.Tokenizer.UNK_ID,
+    "sep": gguf.Keys.Tokenizer.SEP_ID,
+    "pad": gguf.Keys.Tokenizer.PAD_ID,
+    "mask": gguf.Keys.Tokenizer.MASK_ID,
+    "eot": gguf.Keys.Tokenizer.EOT_ID,
+    "eom": gguf.Keys.Tokenizer.EOM_ID,
 }
 _ADD_KEYS = {
-    "bos": gguf.Keys.Tokenizer.ADD_BOS, "eos": gguf.Keys.Tokenizer.ADD_EOS,
+    "bos": gguf.Keys.Tokenizer.ADD_BOS,
+    "eos": gguf.Keys.Tokenizer.ADD_EOS,
     "sep": gguf.Keys.Tokenizer.ADD_SEP,
 }
 # Upstream writes these through GGUFWriter methods the gguf 0.19 wheel lacks.
@@ -122,7 +127,8 @@ def detect_pre(tokenizer: Any, pre_tokenizer: Any = None, where: Any = "tokenize
         raise ValueError(
             f"{where}: BPE pre-tokenizer {describe_pre_tokenizer(pre_tokenizer)} (chkhsh {chkhsh}) is not one "
             f"this converter knows; supported: {sorted(set(PRE_BY_CHKHSH.values()))} (Qwen2/2.5, SmolLM2). "
-            "Refused rather than guessed: llama.cpp would split text differently from the tokenizer")
+            "Refused rather than guessed: llama.cpp would split text differently from the tokenizer"
+        )
     return PRE_BY_CHKHSH[chkhsh], chkhsh
 
 
@@ -150,10 +156,15 @@ class HfVocab:
         self.dir = Path(model_dir)
         tok_path = self.dir / "tokenizer.json"
         if not tok_path.is_file():
-            hint = " (it has tokenizer.model: SentencePiece tokenizers are not supported)" if (
-                self.dir / "tokenizer.model").is_file() else ""
-            raise ValueError(f"{self.dir}: no tokenizer.json{hint}; only byte-level BPE tokenizers "
-                             "given as tokenizer.json (Qwen2/2.5, SmolLM2) are supported")
+            hint = (
+                " (it has tokenizer.model: SentencePiece tokenizers are not supported)"
+                if (self.dir / "tokenizer.model").is_file()
+                else ""
+            )
+            raise ValueError(
+                f"{self.dir}: no tokenizer.json{hint}; only byte-level BPE tokenizers "
+                "given as tokenizer.json (Qwen2/2.5, SmolLM2) are supported"
+            )
         self._json = _read_json(tok_path)
         self._check_supported()
         cfg_path = self.dir / "tokenizer_config.json"
@@ -175,8 +186,9 @@ class HfVocab:
         self._hp_vocab_size = int(self._config.get("vocab_size") or n_vocab or len(vocab))
         target = int(n_vocab) if n_vocab is not None else self._hp_vocab_size
         if max(vocab.values()) >= target:
-            raise ValueError(f"{tok_path}: token id {max(vocab.values())} does not fit a vocabulary "
-                             f"of {target} (the embedding rows)")
+            raise ValueError(
+                f"{tok_path}: token id {max(vocab.values())} does not fit a vocabulary of {target} (the embedding rows)"
+            )
         self.pre, self.chkhsh = detect_pre(self._tok, self._json.get("pre_tokenizer"), tok_path)
         self.tokens, self.toktypes = self._tokens(vocab, target)
         self.special = _SpecialVocab(self.dir, self._json)
@@ -186,14 +198,20 @@ class HfVocab:
         kind = model.get("type")
         # Upstream's Qwen2/Llama converters try tokenizer.model (SentencePiece) first.
         if (self.dir / "tokenizer.model").is_file():
-            raise ValueError(f"{self.dir} has a SentencePiece tokenizer.model (upstream converts that as "
-                             "tokenizer.ggml.model 'llama'); only byte-level BPE (gpt2) is supported")
+            raise ValueError(
+                f"{self.dir} has a SentencePiece tokenizer.model (upstream converts that as "
+                "tokenizer.ggml.model 'llama'); only byte-level BPE (gpt2) is supported"
+            )
         if kind != "BPE":
-            raise ValueError(f"{self.dir}/tokenizer.json: tokenizer model {kind!r} is not supported; "
-                             "only byte-level BPE (GPT-2 style, tokenizer.ggml.model 'gpt2') is")
+            raise ValueError(
+                f"{self.dir}/tokenizer.json: tokenizer model {kind!r} is not supported; "
+                "only byte-level BPE (GPT-2 style, tokenizer.ggml.model 'gpt2') is"
+            )
         if model.get("byte_fallback"):
-            raise ValueError(f"{self.dir}/tokenizer.json: BPE with byte_fallback is a SentencePiece-style "
-                             "tokenizer (upstream writes it as 'llama'); only byte-level BPE is supported")
+            raise ValueError(
+                f"{self.dir}/tokenizer.json: BPE with byte_fallback is a SentencePiece-style "
+                "tokenizer (upstream writes it as 'llama'); only byte-level BPE is supported"
+            )
 
     def _tokens(self, vocab: Dict[str, int], n: int) -> Tuple[List[str], List[int]]:
         """Upstream's get_vocab_base."""
@@ -214,8 +232,9 @@ class HfVocab:
                 # transformers 5 never applies clean_up_tokenization to BPE, so
                 # decode(encode(t)) is exactly what upstream gets.
                 if info is not None and not info.normalized:
-                    token = self._tok.decode(self._tok.encode(token, add_special_tokens=False).ids,
-                                             skip_special_tokens=False)
+                    token = self._tok.decode(
+                        self._tok.encode(token, add_special_tokens=False).ids, skip_special_tokens=False
+                    )
                 if (info is not None and info.special) or does_token_look_special(token):
                     types.append(gguf.TokenType.CONTROL)
                 else:
@@ -277,8 +296,10 @@ class _SpecialVocab:
             return merges
         if isinstance(merges[0], list) and len(merges[0]) == 2 and isinstance(merges[0][0], str):
             # transformers >= 4.45 pairs; a space inside a part becomes U+0120-shifted.
-            return [" ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
-                    for pair in merges]
+            return [
+                " ".join("".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair)
+                for pair in merges
+            ]
         raise ValueError("unknown tokenizer merges format")
 
     @staticmethod
@@ -358,8 +379,9 @@ class _SpecialVocab:
             elif kind == "TemplateProcessing":
                 bos, cls, eos, sep = self._template(proc, config, bos, cls, eos, sep)
 
-    def _template(self, proc: Dict[str, Any], config: Optional[Dict[str, Any]],
-                  bos: Any, cls: Any, eos: Any, sep: Any) -> Tuple[Any, Any, Any, Any]:
+    def _template(
+        self, proc: Dict[str, Any], config: Optional[Dict[str, Any]], bos: Any, cls: Any, eos: Any, sep: Any
+    ) -> Tuple[Any, Any, Any, Any]:
         # Upstream's crude reading of TemplateProcessing: the first/last
         # special token of `single` are BOS/EOS; `pair` decides add_sep.
         single: Sequence[Dict[str, Any]] = proc.get("single", [])
@@ -415,7 +437,8 @@ class _SpecialVocab:
             extra = sorted((path / "additional_chat_templates").glob("*.jinja"))
             if extra:
                 alt = [{"name": "default", "template": alt}] + [
-                    {"name": p.stem, "template": p.read_text(encoding="utf-8")} for p in extra]
+                    {"name": p.stem, "template": p.read_text(encoding="utf-8")} for p in extra
+                ]
         elif js.is_file():
             alt = _read_json(js).get("chat_template")
         template = config.get("chat_template", alt)

@@ -117,13 +117,18 @@ _QWEN_BLOCK: Dict[str, Target] = {
     "attn.proj.bias": "attn_out.bias",
 }
 _QWEN2_MLP: Dict[str, Target] = {
-    "mlp.fc1.weight": "ffn_up.weight", "mlp.fc1.bias": "ffn_up.bias",
-    "mlp.fc2.weight": "ffn_down.weight", "mlp.fc2.bias": "ffn_down.bias",
+    "mlp.fc1.weight": "ffn_up.weight",
+    "mlp.fc1.bias": "ffn_up.bias",
+    "mlp.fc2.weight": "ffn_down.weight",
+    "mlp.fc2.bias": "ffn_down.bias",
 }
 _QWEN25_MLP: Dict[str, Target] = {
-    "mlp.gate_proj.weight": "ffn_gate.weight", "mlp.gate_proj.bias": "ffn_gate.bias",
-    "mlp.up_proj.weight": "ffn_up.weight", "mlp.up_proj.bias": "ffn_up.bias",
-    "mlp.down_proj.weight": "ffn_down.weight", "mlp.down_proj.bias": "ffn_down.bias",
+    "mlp.gate_proj.weight": "ffn_gate.weight",
+    "mlp.gate_proj.bias": "ffn_gate.bias",
+    "mlp.up_proj.weight": "ffn_up.weight",
+    "mlp.up_proj.bias": "ffn_up.bias",
+    "mlp.down_proj.weight": "ffn_down.weight",
+    "mlp.down_proj.bias": "ffn_down.bias",
 }
 
 _IDEFICS3_GLOBAL: Dict[str, Target] = {
@@ -135,14 +140,22 @@ _IDEFICS3_GLOBAL: Dict[str, Target] = {
     "connector.modality_projection.proj.weight": "mm.model.fc.weight",
 }
 _IDEFICS3_BLOCK: Dict[str, Target] = {
-    "layer_norm1.weight": "ln1.weight", "layer_norm1.bias": "ln1.bias",
-    "layer_norm2.weight": "ln2.weight", "layer_norm2.bias": "ln2.bias",
-    "self_attn.q_proj.weight": "attn_q.weight", "self_attn.q_proj.bias": "attn_q.bias",
-    "self_attn.k_proj.weight": "attn_k.weight", "self_attn.k_proj.bias": "attn_k.bias",
-    "self_attn.v_proj.weight": "attn_v.weight", "self_attn.v_proj.bias": "attn_v.bias",
-    "self_attn.out_proj.weight": "attn_out.weight", "self_attn.out_proj.bias": "attn_out.bias",
-    "mlp.fc1.weight": "ffn_up.weight", "mlp.fc1.bias": "ffn_up.bias",
-    "mlp.fc2.weight": "ffn_down.weight", "mlp.fc2.bias": "ffn_down.bias",
+    "layer_norm1.weight": "ln1.weight",
+    "layer_norm1.bias": "ln1.bias",
+    "layer_norm2.weight": "ln2.weight",
+    "layer_norm2.bias": "ln2.bias",
+    "self_attn.q_proj.weight": "attn_q.weight",
+    "self_attn.q_proj.bias": "attn_q.bias",
+    "self_attn.k_proj.weight": "attn_k.weight",
+    "self_attn.k_proj.bias": "attn_k.bias",
+    "self_attn.v_proj.weight": "attn_v.weight",
+    "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.out_proj.weight": "attn_out.weight",
+    "self_attn.out_proj.bias": "attn_out.bias",
+    "mlp.fc1.weight": "ffn_up.weight",
+    "mlp.fc1.bias": "ffn_up.bias",
+    "mlp.fc2.weight": "ffn_down.weight",
+    "mlp.fc2.bias": "ffn_down.bias",
 }
 
 
@@ -225,8 +238,10 @@ def _wa_pattern(vcfg: Mapping[str, Any]) -> int:
     n = full[0] + 1
     depth = _int(vcfg, "depth")
     expected = [il for il in range(depth) if (il + 1) % n == 0]
-    _require(full == expected, f"fullatt_block_indexes {full} is not every {n}th layer of {depth} ({expected}); "
-                               "clip.cpp cannot express it")
+    _require(
+        full == expected,
+        f"fullatt_block_indexes {full} is not every {n}th layer of {depth} ({expected}); clip.cpp cannot express it",
+    )
     return n
 
 
@@ -249,17 +264,28 @@ def _qwen25vl_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[st
         eps=1e-6,  # as Qwen2-VL above
         image_mean=mean,
         image_std=std,
-        extra=((_K.USE_SILU, True), (_K.N_WA_PATTERN, _wa_pattern(vcfg)),
-               # Ours, not clip.cpp's: video M-RoPE time steps (runtime/src/video_layout.h). Default as transformers'.
-               (TOKENS_PER_SECOND_KEY, int(vcfg.get("tokens_per_second", 4)))),
+        extra=(
+            (_K.USE_SILU, True),
+            (_K.N_WA_PATTERN, _wa_pattern(vcfg)),
+            # Ours, not clip.cpp's: video M-RoPE time steps (runtime/src/video_layout.h). Default as transformers'.
+            (TOKENS_PER_SECOND_KEY, int(vcfg.get("tokens_per_second", 4))),
+        ),
     )
 
 
 # SmolVLM2's config.json leaves some vision sizes out. Upstream reads the
 # config through transformers' AutoConfig, which fills in these defaults
 # (SmolVLMVisionConfig), so a raw config.json dict gets them here too.
-_IDEFICS3_DEFAULTS = dict(hidden_size=1152, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=16,
-                          image_size=224, patch_size=32, layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh")
+_IDEFICS3_DEFAULTS = dict(
+    hidden_size=1152,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=32,
+    layer_norm_eps=1e-6,
+    hidden_act="gelu_pytorch_tanh",
+)
 
 
 def _idefics3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
@@ -289,14 +315,32 @@ def _idefics3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[st
     )
 
 
-_QWEN2VL = VisionSpec(gguf.VisionProjectorType.QWEN2VL, ("visual.",), "visual.blocks.",
-                      _QWEN_GLOBAL, {**_QWEN_BLOCK, **_QWEN2_MLP}, _qwen2vl_hparams)
-_QWEN25VL = VisionSpec(gguf.VisionProjectorType.QWEN25VL, ("visual.",), "visual.blocks.",
-                       _QWEN_GLOBAL, {**_QWEN_BLOCK, **_QWEN25_MLP}, _qwen25vl_hparams)
+_QWEN2VL = VisionSpec(
+    gguf.VisionProjectorType.QWEN2VL,
+    ("visual.",),
+    "visual.blocks.",
+    _QWEN_GLOBAL,
+    {**_QWEN_BLOCK, **_QWEN2_MLP},
+    _qwen2vl_hparams,
+)
+_QWEN25VL = VisionSpec(
+    gguf.VisionProjectorType.QWEN25VL,
+    ("visual.",),
+    "visual.blocks.",
+    _QWEN_GLOBAL,
+    {**_QWEN_BLOCK, **_QWEN25_MLP},
+    _qwen25vl_hparams,
+)
 # SmolVLM's embeddings stay f32 in every file type (upstream SmolVLMModel).
-_IDEFICS3 = VisionSpec(gguf.VisionProjectorType.IDEFICS3, ("vision_model.", "connector."),
-                       "vision_model.encoder.layers.", _IDEFICS3_GLOBAL, _IDEFICS3_BLOCK, _idefics3_hparams,
-                       f32_fragments=("v.patch_embd.", "v.position_embd."))
+_IDEFICS3 = VisionSpec(
+    gguf.VisionProjectorType.IDEFICS3,
+    ("vision_model.", "connector."),
+    "vision_model.encoder.layers.",
+    _IDEFICS3_GLOBAL,
+    _IDEFICS3_BLOCK,
+    _idefics3_hparams,
+    f32_fragments=("v.patch_embd.", "v.position_embd."),
+)
 
 # Keyed by the config's top-level model_type.
 VISION_ARCHITECTURES: Dict[str, VisionSpec] = {
@@ -307,12 +351,13 @@ VISION_ARCHITECTURES: Dict[str, VisionSpec] = {
 }
 
 
-
 def vision_spec(cfg: Mapping[str, Any]) -> VisionSpec:
     """The VisionSpec for an HF config dict, by its model_type."""
     model_type = cfg.get("model_type")
     if model_type not in VISION_ARCHITECTURES:
-        raise ValueError(f"unsupported model type {model_type!r} for an mmproj; supported: {sorted(VISION_ARCHITECTURES)}")
+        raise ValueError(
+            f"unsupported model type {model_type!r} for an mmproj; supported: {sorted(VISION_ARCHITECTURES)}"
+        )
     return VISION_ARCHITECTURES[model_type]
 
 
@@ -325,8 +370,10 @@ def vision_hparams(config: Any, preprocessor: Optional[Mapping[str, Any]] = None
     hp = vision_spec(cfg).hparams(cfg, config_dict(vcfg), pre)
     # libmtmd takes the patch size from the file: a preprocessor that cuts
     # other patches than the weights were trained on is a broken checkpoint.
-    _require(int(pre.get("patch_size", hp.patch_size)) == hp.patch_size,
-             f"preprocessor patch_size {pre.get('patch_size')} differs from the vision tower's {hp.patch_size}")
+    _require(
+        int(pre.get("patch_size", hp.patch_size)) == hp.patch_size,
+        f"preprocessor patch_size {pre.get('patch_size')} differs from the vision tower's {hp.patch_size}",
+    )
     return hp
 
 
@@ -360,13 +407,13 @@ def add_vision_hparams(writer: gguf.GGUFWriter, spec: VisionSpec, hp: VisionHPar
 def mmproj_target(spec: VisionSpec, hf_name: str) -> Optional[Target]:
     """Where one HF parameter goes: a GGUF name, a Split, or None for a decoder
     parameter. Raises on a vision parameter we do not know."""
-    name = hf_name[len("model."):] if hf_name.startswith("model.") else hf_name
+    name = hf_name[len("model.") :] if hf_name.startswith("model.") else hf_name
     if not name.startswith(spec.prefixes):
         return None
     if name in spec.global_tensors:
         return spec.global_tensors[name]
     if name.startswith(spec.block_prefix):
-        bid, _, rest = name[len(spec.block_prefix):].partition(".")
+        bid, _, rest = name[len(spec.block_prefix) :].partition(".")
         target = spec.block_tensors.get(rest)
         if bid.isdigit() and target is not None:
             names = tuple(f"v.blk.{int(bid)}.{n}" for n in _names(target))

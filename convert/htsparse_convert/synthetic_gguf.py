@@ -93,8 +93,9 @@ def q8_0_matrix(ne0: int, ne1: int, rng: np.random.Generator) -> np.ndarray:
     return blocks.reshape(ne1, ne0 // Q8_0_BLOCK * 34)
 
 
-def write_synthetic_gguf(path: PathLike, shape: Union[str, Shape], vocab_from: PathLike, seed: int = 0,
-                         name: str = "") -> Path:
+def write_synthetic_gguf(
+    path: PathLike, shape: Union[str, Shape], vocab_from: PathLike, seed: int = 0, name: str = ""
+) -> Path:
     """Writes a Q8_0 qwen2 GGUF of `shape` (a SHAPES name or a Shape) with the
     tokenizer of the GGUF `vocab_from`; norms and biases in f32."""
     label = shape if isinstance(shape, str) else "custom"
@@ -125,8 +126,11 @@ def write_synthetic_gguf(path: PathLike, shape: Union[str, Shape], vocab_from: P
                 data = q8_0_matrix(ne[0], ne[1], rng)
                 writer.add_tensor(tensor, data, raw_shape=data.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
             else:
-                values = np.ones(ne, np.float32) if tensor.endswith("norm.weight") else \
-                    (0.02 * rng.standard_normal(ne)).astype(np.float32)
+                values = (
+                    np.ones(ne, np.float32)
+                    if tensor.endswith("norm.weight")
+                    else (0.02 * rng.standard_normal(ne)).astype(np.float32)
+                )
                 writer.add_tensor(tensor, values)
 
     return write_gguf(Path(path), "qwen2", fill)

@@ -266,7 +266,7 @@ def gguf_tensor_name(spec: ArchSpec, hf_name: str) -> Optional[str]:
         return None
     prefix = next((p for p in spec.text_prefixes if hf_name.startswith(p)), None)
     if prefix is not None:
-        rest = hf_name[len(prefix):]
+        rest = hf_name[len(prefix) :]
         if rest in GLOBAL_TENSORS:
             return GLOBAL_TENSORS[rest]
         parts = rest.split(".", 2)
@@ -365,11 +365,16 @@ class MetadataField(NamedTuple):
 
 
 _SCALARS: Dict[gguf.GGUFValueType, str] = {
-    gguf.GGUFValueType.UINT8: "<u1", gguf.GGUFValueType.INT8: "<i1",
-    gguf.GGUFValueType.UINT16: "<u2", gguf.GGUFValueType.INT16: "<i2",
-    gguf.GGUFValueType.UINT32: "<u4", gguf.GGUFValueType.INT32: "<i4",
-    gguf.GGUFValueType.UINT64: "<u8", gguf.GGUFValueType.INT64: "<i8",
-    gguf.GGUFValueType.FLOAT32: "<f4", gguf.GGUFValueType.FLOAT64: "<f8",
+    gguf.GGUFValueType.UINT8: "<u1",
+    gguf.GGUFValueType.INT8: "<i1",
+    gguf.GGUFValueType.UINT16: "<u2",
+    gguf.GGUFValueType.INT16: "<i2",
+    gguf.GGUFValueType.UINT32: "<u4",
+    gguf.GGUFValueType.INT32: "<i4",
+    gguf.GGUFValueType.UINT64: "<u8",
+    gguf.GGUFValueType.INT64: "<i8",
+    gguf.GGUFValueType.FLOAT32: "<f4",
+    gguf.GGUFValueType.FLOAT64: "<f8",
     gguf.GGUFValueType.BOOL: "<u1",
 }
 
@@ -393,7 +398,7 @@ class _Cursor:
     def string(self) -> str:
         n = self.u64()
         self.off += n
-        return bytes(self.buf[self.off - n:self.off]).decode("utf-8")
+        return bytes(self.buf[self.off - n : self.off]).decode("utf-8")
 
     def scalars(self, vtype: gguf.GGUFValueType, count: int) -> np.ndarray:
         dt = np.dtype(_SCALARS[vtype])

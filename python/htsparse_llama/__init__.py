@@ -1,10 +1,10 @@
 """htsparse-llama: long-video question answering on llama.cpp GGUF files.
 
-    >>> from htsparse_llama import Model
-    >>> model = Model("qwen2.5-0.5b-instruct.gguf", n_ctx=4096)
-    >>> s = model.session()
-    >>> s.add_message("user", "Name three colours.")
-    >>> print("".join(s.generate(max_tokens=32, temperature=0)))
+>>> from htsparse_llama import Model
+>>> model = Model("qwen2.5-0.5b-instruct.gguf", n_ctx=4096)
+>>> s = model.session()
+>>> s.add_message("user", "Name three colours.")
+>>> print("".join(s.generate(max_tokens=32, temperature=0)))
 """
 
 from .errors import (

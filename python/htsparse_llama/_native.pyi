@@ -42,14 +42,16 @@ class Context:
     def eval(
         self, tokens: Sequence[int], all_logits: bool = False, positions: Optional[npt.ArrayLike] = None
     ) -> None: ...
-    def eval_embd(self, embd: npt.ArrayLike, placeholder: int, all_logits: bool = False,
-                  positions: Optional[npt.ArrayLike] = None) -> None: ...
+    def eval_embd(
+        self, embd: npt.ArrayLike, placeholder: int, all_logits: bool = False, positions: Optional[npt.ArrayLike] = None
+    ) -> None: ...
     def _eval_staged(self, tokens: Sequence[int], all_logits: bool, split: int) -> None: ...
     def _compact_kv(self, full_kv: Sequence[Sequence[bool]], kept_cells: Sequence[int]) -> None: ...
     def _set_hidden_cells(self, cells: Sequence[int]) -> None: ...
     def _set_query_capture(self, n: int) -> None: ...
-    def _select_sparse(self, spans: Sequence[Tuple[int, int, Sequence[int]]],
-                       config: Dict[str, object], compact: bool = True) -> Dict[str, object]: ...
+    def _select_sparse(
+        self, spans: Sequence[Tuple[int, int, Sequence[int]]], config: Dict[str, object], compact: bool = True
+    ) -> Dict[str, object]: ...
     @property
     def kv_bytes_dense(self) -> int: ...
     @property
@@ -66,10 +68,24 @@ class Context:
     def reset(self) -> None: ...
 
 class Vision:
-    def __init__(self, model: Model, mmproj: str, n_threads: int = 0, use_gpu: bool = True,
-                 image_min_tokens: int = -1, image_max_tokens: int = -1, batch_max_tokens: int = 1024) -> None: ...
-    def encode(self, prompt: str, images: Sequence[npt.ArrayLike], frames: bool = False, add_special: bool = False,
-               progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> List[Dict[str, Any]]: ...
+    def __init__(
+        self,
+        model: Model,
+        mmproj: str,
+        n_threads: int = 0,
+        use_gpu: bool = True,
+        image_min_tokens: int = -1,
+        image_max_tokens: int = -1,
+        batch_max_tokens: int = 1024,
+    ) -> None: ...
+    def encode(
+        self,
+        prompt: str,
+        images: Sequence[npt.ArrayLike],
+        frames: bool = False,
+        add_special: bool = False,
+        progress: Optional[Callable[[int, int], Optional[bool]]] = None,
+    ) -> List[Dict[str, Any]]: ...
     @property
     def marker(self) -> str: ...
     @property
@@ -133,21 +149,34 @@ class Chunks:
     def from_arrays(items: Sequence[Dict[str, npt.ArrayLike]], n_embd: int, image_token: int) -> "Chunks": ...
 
 class Conversation:
-    def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512,
-                 sparse: Optional[Dict[str, object]] = None) -> None: ...
+    def __init__(
+        self, model: Model, n_ctx: int = 4096, n_batch: int = 512, sparse: Optional[Dict[str, object]] = None
+    ) -> None: ...
     @property
     def context(self) -> Context: ...
-    def add_tokens(self, tokens: Sequence[int], sparse: bool = False, all_logits: bool = False,
-                   positions: Optional[npt.ArrayLike] = None) -> None: ...
-    def add_embeddings(self, embd: npt.ArrayLike, placeholder: int = 0, positions: Optional[npt.ArrayLike] = None,
-                       sparse: bool = False, segments: Optional[Sequence[int]] = None,
-                       all_logits: bool = False) -> None: ...
+    def add_tokens(
+        self,
+        tokens: Sequence[int],
+        sparse: bool = False,
+        all_logits: bool = False,
+        positions: Optional[npt.ArrayLike] = None,
+    ) -> None: ...
+    def add_embeddings(
+        self,
+        embd: npt.ArrayLike,
+        placeholder: int = 0,
+        positions: Optional[npt.ArrayLike] = None,
+        sparse: bool = False,
+        segments: Optional[Sequence[int]] = None,
+        all_logits: bool = False,
+    ) -> None: ...
     def add_text(self, text: str, special: bool = True, sparse: bool = False) -> int: ...
     def add_message(self, role: str, parts: Sequence[Tuple[str, bool]]) -> int: ...
     def begin_turn(self, role: str) -> Tuple[str, str]: ...
     def add_chunks(self, chunks: Chunks, sparse: bool = False) -> None: ...
-    def add_media_turn(self, chunks: Chunks, question: str, sparse: bool = True,
-                       turn_text: Optional[Tuple[str, str]] = None) -> None: ...
+    def add_media_turn(
+        self, chunks: Chunks, question: str, sparse: bool = True, turn_text: Optional[Tuple[str, str]] = None
+    ) -> None: ...
     def trial_selections(self, zones: Sequence[Tuple[int, int]]) -> List[Dict[str, Any]]: ...
     @property
     def next_input_pos(self) -> int: ...
@@ -169,9 +198,19 @@ class Conversation:
     def reset(self) -> None: ...
 
 class Answer:
-    def __init__(self, conversation: Conversation, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
-                 min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64, seed: int = 0xFFFFFFFF,
-                 max_tokens: int = 256, stop: Sequence[str] = ()) -> None: ...
+    def __init__(
+        self,
+        conversation: Conversation,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        seed: int = 0xFFFFFFFF,
+        max_tokens: int = 256,
+        stop: Sequence[str] = (),
+    ) -> None: ...
     def next(self) -> Optional[bytes]: ...
     def cancel(self) -> None: ...
     @property
@@ -185,8 +224,9 @@ class VideoEncoder:
     def __init__(self, vision: Vision) -> None: ...
     @property
     def family(self) -> str: ...
-    def add_frames(self, frames: Sequence[npt.ArrayLike],
-                   progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> None: ...
+    def add_frames(
+        self, frames: Sequence[npt.ArrayLike], progress: Optional[Callable[[int, int], Optional[bool]]] = None
+    ) -> None: ...
     @property
     def n_frames(self) -> int: ...
     def images(self) -> Chunks: ...
@@ -213,17 +253,51 @@ class _Ops:
         token_keep: float
         segment_floor: int
 
-    def attn_lse(self, q: npt.ArrayLike, k: npt.ArrayLike, mask: Optional[npt.ArrayLike] = None, *,
-                 scale: float, chunk: int = 4096, device: str = "cpu", n_threads: int = 2) -> npt.NDArray[np.float32]: ...
-    def head_saliency(self, q: npt.ArrayLike, k: npt.ArrayLike, mask: Optional[npt.ArrayLike], v_begin: int,
-                      v_end: int, scale: float, chunk: int = 4096, device: str = "cpu",
-                      n_threads: int = 2) -> Dict[str, npt.NDArray[np.float32]]: ...
-    def select_tokens(self, token_attn: npt.ArrayLike, head_w: npt.ArrayLike, seg_starts: Sequence[int],
-                      params: "_Ops.PickParams", device: str = "cpu", n_threads: int = 2) -> Dict[str, object]: ...
-    def routed_attention(self, q: npt.ArrayLike, is_full_kv: Sequence[bool], k_full: Optional[npt.ArrayLike] = None,
-                         v_full: Optional[npt.ArrayLike] = None, mask_full: Optional[npt.ArrayLike] = None,
-                         k_sparse: Optional[npt.ArrayLike] = None, v_sparse: Optional[npt.ArrayLike] = None,
-                         mask_sparse: Optional[npt.ArrayLike] = None, scale: float = 1.0, device: str = "cpu",
-                         n_threads: int = 2) -> npt.NDArray[np.float32]: ...
+    def attn_lse(
+        self,
+        q: npt.ArrayLike,
+        k: npt.ArrayLike,
+        mask: Optional[npt.ArrayLike] = None,
+        *,
+        scale: float,
+        chunk: int = 4096,
+        device: str = "cpu",
+        n_threads: int = 2,
+    ) -> npt.NDArray[np.float32]: ...
+    def head_saliency(
+        self,
+        q: npt.ArrayLike,
+        k: npt.ArrayLike,
+        mask: Optional[npt.ArrayLike],
+        v_begin: int,
+        v_end: int,
+        scale: float,
+        chunk: int = 4096,
+        device: str = "cpu",
+        n_threads: int = 2,
+    ) -> Dict[str, npt.NDArray[np.float32]]: ...
+    def select_tokens(
+        self,
+        token_attn: npt.ArrayLike,
+        head_w: npt.ArrayLike,
+        seg_starts: Sequence[int],
+        params: "_Ops.PickParams",
+        device: str = "cpu",
+        n_threads: int = 2,
+    ) -> Dict[str, object]: ...
+    def routed_attention(
+        self,
+        q: npt.ArrayLike,
+        is_full_kv: Sequence[bool],
+        k_full: Optional[npt.ArrayLike] = None,
+        v_full: Optional[npt.ArrayLike] = None,
+        mask_full: Optional[npt.ArrayLike] = None,
+        k_sparse: Optional[npt.ArrayLike] = None,
+        v_sparse: Optional[npt.ArrayLike] = None,
+        mask_sparse: Optional[npt.ArrayLike] = None,
+        scale: float = 1.0,
+        device: str = "cpu",
+        n_threads: int = 2,
+    ) -> npt.NDArray[np.float32]: ...
 
 ops: _Ops

@@ -6,8 +6,7 @@ try:
     from . import _native
 except ImportError as exc:  # pragma: no cover - a broken install
     raise ImportError(
-        "htsparse_llama's native extension failed to load "
-        f"({exc}); reinstall with `pip install .` from the repository"
+        f"htsparse_llama's native extension failed to load ({exc}); reinstall with `pip install .` from the repository"
     ) from exc
 
 _native._register_errors(

@@ -118,8 +118,9 @@ class Model:
         """What the chat template puts before the assistant's answer."""
         return self._native.assistant_header()
 
-    def session(self, n_ctx: Optional[int] = None, n_batch: int = 512,
-                sparse: Optional[SparseConfig] = None) -> "Session":
+    def session(
+        self, n_ctx: Optional[int] = None, n_batch: int = 512, sparse: Optional[SparseConfig] = None
+    ) -> "Session":
         """A new conversation with its own KV cache of n_ctx tokens. With
         `sparse`, text added with sparse=True is thinned by HT-Sparse for each
         question (None: the dense path)."""
@@ -137,8 +138,9 @@ class Session:
     (runtime/src/context.h).
     """
 
-    def __init__(self, model: Model, n_ctx: int = 4096, n_batch: int = 512,
-                 sparse: Optional[SparseConfig] = None) -> None:
+    def __init__(
+        self, model: Model, n_ctx: int = 4096, n_batch: int = 512, sparse: Optional[SparseConfig] = None
+    ) -> None:
         self.model = model
         _check_positive("n_ctx", n_ctx)
         _check_positive("n_batch", n_batch)
@@ -173,7 +175,10 @@ class Session:
 
     # -- input ----------------------------------------------------------------------
     def add_tokens(
-        self, tokens: Sequence[int], all_logits: bool = False, positions: Optional[np.ndarray] = None,
+        self,
+        tokens: Sequence[int],
+        all_logits: bool = False,
+        positions: Optional[np.ndarray] = None,
         sparse: bool = False,
     ) -> Optional[np.ndarray]:
         """Evaluates token ids after the current context. With all_logits,
@@ -189,8 +194,13 @@ class Session:
         return np.asarray(self._context.all_logits()) if all_logits else None
 
     def add_embeddings(
-        self, embd: np.ndarray, positions: Optional[np.ndarray] = None, placeholder: int = 0, sparse: bool = False,
-        segments: Optional[Sequence[int]] = None, all_logits: bool = False,
+        self,
+        embd: np.ndarray,
+        positions: Optional[np.ndarray] = None,
+        placeholder: int = 0,
+        sparse: bool = False,
+        segments: Optional[Sequence[int]] = None,
+        all_logits: bool = False,
     ) -> Optional[np.ndarray]:
         """Evaluates embedding rows instead of tokens: `embd` of shape
         (n, n_embd), float32, such as an image's visual tokens. `positions`
@@ -246,8 +256,9 @@ class Session:
         span with a segment per image (see vision.py)."""
         self._conv.add_chunks(chunks, bool(sparse))
 
-    def add_media_turn(self, chunks, question: str, sparse: bool = True,
-                       turn_text: Optional[Tuple[str, str]] = None) -> None:
+    def add_media_turn(
+        self, chunks, question: str, sparse: bool = True, turn_text: Optional[Tuple[str, str]] = None
+    ) -> None:
         """A user turn holding the chunks and then the question, rendered with
         the chat template as its templates render [video, text] content: text
         touching the chunks' first or last text chunk is tokenized with it.
@@ -325,10 +336,28 @@ class Session:
         is known not to), max_tokens, or a full context; the reason is left in
         self.finish_reason ("stop", "length" or "context"). Closing the
         stream early ends the answer there ("cancelled")."""
-        opts = Sampling(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                        repeat_penalty=repeat_penalty, seed=seed, stop=tuple(stop))
-        answer = native.Answer(self._conv, opts.temperature, opts.top_k, opts.top_p, opts.min_p, opts.repeat_penalty,
-                               64, opts.native_seed, opts.max_tokens, list(opts.stop))
+        opts = Sampling(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            repeat_penalty=repeat_penalty,
+            seed=seed,
+            stop=tuple(stop),
+        )
+        answer = native.Answer(
+            self._conv,
+            opts.temperature,
+            opts.top_k,
+            opts.top_p,
+            opts.min_p,
+            opts.repeat_penalty,
+            64,
+            opts.native_seed,
+            opts.max_tokens,
+            list(opts.stop),
+        )
         self.finish_reason = None
         pieces = self._stream(answer)
         return pieces if stream else "".join(pieces)

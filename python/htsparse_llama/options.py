@@ -109,8 +109,11 @@ class Option:
     def _strings(self, value: Any, label: str) -> Tuple[str, ...]:
         items = [value] if isinstance(value, str) else value
         most = f" of at most {self.max_items}" if self.max_items else ""
-        if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) for s in items) \
-                or (self.max_items and len(items) > self.max_items):
+        if (
+            not isinstance(items, (list, tuple))
+            or not all(isinstance(s, str) for s in items)
+            or (self.max_items and len(items) > self.max_items)
+        ):
             raise OptionError(self.name, f"{label} must be a string or a list{most} strings")
         return tuple(items)
 
@@ -151,7 +154,7 @@ def _field_type(annotation: Any) -> Any:
     text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
     text = text.replace("typing.", "").replace(" ", "")
     if text.startswith("Optional[") and text.endswith("]"):
-        text = text[len("Optional["):-1]
+        text = text[len("Optional[") : -1]
     if text in _TYPES:
         return _TYPES[text]
     if text.startswith(("Tuple[str", "Sequence[str", "List[str")):
@@ -165,8 +168,15 @@ def options_of(cls: type) -> List[Option]:
     for f in dataclasses.fields(cls):
         if "option" not in f.metadata:
             continue
-        out.append(Option(name=f.name, type=_field_type(f.type), help=f.metadata["help"], default=f.default,
-                          **f.metadata["option"]))
+        out.append(
+            Option(
+                name=f.name,
+                type=_field_type(f.type),
+                help=f.metadata["help"],
+                default=f.default,
+                **f.metadata["option"],
+            )
+        )
     return out
 
 
@@ -202,8 +212,13 @@ def _help(opt: Option, default: Any) -> str:
     return text.replace("%", "%%")
 
 
-def add_flags(parser: Any, source: Any, only: Optional[Sequence[str]] = None, exclude: Sequence[str] = (),
-              defaults: Optional[Dict[str, Any]] = None) -> None:
+def add_flags(
+    parser: Any,
+    source: Any,
+    only: Optional[Sequence[str]] = None,
+    exclude: Sequence[str] = (),
+    defaults: Optional[Dict[str, Any]] = None,
+) -> None:
     """One argparse flag per option of `source` (a dataclass or a list of
     Options). The argparse default is the option's (or `defaults`'), so
     from_args() sees None only for options left unset without a default."""
@@ -214,22 +229,26 @@ def add_flags(parser: Any, source: Any, only: Optional[Sequence[str]] = None, ex
         default = defaults.get(opt.name, opt.default)
         dest = dict(dest=opt.name)
         if opt.type is bool:
-            parser.add_argument(*opt.cli_flags, action="store_true", default=bool(default), help=_help(opt, None),
-                                **dest)
+            parser.add_argument(
+                *opt.cli_flags, action="store_true", default=bool(default), help=_help(opt, None), **dest
+            )
             continue
-        parser.add_argument(*opt.cli_flags, type=_parse_arg(opt), default=default, metavar=opt.metavar,
-                            help=_help(opt, default), **dest)
+        parser.add_argument(
+            *opt.cli_flags, type=_parse_arg(opt), default=default, metavar=opt.metavar, help=_help(opt, default), **dest
+        )
 
 
 def _parse_arg(opt: Option):
     """The argparse `type` of an option: parses and checks, so a bad value is
     argparse's one-line error before anything loads."""
+
     def parse(text: str):
         try:
             value = opt.type(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if opt.type is int else 'a number'}, "
-                                             f"got {text!r}") from None
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if opt.type is int else 'a number'}, got {text!r}"
+            ) from None
         try:
             return opt.check(value)
         except OptionError as exc:
@@ -239,8 +258,9 @@ def _parse_arg(opt: Option):
     return parse
 
 
-def from_args(source: Any, args: argparse.Namespace, only: Optional[Sequence[str]] = None,
-              exclude: Sequence[str] = ()) -> Dict[str, Any]:
+def from_args(
+    source: Any, args: argparse.Namespace, only: Optional[Sequence[str]] = None, exclude: Sequence[str] = ()
+) -> Dict[str, Any]:
     """The options' values from parsed flags (those with a value)."""
     out = {}
     for opt in _select(declared(source), only, exclude):
@@ -276,4 +296,3 @@ def from_request(source: Any, body: Dict[str, Any]) -> Dict[str, Any]:
                 raise OptionError(name, str(exc)) from None
             break
     return out
-

@@ -50,26 +50,39 @@ class SparseConfig:
     reroute: re-run the selection for every follow-up question.
     """
 
-    keep_ratio: Optional[float] = option(None, "share of the sparse span (the video) kept per question", lo=0, hi=1,
-                                         lo_open=True)
-    keep_mass: float = option(0.0, "instead, keep the fewest segments (lines, frames) holding this share of the "
-                                   "attention (0: off)", lo=0, hi=1)
-    token_keep: float = option(1.0, "token-level cut inside the kept segments", lo=0, hi=1, lo_open=True,
-                               cli=False, request=False)
-    full_head_ratio: Optional[float] = option(None, "share of KV heads that keep the whole span", lo=0, hi=1,
-                                              flags=("--full-heads",), metavar="RATIO")
+    keep_ratio: Optional[float] = option(
+        None, "share of the sparse span (the video) kept per question", lo=0, hi=1, lo_open=True
+    )
+    keep_mass: float = option(
+        0.0,
+        "instead, keep the fewest segments (lines, frames) holding this share of the attention (0: off)",
+        lo=0,
+        hi=1,
+    )
+    token_keep: float = option(
+        1.0, "token-level cut inside the kept segments", lo=0, hi=1, lo_open=True, cli=False, request=False
+    )
+    full_head_ratio: Optional[float] = option(
+        None, "share of KV heads that keep the whole span", lo=0, hi=1, flags=("--full-heads",), metavar="RATIO"
+    )
     select_layer: Optional[int] = option(None, "layer where tokens are selected", lo=0)
-    prune_layer: Optional[int] = option(None, "layer from which unselected tokens are not computed (default: the "
-                                              "select layer; the layer count keeps every token and only routes KV "
-                                              "heads)", lo=0)
-    q_window: Optional[int] = option(None, "query-window tokens used to score the span", lo=1, cli=False,
-                                     request=False)
-    segment_floor: int = option(0, "keep a segment in each of this many stretches of a span", lo=0, cli=False,
-                                request=False)
-    segment_tokens: int = option(32, "text segments: lines, cut into runs of at most this many tokens", lo=1,
-                                 cli=False, request=False)
-    reroute: bool = option(False, "select anew for each follow-up question (keeps the layers before the select "
-                                  "layer whole)", request=False)
+    prune_layer: Optional[int] = option(
+        None,
+        "layer from which unselected tokens are not computed (default: the "
+        "select layer; the layer count keeps every token and only routes KV "
+        "heads)",
+        lo=0,
+    )
+    q_window: Optional[int] = option(None, "query-window tokens used to score the span", lo=1, cli=False, request=False)
+    segment_floor: int = option(
+        0, "keep a segment in each of this many stretches of a span", lo=0, cli=False, request=False
+    )
+    segment_tokens: int = option(
+        32, "text segments: lines, cut into runs of at most this many tokens", lo=1, cli=False, request=False
+    )
+    reroute: bool = option(
+        False, "select anew for each follow-up question (keeps the layers before the select layer whole)", request=False
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)

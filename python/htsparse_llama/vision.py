@@ -68,14 +68,25 @@ class Vision:
             dynamic-resolution towers (None: the mmproj's).
     """
 
-    def __init__(self, model: Model, mmproj_path: Union[str, os.PathLike], n_threads: Optional[int] = None,
-                 use_gpu: bool = True, image_min_tokens: Optional[int] = None,
-                 image_max_tokens: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        model: Model,
+        mmproj_path: Union[str, os.PathLike],
+        n_threads: Optional[int] = None,
+        use_gpu: bool = True,
+        image_min_tokens: Optional[int] = None,
+        image_max_tokens: Optional[int] = None,
+    ) -> None:
         self.model = model
         self.path = os.fspath(mmproj_path)
-        self._native = native.Vision(model._native, self.path, int(n_threads or 0), bool(use_gpu),
-                                     -1 if image_min_tokens is None else int(image_min_tokens),
-                                     -1 if image_max_tokens is None else int(image_max_tokens))
+        self._native = native.Vision(
+            model._native,
+            self.path,
+            int(n_threads or 0),
+            bool(use_gpu),
+            -1 if image_min_tokens is None else int(image_min_tokens),
+            -1 if image_max_tokens is None else int(image_max_tokens),
+        )
 
     @property
     def marker(self) -> str:
@@ -126,8 +137,9 @@ class Vision:
         return self._native.image_token
 
     # -- encoding --------------------------------------------------------------------
-    def encode(self, prompt: str, images: Sequence[np.ndarray], frames: bool = False,
-               progress: Optional[ProgressFn] = None) -> Chunks:
+    def encode(
+        self, prompt: str, images: Sequence[np.ndarray], frames: bool = False, progress: Optional[ProgressFn] = None
+    ) -> Chunks:
         """Tokenizes `prompt` (one `marker` per image) and encodes the images:
         the chunks in prompt order. images: (H, W, 3) uint8 RGB arrays.
         frames=True marks them as frames of one video (merged in pairs on
@@ -145,8 +157,15 @@ class Vision:
         return self.encode(self.marker * len(frames), frames, frames=True, progress=progress)
 
     # -- into a session -----------------------------------------------------------
-    def add(self, session: Session, prompt: str, images: Sequence[np.ndarray], frames: bool = False,
-            sparse: bool = False, progress: Optional[ProgressFn] = None) -> Chunks:
+    def add(
+        self,
+        session: Session,
+        prompt: str,
+        images: Sequence[np.ndarray],
+        frames: bool = False,
+        sparse: bool = False,
+        progress: Optional[ProgressFn] = None,
+    ) -> Chunks:
         """Encodes `prompt` with its images and appends it to `session` (BOS
         first when the session is empty and the model wants it). Returns the
         chunks, which add_chunks() can append again without re-encoding."""
@@ -154,8 +173,16 @@ class Vision:
         self.add_chunks(session, chunks, sparse=sparse)
         return chunks
 
-    def add_message(self, session: Session, role: str, content: str, images: Sequence[np.ndarray],
-                    frames: bool = False, sparse: bool = False, progress: Optional[ProgressFn] = None) -> Chunks:
+    def add_message(
+        self,
+        session: Session,
+        role: str,
+        content: str,
+        images: Sequence[np.ndarray],
+        frames: bool = False,
+        sparse: bool = False,
+        progress: Optional[ProgressFn] = None,
+    ) -> Chunks:
         """One chat turn whose content holds the images' markers, rendered
         with the GGUF's chat template (as Session.add_message)."""
         before, after = session.begin_turn(role)
@@ -167,8 +194,14 @@ class Vision:
         self._check_session(session)
         session.add_chunks(chunks, sparse=sparse)
 
-    def add_media_turn(self, session: Session, chunks: Chunks, question: str, sparse: bool = True,
-                       turn_text: Optional[Tuple[str, str]] = None) -> None:
+    def add_media_turn(
+        self,
+        session: Session,
+        chunks: Chunks,
+        question: str,
+        sparse: bool = True,
+        turn_text: Optional[Tuple[str, str]] = None,
+    ) -> None:
         """A user turn holding the chunks and then the question (Session.add_media_turn)."""
         self._check_session(session)
         session.add_media_turn(chunks, question, sparse=sparse, turn_text=turn_text)
@@ -178,9 +211,13 @@ class Vision:
             raise InvalidArgumentError("the session belongs to another model than this Vision")
 
 
-def encode_video_frames(vision: Vision, frames: Iterable[np.ndarray], n_frames: int,
-                        progress: Optional[Callable[[int, int], None]] = None,
-                        frames_per_group: int = FRAMES_PER_GROUP):
+def encode_video_frames(
+    vision: Vision,
+    frames: Iterable[np.ndarray],
+    n_frames: int,
+    progress: Optional[Callable[[int, int], None]] = None,
+    frames_per_group: int = FRAMES_PER_GROUP,
+):
     """Frames of one video through the runtime's VideoEncoder (the layout of
     the mmproj's model family), a group at a time as they come (a long video
     is never in memory as pixels); progress(done, total) counts frames.
@@ -215,6 +252,7 @@ def in_groups(frames: Iterable[np.ndarray], size: int) -> Iterator[List[np.ndarr
 def _rgb(image: np.ndarray, i: int) -> np.ndarray:
     a = np.asarray(image)
     if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3 or a.shape[0] == 0 or a.shape[1] == 0:
-        raise InvalidArgumentError(f"image {i} must be a non-empty (height, width, 3) uint8 RGB array, "
-                                   f"got {a.dtype} of shape {a.shape}")
+        raise InvalidArgumentError(
+            f"image {i} must be a non-empty (height, width, 3) uint8 RGB array, got {a.dtype} of shape {a.shape}"
+        )
     return np.ascontiguousarray(a)

@@ -89,7 +89,8 @@ ChunkListPtr from_arrays(const py::sequence & items, int n_embd, int32_t image_t
         im.pos = token_positions(d["positions"].cast<IntArray>());
         const std::vector<int32_t> meta = d["meta"].cast<std::vector<int32_t>>();
         if (im.n_tokens == 0 || im.pos.values.size() != size_t(im.pos.n_streams) * im.n_tokens || meta.size() != 5) {
-            fail(ErrorKind::InvalidArgument, "an image chunk needs rows, one position per row and stream, and 5 meta values");
+            fail(ErrorKind::InvalidArgument,
+                 "an image chunk needs rows, one position per row and stream, and 5 meta values");
         }
         im.nx = meta[0];
         im.ny = meta[1];
@@ -131,16 +132,18 @@ void register_chunks(py::module_ & mod) {
                                [](const ChunkView & v) -> py::object {
                                    const hts::VisualTokens & im = v.chunk().image;
                                    if (v.chunk().is_text()) return py::none();
-                                   return view_of<int32_t>(v.list, im.pos.values.data(), {im.pos.n_streams, im.n_tokens});
+                                   return view_of<int32_t>(v.list, im.pos.values.data(),
+                                                           {im.pos.n_streams, im.n_tokens});
                                })
         // Absolute positions when the chunk starts at pos_0 (a new array), as the context places it.
-        .def("positions_at",
-             [](const ChunkView & v, int pos_0) -> py::object {
-                 const hts::VisualTokens & im = v.chunk().image;
-                 if (v.chunk().is_text()) return py::none();
-                 return positions_array(im.positions_at(pos_0), size_t(im.n_tokens));
-             },
-             py::arg("pos_0"))
+        .def(
+            "positions_at",
+            [](const ChunkView & v, int pos_0) -> py::object {
+                const hts::VisualTokens & im = v.chunk().image;
+                if (v.chunk().is_text()) return py::none();
+                return positions_array(im.positions_at(pos_0), size_t(im.n_tokens));
+            },
+            py::arg("pos_0"))
         .def_property_readonly("nx", [](const ChunkView & v) { return v.chunk().image.nx; })
         .def_property_readonly("ny", [](const ChunkView & v) { return v.chunk().image.ny; })
         .def_property_readonly("n_pos", [](const ChunkView & v) { return v.chunk().image.n_pos; })
@@ -154,8 +157,8 @@ void register_chunks(py::module_ & mod) {
         });
 
     py::class_<ChunkList, ChunkListPtr>(mod, "Chunks",
-                                                      "Encoded text and visual chunks, in prompt order (opaque, "
-                                                      "immutable; index it for Chunk views)")
+                                        "Encoded text and visual chunks, in prompt order (opaque, "
+                                        "immutable; index it for Chunk views)")
         .def("__len__", [](const ChunkList & l) { return l.chunks.size(); })
         .def("__getitem__", [](const ChunkListPtr & l, py::ssize_t i) { return at(l, i); })
         .def("__getitem__",
@@ -188,11 +191,12 @@ void register_chunks(py::module_ & mod) {
                                })
         .def_property_readonly("nbytes", [](const ChunkList & l) { return nbytes(l); })
         .def("to_arrays", [](const ChunkListPtr & l) { return to_arrays(l); })
-        .def_static("from_arrays",
-                    [](const py::sequence & items, int n_embd, int32_t image_token) {
-                        return from_arrays(items, n_embd, image_token);
-                    },
-                    py::arg("items"), py::arg("n_embd"), py::arg("image_token"))
+        .def_static(
+            "from_arrays",
+            [](const py::sequence & items, int n_embd, int32_t image_token) {
+                return from_arrays(items, n_embd, image_token);
+            },
+            py::arg("items"), py::arg("n_embd"), py::arg("image_token"))
         .def("__repr__", [](const ChunkList & l) { return format("Chunks(%zu chunks)", l.chunks.size()); });
 }
 

@@ -58,7 +58,8 @@ py::dict stats_dict(const ConversationStats & s) {
 void check_width(const Conversation & c, const ChunkList & chunks) {
     if (chunks.n_embd != c.model().hparams().n_embd) {
         fail(ErrorKind::InvalidArgument, format("the chunks are %d wide, the model's embeddings %d: they were encoded "
-                                                "for another model", chunks.n_embd, c.model().hparams().n_embd));
+                                                "for another model",
+                                                chunks.n_embd, c.model().hparams().n_embd));
     }
 }
 
@@ -78,87 +79,95 @@ void bind_conversation(py::module_ & mod) {
              py::arg("sparse") = py::none(), py::keep_alive<1, 2>())
         .def_property_readonly("context", py::overload_cast<>(&Conversation::context),
                                py::return_value_policy::reference_internal)
-        .def("add_tokens",
-             [](Conversation & c, const std::vector<int32_t> & tokens, bool sparse, bool all_logits,
-                const std::optional<IntArray> & positions) {
-                 const std::optional<TokenPositions> pos = optional_positions(positions);
-                 py::gil_scoped_release release;
-                 c.add_tokens(tokens, sparse, all_logits, pos ? &*pos : nullptr);
-             },
-             py::arg("tokens"), py::arg("sparse") = false, py::arg("all_logits") = false,
-             py::arg("positions") = py::none())
-        .def("add_embeddings",
-             [](Conversation & c, const FloatArray & embd, int32_t placeholder, const std::optional<IntArray> & positions,
-                bool sparse, const std::optional<std::vector<int32_t>> & segments, bool all_logits) {
-                 const std::vector<float> rows = embedding_rows(embd, c.model().hparams().n_embd);
-                 const std::optional<TokenPositions> pos = optional_positions(positions);
-                 py::gil_scoped_release release;
-                 c.add_embeddings(rows, placeholder, pos ? &*pos : nullptr, sparse, segments ? &*segments : nullptr,
-                                  all_logits);
-             },
-             py::arg("embd"), py::arg("placeholder") = 0, py::arg("positions") = py::none(), py::arg("sparse") = false,
-             py::arg("segments") = py::none(), py::arg("all_logits") = false)
+        .def(
+            "add_tokens",
+            [](Conversation & c, const std::vector<int32_t> & tokens, bool sparse, bool all_logits,
+               const std::optional<IntArray> & positions) {
+                const std::optional<TokenPositions> pos = optional_positions(positions);
+                py::gil_scoped_release release;
+                c.add_tokens(tokens, sparse, all_logits, pos ? &*pos : nullptr);
+            },
+            py::arg("tokens"), py::arg("sparse") = false, py::arg("all_logits") = false,
+            py::arg("positions") = py::none())
+        .def(
+            "add_embeddings",
+            [](Conversation & c, const FloatArray & embd, int32_t placeholder,
+               const std::optional<IntArray> & positions, bool sparse,
+               const std::optional<std::vector<int32_t>> & segments, bool all_logits) {
+                const std::vector<float> rows = embedding_rows(embd, c.model().hparams().n_embd);
+                const std::optional<TokenPositions> pos = optional_positions(positions);
+                py::gil_scoped_release release;
+                c.add_embeddings(rows, placeholder, pos ? &*pos : nullptr, sparse, segments ? &*segments : nullptr,
+                                 all_logits);
+            },
+            py::arg("embd"), py::arg("placeholder") = 0, py::arg("positions") = py::none(), py::arg("sparse") = false,
+            py::arg("segments") = py::none(), py::arg("all_logits") = false)
         .def("add_text", &Conversation::add_text, py::arg("text"), py::arg("special") = true, py::arg("sparse") = false,
              py::call_guard<py::gil_scoped_release>())
-        .def("add_message",
-             [](Conversation & c, const std::string & role, const std::vector<std::pair<std::string, bool>> & parts) {
-                 std::vector<TurnPart> v;
-                 for (const auto & [text, sparse] : parts) v.push_back({text, sparse});
-                 py::gil_scoped_release release;
-                 return c.add_message(role, v);
-             },
-             py::arg("role"), py::arg("parts"))
+        .def(
+            "add_message",
+            [](Conversation & c, const std::string & role, const std::vector<std::pair<std::string, bool>> & parts) {
+                std::vector<TurnPart> v;
+                for (const auto & [text, sparse] : parts) v.push_back({text, sparse});
+                py::gil_scoped_release release;
+                return c.add_message(role, v);
+            },
+            py::arg("role"), py::arg("parts"))
         .def("begin_turn", &Conversation::begin_turn, py::arg("role"))
-        .def("add_chunks",
-             [](Conversation & c, const ChunkListPtr & chunks, bool sparse) {
-                 check_width(c, *chunks);
-                 py::gil_scoped_release release;
-                 c.add_chunks(chunks->chunks, chunks->image_token, sparse);
-             },
-             py::arg("chunks"), py::arg("sparse") = false)
-        .def("add_media_turn",
-             [](Conversation & c, const ChunkListPtr & chunks, const std::string & question, bool sparse,
-                const std::optional<std::pair<std::string, std::string>> & turn_text) {
-                 check_width(c, *chunks);
-                 std::optional<TurnText> turn;
-                 if (turn_text) turn = TurnText{turn_text->first, turn_text->second};
-                 py::gil_scoped_release release;
-                 c.add_media_turn(chunks->chunks, chunks->image_token, question, sparse, turn ? &*turn : nullptr);
-             },
-             py::arg("chunks"), py::arg("question"), py::arg("sparse") = true, py::arg("turn_text") = py::none())
+        .def(
+            "add_chunks",
+            [](Conversation & c, const ChunkListPtr & chunks, bool sparse) {
+                check_width(c, *chunks);
+                py::gil_scoped_release release;
+                c.add_chunks(chunks->chunks, chunks->image_token, sparse);
+            },
+            py::arg("chunks"), py::arg("sparse") = false)
+        .def(
+            "add_media_turn",
+            [](Conversation & c, const ChunkListPtr & chunks, const std::string & question, bool sparse,
+               const std::optional<std::pair<std::string, std::string>> & turn_text) {
+                check_width(c, *chunks);
+                std::optional<TurnText> turn;
+                if (turn_text) turn = TurnText{turn_text->first, turn_text->second};
+                py::gil_scoped_release release;
+                c.add_media_turn(chunks->chunks, chunks->image_token, question, sparse, turn ? &*turn : nullptr);
+            },
+            py::arg("chunks"), py::arg("question"), py::arg("sparse") = true, py::arg("turn_text") = py::none())
         .def_property_readonly("next_input_pos", &Conversation::next_input_pos)
-        .def("select",
-             [](Conversation & c, const py::object & replace_kept) {
-                 if (replace_kept.is_none()) {
-                     py::gil_scoped_release release;
-                     return c.select();
-                 }
-                 const KeptReplacer replace = [replace_kept](const std::vector<int32_t> & kept) {
-                     py::gil_scoped_acquire gil;
-                     return replace_kept(kept).cast<std::vector<int32_t>>();
-                 };
-                 py::gil_scoped_release release;
-                 return c.select(&replace);
-             },
-             py::arg("replace_kept") = py::none())
+        .def(
+            "select",
+            [](Conversation & c, const py::object & replace_kept) {
+                if (replace_kept.is_none()) {
+                    py::gil_scoped_release release;
+                    return c.select();
+                }
+                const KeptReplacer replace = [replace_kept](const std::vector<int32_t> & kept) {
+                    py::gil_scoped_acquire gil;
+                    return replace_kept(kept).cast<std::vector<int32_t>>();
+                };
+                py::gil_scoped_release release;
+                return c.select(&replace);
+            },
+            py::arg("replace_kept") = py::none())
         .def("selection",
              [](const Conversation & c) -> py::object {
                  const SparseSelection * sel = c.selection();
                  if (!sel) return py::none();
                  return selection_dict(*sel, c.sparse()->config().select_layer);
              })
-        .def("trial_selections",
-             [](Conversation & c, const std::vector<std::pair<int, int>> & zones) {
-                 std::vector<SparseSelection> sels;
-                 {
-                     py::gil_scoped_release release;
-                     sels = c.trial_selections(zones);
-                 }
-                 py::list out;
-                 for (size_t i = 0; i < sels.size(); ++i) out.append(selection_dict(sels[i], zones[i].first));
-                 return out;
-             },
-             py::arg("zones"))
+        .def(
+            "trial_selections",
+            [](Conversation & c, const std::vector<std::pair<int, int>> & zones) {
+                std::vector<SparseSelection> sels;
+                {
+                    py::gil_scoped_release release;
+                    sels = c.trial_selections(zones);
+                }
+                py::list out;
+                for (size_t i = 0; i < sels.size(); ++i) out.append(selection_dict(sels[i], zones[i].first));
+                return out;
+            },
+            py::arg("zones"))
         .def_property_readonly("holds_back", &Conversation::holds_back)
         .def_property_readonly("is_sparse", [](const Conversation & c) { return c.sparse() != nullptr; })
         .def("sparse_config",

@@ -12,7 +12,8 @@ using hts::format;
 namespace hts_py {
 
 hts::TokenPositions token_positions(const IntArray & a) {
-    if (a.ndim() != 1 && a.ndim() != 2) fail(ErrorKind::InvalidArgument, "positions must be 1-D (n,) or 2-D (streams, n)");
+    if (a.ndim() != 1 && a.ndim() != 2)
+        fail(ErrorKind::InvalidArgument, "positions must be 1-D (n,) or 2-D (streams, n)");
     hts::TokenPositions pos;
     pos.n_streams = a.ndim() == 1 ? 1 : static_cast<int>(a.shape(0));
     pos.values.assign(a.data(), a.data() + a.size());

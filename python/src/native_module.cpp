@@ -72,17 +72,17 @@ PYBIND11_MODULE(_native, mod) {
     // Exception classes are created in Python (errors.py) and handed in here,
     // so the hierarchy lives in one readable place.
     static py::object exc_classes[7];
-    mod.def("_register_errors", [](py::object invalid_argument, py::object not_found, py::object invalid_file,
-                                   py::object unsupported, py::object overflow, py::object backend,
-                                   py::object aborted) {
-        exc_classes[int(ErrorKind::InvalidArgument)] = invalid_argument;
-        exc_classes[int(ErrorKind::FileNotFound)] = not_found;
-        exc_classes[int(ErrorKind::InvalidFile)] = invalid_file;
-        exc_classes[int(ErrorKind::UnsupportedModel)] = unsupported;
-        exc_classes[int(ErrorKind::ContextOverflow)] = overflow;
-        exc_classes[int(ErrorKind::Backend)] = backend;
-        exc_classes[int(ErrorKind::Aborted)] = aborted;
-    });
+    mod.def("_register_errors",
+            [](py::object invalid_argument, py::object not_found, py::object invalid_file, py::object unsupported,
+               py::object overflow, py::object backend, py::object aborted) {
+                exc_classes[int(ErrorKind::InvalidArgument)] = invalid_argument;
+                exc_classes[int(ErrorKind::FileNotFound)] = not_found;
+                exc_classes[int(ErrorKind::InvalidFile)] = invalid_file;
+                exc_classes[int(ErrorKind::UnsupportedModel)] = unsupported;
+                exc_classes[int(ErrorKind::ContextOverflow)] = overflow;
+                exc_classes[int(ErrorKind::Backend)] = backend;
+                exc_classes[int(ErrorKind::Aborted)] = aborted;
+            });
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
@@ -100,9 +100,10 @@ PYBIND11_MODULE(_native, mod) {
     mod.def("available_devices", &Backends::available_devices);
     // The address of a CPU buffer type (0: none), for llama.cpp's tensor_buft_overrides in the tests'
     // reference (bench/llama_cpp.py): both load the same libggml-cpu, so the pointer is valid there.
-    mod.def("cpu_buffer_type_address",
-            [](const std::string & name) { return reinterpret_cast<uintptr_t>(Backends::cpu_buffer_type(name)); },
-            py::arg("name"));
+    mod.def(
+        "cpu_buffer_type_address",
+        [](const std::string & name) { return reinterpret_cast<uintptr_t>(Backends::cpu_buffer_type(name)); },
+        py::arg("name"));
     mod.def("set_verbose", &set_verbose_logging, py::arg("verbose"));
     // Op recording for tests/test_backend_ops.py (op_recorder.h): on starts an empty set.
     mod.def("_set_op_recording", &set_op_recording, py::arg("on"));
@@ -133,29 +134,36 @@ PYBIND11_MODULE(_native, mod) {
              }),
              py::arg("path"), py::arg("device") = "auto", py::arg("n_threads") = 0, py::arg("verbose") = false)
         .def("info", &model_info)
-        .def("tokenize",
-             [](const Model & m, const std::string & text, bool add_special, bool parse_special) {
-                 return m.vocab().tokenize(text, add_special, parse_special);
-             },
-             py::arg("text"), py::arg("add_special") = false, py::arg("parse_special") = true)
-        .def("token_to_piece",
-             [](const Model & m, int32_t token, bool special) { return py::bytes(m.vocab().token_to_piece(token, special)); },
-             py::arg("token"), py::arg("special") = false)
-        .def("detokenize",
-             [](const Model & m, const std::vector<int32_t> & tokens, bool special) {
-                 return py::bytes(m.vocab().detokenize(tokens, special));
-             },
-             py::arg("tokens"), py::arg("special") = false)
+        .def(
+            "tokenize",
+            [](const Model & m, const std::string & text, bool add_special, bool parse_special) {
+                return m.vocab().tokenize(text, add_special, parse_special);
+            },
+            py::arg("text"), py::arg("add_special") = false, py::arg("parse_special") = true)
+        .def(
+            "token_to_piece",
+            [](const Model & m, int32_t token, bool special) {
+                return py::bytes(m.vocab().token_to_piece(token, special));
+            },
+            py::arg("token"), py::arg("special") = false)
+        .def(
+            "detokenize",
+            [](const Model & m, const std::vector<int32_t> & tokens, bool special) {
+                return py::bytes(m.vocab().detokenize(tokens, special));
+            },
+            py::arg("tokens"), py::arg("special") = false)
         .def("is_eog", [](const Model & m, int32_t t) { return m.vocab().is_eog(t); })
-        .def("apply_chat_template",
-             [](const Model & m, const std::vector<std::pair<std::string, std::string>> & msgs, bool add_assistant) {
-                 std::vector<ChatMessage> v;
-                 for (const auto & [role, content] : msgs) v.push_back({role, content});
-                 return m.vocab().apply_chat_template(v, add_assistant);
-             },
-             py::arg("messages"), py::arg("add_assistant") = true)
-        .def("chat_turn", [](const Model & m, const std::string & role) { return m.vocab().turn_text(role); },
-             py::arg("role"))
+        .def(
+            "apply_chat_template",
+            [](const Model & m, const std::vector<std::pair<std::string, std::string>> & msgs, bool add_assistant) {
+                std::vector<ChatMessage> v;
+                for (const auto & [role, content] : msgs) v.push_back({role, content});
+                return m.vocab().apply_chat_template(v, add_assistant);
+            },
+            py::arg("messages"), py::arg("add_assistant") = true)
+        .def(
+            "chat_turn", [](const Model & m, const std::string & role) { return m.vocab().turn_text(role); },
+            py::arg("role"))
         .def("assistant_header", [](const Model & m) { return m.vocab().assistant_header(); })
         .def("set_n_threads", [](Model & m, int n) { m.backends().set_n_threads(n); })
         .def("weight_placement", &Model::weight_placement);
@@ -169,60 +177,64 @@ PYBIND11_MODULE(_native, mod) {
                  return std::make_unique<Context>(m, p);
              }),
              py::arg("model"), py::arg("n_ctx") = 4096, py::arg("n_batch") = 512, py::keep_alive<1, 2>())
-        .def("eval",
-             [](Context & s, const std::vector<int32_t> & tokens, bool all_logits,
-                std::optional<IntArray> positions) {
-                 TokenPositions pos;
-                 if (positions) pos = token_positions(*positions);
-                 py::gil_scoped_release release;
-                 s.eval(tokens, all_logits, positions ? &pos : nullptr);
-             },
-             py::arg("tokens"), py::arg("all_logits") = false, py::arg("positions") = py::none())
-        .def("eval_embd",
-             [](Context & s, const FloatArray & embd,
-                int32_t placeholder, bool all_logits,
-                std::optional<IntArray> positions) {
-                 const std::vector<float> rows = embedding_rows(embd, s.model().hparams().n_embd);
-                 TokenPositions pos;
-                 if (positions) pos = token_positions(*positions);
-                 py::gil_scoped_release release;
-                 s.eval_embd(rows, placeholder, all_logits, positions ? &pos : nullptr);
-             },
-             py::arg("embd"), py::arg("placeholder"), py::arg("all_logits") = false, py::arg("positions") = py::none())
-        .def("_eval_staged",
-             [](Context & s, const std::vector<int32_t> & tokens, bool all_logits, int split) {
-                 py::gil_scoped_release release;
-                 s.eval_staged(tokens, all_logits, split);
-             },
-             py::arg("tokens"), py::arg("all_logits"), py::arg("split"))
-        .def("_compact_kv",
-             [](Context & s, const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept) {
-                 py::gil_scoped_release release;
-                 s.compact_kv(full_kv, kept);
-             },
-             py::arg("full_kv"), py::arg("kept_cells"))
+        .def(
+            "eval",
+            [](Context & s, const std::vector<int32_t> & tokens, bool all_logits, std::optional<IntArray> positions) {
+                TokenPositions pos;
+                if (positions) pos = token_positions(*positions);
+                py::gil_scoped_release release;
+                s.eval(tokens, all_logits, positions ? &pos : nullptr);
+            },
+            py::arg("tokens"), py::arg("all_logits") = false, py::arg("positions") = py::none())
+        .def(
+            "eval_embd",
+            [](Context & s, const FloatArray & embd, int32_t placeholder, bool all_logits,
+               std::optional<IntArray> positions) {
+                const std::vector<float> rows = embedding_rows(embd, s.model().hparams().n_embd);
+                TokenPositions pos;
+                if (positions) pos = token_positions(*positions);
+                py::gil_scoped_release release;
+                s.eval_embd(rows, placeholder, all_logits, positions ? &pos : nullptr);
+            },
+            py::arg("embd"), py::arg("placeholder"), py::arg("all_logits") = false, py::arg("positions") = py::none())
+        .def(
+            "_eval_staged",
+            [](Context & s, const std::vector<int32_t> & tokens, bool all_logits, int split) {
+                py::gil_scoped_release release;
+                s.eval_staged(tokens, all_logits, split);
+            },
+            py::arg("tokens"), py::arg("all_logits"), py::arg("split"))
+        .def(
+            "_compact_kv",
+            [](Context & s, const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept) {
+                py::gil_scoped_release release;
+                s.compact_kv(full_kv, kept);
+            },
+            py::arg("full_kv"), py::arg("kept_cells"))
         .def("_set_query_capture", &Context::set_query_capture, py::arg("n"))
-        .def("_select_sparse",
-             [](Context & s, const std::vector<std::tuple<int, int, std::vector<int32_t>>> & span_list,
-                const py::dict & request, bool compact) {
-                 const Model & m = s.model();
-                 const SparseConfig config = resolve_sparse_config(sparse_request(request), m.file(), m.hparams());
-                 std::vector<SparseSpan> spans;
-                 for (const auto & [begin, end, seg_starts] : span_list) spans.push_back(SparseSpan{begin, end, seg_starts});
-                 SparseSelection sel;
-                 {
-                     py::gil_scoped_release release;
-                     sel = select_sparse(m, s, spans, config);
-                     if (compact) s.compact_kv(sel.full_kv, sel.kept_cells);
-                 }
-                 py::dict d;
-                 d["kept_in_span"] = sel.kept_in_span;
-                 d["full_kv"] = sel.full_kv;
-                 d["kv_head_score"] = sel.kv_head_score;
-                 d["select_layer"] = config.select_layer;
-                 return d;
-             },
-             py::arg("spans"), py::arg("config"), py::arg("compact") = true)
+        .def(
+            "_select_sparse",
+            [](Context & s, const std::vector<std::tuple<int, int, std::vector<int32_t>>> & span_list,
+               const py::dict & request, bool compact) {
+                const Model & m = s.model();
+                const SparseConfig config = resolve_sparse_config(sparse_request(request), m.file(), m.hparams());
+                std::vector<SparseSpan> spans;
+                for (const auto & [begin, end, seg_starts] : span_list)
+                    spans.push_back(SparseSpan{begin, end, seg_starts});
+                SparseSelection sel;
+                {
+                    py::gil_scoped_release release;
+                    sel = select_sparse(m, s, spans, config);
+                    if (compact) s.compact_kv(sel.full_kv, sel.kept_cells);
+                }
+                py::dict d;
+                d["kept_in_span"] = sel.kept_in_span;
+                d["full_kv"] = sel.full_kv;
+                d["kv_head_score"] = sel.kv_head_score;
+                d["select_layer"] = config.select_layer;
+                return d;
+            },
+            py::arg("spans"), py::arg("config"), py::arg("compact") = true)
         .def("_set_hidden_cells", &Context::set_hidden_cells, py::arg("cells"))
         .def("_hold_from_layer", &Context::hold_from_layer, py::arg("layer"))
         .def("_probe_held_layer", &Context::probe_held_layer, py::call_guard<py::gil_scoped_release>())

@@ -30,7 +30,8 @@ using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>
 // step uses it), and the outputs come back as NumPy arrays.
 class OpGraph {
 public:
-    OpGraph(const std::string & device, int n_threads) : backend_(init_backend(device, n_threads)), runner_(backend_.get()) {}
+    OpGraph(const std::string & device, int n_threads)
+        : backend_(init_backend(device, n_threads)), runner_(backend_.get()) {}
     ggml_context * ctx() { return runner_.ctx(); }
 
     // A NumPy float array as an input tensor of `type` (F32 or F16).
@@ -89,7 +90,7 @@ ggml_tensor * optional_mask(OpGraph & g, const std::optional<FloatArray> & mask)
 py::array attn_lse(const FloatArray & q, const FloatArray & k, const std::optional<FloatArray> & mask, float scale,
                    int64_t chunk, const std::string & device, int n_threads) {
     OpGraph g(device, n_threads);
-    ggml_tensor * tq = g.input(q, GGML_TYPE_F32), * tk = g.input(k, GGML_TYPE_F16), * tm = optional_mask(g, mask);
+    ggml_tensor *tq = g.input(q, GGML_TYPE_F32), *tk = g.input(k, GGML_TYPE_F16), *tm = optional_mask(g, mask);
     g.compute({hts_attn_lse(g.ctx(), tq, tk, tm, scale, chunk)});
     return g.result(0);
 }
@@ -99,7 +100,7 @@ py::dict head_saliency(const FloatArray & q, const FloatArray & k, const std::op
                        int n_threads) {
     if (v_begin < 0 || v_begin >= v_end || v_end > k.shape(1)) fail(ErrorKind::InvalidArgument, "bad span range");
     OpGraph g(device, n_threads);
-    ggml_tensor * tq = g.input(q, GGML_TYPE_F32), * tk = g.input(k, GGML_TYPE_F16), * tm = optional_mask(g, mask);
+    ggml_tensor *tq = g.input(q, GGML_TYPE_F32), *tk = g.input(k, GGML_TYPE_F16), *tm = optional_mask(g, mask);
     ggml_tensor * lse = hts_attn_lse(g.ctx(), tq, tk, tm, scale, chunk);
     hts_saliency s = hts_head_saliency(g.ctx(), tq, tk, lse, v_begin, v_end, scale, chunk);
     g.compute({s.token_attn, s.head_mass, s.head_conc, s.head_score});
@@ -111,8 +112,9 @@ py::dict head_saliency(const FloatArray & q, const FloatArray & k, const std::op
     return d;
 }
 
-py::dict select_tokens(const FloatArray & token_attn, const FloatArray & head_w, const std::vector<int32_t> & seg_starts,
-                       const hts_pick_params & params, const std::string & device, int n_threads) {
+py::dict select_tokens(const FloatArray & token_attn, const FloatArray & head_w,
+                       const std::vector<int32_t> & seg_starts, const hts_pick_params & params,
+                       const std::string & device, int n_threads) {
     const int32_t n_v = int32_t(token_attn.shape(token_attn.ndim() - 1));
     int64_t max_len = 0;
     std::vector<int32_t> index;
@@ -122,7 +124,7 @@ py::dict select_tokens(const FloatArray & token_attn, const FloatArray & head_w,
         fail(ErrorKind::InvalidArgument, e.what());
     }
     OpGraph g(device, n_threads);
-    ggml_tensor * ta = g.input(token_attn, GGML_TYPE_F32), * w = g.input(head_w, GGML_TYPE_F32);
+    ggml_tensor *ta = g.input(token_attn, GGML_TYPE_F32), *w = g.input(head_w, GGML_TYPE_F32);
     ggml_tensor * idx = g.input_i32(index, int64_t(index.size()));
     hts_segment_order o = hts_select_tokens(g.ctx(), ta, w, idx, max_len);
     g.compute({o.token_score, o.segment_score, o.order});
@@ -140,11 +142,11 @@ py::dict select_tokens(const FloatArray & token_attn, const FloatArray & head_w,
     return d;
 }
 
-py::array routed_attention(const FloatArray & q, const std::vector<bool> & is_full_kv, const std::optional<FloatArray> & k_full,
-                           const std::optional<FloatArray> & v_full, const std::optional<FloatArray> & mask_full,
-                           const std::optional<FloatArray> & k_sparse, const std::optional<FloatArray> & v_sparse,
-                           const std::optional<FloatArray> & mask_sparse, float scale, const std::string & device,
-                           int n_threads) {
+py::array routed_attention(const FloatArray & q, const std::vector<bool> & is_full_kv,
+                           const std::optional<FloatArray> & k_full, const std::optional<FloatArray> & v_full,
+                           const std::optional<FloatArray> & mask_full, const std::optional<FloatArray> & k_sparse,
+                           const std::optional<FloatArray> & v_sparse, const std::optional<FloatArray> & mask_sparse,
+                           float scale, const std::string & device, int n_threads) {
     const int n_head = int(q.shape(1)), n_tokens = int(q.shape(0));
     const size_t n_full = std::count(is_full_kv.begin(), is_full_kv.end(), true);
     if (is_full_kv.empty() || n_head % is_full_kv.size() != 0) fail(ErrorKind::InvalidArgument, "bad head split");
@@ -160,10 +162,10 @@ py::array routed_attention(const FloatArray & q, const std::vector<bool> & is_fu
     };
     OpGraph g(device, n_threads);
     ggml_tensor * tq = g.input(q, GGML_TYPE_F32);
-    ggml_tensor * tp = g.input_i32(rows(perm), n_head, n_tokens), * tu = g.input_i32(rows(unperm), n_head, n_tokens);
+    ggml_tensor *tp = g.input_i32(rows(perm), n_head, n_tokens), *tu = g.input_i32(rows(unperm), n_head, n_tokens);
     auto f16 = [&](const std::optional<FloatArray> & a) { return a ? g.input(*a, GGML_TYPE_F16) : nullptr; };
-    ggml_tensor * kf = f16(k_full), * vf = f16(v_full), * mf = f16(mask_full);
-    ggml_tensor * ks = f16(k_sparse), * vs = f16(v_sparse), * ms = f16(mask_sparse);
+    ggml_tensor *kf = f16(k_full), *vf = f16(v_full), *mf = f16(mask_full);
+    ggml_tensor *ks = f16(k_sparse), *vs = f16(v_sparse), *ms = f16(mask_sparse);
     g.compute({hts_routed_attention(g.ctx(), tq, tp, tu, kf, vf, mf, ks, vs, ms, scale)});
     return g.result(0);
 }
@@ -181,7 +183,8 @@ void register_ops(py::module_ & parent) {
     m.def("attn_lse", &attn_lse, py::arg("q"), py::arg("k"), py::arg("mask") = py::none(), py::arg("scale"),
           py::arg("chunk") = 4096, py::arg("device") = "cpu", py::arg("n_threads") = 2);
     m.def("head_saliency", &head_saliency, py::arg("q"), py::arg("k"), py::arg("mask") = py::none(), py::arg("v_begin"),
-          py::arg("v_end"), py::arg("scale"), py::arg("chunk") = 4096, py::arg("device") = "cpu", py::arg("n_threads") = 2);
+          py::arg("v_end"), py::arg("scale"), py::arg("chunk") = 4096, py::arg("device") = "cpu",
+          py::arg("n_threads") = 2);
     m.def("select_tokens", &select_tokens, py::arg("token_attn"), py::arg("head_w"), py::arg("seg_starts"),
           py::arg("params"), py::arg("device") = "cpu", py::arg("n_threads") = 2);
     m.def("routed_attention", &routed_attention, py::arg("q"), py::arg("is_full_kv"), py::arg("k_full") = py::none(),

@@ -74,8 +74,8 @@ private:
     }
 };
 
-ChunkListPtr vision_encode(VisionEncoder & v, const std::string & prompt, const std::vector<RgbArray> & images, bool frames,
-                       bool add_special, const py::object & progress) {
+ChunkListPtr vision_encode(VisionEncoder & v, const std::string & prompt, const std::vector<RgbArray> & images,
+                           bool frames, bool add_special, const py::object & progress) {
     VisionInput in;
     in.prompt = prompt;
     in.frames = frames;
@@ -128,7 +128,8 @@ void bind_vision(py::module_ & mod) {
         .def_property_readonly("image_token", &VisionEncoder::image_token)
         .def_property_readonly("layout", [](const VisionEncoder & v) { return layout_dict(v.layout()); })
         // The video layout of the mmproj's model family; UnsupportedModelError for one without.
-        .def_property_readonly("video_family", [](const VisionEncoder & v) { return family_name(video_family(v.layout())); });
+        .def_property_readonly("video_family",
+                               [](const VisionEncoder & v) { return family_name(video_family(v.layout())); });
 }
 
 void bind_video(py::module_ & mod) {
@@ -139,51 +140,56 @@ void bind_video(py::module_ & mod) {
              }),
              py::arg("vision"), py::keep_alive<1, 2>())
         .def_property_readonly("family", [](const VideoEncoder & e) { return family_name(e.family()); })
-        .def("add_frames",
-             [](VideoEncoder & e, const std::vector<RgbArray> & frames, const py::object & progress) {
-                 const std::vector<VisionInput::Image> views = image_views(frames);
-                 PyProgress p(progress);
-                 p.run([&] { e.add_frames(views, p.callback(), p.user_data()); });
-             },
-             py::arg("frames"), py::arg("progress") = py::none())
+        .def(
+            "add_frames",
+            [](VideoEncoder & e, const std::vector<RgbArray> & frames, const py::object & progress) {
+                const std::vector<VisionInput::Image> views = image_views(frames);
+                PyProgress p(progress);
+                p.run([&] { e.add_frames(views, p.callback(), p.user_data()); });
+            },
+            py::arg("frames"), py::arg("progress") = py::none())
         .def_property_readonly("n_frames", &VideoEncoder::n_frames)
         // The frame pairs (Qwen-VL) or frames (SmolVLM2) encoded so far, without the block's text.
         .def("images", [](const VideoEncoder & e) { return make_chunk_list(e.images(), e.n_embd(), e.image_token()); })
-        .def("finish",
-             [](const VideoEncoder & e, const std::vector<double> & times, double duration_s) {
-                 return make_chunk_list(e.finish(times, duration_s), e.n_embd(), e.image_token());
-             },
-             py::arg("times"), py::arg("duration_s"));
+        .def(
+            "finish",
+            [](const VideoEncoder & e, const std::vector<double> & times, double duration_s) {
+                return make_chunk_list(e.finish(times, duration_s), e.n_embd(), e.image_token());
+            },
+            py::arg("times"), py::arg("duration_s"));
     mod.attr("FRAMES_PER_GROUP") = VideoEncoder::kFramesPerGroup;
     mod.def("qwen_temporal_step", &qwen_temporal_step, py::arg("projector"), py::arg("frame_interval_s"),
             py::arg("tokens_per_second") = 2);
     mod.def("frame_interval", &frame_interval, py::arg("times"));
-    mod.def("qwen_place_pairs",
-            [](const ChunkListPtr & pairs, double step) {
-                return make_chunk_list(qwen_place_pairs(pairs->chunks, step), pairs->n_embd, pairs->image_token);
-            },
-            py::arg("pairs"), py::arg("step"));
+    mod.def(
+        "qwen_place_pairs",
+        [](const ChunkListPtr & pairs, double step) {
+            return make_chunk_list(qwen_place_pairs(pairs->chunks, step), pairs->n_embd, pairs->image_token);
+        },
+        py::arg("pairs"), py::arg("step"));
     mod.def("number_words", &number_words, py::arg("n"));
     mod.def("smolvlm_video_prompt", &smolvlm_video_prompt, py::arg("times"), py::arg("duration_s"), py::arg("marker"));
     mod.def("longest_edge_size", &longest_edge_size, py::arg("width"), py::arg("height"), py::arg("size"));
-    mod.def("resize_rgb_lanczos",
-            [](const RgbArray & rgb, int width, int height) {
-                const std::vector<VisionInput::Image> v = image_views({rgb});
-                const std::vector<uint8_t> out = resize_rgb_lanczos(v[0].rgb, int(v[0].nx), int(v[0].ny), width, height);
-                py::array_t<uint8_t> a({size_t(height), size_t(width), size_t(3)});
-                std::copy(out.begin(), out.end(), a.mutable_data());
-                return a;
-            },
-            py::arg("rgb"), py::arg("width"), py::arg("height"));
-    mod.def("square_frame",
-            [](const RgbArray & rgb, int tile) {
-                const std::vector<VisionInput::Image> v = image_views({rgb});
-                const std::vector<uint8_t> out = square_frame(v[0], tile);
-                py::array_t<uint8_t> a({size_t(tile), size_t(tile), size_t(3)});
-                std::copy(out.begin(), out.end(), a.mutable_data());
-                return a;
-            },
-            py::arg("rgb"), py::arg("tile"));
+    mod.def(
+        "resize_rgb_lanczos",
+        [](const RgbArray & rgb, int width, int height) {
+            const std::vector<VisionInput::Image> v = image_views({rgb});
+            const std::vector<uint8_t> out = resize_rgb_lanczos(v[0].rgb, int(v[0].nx), int(v[0].ny), width, height);
+            py::array_t<uint8_t> a({size_t(height), size_t(width), size_t(3)});
+            std::copy(out.begin(), out.end(), a.mutable_data());
+            return a;
+        },
+        py::arg("rgb"), py::arg("width"), py::arg("height"));
+    mod.def(
+        "square_frame",
+        [](const RgbArray & rgb, int tile) {
+            const std::vector<VisionInput::Image> v = image_views({rgb});
+            const std::vector<uint8_t> out = square_frame(v[0], tile);
+            py::array_t<uint8_t> a({size_t(tile), size_t(tile), size_t(3)});
+            std::copy(out.begin(), out.end(), a.mutable_data());
+            return a;
+        },
+        py::arg("rgb"), py::arg("tile"));
 }
 
 }  // namespace
@@ -192,9 +198,10 @@ void register_vision(py::module_ & mod) {
     register_chunks(mod);
     bind_vision(mod);
     bind_video(mod);
-    mod.def("token_embeddings",
-            [](const Model & m, const std::vector<int32_t> & tokens) {
-                return float_rows(token_embeddings(m, tokens), size_t(m.hparams().n_embd));
-            },
-            py::arg("model"), py::arg("tokens"));
+    mod.def(
+        "token_embeddings",
+        [](const Model & m, const std::vector<int32_t> & tokens) {
+            return float_rows(token_embeddings(m, tokens), size_t(m.hparams().n_embd));
+        },
+        py::arg("model"), py::arg("tokens"));
 }

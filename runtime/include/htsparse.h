@@ -49,17 +49,17 @@
 #include <stdint.h>
 
 #ifdef HTS_SHARED
-#    if defined(_WIN32) && !defined(__MINGW32__)
-#        ifdef HTS_BUILD
-#            define HTS_API __declspec(dllexport)
-#        else
-#            define HTS_API __declspec(dllimport)
-#        endif
-#    else
-#        define HTS_API __attribute__((visibility("default")))
-#    endif
+#if defined(_WIN32) && !defined(__MINGW32__)
+#ifdef HTS_BUILD
+#define HTS_API __declspec(dllexport)
 #else
-#    define HTS_API
+#define HTS_API __declspec(dllimport)
+#endif
+#else
+#define HTS_API __attribute__((visibility("default")))
+#endif
+#else
+#define HTS_API
 #endif
 
 #ifdef __cplusplus
@@ -71,15 +71,15 @@ extern "C" {
  * ------------------------------------------------------------------------- */
 
 typedef enum hts_status {
-    HTS_OK                    =  0,
-    HTS_ERR_INVALID_ARGUMENT  = -1, /* a parameter out of range, or a call out of order */
-    HTS_ERR_FILE_NOT_FOUND    = -2, /* a model or mmproj file that does not exist or cannot be opened */
-    HTS_ERR_INVALID_FILE      = -3, /* not GGUF, truncated, or inconsistent tensors */
+    HTS_OK = 0,
+    HTS_ERR_INVALID_ARGUMENT = -1,  /* a parameter out of range, or a call out of order */
+    HTS_ERR_FILE_NOT_FOUND = -2,    /* a model or mmproj file that does not exist or cannot be opened */
+    HTS_ERR_INVALID_FILE = -3,      /* not GGUF, truncated, or inconsistent tensors */
     HTS_ERR_UNSUPPORTED_MODEL = -4, /* an architecture or projector this runtime does not run */
-    HTS_ERR_CONTEXT_OVERFLOW  = -5, /* the input does not fit the session's context (raise n_ctx) */
-    HTS_ERR_BACKEND           = -6, /* a ggml backend failed (allocation, computation) */
-    HTS_ERR_ABORTED           = -7, /* a progress or abort callback stopped the work: reset the session */
-    HTS_ERR_INTERNAL          = -8  /* anything else (out of memory, a bug): the message says what */
+    HTS_ERR_CONTEXT_OVERFLOW = -5,  /* the input does not fit the session's context (raise n_ctx) */
+    HTS_ERR_BACKEND = -6,           /* a ggml backend failed (allocation, computation) */
+    HTS_ERR_ABORTED = -7,           /* a progress or abort callback stopped the work: reset the session */
+    HTS_ERR_INTERNAL = -8           /* anything else (out of memory, a bug): the message says what */
 } hts_status;
 
 /* The library's version, "MAJOR.MINOR.PATCH". */
@@ -100,10 +100,10 @@ HTS_API const char * hts_status_str(int32_t status);
  * Model: a GGUF text decoder (qwen2, qwen2vl, llama architectures)
  * ------------------------------------------------------------------------- */
 
-typedef struct hts_model   hts_model;
-typedef struct hts_vision  hts_vision;
+typedef struct hts_model hts_model;
+typedef struct hts_vision hts_vision;
 typedef struct hts_session hts_session;
-typedef int32_t            hts_token;
+typedef int32_t hts_token;
 
 struct hts_model_params {
     const char * device; /* "auto" (a GPU when there is one), "cpu", "gpu", or a ggml device name such as "CUDA0" */
@@ -162,15 +162,15 @@ HTS_API const char * hts_vision_projector(const hts_vision * vision);
 /* HT-Sparse settings. A value left negative takes the GGUF's calibrated
  * default (its htsparse.* keys), else the built-in one. */
 struct hts_sparse_params {
-    bool enabled;            /* false: dense attention everywhere (sparse spans are ordinary input) */
-    float keep_ratio;        /* share of each sparse span kept per question, (0, 1] */
-    float keep_mass;         /* > 0: keep instead the fewest segments holding this share of the score */
-    float full_head_ratio;   /* share of KV heads that keep the whole span, [0, 1] */
-    int32_t select_layer;    /* layer where the question picks the tokens, [0, n_layer] */
-    int32_t prune_layer;     /* layer from which unpicked tokens are not computed, [select_layer, n_layer] */
-    int32_t q_window;        /* question tokens used to score the span, >= 1 */
-    int32_t segment_floor;   /* keep a segment in each of this many stretches of a span; 0: off */
-    bool reroute;            /* pick anew for each follow-up question (the early layers then keep everything) */
+    bool enabled;          /* false: dense attention everywhere (sparse spans are ordinary input) */
+    float keep_ratio;      /* share of each sparse span kept per question, (0, 1] */
+    float keep_mass;       /* > 0: keep instead the fewest segments holding this share of the score */
+    float full_head_ratio; /* share of KV heads that keep the whole span, [0, 1] */
+    int32_t select_layer;  /* layer where the question picks the tokens, [0, n_layer] */
+    int32_t prune_layer;   /* layer from which unpicked tokens are not computed, [select_layer, n_layer] */
+    int32_t q_window;      /* question tokens used to score the span, >= 1 */
+    int32_t segment_floor; /* keep a segment in each of this many stretches of a span; 0: off */
+    bool reroute;          /* pick anew for each follow-up question (the early layers then keep everything) */
 };
 
 /* Progress of long work: stage "encoding" (done of total video frames or
@@ -258,7 +258,8 @@ struct hts_ask_params {
 
 #define HTS_DEFAULT_SEED 0xFFFFFFFFu
 
-HTS_API struct hts_ask_params hts_ask_default_params(void); /* 256 tokens, temperature 0.8, top-k 40, top-p 0.95, min-p 0.05 */
+HTS_API struct hts_ask_params
+hts_ask_default_params(void); /* 256 tokens, temperature 0.8, top-k 40, top-p 0.95, min-p 0.05 */
 
 /* Receives the answer as it is decoded: NUL-terminated UTF-8 (whole
  * characters). Return false to end the answer there ("cancelled"). */

@@ -26,7 +26,8 @@ size_t incomplete_utf8_tail(const std::string & s) {
 
 Answer::Answer(Conversation & conversation, const AnswerParams & params)
     : conv_(conversation), params_(params), started_(Clock::now()) {
-    if (params.max_tokens <= 0) fail(ErrorKind::InvalidArgument, format("max_tokens must be positive, got %d", params.max_tokens));
+    if (params.max_tokens <= 0)
+        fail(ErrorKind::InvalidArgument, format("max_tokens must be positive, got %d", params.max_tokens));
     sampler_ = std::make_unique<Sampler>(params.sampling, conv_.model().hparams().n_vocab);
     conv_.begin_answer();
 }

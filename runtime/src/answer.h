@@ -42,7 +42,7 @@ public:
 
     bool done() const { return done_; }
     const std::string & finish_reason() const { return finish_reason_; }
-    int n_tokens() const { return n_tokens_; }  // tokens sampled, end-of-generation included
+    int n_tokens() const { return n_tokens_; }          // tokens sampled, end-of-generation included
     const std::string & text() const { return text_; }  // everything decoded so far (stop string included)
 
 private:
@@ -50,8 +50,8 @@ private:
     AnswerParams params_;
     std::unique_ptr<Sampler> sampler_;
     std::chrono::steady_clock::time_point started_, first_at_;
-    std::string text_;     // the answer's bytes
-    size_t emitted_ = 0;   // bytes of text_ handed out
+    std::string text_;    // the answer's bytes
+    size_t emitted_ = 0;  // bytes of text_ handed out
     int n_tokens_ = 0;
     bool done_ = false;
     std::string finish_reason_ = "length";

@@ -37,8 +37,8 @@ static ggml_backend_dev_t pick_accelerator(const std::string & device) {
     std::string known;
     for (const auto & d : Backends::available_devices()) known += (known.empty() ? "" : ", ") + d;
     fail(ErrorKind::InvalidArgument,
-         format("device '%s' is not available; devices: %s (use 'auto', 'cpu', 'gpu' or a device name)",
-                device.c_str(), known.c_str()));
+         format("device '%s' is not available; devices: %s (use 'auto', 'cpu', 'gpu' or a device name)", device.c_str(),
+                known.c_str()));
 }
 
 Backends::Backends(const std::string & device, int n_threads) {
@@ -129,8 +129,8 @@ ggml_backend_sched_t Backends::new_scheduler(size_t graph_size) const {
     std::vector<ggml_backend_t> list;
     if (gpu_) list.push_back(gpu_);
     list.push_back(cpu_);
-    ggml_backend_sched_t sched = ggml_backend_sched_new(list.data(), nullptr, static_cast<int>(list.size()),
-                                                        graph_size, false, true);
+    ggml_backend_sched_t sched =
+        ggml_backend_sched_new(list.data(), nullptr, static_cast<int>(list.size()), graph_size, false, true);
     if (!sched) fail(ErrorKind::Backend, "cannot create the backend scheduler");
     return sched;
 }

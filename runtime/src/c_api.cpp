@@ -46,13 +46,20 @@ thread_local int32_t t_last_status = HTS_OK;
 
 int32_t status_of(hts::ErrorKind kind) {
     switch (kind) {
-        case hts::ErrorKind::InvalidArgument: return HTS_ERR_INVALID_ARGUMENT;
-        case hts::ErrorKind::FileNotFound: return HTS_ERR_FILE_NOT_FOUND;
-        case hts::ErrorKind::InvalidFile: return HTS_ERR_INVALID_FILE;
-        case hts::ErrorKind::UnsupportedModel: return HTS_ERR_UNSUPPORTED_MODEL;
-        case hts::ErrorKind::ContextOverflow: return HTS_ERR_CONTEXT_OVERFLOW;
-        case hts::ErrorKind::Backend: return HTS_ERR_BACKEND;
-        case hts::ErrorKind::Aborted: return HTS_ERR_ABORTED;
+        case hts::ErrorKind::InvalidArgument:
+            return HTS_ERR_INVALID_ARGUMENT;
+        case hts::ErrorKind::FileNotFound:
+            return HTS_ERR_FILE_NOT_FOUND;
+        case hts::ErrorKind::InvalidFile:
+            return HTS_ERR_INVALID_FILE;
+        case hts::ErrorKind::UnsupportedModel:
+            return HTS_ERR_UNSUPPORTED_MODEL;
+        case hts::ErrorKind::ContextOverflow:
+            return HTS_ERR_CONTEXT_OVERFLOW;
+        case hts::ErrorKind::Backend:
+            return HTS_ERR_BACKEND;
+        case hts::ErrorKind::Aborted:
+            return HTS_ERR_ABORTED;
     }
     return HTS_ERR_INTERNAL;
 }
@@ -64,8 +71,7 @@ int32_t set_error(int32_t status, const std::string & message) {
 }
 
 // Runs work (returning int32_t), turning every exception into a status.
-template <typename F>
-int32_t guarded(F && work) {
+template <typename F> int32_t guarded(F && work) {
     try {
         return work();
     } catch (const hts::Error & e) {
@@ -80,8 +86,7 @@ int32_t guarded(F && work) {
 }
 
 // As guarded(), for calls that make a handle: null on failure.
-template <typename T, typename F>
-T * guarded_new(F && make) {
+template <typename T, typename F> T * guarded_new(F && make) {
     T * out = nullptr;
     guarded([&] {
         out = make();
@@ -159,16 +164,26 @@ int32_t hts_last_status(void) { return t_last_status; }
 
 const char * hts_status_str(int32_t status) {
     switch (status) {
-        case HTS_OK: return "ok";
-        case HTS_ERR_INVALID_ARGUMENT: return "invalid argument";
-        case HTS_ERR_FILE_NOT_FOUND: return "file not found";
-        case HTS_ERR_INVALID_FILE: return "invalid file";
-        case HTS_ERR_UNSUPPORTED_MODEL: return "unsupported model";
-        case HTS_ERR_CONTEXT_OVERFLOW: return "context overflow";
-        case HTS_ERR_BACKEND: return "backend error";
-        case HTS_ERR_ABORTED: return "aborted";
-        case HTS_ERR_INTERNAL: return "internal error";
-        default: return "unknown status";
+        case HTS_OK:
+            return "ok";
+        case HTS_ERR_INVALID_ARGUMENT:
+            return "invalid argument";
+        case HTS_ERR_FILE_NOT_FOUND:
+            return "file not found";
+        case HTS_ERR_INVALID_FILE:
+            return "invalid file";
+        case HTS_ERR_UNSUPPORTED_MODEL:
+            return "unsupported model";
+        case HTS_ERR_CONTEXT_OVERFLOW:
+            return "context overflow";
+        case HTS_ERR_BACKEND:
+            return "backend error";
+        case HTS_ERR_ABORTED:
+            return "aborted";
+        case HTS_ERR_INTERNAL:
+            return "internal error";
+        default:
+            return "unknown status";
     }
 }
 
@@ -337,7 +352,8 @@ int32_t hts_session_add_tokens(hts_session * session, const hts_token * tokens, 
 
 int32_t hts_session_add_message(hts_session * session, const char * role, const char * content) {
     return guarded([&] {
-        require(session != nullptr && role != nullptr && content != nullptr, "session, role and content must not be NULL");
+        require(session != nullptr && role != nullptr && content != nullptr,
+                "session, role and content must not be NULL");
         return static_cast<int32_t>(session->conv->add_message(role, {{content, false}}));
     });
 }
@@ -416,7 +432,8 @@ int32_t hts_session_ask(hts_session * session, const char * question, struct hts
         if (question) session->conv->add_message("user", {{question, false}});
         hts::Answer answer(*session->conv, ap);
         for (std::string piece; answer.next(piece);) {
-            const bool keep_going = !should_abort(session) && (piece.empty() || !on_piece || on_piece(piece.c_str(), user_data));
+            const bool keep_going =
+                !should_abort(session) && (piece.empty() || !on_piece || on_piece(piece.c_str(), user_data));
             if (!keep_going) answer.cancel();
         }
         session->finish_reason = answer.finish_reason();

@@ -21,7 +21,8 @@ struct ContextGuard {
 
 Context::Context(const Model & model, const ContextParams & params) : model_(model) {
     if (params.n_ctx < 0) fail(ErrorKind::InvalidArgument, format("n_ctx must be >= 0, got %d", params.n_ctx));
-    if (params.n_batch <= 0) fail(ErrorKind::InvalidArgument, format("n_batch must be positive, got %d", params.n_batch));
+    if (params.n_batch <= 0)
+        fail(ErrorKind::InvalidArgument, format("n_batch must be positive, got %d", params.n_batch));
     n_ctx_ = params.n_ctx > 0 ? params.n_ctx : model.hparams().n_ctx_train;
     n_batch_ = std::min(params.n_batch, n_ctx_);
     kv_ = std::make_unique<KvCache>(model, n_ctx_);
@@ -125,11 +126,13 @@ void Context::check_fits(const std::vector<int32_t> & tokens) const {
     const int n_vocab = model_.hparams().n_vocab;
     if (n == 0) fail(ErrorKind::InvalidArgument, "no tokens to evaluate");
     for (int32_t t : tokens) {
-        if (t < 0 || t >= n_vocab) fail(ErrorKind::InvalidArgument, format("token id %d is outside the vocabulary (%d)", t, n_vocab));
+        if (t < 0 || t >= n_vocab)
+            fail(ErrorKind::InvalidArgument, format("token id %d is outside the vocabulary (%d)", t, n_vocab));
     }
     if (n_past_ + n > n_ctx_) {
         fail(ErrorKind::ContextOverflow,
-             format("%d tokens do not fit in the context: %d of %d positions are used (raise n_ctx)", n, n_past_, n_ctx_));
+             format("%d tokens do not fit in the context: %d of %d positions are used (raise n_ctx)", n, n_past_,
+                    n_ctx_));
     }
 }
 
@@ -160,9 +163,11 @@ void Context::eval_embd(const std::vector<float> & embd, int32_t placeholder, bo
 void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
                          const TokenPositions * positions) {
     const int n_layer = model_.hparams().n_layer;
-    if (split < 0 || split > n_layer) fail(ErrorKind::InvalidArgument, format("split layer %d is outside [0, %d]", split, n_layer));
+    if (split < 0 || split > n_layer)
+        fail(ErrorKind::InvalidArgument, format("split layer %d is outside [0, %d]", split, n_layer));
     if (held_.layer >= 0 && (all_logits || split != n_layer)) {
-        fail(ErrorKind::InvalidArgument, "tokens held at a layer give no logits and take no split: finish_held() first");
+        fail(ErrorKind::InvalidArgument,
+             "tokens held at a layer give no logits and take no split: finish_held() first");
     }
     if (logged_.layer >= 0 && split != n_layer && split != logged_.layer) {
         fail(ErrorKind::InvalidArgument, "a context that logs its residual stream splits at the logged layer only");
@@ -239,9 +244,12 @@ void Context::run_layers(const LayerRun & run) {
         mb.kv_only = run.kv_only;
         mb.embd_input = run.begin == 0 && run.residual_in != nullptr;
         float * out = nullptr;
-        if (run.residual_out) out = run.residual_out + size_t(i) * n_embd;
-        else if (logits && run.all_logits) out = logits_.data() + size_t(i) * n_vocab;
-        else if (logits && last) out = logits_.data();
+        if (run.residual_out)
+            out = run.residual_out + size_t(i) * n_embd;
+        else if (logits && run.all_logits)
+            out = logits_.data() + size_t(i) * n_vocab;
+        else if (logits && last)
+            out = logits_.data();
         const float * res = run.residual_in ? run.residual_in + size_t(i) * n_embd : nullptr;
         eval_micro_batch(run.tokens ? run.tokens + i : nullptr, res, run.pos + i, n, mb, out);
         i += nb;
@@ -251,7 +259,8 @@ void Context::run_layers(const LayerRun & run) {
 
 void Context::hold_from_layer(int layer) {
     const int n_layer = model_.hparams().n_layer;
-    if (layer < 0 || layer > n_layer) fail(ErrorKind::InvalidArgument, format("hold layer %d is outside [0, %d]", layer, n_layer));
+    if (layer < 0 || layer > n_layer)
+        fail(ErrorKind::InvalidArgument, format("hold layer %d is outside [0, %d]", layer, n_layer));
     if (n_held() > 0) fail(ErrorKind::InvalidArgument, "tokens are already held: finish_held() first");
     if (layer < n_layer && kv_->is_split()) {
         fail(ErrorKind::InvalidArgument, "staged prefill needs a dense cache; this one is already compacted");
@@ -324,17 +333,22 @@ void Context::finish_held() {
     }
     if (kv_->is_split()) {
         for (int il = P; il < n_layer; ++il) {
-            if (kv_->n_full_heads(il) > 0) fail(ErrorKind::InvalidArgument, format("layer %d of the pruned zone has full KV heads", il));
+            if (kv_->n_full_heads(il) > 0)
+                fail(ErrorKind::InvalidArgument, format("layer %d of the pruned zone has full KV heads", il));
         }
-        if (idx.empty() || idx.back() != n_held() - 1) fail(ErrorKind::InvalidArgument, "the last held token must be kept");
-        first_sparse = int(std::lower_bound(kept_cells_.begin(), kept_cells_.end(), held_.first_cell + idx[0]) - kept_cells_.begin());
+        if (idx.empty() || idx.back() != n_held() - 1)
+            fail(ErrorKind::InvalidArgument, "the last held token must be kept");
+        first_sparse = int(std::lower_bound(kept_cells_.begin(), kept_cells_.end(), held_.first_cell + idx[0]) -
+                           kept_cells_.begin());
     }
     const int m = static_cast<int>(idx.size());
     std::vector<int32_t> tokens(m);
     std::vector<float> residual(P > 0 ? size_t(m) * n_embd : 0);  // layer 0 starts from the tokens
     for (int j = 0; j < m; ++j) {
         tokens[j] = held_.tokens[idx[j]];
-        if (P > 0) std::copy_n(held_.residual.begin() + size_t(idx[j]) * n_embd, n_embd, residual.begin() + size_t(j) * n_embd);
+        if (P > 0)
+            std::copy_n(held_.residual.begin() + size_t(idx[j]) * n_embd, n_embd,
+                        residual.begin() + size_t(j) * n_embd);
     }
     const std::vector<int32_t> pos = gather_positions(held_.pos_rows, idx);
     LayerRun run;
@@ -342,7 +356,8 @@ void Context::finish_held() {
     run.residual_in = P > 0 ? residual.data() : nullptr;
     run.pos = pos.data();
     run.n = m;
-    run.first_cell = held_.first_cell + idx[0];  // pruned-zone layers have no full heads: only sizes the unused full mask
+    run.first_cell =
+        held_.first_cell + idx[0];  // pruned-zone layers have no full heads: only sizes the unused full mask
     run.first_sparse_cell = first_sparse;
     run.begin = P;
     run.end = n_layer;
@@ -352,7 +367,8 @@ void Context::finish_held() {
 
 void Context::log_residual_at(int layer) {
     const int n_layer = model_.hparams().n_layer;
-    if (layer < 0 || layer >= n_layer) fail(ErrorKind::InvalidArgument, format("log layer %d is outside [0, %d)", layer, n_layer));
+    if (layer < 0 || layer >= n_layer)
+        fail(ErrorKind::InvalidArgument, format("log layer %d is outside [0, %d)", layer, n_layer));
     if (n_past_ > 0) fail(ErrorKind::InvalidArgument, "the residual log starts with an empty context");
     logged_ = ResidualRows::at(layer, model_.hparams().n_pos_per_token);
 }

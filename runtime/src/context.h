@@ -69,8 +69,8 @@ public:
     int next_pos() const { return next_pos_; }
     int n_ctx() const { return n_ctx_; }
     const std::vector<int32_t> & tokens() const { return tokens_; }
-    size_t kv_bytes() const { return kv_->bytes(); }          // what the cache tensors hold
-    size_t kv_bytes_dense() const;                             // what one dense cache of n_ctx holds
+    size_t kv_bytes() const { return kv_->bytes(); }  // what the cache tensors hold
+    size_t kv_bytes_dense() const;                    // what one dense cache of n_ctx holds
 
     // Splits every layer's KV heads into full heads (every cell) and sparse
     // heads (kept_cells only), freeing the dense cache; later tokens go to
@@ -119,7 +119,9 @@ public:
     // Called after each micro-batch with the tokens done of the n a run takes
     // through its layers; returning false stops the eval (ErrorKind::Aborted,
     // the context half-updated: reset() it). Null: none.
-    void set_batch_callback(std::function<bool(int done, int total)> callback) { batch_callback_ = std::move(callback); }
+    void set_batch_callback(std::function<bool(int done, int total)> callback) {
+        batch_callback_ = std::move(callback);
+    }
 
     // Dense cache only, for tests: cells no query may see (mask -INF).
     void set_hidden_cells(const std::vector<int32_t> & cells);
@@ -135,12 +137,12 @@ private:
     size_t graph_size_ = 0;
     int n_past_ = 0;
     int next_pos_ = 0;
-    int n_sparse_cells_ = 0;          // compact cells in use (after compact_kv)
+    int n_sparse_cells_ = 0;  // compact cells in use (after compact_kv)
     int capture_q_ = 0;
     int n_captured_q_ = 0;
     std::vector<std::vector<float>> captured_q_;
-    std::vector<bool> hidden_cells_;  // set_hidden_cells
-    std::vector<int32_t> kept_cells_; // compact_kv: cells the sparse heads keep
+    std::vector<bool> hidden_cells_;   // set_hidden_cells
+    std::vector<int32_t> kept_cells_;  // compact_kv: cells the sparse heads keep
     std::function<bool(int, int)> batch_callback_;
 
     // Tokens with their residual stream at one layer (that layer's input), on the host.
@@ -148,8 +150,8 @@ private:
         int layer = -1;      // -1: none
         int first_cell = 0;  // cell of tokens[0]; the cells are contiguous
         std::vector<int32_t> tokens;
-        std::vector<std::vector<int32_t>> pos_rows;  // n_pos_per_token rows of positions
-        std::vector<float> residual;                 // [n_embd, tokens.size()] at `layer`; none at 0
+        std::vector<std::vector<int32_t>> pos_rows;         // n_pos_per_token rows of positions
+        std::vector<float> residual;                        // [n_embd, tokens.size()] at `layer`; none at 0
         static ResidualRows at(int layer, int n_pos_rows);  // empty, with its position rows
         // Adds n tokens from `cell`; pos: n_pos_per_token rows of n values.
         void append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
@@ -173,12 +175,12 @@ private:
         const float * residual_in = nullptr;  // residual rows [n_embd, n] at `begin` (at 0: embedding rows)
         const int32_t * pos = nullptr;        // n_pos_per_token rows of n positions
         int n = 0;
-        int first_cell = 0;         // KV cell of the first token
-        int first_sparse_cell = 0;  // its compact cell (after compact_kv)
-        int begin = 0, end = 0;     // layers
-        bool all_logits = false;    // end == n_layer: logits of every row, else of the last
+        int first_cell = 0;              // KV cell of the first token
+        int first_sparse_cell = 0;       // its compact cell (after compact_kv)
+        int begin = 0, end = 0;          // layers
+        bool all_logits = false;         // end == n_layer: logits of every row, else of the last
         float * residual_out = nullptr;  // end < n_layer: the residual rows at `end`
-        bool kv_only = false;       // selection probe: layer `begin` writes its K/V only (probe_held_layer)
+        bool kv_only = false;            // selection probe: layer `begin` writes its K/V only (probe_held_layer)
     };
     // Output: the residual rows at `end` into residual_out when end < n_layer,
     // else logits_ (every row or the last). The last micro-batch holds the

@@ -47,19 +47,19 @@ void Conversation::set_progress(ProgressFn fn) {
         context_.set_batch_callback(nullptr);
         return;
     }
-    context_.set_batch_callback([this](int done, int total) {
-        return in_answer_step_ || progress_("prefill", done, total);
-    });
+    context_.set_batch_callback(
+        [this](int done, int total) { return in_answer_step_ || progress_("prefill", done, total); });
 }
 
 void Conversation::check_usable() const {
-    if (stopped_) fail(ErrorKind::InvalidArgument, "the conversation was stopped midway by its progress callback: reset it first");
+    if (stopped_)
+        fail(ErrorKind::InvalidArgument,
+             "the conversation was stopped midway by its progress callback: reset it first");
 }
 
 // Runs work, remembering a stop by the progress callback: the context's
 // state is then half-updated and only reset() makes it usable again.
-template <typename F>
-void Conversation::guarded(F && work) {
+template <typename F> void Conversation::guarded(F && work) {
     check_usable();
     try {
         work();
@@ -95,7 +95,8 @@ void Conversation::add_tokens(const std::vector<int32_t> & tokens, bool sparse, 
     if (tokens.empty()) fail(ErrorKind::InvalidArgument, "add_tokens needs at least one token");
     guarded([&] {
         if (sparse && sparse_) {
-            if (all_logits || positions) fail(ErrorKind::InvalidArgument, "a sparse span takes neither all_logits nor positions yet");
+            if (all_logits || positions)
+                fail(ErrorKind::InvalidArgument, "a sparse span takes neither all_logits nor positions yet");
             const auto start = Clock::now();
             sparse_->add_span(tokens);
             count_prompt_time(start);
@@ -106,8 +107,9 @@ void Conversation::add_tokens(const std::vector<int32_t> & tokens, bool sparse, 
     });
 }
 
-void Conversation::add_embeddings(const std::vector<float> & rows, int32_t placeholder, const TokenPositions * positions,
-                                  bool sparse, const std::vector<int32_t> * segments, bool all_logits) {
+void Conversation::add_embeddings(const std::vector<float> & rows, int32_t placeholder,
+                                  const TokenPositions * positions, bool sparse, const std::vector<int32_t> * segments,
+                                  bool all_logits) {
     const size_t n_embd = size_t(model_.hparams().n_embd);
     guarded([&] {
         const auto start = Clock::now();
@@ -117,7 +119,8 @@ void Conversation::add_embeddings(const std::vector<float> & rows, int32_t place
             stats_.n_sparse += static_cast<int>(rows.size() / n_embd);
         } else {
             if (holds_back()) {
-                fail(ErrorKind::InvalidArgument, "embeddings after a sparse span and before the answer must be sparse too");
+                fail(ErrorKind::InvalidArgument,
+                     "embeddings after a sparse span and before the answer must be sparse too");
             }
             context_.eval_embd(rows, placeholder, all_logits, positions);
         }

@@ -35,7 +35,7 @@ static void check_header(const std::string & path) {
 }
 
 GgufFile::GgufFile(const std::string & path) : path_(path) {
-    struct stat st {};
+    struct stat st{};
     if (stat(path.c_str(), &st) != 0) {
         fail(ErrorKind::FileNotFound, format("model file '%s' not found", path.c_str()));
     }
@@ -46,7 +46,8 @@ GgufFile::GgufFile(const std::string & path) : path_(path) {
     gguf_init_params params = {/*no_alloc =*/true, /*ctx =*/&meta_};
     gguf_ = gguf_init_from_file(path.c_str(), params);
     if (!gguf_) {
-        fail(ErrorKind::InvalidFile, format("'%s' is not a valid GGUF file (corrupt or truncated header)", path.c_str()));
+        fail(ErrorKind::InvalidFile,
+             format("'%s' is not a valid GGUF file (corrupt or truncated header)", path.c_str()));
     }
     file_size_ = static_cast<size_t>(st.st_size);
     data_offset_ = gguf_get_data_offset(gguf_);
@@ -74,8 +75,8 @@ void GgufFile::validate_tensor_extents() const {
         const size_t end = data_offset_ + gguf_get_tensor_offset(gguf_, i) + gguf_get_tensor_size(gguf_, i);
         if (end > file_size_) {
             fail(ErrorKind::InvalidFile,
-                 format("'%s' is truncated: tensor '%s' ends at byte %zu but the file has %zu bytes",
-                        path_.c_str(), gguf_get_tensor_name(gguf_, i), end, file_size_));
+                 format("'%s' is truncated: tensor '%s' ends at byte %zu but the file has %zu bytes", path_.c_str(),
+                        gguf_get_tensor_name(gguf_, i), end, file_size_));
         }
     }
 }
@@ -85,7 +86,8 @@ void GgufFile::map_file() {
     if (fd < 0) fail(ErrorKind::FileNotFound, format("cannot open '%s': %s", path_.c_str(), std::strerror(errno)));
     void * addr = mmap(nullptr, file_size_, PROT_READ, MAP_SHARED, fd, 0);
     close(fd);
-    if (addr == MAP_FAILED) fail(ErrorKind::InvalidFile, format("cannot mmap '%s': %s", path_.c_str(), std::strerror(errno)));
+    if (addr == MAP_FAILED)
+        fail(ErrorKind::InvalidFile, format("cannot mmap '%s': %s", path_.c_str(), std::strerror(errno)));
     mapping_ = static_cast<uint8_t *>(addr);
 }
 
@@ -108,16 +110,35 @@ std::string GgufFile::get_string(const std::string & key, const std::string & fa
 
 static bool scalar_as_int(gguf_context * g, int64_t id, int64_t & out) {
     switch (gguf_get_kv_type(g, id)) {
-        case GGUF_TYPE_UINT8:  out = gguf_get_val_u8(g, id); return true;
-        case GGUF_TYPE_INT8:   out = gguf_get_val_i8(g, id); return true;
-        case GGUF_TYPE_UINT16: out = gguf_get_val_u16(g, id); return true;
-        case GGUF_TYPE_INT16:  out = gguf_get_val_i16(g, id); return true;
-        case GGUF_TYPE_UINT32: out = gguf_get_val_u32(g, id); return true;
-        case GGUF_TYPE_INT32:  out = gguf_get_val_i32(g, id); return true;
-        case GGUF_TYPE_UINT64: out = static_cast<int64_t>(gguf_get_val_u64(g, id)); return true;
-        case GGUF_TYPE_INT64:  out = gguf_get_val_i64(g, id); return true;
-        case GGUF_TYPE_BOOL:   out = gguf_get_val_bool(g, id) ? 1 : 0; return true;
-        default: return false;
+        case GGUF_TYPE_UINT8:
+            out = gguf_get_val_u8(g, id);
+            return true;
+        case GGUF_TYPE_INT8:
+            out = gguf_get_val_i8(g, id);
+            return true;
+        case GGUF_TYPE_UINT16:
+            out = gguf_get_val_u16(g, id);
+            return true;
+        case GGUF_TYPE_INT16:
+            out = gguf_get_val_i16(g, id);
+            return true;
+        case GGUF_TYPE_UINT32:
+            out = gguf_get_val_u32(g, id);
+            return true;
+        case GGUF_TYPE_INT32:
+            out = gguf_get_val_i32(g, id);
+            return true;
+        case GGUF_TYPE_UINT64:
+            out = static_cast<int64_t>(gguf_get_val_u64(g, id));
+            return true;
+        case GGUF_TYPE_INT64:
+            out = gguf_get_val_i64(g, id);
+            return true;
+        case GGUF_TYPE_BOOL:
+            out = gguf_get_val_bool(g, id) ? 1 : 0;
+            return true;
+        default:
+            return false;
     }
 }
 
@@ -139,9 +160,12 @@ double GgufFile::get_float(const std::string & key, double fallback) const {
     const int64_t id = key_id(key);
     if (id < 0) return fallback;
     switch (gguf_get_kv_type(gguf_, id)) {
-        case GGUF_TYPE_FLOAT32: return gguf_get_val_f32(gguf_, id);
-        case GGUF_TYPE_FLOAT64: return gguf_get_val_f64(gguf_, id);
-        default: return static_cast<double>(get_int(key));
+        case GGUF_TYPE_FLOAT32:
+            return gguf_get_val_f32(gguf_, id);
+        case GGUF_TYPE_FLOAT64:
+            return gguf_get_val_f64(gguf_, id);
+        default:
+            return static_cast<double>(get_int(key));
     }
 }
 
@@ -152,10 +176,17 @@ std::vector<int64_t> GgufFile::get_int_array(const std::string & key) const {
     const size_t n = gguf_get_arr_n(gguf_, id);
     const void * data = gguf_get_arr_data(gguf_, id);
     switch (gguf_get_arr_type(gguf_, id)) {
-        case GGUF_TYPE_INT32:  for (size_t i = 0; i < n; ++i) out.push_back(static_cast<const int32_t *>(data)[i]); break;
-        case GGUF_TYPE_UINT32: for (size_t i = 0; i < n; ++i) out.push_back(static_cast<const uint32_t *>(data)[i]); break;
-        case GGUF_TYPE_INT64:  for (size_t i = 0; i < n; ++i) out.push_back(static_cast<const int64_t *>(data)[i]); break;
-        default: fail(ErrorKind::InvalidFile, format("metadata key '%s' is not an integer array", key.c_str()));
+        case GGUF_TYPE_INT32:
+            for (size_t i = 0; i < n; ++i) out.push_back(static_cast<const int32_t *>(data)[i]);
+            break;
+        case GGUF_TYPE_UINT32:
+            for (size_t i = 0; i < n; ++i) out.push_back(static_cast<const uint32_t *>(data)[i]);
+            break;
+        case GGUF_TYPE_INT64:
+            for (size_t i = 0; i < n; ++i) out.push_back(static_cast<const int64_t *>(data)[i]);
+            break;
+        default:
+            fail(ErrorKind::InvalidFile, format("metadata key '%s' is not an integer array", key.c_str()));
     }
     return out;
 }
@@ -167,9 +198,14 @@ std::vector<float> GgufFile::get_float_array(const std::string & key) const {
     const size_t n = gguf_get_arr_n(gguf_, id);
     const void * data = gguf_get_arr_data(gguf_, id);
     switch (gguf_get_arr_type(gguf_, id)) {
-        case GGUF_TYPE_FLOAT32: out.assign(static_cast<const float *>(data), static_cast<const float *>(data) + n); break;
-        case GGUF_TYPE_FLOAT64: for (size_t i = 0; i < n; ++i) out.push_back(float(static_cast<const double *>(data)[i])); break;
-        default: fail(ErrorKind::InvalidFile, format("metadata key '%s' is not a float array", key.c_str()));
+        case GGUF_TYPE_FLOAT32:
+            out.assign(static_cast<const float *>(data), static_cast<const float *>(data) + n);
+            break;
+        case GGUF_TYPE_FLOAT64:
+            for (size_t i = 0; i < n; ++i) out.push_back(float(static_cast<const double *>(data)[i]));
+            break;
+        default:
+            fail(ErrorKind::InvalidFile, format("metadata key '%s' is not a float array", key.c_str()));
     }
     return out;
 }

@@ -22,11 +22,11 @@ public:
     const std::string & path() const { return path_; }
 
     bool has_key(const std::string & key) const;
-    std::string get_string(const std::string & key) const;            // throws if absent
+    std::string get_string(const std::string & key) const;  // throws if absent
     std::string get_string(const std::string & key, const std::string & fallback) const;
-    int64_t get_int(const std::string & key) const;                    // any integer type; throws if absent
+    int64_t get_int(const std::string & key) const;  // any integer type; throws if absent
     int64_t get_int(const std::string & key, int64_t fallback) const;
-    double get_float(const std::string & key, double fallback) const;  // float or integer value
+    double get_float(const std::string & key, double fallback) const;   // float or integer value
     std::vector<int64_t> get_int_array(const std::string & key) const;  // empty if absent
     std::vector<float> get_float_array(const std::string & key) const;  // empty if absent
 

@@ -15,7 +15,8 @@ GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_c
       layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end),
       first_sparse_cell(mb.first_sparse_cell),
       n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),
-      capture_q(mb.capture_q), kv_only(mb.kv_only), embd_input(mb.embd_input), captured_q(model.hparams().n_layer, nullptr) {}
+      capture_q(mb.capture_q), kv_only(mb.kv_only), embd_input(mb.embd_input),
+      captured_q(model.hparams().n_layer, nullptr) {}
 
 // The query window's roped queries, for saliency after the pass (selection).
 void GraphContext::capture_queries(ggml_tensor * q, int il) {
@@ -30,8 +31,10 @@ void GraphContext::capture_queries(ggml_tensor * q, int il) {
 }
 
 void GraphContext::name(ggml_tensor * t, const char * nm, int il) const {
-    if (il >= 0) ggml_format_name(t, "%s-%d", nm, il);
-    else ggml_set_name(t, nm);
+    if (il >= 0)
+        ggml_format_name(t, "%s-%d", nm, il);
+    else
+        ggml_set_name(t, nm);
 }
 
 ggml_tensor * GraphContext::build_inp_stream() {
@@ -98,8 +101,8 @@ ggml_tensor * GraphContext::build_rope(ggml_tensor * x, const char * nm, int il)
         cur = ggml_rope_multi(ctx0, x, inp_pos, nullptr, hp.n_rot, sections, hp.rope_type, hp.n_ctx_train,
                               hp.rope_freq_base, hp.rope_freq_scale, 0.0f, 1.0f, 32.0f, 1.0f);
     } else {
-        cur = ggml_rope_ext(ctx0, x, inp_pos, w.rope_freqs, hp.n_rot, hp.rope_type, hp.n_ctx_train,
-                            hp.rope_freq_base, hp.rope_freq_scale, 0.0f, 1.0f, 32.0f, 1.0f);
+        cur = ggml_rope_ext(ctx0, x, inp_pos, w.rope_freqs, hp.n_rot, hp.rope_type, hp.n_ctx_train, hp.rope_freq_base,
+                            hp.rope_freq_scale, 0.0f, 1.0f, 32.0f, 1.0f);
     }
     name(cur, nm, il);
     return cur;
@@ -107,7 +110,7 @@ ggml_tensor * GraphContext::build_rope(ggml_tensor * x, const char * nm, int il)
 
 void GraphContext::build_routed_inputs() {
     auto input = [&](int64_t ne0, const char * nm, int il) {
-        if (ne0 == 0) return (ggml_tensor *) nullptr;
+        if (ne0 == 0) return (ggml_tensor *)nullptr;
         ggml_tensor * t = ggml_new_tensor_2d(ctx0, GGML_TYPE_I32, ne0, n_tokens);
         ggml_set_input(t);
         name(t, nm, il);
@@ -127,7 +130,9 @@ void GraphContext::build_routed_inputs() {
 ggml_tensor * GraphContext::build_routed_attn(const LayerWeights & l, const QKV & qkv, int il) {
     const RoutedLayerInputs & in = inp_routed[il];
     kv.store_split(ctx0, gf, il, qkv.k, qkv.v, in.full_heads, in.sparse_heads, first_cell, first_sparse_cell);
-    auto kv_view = [&](ggml_tensor * t) { return t ? ggml_permute(ctx0, t, 0, 2, 1, 3) : nullptr; };  // [head_dim, n, G_group]
+    auto kv_view = [&](ggml_tensor * t) {
+        return t ? ggml_permute(ctx0, t, 0, 2, 1, 3) : nullptr;
+    };  // [head_dim, n, G_group]
     const bool has_full = in.full_heads != nullptr, has_sparse = in.sparse_heads != nullptr;
     ggml_tensor * kf = has_full ? kv_view(kv.group_keys(ctx0, il, true, n_kv)) : nullptr;
     ggml_tensor * vf = has_full ? kv_view(kv.group_values(ctx0, il, true, n_kv)) : nullptr;
@@ -147,11 +152,12 @@ ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, 
     capture_queries(qkv.q, il);
     if (kv.is_split()) return build_routed_attn(l, qkv, il);
     kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);
-    ggml_tensor * q = ggml_permute(ctx0, qkv.q, 0, 2, 1, 3);                   // [head_dim, n_tokens, n_head]
+    ggml_tensor * q = ggml_permute(ctx0, qkv.q, 0, 2, 1, 3);                      // [head_dim, n_tokens, n_head]
     ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, n_kv), 0, 2, 1, 3);    // [head_dim, n_kv, n_head_kv]
     ggml_tensor * v = ggml_permute(ctx0, kv.values(ctx0, il, n_kv), 0, 2, 1, 3);  // [head_dim, n_kv, n_head_kv]
     const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
-    ggml_tensor * cur = ggml_flash_attn_ext(ctx0, q, k, v, inp_kq_mask, scale, 0.0f, 0.0f);  // [head_dim, n_head, n_tokens]
+    ggml_tensor * cur =
+        ggml_flash_attn_ext(ctx0, q, k, v, inp_kq_mask, scale, 0.0f, 0.0f);  // [head_dim, n_head, n_tokens]
     ggml_prec_set_acc(cur, GGML_PREC_F32);
     name(cur, "attn_fa", il);
     cur = ggml_reshape_2d(ctx0, cur, int64_t(hp.n_embd_head) * hp.n_head, n_tokens);

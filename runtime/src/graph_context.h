@@ -17,9 +17,9 @@ struct LayerWeights;
 struct ModelWeights;
 
 struct MicroBatch {
-    int n_tokens = 0;   // tokens in this batch
+    int n_tokens = 0;    // tokens in this batch
     int first_cell = 0;  // KV cell of the first token (cells fill in order)
-    int n_outputs = 1;  // logits rows: the last n_outputs tokens
+    int n_outputs = 1;   // logits rows: the last n_outputs tokens
     // Layers [layer_begin, layer_end) run; layer_end < 0 means all. A batch
     // that starts past layer 0 takes the residual stream as input, one that
     // stops before the last layer returns the residual instead of logits
@@ -61,20 +61,20 @@ public:
     const ModelWeights & w;
     const KvCache & kv;
     const int n_tokens, first_cell, n_outputs, n_kv;
-    const int layer_begin, layer_end;  // layer_end resolved to n_layer when "all"
+    const int layer_begin, layer_end;          // layer_end resolved to n_layer when "all"
     const int first_sparse_cell, n_kv_sparse;  // compacted cache only
     const int capture_q;
     const bool kv_only;
     const bool embd_input;
-    std::vector<ggml_tensor *> captured_q;     // per layer F32 [head_dim, n_head, capture_q]; graph outputs
+    std::vector<ggml_tensor *> captured_q;  // per layer F32 [head_dim, n_head, capture_q]; graph outputs
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
     // Graph inputs, filled by the context once the graph is allocated.
-    ggml_tensor * inp_tokens = nullptr;   // I32 [n_tokens]
-    ggml_tensor * inp_pos = nullptr;      // I32 [n_tokens * n_pos_per_token]
-    ggml_tensor * inp_kq_mask = nullptr;  // F16 [n_kv, n_tokens]
-    ggml_tensor * inp_out_ids = nullptr;  // I32 [n_outputs]; nullptr when all rows are outputs
-    ggml_tensor * inp_residual = nullptr; // F32 [n_embd, n_tokens]; when layer_begin > 0 or embd_input
+    ggml_tensor * inp_tokens = nullptr;          // I32 [n_tokens]
+    ggml_tensor * inp_pos = nullptr;             // I32 [n_tokens * n_pos_per_token]
+    ggml_tensor * inp_kq_mask = nullptr;         // F16 [n_kv, n_tokens]
+    ggml_tensor * inp_out_ids = nullptr;         // I32 [n_outputs]; nullptr when all rows are outputs
+    ggml_tensor * inp_residual = nullptr;        // F32 [n_embd, n_tokens]; when layer_begin > 0 or embd_input
     ggml_tensor * inp_kq_mask_sparse = nullptr;  // F16 [n_kv_sparse, n_tokens]; compacted cache only
     std::vector<RoutedLayerInputs> inp_routed;   // per layer; compacted cache only
 

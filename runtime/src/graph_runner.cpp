@@ -10,7 +10,8 @@
 namespace hts {
 
 GraphRunner::GraphRunner(ggml_backend_t backend, size_t max_nodes) : backend_(backend), max_nodes_(max_nodes) {
-    ggml_init_params params = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false), nullptr, true};
+    ggml_init_params params = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),
+                               nullptr, true};
     ctx_ = ggml_init(params);
     ggml_init_params in_params = {ggml_tensor_overhead() * 64, nullptr, true};
     inputs_ctx_ = ggml_init(in_params);
@@ -55,10 +56,12 @@ void GraphRunner::compute(const std::vector<ggml_tensor *> & outputs) {
     }
     inputs_buffer_ = ggml_backend_alloc_ctx_tensors(inputs_ctx_, backend_);
     galloc_ = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend_));
-    if (!inputs_buffer_ || !ggml_gallocr_alloc_graph(galloc_, gf)) fail(ErrorKind::Backend, "cannot allocate an HT-Sparse graph");
+    if (!inputs_buffer_ || !ggml_gallocr_alloc_graph(galloc_, gf))
+        fail(ErrorKind::Backend, "cannot allocate an HT-Sparse graph");
     for (const Upload & up : uploads_) ggml_backend_tensor_set(up.tensor, up.bytes.data(), 0, up.bytes.size());
     record_graph_ops(gf);
-    if (ggml_backend_graph_compute(backend_, gf) != GGML_STATUS_SUCCESS) fail(ErrorKind::Backend, "an HT-Sparse graph failed to compute");
+    if (ggml_backend_graph_compute(backend_, gf) != GGML_STATUS_SUCCESS)
+        fail(ErrorKind::Backend, "an HT-Sparse graph failed to compute");
 }
 
 std::vector<float> GraphRunner::read_f32(const ggml_tensor * t) {

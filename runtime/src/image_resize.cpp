@@ -74,7 +74,8 @@ std::vector<uint8_t> pass(const std::vector<uint8_t> & src, int in_w, int in_h, 
 
 std::vector<uint8_t> resize_rgb_lanczos(const uint8_t * rgb, int width, int height, int new_width, int new_height) {
     if (width <= 0 || height <= 0 || new_width <= 0 || new_height <= 0) {
-        fail(ErrorKind::InvalidArgument, format("cannot resize %dx%d pixels to %dx%d", width, height, new_width, new_height));
+        fail(ErrorKind::InvalidArgument,
+             format("cannot resize %dx%d pixels to %dx%d", width, height, new_width, new_height));
     }
     std::vector<uint8_t> img(rgb, rgb + size_t(width) * height * 3);
     if (new_width != width) img = pass(img, width, height, new_width, height, true);

@@ -41,9 +41,7 @@ KvCache::~KvCache() {
     if (sparse_ctx_) ggml_free(sparse_ctx_);
 }
 
-int KvCache::n_kv_for(int n_used) const {
-    return std::min(capacity_, std::max(kCellPad, GGML_PAD(n_used, kCellPad)));
-}
+int KvCache::n_kv_for(int n_used) const { return std::min(capacity_, std::max(kCellPad, GGML_PAD(n_used, kCellPad))); }
 
 void KvCache::store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
                     int first_cell) const {

@@ -3,8 +3,8 @@
 //
 // Graph code reaches the cache only through store()/keys()/values(), per layer
 // and per head group, so the HT-Sparse cache can split a layer into a
-// full-length group and a compact group (docs/architecture.md#routed-attention-and-the-dual-length-kv-cache) behind the same
-// calls.
+// full-length group and a compact group (docs/architecture.md#routed-attention-and-the-dual-length-kv-cache) behind the
+// same calls.
 #pragma once
 
 #include "ggml-backend.h"
@@ -35,7 +35,8 @@ public:
 
     // Adds to `gf` the copies of k_cur, v_cur [head_dim, n_head_kv, n_tokens]
     // into cells [first_cell, first_cell + n_tokens) of layer il.
-    void store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur, int first_cell) const;
+    void store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
+               int first_cell) const;
     // Views of the first n_kv cells of layer il: [head_dim, n_head_kv, n_kv].
     ggml_tensor * keys(ggml_context * ctx, int il, int n_kv) const;
     ggml_tensor * values(ggml_context * ctx, int il, int n_kv) const;
@@ -48,11 +49,10 @@ public:
     // zone this way while it rebuilds the layers after it.
     void copy_layers_from(const KvCache & src, int n_layers);
 
-    // --- per-head split (HT-Sparse, docs/architecture.md#routed-attention-and-the-dual-length-kv-cache) ----------------------
-    // After compact(), every layer's KV heads are in two groups: "full" heads
-    // keep every cell (same cell numbering as before), "sparse" heads keep only
-    // the listed cells, renumbered 0.. in order, in a compact tensor sized to
-    // them and grown by reserve_sparse() as cells come. The dense tensors are freed.
+    // --- per-head split (HT-Sparse, docs/architecture.md#routed-attention-and-the-dual-length-kv-cache)
+    // ---------------------- After compact(), every layer's KV heads are in two groups: "full" heads keep every cell
+    // (same cell numbering as before), "sparse" heads keep only the listed cells, renumbered 0.. in order, in a compact
+    // tensor sized to them and grown by reserve_sparse() as cells come. The dense tensors are freed.
     //   full_kv[il][g]: KV head g of layer il is full
     //   kept_cells:     ascending cells the sparse heads keep, all < n_used
     void compact(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells, int n_used);
@@ -70,7 +70,8 @@ public:
     // full heads' rows to cell `full_cell`.. and the sparse heads' rows to
     // compact cell `sparse_cell`..; keys/values give [head_dim, n, G_group].
     void store_split(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
-                     ggml_tensor * full_heads_idx, ggml_tensor * sparse_heads_idx, int full_cell, int sparse_cell) const;
+                     ggml_tensor * full_heads_idx, ggml_tensor * sparse_heads_idx, int full_cell,
+                     int sparse_cell) const;
     ggml_tensor * group_keys(ggml_context * ctx, int il, bool full, int n_kv) const;
     ggml_tensor * group_values(ggml_context * ctx, int il, bool full, int n_kv) const;
 
@@ -93,7 +94,7 @@ private:
     std::vector<std::vector<bool>> full_kv_;  // per layer, per KV head
     std::vector<int> n_full_;                 // per layer
     std::vector<ggml_tensor *> ks_, vs_;      // split mode: sparse heads [head_dim * G_sparse, sparse_capacity]
-    ggml_context * split_ctx_ = nullptr;  // full-head tensors
+    ggml_context * split_ctx_ = nullptr;      // full-head tensors
     ggml_backend_buffer_t split_buffer_ = nullptr;
     ggml_context * sparse_ctx_ = nullptr;  // sparse-head tensors, reallocated as they grow
     ggml_backend_buffer_t sparse_buffer_ = nullptr;

@@ -74,7 +74,8 @@ void KvCache::alloc_sparse(int capacity, const std::vector<int> & n_full, ggml_c
 
 void KvCache::reserve_sparse(int n_cells, int n_used) {
     if (!split_ || n_cells <= sparse_capacity_) return;
-    if (n_cells > capacity_) fail(ErrorKind::ContextOverflow, format("%d compact cells exceed the context (%d)", n_cells, capacity_));
+    if (n_cells > capacity_)
+        fail(ErrorKind::ContextOverflow, format("%d compact cells exceed the context (%d)", n_cells, capacity_));
     const int capacity = std::min(capacity_, GGML_PAD(n_cells + n_cells / 4, kCellPad));
     ggml_context * ctx = nullptr;
     ggml_backend_buffer_t buf = nullptr;
@@ -136,9 +137,11 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
                       int n_used) {
     const int n_layer = int(k_.size());
     if (split_) fail(ErrorKind::InvalidArgument, "the KV cache is already compacted");
-    if (int(full_kv.size()) != n_layer) fail(ErrorKind::InvalidArgument, format("routing must list %d layers", n_layer));
+    if (int(full_kv.size()) != n_layer)
+        fail(ErrorKind::InvalidArgument, format("routing must list %d layers", n_layer));
     for (const auto & layer : full_kv) {
-        if (int(layer.size()) != n_head_kv_) fail(ErrorKind::InvalidArgument, format("routing must list %d KV heads per layer", n_head_kv_));
+        if (int(layer.size()) != n_head_kv_)
+            fail(ErrorKind::InvalidArgument, format("routing must list %d KV heads per layer", n_head_kv_));
     }
     if (n_used <= 0 || n_used > capacity_) fail(ErrorKind::InvalidArgument, "nothing to compact");
     for (size_t i = 0; i < kept_cells.size(); ++i) {
@@ -179,7 +182,8 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
     const size_t graph_size = size_t(16 * n_layer + 64);
     ggml_init_params iparams = {ggml_tensor_overhead() * (2 * n_layer + 2), nullptr, true};
     ggml_context * ictx = ggml_init(iparams);
-    ggml_init_params gparams = {ggml_tensor_overhead() * graph_size + ggml_graph_overhead_custom(graph_size, false), nullptr, true};
+    ggml_init_params gparams = {ggml_tensor_overhead() * graph_size + ggml_graph_overhead_custom(graph_size, false),
+                                nullptr, true};
     ggml_context * gctx = ggml_init(gparams);
     ggml_cgraph * gf = ggml_new_graph_custom(gctx, graph_size, false);
     std::vector<IndexInput> inputs;
@@ -189,22 +193,24 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
         inputs.push_back(kept);
     }
     for (int il = 0; il < n_layer; ++il) {
-        const std::vector<int32_t> full_heads = heads_where(full_kv[il], true), sparse_heads = heads_where(full_kv[il], false);
+        const std::vector<int32_t> full_heads = heads_where(full_kv[il], true),
+                                   sparse_heads = heads_where(full_kv[il], false);
         const bool copy_full = !full_heads.empty(), copy_sparse = !sparse_heads.empty() && n_kept > 0;
         IndexInput full_idx = copy_full ? head_rows(ictx, full_heads, n_used) : IndexInput{};
         IndexInput sparse_idx = copy_sparse ? head_rows(ictx, sparse_heads, n_kept) : IndexInput{};
-        for (auto [src, dst_full, dst_sparse] : {std::make_tuple(k_[il], kf[il], ks[il]), std::make_tuple(v_[il], vf[il], vs[il])}) {
+        for (auto [src, dst_full, dst_sparse] :
+             {std::make_tuple(k_[il], kf[il], ks[il]), std::make_tuple(v_[il], vf[il], vs[il])}) {
             if (copy_full) {
-                ggml_tensor * cells = group_view(gctx, src, n_used);                      // [head_dim, G, n_used]
-                ggml_tensor * rows = ggml_get_rows(gctx, cells, full_idx.tensor);         // [head_dim, G_full, n_used]
+                ggml_tensor * cells = group_view(gctx, src, n_used);               // [head_dim, G, n_used]
+                ggml_tensor * rows = ggml_get_rows(gctx, cells, full_idx.tensor);  // [head_dim, G_full, n_used]
                 ggml_tensor * dst = ggml_view_2d(gctx, dst_full, dst_full->ne[0], n_used, dst_full->nb[1], 0);
                 ggml_build_forward_expand(gf, ggml_cpy(gctx, rows, dst));
             }
             if (copy_sparse) {
                 ggml_tensor * used = ggml_view_2d(gctx, src, src->ne[0], n_used, src->nb[1], 0);
-                ggml_tensor * picked = ggml_get_rows(gctx, used, kept.tensor);            // [n_embd_kv, n_kept]
+                ggml_tensor * picked = ggml_get_rows(gctx, used, kept.tensor);  // [n_embd_kv, n_kept]
                 picked = ggml_reshape_3d(gctx, picked, n_embd_head_, n_head_kv_, n_kept);
-                ggml_tensor * rows = ggml_get_rows(gctx, picked, sparse_idx.tensor);      // [head_dim, G_sparse, n_kept]
+                ggml_tensor * rows = ggml_get_rows(gctx, picked, sparse_idx.tensor);  // [head_dim, G_sparse, n_kept]
                 ggml_tensor * dst = ggml_view_2d(gctx, dst_sparse, dst_sparse->ne[0], n_kept, dst_sparse->nb[1], 0);
                 ggml_build_forward_expand(gf, ggml_cpy(gctx, rows, dst));
             }
@@ -216,7 +222,8 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
     bool ok = ibuf != nullptr;
     ggml_gallocr_t galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
     if (ok) {
-        for (const IndexInput & in : inputs) ggml_backend_tensor_set(in.tensor, in.values.data(), 0, ggml_nbytes(in.tensor));
+        for (const IndexInput & in : inputs)
+            ggml_backend_tensor_set(in.tensor, in.values.data(), 0, ggml_nbytes(in.tensor));
         record_graph_ops(gf);
         ok = ggml_gallocr_alloc_graph(galloc, gf) && ggml_backend_graph_compute(backend, gf) == GGML_STATUS_SUCCESS;
     }
@@ -225,7 +232,8 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
     ggml_free(gctx);
     ggml_free(ictx);
     if (!ok) {
-        for (ggml_backend_buffer_t b : {sbuf, pbuf}) if (b) ggml_backend_buffer_free(b);
+        for (ggml_backend_buffer_t b : {sbuf, pbuf})
+            if (b) ggml_backend_buffer_free(b);
         ggml_free(sctx);
         ggml_free(pctx);
         fail(ErrorKind::Backend, "KV cache compaction failed");

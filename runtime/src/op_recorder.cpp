@@ -13,7 +13,7 @@ namespace hts {
 namespace {
 
 std::atomic<bool> g_recording{false};  // read on every compute: no lock while off
-std::mutex g_record_mutex;              // guards g_recorded
+std::mutex g_record_mutex;             // guards g_recorded
 std::set<OpUse> g_recorded;
 
 // The layout predicates upstream's supports_op functions test, one letter
@@ -41,21 +41,30 @@ std::string op_params(const ggml_tensor * t) {
     char buf[160] = "";
     const int32_t * p = t->op_params;
     switch (t->op) {
-        case GGML_OP_ROPE: snprintf(buf, sizeof(buf), "mode=%d", p[2]); break;
-        case GGML_OP_CONCAT: snprintf(buf, sizeof(buf), "dim=%d", p[0]); break;
-        case GGML_OP_POOL_1D: snprintf(buf, sizeof(buf), "pool=%s", p[0] == GGML_OP_POOL_MAX ? "max" : "avg"); break;
-        case GGML_OP_ARGSORT: snprintf(buf, sizeof(buf), "order=%s", p[0] == GGML_SORT_ORDER_ASC ? "asc" : "desc"); break;
+        case GGML_OP_ROPE:
+            snprintf(buf, sizeof(buf), "mode=%d", p[2]);
+            break;
+        case GGML_OP_CONCAT:
+            snprintf(buf, sizeof(buf), "dim=%d", p[0]);
+            break;
+        case GGML_OP_POOL_1D:
+            snprintf(buf, sizeof(buf), "pool=%s", p[0] == GGML_OP_POOL_MAX ? "max" : "avg");
+            break;
+        case GGML_OP_ARGSORT:
+            snprintf(buf, sizeof(buf), "order=%s", p[0] == GGML_SORT_ORDER_ASC ? "asc" : "desc");
+            break;
         case GGML_OP_FLASH_ATTN_EXT: {
             float max_bias = 0.0f;
             std::memcpy(&max_bias, p + 1, sizeof(float));
             const ggml_tensor * mask = t->src[3];
             snprintf(buf, sizeof(buf), "dk=%lld,dv=%lld,gqa=%lld,mask_ne2=%lld,max_bias=%g,prec=%s",
-                     (long long) t->src[1]->ne[0], (long long) t->src[2]->ne[0],
-                     (long long) (t->src[0]->ne[2] / t->src[1]->ne[2]), (long long) (mask ? mask->ne[2] : 0), max_bias,
+                     (long long)t->src[1]->ne[0], (long long)t->src[2]->ne[0],
+                     (long long)(t->src[0]->ne[2] / t->src[1]->ne[2]), (long long)(mask ? mask->ne[2] : 0), max_bias,
                      ggml_flash_attn_ext_get_prec(t) == GGML_PREC_F32 ? "f32" : "default");
             break;
         }
-        default: break;
+        default:
+            break;
     }
     return buf;
 }

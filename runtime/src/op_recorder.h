@@ -15,9 +15,9 @@ namespace hts {
 // record_graph_ops() just before it is computed (the context's scheduler, the
 // KV compaction, GraphRunner); it does nothing unless recording is on.
 struct OpUse {
-    std::string op;    // ggml_op_name: "MUL_MAT", "FLASH_ATTN_EXT"...
-    std::string sub;   // the unary or GLU op ("EXP", "SWIGLU"), else ""
-    std::string type;  // the result's type (ggml_type_name)
+    std::string op;                       // ggml_op_name: "MUL_MAT", "FLASH_ATTN_EXT"...
+    std::string sub;                      // the unary or GLU op ("EXP", "SWIGLU"), else ""
+    std::string type;                     // the result's type (ggml_type_name)
     std::vector<std::string> src;         // source types, "" where a source is absent; trailing ones dropped
     std::string layout;                   // the result's layout flags (see op_layout() in op_recorder.cpp)
     std::vector<std::string> src_layout;  // the same for each source

@@ -10,11 +10,11 @@ struct llama_sampler;
 namespace hts {
 
 struct SamplerParams {
-    float temperature = 0.8f;    // <= 0: greedy
-    int top_k = 40;              // <= 0: off
-    float top_p = 0.95f;         // 1: off
-    float min_p = 0.05f;         // 0: off
-    float repeat_penalty = 1.0f; // 1: off
+    float temperature = 0.8f;     // <= 0: greedy
+    int top_k = 40;               // <= 0: off
+    float top_p = 0.95f;          // 1: off
+    float min_p = 0.05f;          // 0: off
+    float repeat_penalty = 1.0f;  // 1: off
     int repeat_last_n = 64;
     uint32_t seed = 0xFFFFFFFF;  // LLAMA_DEFAULT_SEED: random
 };

@@ -29,7 +29,8 @@ void check(bool ok, const std::string & message) {
 void validate(const SparseConfig & c, const HParams & hp) {
     const int L = hp.n_layer;
     check(c.keep_ratio > 0.0f && c.keep_ratio <= 1.0f, format("keep_ratio must be in (0, 1], got %g", c.keep_ratio));
-    check(c.keep_mass >= 0.0f && c.keep_mass <= 1.0f, format("keep_mass must be in [0, 1] (0: off), got %g", c.keep_mass));
+    check(c.keep_mass >= 0.0f && c.keep_mass <= 1.0f,
+          format("keep_mass must be in [0, 1] (0: off), got %g", c.keep_mass));
     check(c.token_keep > 0.0f && c.token_keep <= 1.0f, format("token_keep must be in (0, 1], got %g", c.token_keep));
     check(c.full_head_ratio >= 0.0f && c.full_head_ratio <= 1.0f,
           format("full_head_ratio must be in [0, 1], got %g", c.full_head_ratio));
@@ -60,7 +61,8 @@ SparseConfig resolve_sparse_config(const SparseConfig & request, const GgufFile 
     if (c.full_head_ratio == SparseConfig::kUnsetF) {
         c.full_head_ratio = float(file.get_float(kFullHeadRatio, kDefaultFullHeadRatio));
     }
-    if (c.select_layer == SparseConfig::kUnset) c.select_layer = int(file.get_int(kSelectLayer, default_select_layer(hp)));
+    if (c.select_layer == SparseConfig::kUnset)
+        c.select_layer = int(file.get_int(kSelectLayer, default_select_layer(hp)));
     if (c.prune_layer == SparseConfig::kUnset) {
         c.prune_layer = int(file.get_int(kPruneLayer, default_prune_layer(hp, c.select_layer)));
         c.prune_layer = std::max(c.prune_layer, c.select_layer);  // a chosen S past the file's P moves P along

@@ -51,7 +51,7 @@ LayerSaliency measure(const Model & model, const Context & context, const std::v
             fail(ErrorKind::InvalidArgument, format("no captured queries at layer %d", il));
         }
         ggml_tensor * q = runner.input_f32(captured, {hp.n_embd_head, hp.n_head, n_q});
-        q = ggml_cont(ctx, ggml_permute(ctx, q, 0, 2, 1, 3));                                        // [d, n_q, H]
+        q = ggml_cont(ctx, ggml_permute(ctx, q, 0, 2, 1, 3));                                       // [d, n_q, H]
         ggml_tensor * k = ggml_permute(ctx, context.kv_cache().keys(ctx, il, n_used), 0, 2, 1, 3);  // [d, n_used, G]
         ggml_tensor * lse = hts_attn_lse(ctx, q, k, mask, scale, kKeyChunk);  // once for every span
         for (const SparseSpan & span : spans) {
@@ -102,8 +102,8 @@ std::vector<int32_t> pick_tokens(const Model & model, const SparseSpan & span, c
     p.keep_mass = config.keep_mass;
     p.token_keep = config.token_keep;
     p.segment_floor = config.segment_floor;
-    return hts_pick_segments(span.seg_starts, n_v, GraphRunner::read_i32(o.order), GraphRunner::read_f32(o.segment_score),
-                             GraphRunner::read_f32(o.token_score), p);
+    return hts_pick_segments(span.seg_starts, n_v, GraphRunner::read_i32(o.order),
+                             GraphRunner::read_f32(o.segment_score), GraphRunner::read_f32(o.token_score), p);
 }
 
 // Every KV head of layers [0, first_routed) is full; of the (layer, KV head)
@@ -117,7 +117,8 @@ std::vector<std::vector<bool>> route_heads(const std::vector<std::vector<float>>
     }
     std::stable_sort(ranked.begin(), ranked.end(), [](const auto & a, const auto & b) { return a.first > b.first; });
     const size_t n_full = size_t(std::lround(double(full_head_ratio) * ranked.size()));
-    std::vector<std::vector<bool>> full(kv_score.size(), std::vector<bool>(kv_score.empty() ? 0 : kv_score[0].size(), false));
+    std::vector<std::vector<bool>> full(kv_score.size(),
+                                        std::vector<bool>(kv_score.empty() ? 0 : kv_score[0].size(), false));
     for (size_t i = 0; i < n_full; ++i) full[ranked[i].second.first][ranked[i].second.second] = true;
     for (int il = 0; il < first_routed; ++il) full[il].assign(full[il].size(), true);
     return full;
@@ -135,7 +136,8 @@ void check_spans(const std::vector<SparseSpan> & spans, int n_used, int n_q) {
         if (s.begin < floor || s.begin >= s.end || s.end > n_used - n_q) {
             fail(ErrorKind::InvalidArgument,
                  format("sparse span [%d, %d) must be non-empty, after the previous one and before the %d-token "
-                        "query window of %d cells", s.begin, s.end, n_q, n_used));
+                        "query window of %d cells",
+                        s.begin, s.end, n_q, n_used));
         }
     }
 }
@@ -173,7 +175,8 @@ SparseSelection select_sparse(const Model & model, const Context & context, cons
         for (const auto & l : ranking) score_max = std::max(score_max, *std::max_element(l.begin(), l.end()));
         for (int il = 0; il < hp.n_layer; ++il) {
             for (int g = 0; g < hp.n_head_kv; ++g) {
-                ranking[il][g] = 0.5f * ranking[il][g] / score_max + 0.5f * config.head_prior[size_t(il) * hp.n_head_kv + g] / prior_max;
+                ranking[il][g] = 0.5f * ranking[il][g] / score_max +
+                                 0.5f * config.head_prior[size_t(il) * hp.n_head_kv + g] / prior_max;
             }
         }
     }

@@ -15,8 +15,8 @@ class Model;
 class Context;
 
 struct SparseSpan {
-    int begin = 0, end = 0;            // cells [begin, end) of the sparse span
-    std::vector<int32_t> seg_starts;   // segment starts relative to begin, ascending, first 0
+    int begin = 0, end = 0;           // cells [begin, end) of the sparse span
+    std::vector<int32_t> seg_starts;  // segment starts relative to begin, ascending, first 0
 };
 
 struct SparseSelection {

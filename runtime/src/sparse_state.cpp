@@ -28,8 +28,7 @@ std::vector<int32_t> line_segments(const Model & model, const std::vector<int32_
 }
 
 SparseState::SparseState(Context & context, const SparseConfig & config)
-    : context_(context),
-      config_(resolve_sparse_config(config, context.model().file(), context.model().hparams())) {
+    : context_(context), config_(resolve_sparse_config(config, context.model().file(), context.model().hparams())) {
     // The whole conversation's residual stream at S, for re-running layers
     // [S, L) with each new question's selection.
     if (config_.reroute) context_.log_residual_at(config_.select_layer);
@@ -114,7 +113,8 @@ std::optional<SelectTimings> SparseState::select(const KeptReplacer * replace_ke
     try {
         context_.eval(window, false);
         t.held = context_.n_held() > 0;
-        if (t.held && config_.select_layer >= config_.prune_layer) context_.probe_held_layer();  // S = P: keys for selection
+        if (t.held && config_.select_layer >= config_.prune_layer)
+            context_.probe_held_layer();  // S = P: keys for selection
     } catch (...) {
         context_.set_query_capture(0);
         throw;
@@ -146,8 +146,9 @@ std::vector<SparseSelection> SparseState::trial_selections(const std::vector<std
     const Model & model = context_.model();
     const int n_layer = model.hparams().n_layer;
     if (config_.prune_layer != n_layer) {
-        fail(ErrorKind::InvalidArgument, format("trial selections need the spans in every layer: prune_layer %d, got %d",
-                                                n_layer, config_.prune_layer));
+        fail(ErrorKind::InvalidArgument,
+             format("trial selections need the spans in every layer: prune_layer %d, got %d", n_layer,
+                    config_.prune_layer));
     }
     if (n_selections_ > 0 || pending_.empty()) {
         fail(ErrorKind::InvalidArgument, "trial selections need a first question waiting after the span(s)");
@@ -168,7 +169,8 @@ std::vector<SparseSelection> SparseState::trial_selections(const std::vector<std
         SparseConfig zone = config_;
         zone.select_layer = select_layer;
         zone.prune_layer = prune_layer;
-        out.push_back(select_sparse(model, context_, spans_, resolve_sparse_config(zone, model.file(), model.hparams())));
+        out.push_back(
+            select_sparse(model, context_, spans_, resolve_sparse_config(zone, model.file(), model.hparams())));
     }
     return out;
 }

@@ -12,11 +12,10 @@
 // tokens run through the pruned zone [P, L). With S = P, layer S's keys are
 // written by a probe (no attention) so selection can read them.
 //
-// Deviation from the design (docs/architecture.md#deviations-from-the-design): layers [S, P) run every head over every token
-// during prefill (routing applies from the answer on), because routing a
-// layer needs that layer's own saliency, known only once the window has run
-// through it. All tokens stay in the residual stream there anyway, so only
-// attention FLOPs differ.
+// Deviation from the design (docs/architecture.md#deviations-from-the-design): layers [S, P) run every head over every
+// token during prefill (routing applies from the answer on), because routing a layer needs that layer's own saliency,
+// known only once the window has run through it. All tokens stay in the residual stream there anyway, so only attention
+// FLOPs differ.
 //
 // Re-routing (SparseConfig::reroute): the context logs the residual stream at
 // S of every token from the start, and the dense zone [0, S) keeps every

@@ -38,7 +38,8 @@ static void check_shape(const ggml_tensor * meta, const std::string & name, std:
     }
 }
 
-ggml_tensor * TensorLoader::require(const std::string & name, std::initializer_list<int64_t> ne, WeightUse use, bool on_host) {
+ggml_tensor * TensorLoader::require(const std::string & name, std::initializer_list<int64_t> ne, WeightUse use,
+                                    bool on_host) {
     const ggml_tensor * meta = file_.find_tensor(name);
     if (!meta) fail(ErrorKind::InvalidFile, format("'%s' lacks the tensor '%s'", file_.path().c_str(), name.c_str()));
     return create(meta, name, ne, use, on_host);
@@ -55,7 +56,8 @@ ggml_tensor * TensorLoader::duplicate(const std::string & name, std::initializer
 
 // Same test llama.cpp's loader makes: build the op the graph will build, with a
 // zero-size buffer of the candidate type attached to the weight, and ask the device.
-static bool buft_supports(const ggml_tensor * meta, WeightUse use, ggml_backend_buffer_type_t buft, ggml_backend_dev_t dev) {
+static bool buft_supports(const ggml_tensor * meta, WeightUse use, ggml_backend_buffer_type_t buft,
+                          ggml_backend_dev_t dev) {
     ggml_init_params params = {ggml_tensor_overhead() * 8, nullptr, true};
     ggml_context * ctx = ggml_init(params);
     ggml_tensor * w = ggml_dup_tensor(ctx, meta);
@@ -94,8 +96,8 @@ ggml_context * TensorLoader::context_for(ggml_backend_buffer_type_t buft) {
     return ctx;
 }
 
-ggml_tensor * TensorLoader::create(const ggml_tensor * meta, const std::string & name, std::initializer_list<int64_t> ne,
-                                   WeightUse use, bool on_host) {
+ggml_tensor * TensorLoader::create(const ggml_tensor * meta, const std::string & name,
+                                   std::initializer_list<int64_t> ne, WeightUse use, bool on_host) {
     check_shape(meta, name, ne);
     ggml_backend_buffer_type_t buft = select_buft(meta, use, on_host);
     ggml_tensor * t = ggml_dup_tensor(context_for(buft), meta);
@@ -110,7 +112,8 @@ bool TensorLoader::is_plain_cpu(ggml_backend_buffer_type_t buft) const {
 
 void TensorLoader::load(std::vector<ggml_context *> & contexts, std::vector<ggml_backend_buffer_t> & buffers) {
     for (auto & [buft, list] : pending_) {
-        if (getenv("HTS_DEBUG_LOAD")) fprintf(stderr, "buft %s: %zu tensors\n", ggml_backend_buft_name(buft), list.size());
+        if (getenv("HTS_DEBUG_LOAD"))
+            fprintf(stderr, "buft %s: %zu tensors\n", ggml_backend_buft_name(buft), list.size());
         ggml_backend_buffer_t buf = nullptr;
         if (is_plain_cpu(buft)) {
             // Point the tensors into the read-only mapping of the file.
@@ -122,9 +125,11 @@ void TensorLoader::load(std::vector<ggml_context *> & contexts, std::vector<ggml
         } else {
             buf = ggml_backend_alloc_ctx_tensors_from_buft(contexts_[buft], buft);
             if (!buf) {
-                fail(ErrorKind::Backend, format("cannot allocate %s memory for the weights", ggml_backend_buft_name(buft)));
+                fail(ErrorKind::Backend,
+                     format("cannot allocate %s memory for the weights", ggml_backend_buft_name(buft)));
             }
-            for (auto & p : list) ggml_backend_tensor_set(p.tensor, file_.tensor_data(p.meta), 0, ggml_nbytes(p.tensor));
+            for (auto & p : list)
+                ggml_backend_tensor_set(p.tensor, file_.tensor_data(p.meta), 0, ggml_nbytes(p.tensor));
         }
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS);
         buffers.push_back(buf);

@@ -25,7 +25,8 @@ public:
     TensorLoader & operator=(const TensorLoader &) = delete;
 
     // The tensor `name`, whose shape (ggml order) must be `ne`; throws if absent.
-    ggml_tensor * require(const std::string & name, std::initializer_list<int64_t> ne, WeightUse use, bool on_host = false);
+    ggml_tensor * require(const std::string & name, std::initializer_list<int64_t> ne, WeightUse use,
+                          bool on_host = false);
     // Same, but returns nullptr when the file has no such tensor.
     ggml_tensor * optional(const std::string & name, std::initializer_list<int64_t> ne, WeightUse use);
     // A second tensor loaded from the same bytes as `name` (tied output head).

@@ -20,7 +20,8 @@ constexpr const char * kGlobalImage = "<global-img>";
 int32_t single_token(const Vocab & vocab, const char * text, const char * family) {
     const std::vector<int32_t> ids = vocab.tokenize(text, false, true);
     if (ids.size() != 1) {
-        fail(ErrorKind::InvalidArgument, format("the model's vocabulary has no single token for %s: not a %s model", text, family));
+        fail(ErrorKind::InvalidArgument,
+             format("the model's vocabulary has no single token for %s: not a %s model", text, family));
     }
     return ids[0];
 }
@@ -51,7 +52,8 @@ VideoFamily video_family(const MmprojLayout & layout) {
     if (layout.projector == "idefics3") return VideoFamily::SmolVLM;
     fail(ErrorKind::UnsupportedModel,
          format("video input is supported for Qwen2-VL, Qwen2.5-VL and SmolVLM2 models (this mmproj's projector is "
-                "'%s'); give the frames as images instead", layout.projector.c_str()));
+                "'%s'); give the frames as images instead",
+                layout.projector.c_str()));
 }
 
 // --- Qwen-VL -------------------------------------------------------------------
@@ -59,7 +61,8 @@ VideoFamily video_family(const MmprojLayout & layout) {
 double qwen_temporal_step(const std::string & projector, double frame_interval_s, int tokens_per_second) {
     if (projector == "qwen2.5vl_merger") return tokens_per_second * kFramesPerPair * frame_interval_s;
     if (projector == "qwen2vl_merger") return 1.0;
-    fail(ErrorKind::InvalidArgument, format("no Qwen-VL video layout for an mmproj of projector type '%s'", projector.c_str()));
+    fail(ErrorKind::InvalidArgument,
+         format("no Qwen-VL video layout for an mmproj of projector type '%s'", projector.c_str()));
 }
 
 double frame_interval(const std::vector<double> & times) {
@@ -86,9 +89,9 @@ std::vector<VisionChunk> qwen_place_pairs(std::vector<VisionChunk> pairs, double
 // --- SmolVLM2 ------------------------------------------------------------------
 
 std::string number_words(long long n) {
-    static const char * ones[] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
-                                  "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
-                                  "seventeen", "eighteen", "nineteen"};
+    static const char * ones[] = {"zero",     "one",     "two",     "three",     "four",     "five",    "six",
+                                  "seven",    "eight",   "nine",    "ten",       "eleven",   "twelve",  "thirteen",
+                                  "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"};
     static const char * tens[] = {"", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"};
     static const std::pair<long long, const char *> scales[] = {
         {1000000000LL, "billion"}, {1000000LL, "million"}, {1000LL, "thousand"}, {100LL, "hundred"}};
@@ -135,9 +138,10 @@ VideoEncoder::VideoEncoder(VisionEncoder & vision) : vision_(vision), family_(vi
     if (family_ != VideoFamily::SmolVLM) return;
     const int per_tile = vision.layout().tokens_per_tile();
     if (per_tile <= 0 || vision.layout().image_size <= 0) {
-        fail(ErrorKind::InvalidArgument, format("mmproj '%s' does not say its tile (clip.vision.image_size, patch_size, "
-                                                "projector.scale_factor): not a SmolVLM / Idefics3 mmproj",
-                                                vision.mmproj_path().c_str()));
+        fail(ErrorKind::InvalidArgument,
+             format("mmproj '%s' does not say its tile (clip.vision.image_size, patch_size, "
+                    "projector.scale_factor): not a SmolVLM / Idefics3 mmproj",
+                    vision.mmproj_path().c_str()));
     }
     if (vision.params().image_max_tokens != per_tile) {
         // An mmproj whose preprocessor longest edge exceeds its tile (SmolVLM2's
@@ -163,8 +167,9 @@ void VideoEncoder::add_frames(const std::vector<VisionInput::Image> & frames, Vi
 
 void VideoEncoder::add_qwen(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress,
                             void * user_data) {
-    if (ended_odd_) fail(ErrorKind::InvalidArgument, "frames came after an odd group: Qwen-VL merges frames in pairs, "
-                                                     "so only the last group may hold an odd number");
+    if (ended_odd_)
+        fail(ErrorKind::InvalidArgument, "frames came after an odd group: Qwen-VL merges frames in pairs, "
+                                         "so only the last group may hold an odd number");
     ended_odd_ = frames.size() % kFramesPerPair != 0;
     VisionInput in;
     for (size_t i = 0; i < frames.size(); ++i) in.prompt += vision_.marker();
@@ -200,7 +205,8 @@ void VideoEncoder::add_smolvlm(const std::vector<VisionInput::Image> & frames, V
             in.images.push_back(f);
             continue;
         }
-        if (f.nx == 0 || f.ny == 0 || !f.rgb) fail(ErrorKind::InvalidArgument, format("frame %d is empty", n_frames_ + int(in.images.size())));
+        if (f.nx == 0 || f.ny == 0 || !f.rgb)
+            fail(ErrorKind::InvalidArgument, format("frame %d is empty", n_frames_ + int(in.images.size())));
         squared.push_back(square_frame(f, tile));
         in.images.push_back({uint32_t(tile), uint32_t(tile), squared.back().data()});
     }
@@ -211,8 +217,10 @@ void VideoEncoder::add_smolvlm(const std::vector<VisionInput::Image> & frames, V
     int n_image_chunks = 0;
     for (const VisionChunk & c : chunks) n_image_chunks += c.is_text() ? 0 : 1;
     if (n_image_chunks != 2 * int(frames.size())) {
-        fail(ErrorKind::InvalidArgument, format("libmtmd cut each %dx%d frame into %d tiles: this mmproj upscales images "
-                                                "before tiling", tile, tile, n_image_chunks / int(frames.size()) - 1));
+        fail(ErrorKind::InvalidArgument,
+             format("libmtmd cut each %dx%d frame into %d tiles: this mmproj upscales images "
+                    "before tiling",
+                    tile, tile, n_image_chunks / int(frames.size()) - 1));
     }
     // Each frame's overview: the image after "<fake_token_around_image><global-img>"; its tile is dropped.
     for (size_t i = 1; i < chunks.size(); ++i) {
@@ -234,7 +242,8 @@ std::vector<VisionChunk> VideoEncoder::finish(const std::vector<double> & times,
     if (family_ == VideoFamily::QwenVL) {
         const MmprojLayout & l = vision_.layout();
         out.push_back(text_chunk({single_token(vocab, "<|vision_start|>", "Qwen-VL")}));
-        for (VisionChunk & c : qwen_place_pairs(images_, qwen_temporal_step(l.projector, frame_interval(times), l.tokens_per_second))) {
+        for (VisionChunk & c :
+             qwen_place_pairs(images_, qwen_temporal_step(l.projector, frame_interval(times), l.tokens_per_second))) {
             out.push_back(std::move(c));
         }
         out.push_back(text_chunk({single_token(vocab, "<|vision_end|>", "Qwen-VL")}));

@@ -34,7 +34,8 @@ static std::string take_mtmd_errors() {
     std::string s;
     s.swap(t_mtmd_errors);
     while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
-    for (char & c : s) if (c == '\n') c = ' ';
+    for (char & c : s)
+        if (c == '\n') c = ' ';
     return s.empty() ? "" : " (libmtmd: " + s + ")";
 }
 
@@ -69,7 +70,8 @@ int mmproj_output_width(const GgufFile & f) {
         fail(ErrorKind::UnsupportedModel, format("mmproj '%s' has no vision encoder", f.path().c_str()));
     }
     fail(ErrorKind::InvalidFile, format("mmproj '%s' does not say the width of its output embeddings "
-                                        "(clip.vision.projection_dim)", f.path().c_str()));
+                                        "(clip.vision.projection_dim)",
+                                        f.path().c_str()));
 }
 
 }  // namespace
@@ -120,8 +122,8 @@ VisionEncoder::VisionEncoder(const Model & model, const std::string & mmproj_pat
     t_mtmd_errors.clear();
     ctx_ = mtmd_init_from_file(mmproj_path.c_str(), model.vocab().raw_model(), p);
     if (!ctx_) {
-        fail(ErrorKind::InvalidFile, format("libmtmd could not load mmproj '%s'%s", mmproj_path.c_str(),
-                                            take_mtmd_errors().c_str()));
+        fail(ErrorKind::InvalidFile,
+             format("libmtmd could not load mmproj '%s'%s", mmproj_path.c_str(), take_mtmd_errors().c_str()));
     }
     if (!mtmd_support_vision(ctx_)) {
         mtmd_free(ctx_);
@@ -192,8 +194,8 @@ void VisionEncoder::check_text_tokens(const mtmd_input_chunk * chunk) const {
         if (ids[i] < 0 || ids[i] >= n_vocab) {
             fail(ErrorKind::InvalidArgument,
                  format("mmproj '%s' does not match the model '%s': the tokens it puts around images are not in "
-                        "the model's vocabulary (libmtmd found no token for one of them)", mmproj_path_.c_str(),
-                        model_.file().path().c_str()));
+                        "the model's vocabulary (libmtmd found no token for one of them)",
+                        mmproj_path_.c_str(), model_.file().path().c_str()));
         }
     }
 }
@@ -305,7 +307,8 @@ std::vector<VisionChunk> VisionEncoder::encode(const VisionInput & input) {
             } else if (end > k && (r == 2 || r == 3)) {
                 break;
             } else {
-                fail(ErrorKind::Backend, format("libmtmd refused image chunk %zu (%d)%s", end, r, take_mtmd_errors().c_str()));
+                fail(ErrorKind::Backend,
+                     format("libmtmd refused image chunk %zu (%d)%s", end, r, take_mtmd_errors().c_str()));
             }
         }
         if (mtmd_batch_encode(batch.get()) != 0) {
@@ -320,7 +323,8 @@ std::vector<VisionChunk> VisionEncoder::encode(const VisionInput & input) {
         }
         k = end;
         if (input.progress && !input.progress(static_cast<int>(k), n_total, input.progress_user_data)) {
-            fail(ErrorKind::InvalidArgument, format("encoding stopped by the caller after %zu of %d image chunks", k, n_total));
+            fail(ErrorKind::InvalidArgument,
+                 format("encoding stopped by the caller after %zu of %d image chunks", k, n_total));
         }
     }
     return out;
@@ -342,7 +346,8 @@ std::vector<float> token_embeddings(const Model & model, const std::vector<int32
     std::vector<float> out(size_t(n_embd) * tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) {
         if (tokens[i] < 0 || tokens[i] >= n_vocab) {
-            fail(ErrorKind::InvalidArgument, format("token id %d is outside the vocabulary (%lld)", tokens[i], (long long)n_vocab));
+            fail(ErrorKind::InvalidArgument,
+                 format("token id %d is outside the vocabulary (%lld)", tokens[i], (long long)n_vocab));
         }
         const uint8_t * src = data + size_t(tokens[i]) * row_bytes;
         float * dst = out.data() + i * size_t(n_embd);

@@ -31,10 +31,10 @@ namespace hts {
 class Model;
 
 struct VisionParams {
-    int n_threads = 0;          // CPU threads of the vision tower; 0: the model's
-    bool use_gpu = true;        // run the tower on the GPU when libmtmd has one
-    int image_min_tokens = -1;  // dynamic-resolution towers: bounds on tokens per image;
-    int image_max_tokens = -1;  // -1: the mmproj's own
+    int n_threads = 0;            // CPU threads of the vision tower; 0: the model's
+    bool use_gpu = true;          // run the tower on the GPU when libmtmd has one
+    int image_min_tokens = -1;    // dynamic-resolution towers: bounds on tokens per image;
+    int image_max_tokens = -1;    // -1: the mmproj's own
     int batch_max_tokens = 1024;  // output tokens per encode batch (towers that batch)
 };
 
@@ -45,7 +45,7 @@ struct VisualTokens {
     // (M-RoPE models) or 1 row 0..n_tokens-1. Add the context's next position
     // to every value (positions_at), as mtmd_helper_decode_image_chunk does.
     TokenPositions pos;
-    int nx = 0, ny = 0;   // token grid (M-RoPE); n_tokens x 1 otherwise
+    int nx = 0, ny = 0;  // token grid (M-RoPE); n_tokens x 1 otherwise
     int n_tokens = 0;
     int n_pos = 0;        // positions the chunk takes: text after it resumes at pos_0 + n_pos
     int first_image = 0;  // index in VisionInput::images of its first (or only) image
@@ -109,8 +109,8 @@ public:
     // tower batches (mtmd_batch_*), else one by one; progress after each.
     std::vector<VisionChunk> encode(const VisionInput & input);
 
-    const char * marker() const;       // the media marker a prompt holds per image
-    bool uses_mrope() const;           // visual tokens carry t/h/w positions
+    const char * marker() const;  // the media marker a prompt holds per image
+    bool uses_mrope() const;      // visual tokens carry t/h/w positions
     int n_embd() const { return n_embd_; }
     int frames_per_unit() const { return frames_per_unit_; }  // frames merged into one chunk (1 or 2)
     int32_t image_token() const { return image_token_; }      // the model's image placeholder token, or 0

@@ -35,7 +35,8 @@ Vocab::Vocab(const std::string & gguf_path) {
     llama_model_params params = llama_model_default_params();
     params.vocab_only = true;
     model_ = llama_model_load_from_file(gguf_path.c_str(), params);
-    if (!model_) fail(ErrorKind::InvalidFile, format("libllama could not read the tokenizer of '%s'", gguf_path.c_str()));
+    if (!model_)
+        fail(ErrorKind::InvalidFile, format("libllama could not read the tokenizer of '%s'", gguf_path.c_str()));
     vocab_ = llama_model_get_vocab(model_);
 }
 
@@ -120,7 +121,8 @@ std::pair<std::string, std::string> Vocab::turn_text(const std::string & role) c
     static const std::string mark = "@@htsparse-turn-content@@";  // no template renders it by itself
     const std::string rendered = apply_chat_template({{role, mark}}, false);
     const size_t at = rendered.find(mark);
-    if (at == std::string::npos) fail(ErrorKind::UnsupportedModel, "the model's chat template drops the message content");
+    if (at == std::string::npos)
+        fail(ErrorKind::UnsupportedModel, "the model's chat template drops the message content");
     return {rendered.substr(0, at), rendered.substr(at + mark.size())};
 }
 

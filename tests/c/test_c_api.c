@@ -19,14 +19,14 @@
 
 static int g_checks = 0, g_failures = 0;
 
-#define CHECK(cond)                                                                          \
-    do {                                                                                     \
-        ++g_checks;                                                                          \
-        if (!(cond)) {                                                                       \
-            ++g_failures;                                                                    \
-            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__, __LINE__, \
-                    #cond, hts_last_error());                                                \
-        }                                                                                    \
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        ++g_checks;                                                                                                    \
+        if (!(cond)) {                                                                                                 \
+            ++g_failures;                                                                                              \
+            fprintf(stderr, "%s:%d: CHECK failed: %s (last error: %s)\n", __FILE__, __LINE__, #cond,                   \
+                    hts_last_error());                                                                                 \
+        }                                                                                                              \
     } while (0)
 
 /* --- callbacks ------------------------------------------------------------ */
@@ -38,7 +38,7 @@ struct text_buffer {
 };
 
 static bool collect(const char * piece, void * user_data) {
-    struct text_buffer * b = (struct text_buffer *) user_data;
+    struct text_buffer * b = (struct text_buffer *)user_data;
     size_t used = strlen(b->text);
     strncat(b->text, piece, sizeof(b->text) - used - 1);
     b->n_pieces++;
@@ -52,7 +52,7 @@ struct progress_log {
 };
 
 static bool on_progress(const char * stage, int32_t done, int32_t total, void * user_data) {
-    struct progress_log * p = (struct progress_log *) user_data;
+    struct progress_log * p = (struct progress_log *)user_data;
     if (strcmp(stage, "prefill") == 0) p->prefill_calls++;
     if (strcmp(stage, "encoding") == 0) {
         p->encoding_calls++;
@@ -65,7 +65,7 @@ static bool on_progress(const char * stage, int32_t done, int32_t total, void * 
 }
 
 static bool on_abort(void * user_data) {
-    struct progress_log * p = (struct progress_log *) user_data;
+    struct progress_log * p = (struct progress_log *)user_data;
     p->abort_polls++;
     return p->abort_after_calls > 0 && p->abort_polls >= p->abort_after_calls;
 }
@@ -92,7 +92,8 @@ static void log_text(char * out, size_t size, int n_lines) {
     out[0] = '\0';
     for (i = 0; i < n_lines; ++i) {
         char line[96];
-        snprintf(line, sizeof(line), i == n_lines / 3 ? "[%03d] backup FAILED on node 7\n" : "[%03d] heartbeat ok\n", i);
+        snprintf(line, sizeof(line), i == n_lines / 3 ? "[%03d] backup FAILED on node 7\n" : "[%03d] heartbeat ok\n",
+                 i);
         strncat(out, line, size - strlen(out) - 1);
     }
 }

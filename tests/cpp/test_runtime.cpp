@@ -16,12 +16,12 @@ using namespace hts;
 
 static int g_failures = 0;
 
-#define CHECK(cond)                                                          \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            ++g_failures;                                                    \
-        }                                                                    \
+#define CHECK(cond)                                                                                                    \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            std::fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond);                              \
+            ++g_failures;                                                                                              \
+        }                                                                                                              \
     } while (0)
 
 // Runs fn and checks it throws hts::Error of `kind` whose message contains `fragment`.
@@ -105,7 +105,8 @@ static void test_unsupported_architecture() {
     write_small_gguf("mamba.gguf", "mamba");
     ModelParams p;
     p.device = "cpu";
-    expect_error(ErrorKind::UnsupportedModel, "unsupported architecture 'mamba'", [&] { Model m("mamba.gguf", p); }, __LINE__);
+    expect_error(
+        ErrorKind::UnsupportedModel, "unsupported architecture 'mamba'", [&] { Model m("mamba.gguf", p); }, __LINE__);
     expect_error(ErrorKind::UnsupportedModel, "qwen2, qwen2vl, llama", [&] { Model m("mamba.gguf", p); }, __LINE__);
 }
 
@@ -114,10 +115,12 @@ static void test_tensor_shape_check() {
     GgufFile file("small.gguf");
     Backends backends("cpu", 1);
     TensorLoader loader(file, backends);
-    expect_error(ErrorKind::InvalidFile, "has shape [4, 8], expected [8, 4]",
-                 [&] { loader.require("w", {8, 4}, WeightUse::MatMul); }, __LINE__);
-    expect_error(ErrorKind::InvalidFile, "lacks the tensor 'missing'",
-                 [&] { loader.require("missing", {4}, WeightUse::Elementwise); }, __LINE__);
+    expect_error(
+        ErrorKind::InvalidFile, "has shape [4, 8], expected [8, 4]",
+        [&] { loader.require("w", {8, 4}, WeightUse::MatMul); }, __LINE__);
+    expect_error(
+        ErrorKind::InvalidFile, "lacks the tensor 'missing'",
+        [&] { loader.require("missing", {4}, WeightUse::Elementwise); }, __LINE__);
     CHECK(loader.optional("missing", {4}, WeightUse::Elementwise) == nullptr);
     ggml_tensor * w = loader.require("w", {4, 8}, WeightUse::MatMul);
     std::vector<ggml_context *> ctxs;
@@ -132,10 +135,13 @@ static void test_tensor_shape_check() {
 
 static void test_bad_device() {
     expect_error(ErrorKind::InvalidArgument, "is not available", [] { Backends b("tpu9", 1); }, __LINE__);
-    expect_error(ErrorKind::InvalidArgument, "n_threads must be positive", [] {
-        Backends b("cpu", 1);
-        b.set_n_threads(-2);
-    }, __LINE__);
+    expect_error(
+        ErrorKind::InvalidArgument, "n_threads must be positive",
+        [] {
+            Backends b("cpu", 1);
+            b.set_n_threads(-2);
+        },
+        __LINE__);
 }
 
 int main() {

@@ -63,10 +63,16 @@ from support.upstream_converter import vendor_subset_dir
 
 # backend -> (file of supports_op, supports_op, other files whose helpers it calls)
 SOURCES: Dict[str, Tuple[str, str, Tuple[str, ...]]] = {
-    "Metal": ("ggml/src/ggml-metal/ggml-metal-device.m", "ggml_metal_device_supports_op",
-              ("ggml/src/ggml-metal/ggml-metal-common.cpp",)),
-    "CUDA": ("ggml/src/ggml-cuda/ggml-cuda.cu", "ggml_backend_cuda_device_supports_op",
-             ("ggml/src/ggml-cuda/fattn.cu",)),
+    "Metal": (
+        "ggml/src/ggml-metal/ggml-metal-device.m",
+        "ggml_metal_device_supports_op",
+        ("ggml/src/ggml-metal/ggml-metal-common.cpp",),
+    ),
+    "CUDA": (
+        "ggml/src/ggml-cuda/ggml-cuda.cu",
+        "ggml_backend_cuda_device_supports_op",
+        ("ggml/src/ggml-cuda/fattn.cu",),
+    ),
     "Vulkan": ("ggml/src/ggml-vulkan/ggml-vulkan.cpp", "ggml_backend_vk_device_supports_op", ()),
 }
 _FILES = sorted({f for main, _, extra in SOURCES.values() for f in (main, *extra)})
@@ -75,7 +81,10 @@ _FILES = sorted({f for main, _, extra in SOURCES.values() for f in (main, *extra
 # GGML_CUDA_USE_CUB for CUDART_VERSION >= 11070 and FLASH_ATTN_AVAILABLE
 # unless GGML_CUDA_NO_FA).
 MACROS: Dict[str, bool] = {
-    "GGML_USE_HIP": False, "GGML_USE_MUSA": False, "GGML_CUDA_USE_CUB": True, "FLASH_ATTN_AVAILABLE": True,
+    "GGML_USE_HIP": False,
+    "GGML_USE_MUSA": False,
+    "GGML_CUDA_USE_CUB": True,
+    "FLASH_ATTN_AVAILABLE": True,
     "GGML_CUDA_NO_FA": False,
 }
 
@@ -132,7 +141,8 @@ class Tok:
     line: int
 
 
-_TOKEN = re.compile(r"""
+_TOKEN = re.compile(
+    r"""
     (?P<ws>\s+)
   | (?P<comment>//[^\n]*|/\*.*?\*/)
   | (?P<pp>\#[^\n]*(?:\\\n[^\n]*)*)
@@ -141,7 +151,9 @@ _TOKEN = re.compile(r"""
   | (?P<id>[A-Za-z_]\w*)
   | (?P<op>->|<<=|>>=|<<|>>|<=|>=|==|!=|&&|\|\||\+\+|--|::|[-+*/%&|^]=|[-+*/%<>=!&|^~?:;,.(){}\[\]@])
   | (?P<other>.)
-""", re.X | re.S)
+""",
+    re.X | re.S,
+)
 
 
 def lex(text: str) -> List[Tok]:
@@ -202,8 +214,13 @@ def preprocess(tokens: List[Tok]) -> List[Tok]:
         m = re.match(r"#\s*(\w+)\s*(.*)", t.text, re.S)
         word, rest = (m.group(1), m.group(2).split("//")[0].strip()) if m else ("", "")
         if word in ("if", "ifdef", "ifndef"):
-            cond = (_pp_condition(rest) if word == "if" else
-                    _pp_condition(f"defined({rest})") if word == "ifdef" else _pp_condition(f"!defined({rest})"))
+            cond = (
+                _pp_condition(rest)
+                if word == "if"
+                else _pp_condition(f"defined({rest})")
+                if word == "ifdef"
+                else _pp_condition(f"!defined({rest})")
+            )
             if isinstance(cond, Unknown):
                 if emitting():
                     out += [Tok("id", "__unknown_pp__", t.line), Tok("op", ";", t.line)]
@@ -238,13 +255,52 @@ def preprocess(tokens: List[Tok]) -> List[Tok]:
 # ("expr", e) ("unknown", why); each statement also keeps its first line.
 
 _BINARY = {
-    "||": 1, "&&": 2, "|": 3, "^": 4, "&": 5, "==": 6, "!=": 6,
-    "<": 7, "<=": 7, ">": 7, ">=": 7, "<<": 8, ">>": 8, "+": 9, "-": 9, "*": 10, "/": 10, "%": 10,
+    "||": 1,
+    "&&": 2,
+    "|": 3,
+    "^": 4,
+    "&": 5,
+    "==": 6,
+    "!=": 6,
+    "<": 7,
+    "<=": 7,
+    ">": 7,
+    ">=": 7,
+    "<<": 8,
+    ">>": 8,
+    "+": 9,
+    "-": 9,
+    "*": 10,
+    "/": 10,
+    "%": 10,
 }
 _TYPE_WORDS = {
-    "const", "static", "enum", "struct", "unsigned", "signed", "bool", "int", "char", "float", "double", "auto",
-    "size_t", "int8_t", "int16_t", "int32_t", "int64_t", "uint8_t", "uint16_t", "uint32_t", "uint64_t",
-    "ggml_type", "ggml_tensor", "ggml_op", "constexpr", "volatile",
+    "const",
+    "static",
+    "enum",
+    "struct",
+    "unsigned",
+    "signed",
+    "bool",
+    "int",
+    "char",
+    "float",
+    "double",
+    "auto",
+    "size_t",
+    "int8_t",
+    "int16_t",
+    "int32_t",
+    "int64_t",
+    "uint8_t",
+    "uint16_t",
+    "uint32_t",
+    "uint64_t",
+    "ggml_type",
+    "ggml_tensor",
+    "ggml_op",
+    "constexpr",
+    "volatile",
 }
 
 
@@ -293,7 +349,7 @@ class Parser:
         """The expression up to the next stop token (left there); an
         expression this parser cannot read becomes ("unknown", its text)."""
         end = self.span_to(stops)
-        toks = self.t[self.i:end]
+        toks = self.t[self.i : end]
         self.i = end
         sub = Parser(toks)
         try:
@@ -408,7 +464,7 @@ class Parser:
                 eq = j
                 break
         line = self.t[start].line
-        lhs = self.t[start:eq if eq is not None else end]
+        lhs = self.t[start : eq if eq is not None else end]
         if eq is not None:
             self.i = eq + 1
             value = self.sub_expr((";",))
@@ -463,8 +519,11 @@ class Parser:
         if not toks or not all(t.kind == "id" or t.text in ("*", "&", "::") for t in toks):
             return False
         after = self.t[j + 1] if j + 1 < len(self.t) else None
-        return toks[0].text in _TYPE_WORDS or toks[-1].text == "*" or (
-            len(toks) == 1 and after is not None and (after.kind == "id" or after.text == "("))
+        return (
+            toks[0].text in _TYPE_WORDS
+            or toks[-1].text == "*"
+            or (len(toks) == 1 and after is not None and (after.kind == "id" or after.text == "("))
+        )
 
     def primary(self) -> tuple:
         p = self.take()
@@ -585,7 +644,7 @@ def find_functions(path: str, text: str) -> Dict[str, Function]:
             while j < len(toks) and toks[j].text in ("const", "noexcept"):
                 j += 1
             if j < len(toks) and toks[j].text == "{":
-                params = _param_names(toks[i + 2:close - 1])
+                params = _param_names(toks[i + 2 : close - 1])
                 p.i = j + 1
                 try:
                     body = p.block_items()
@@ -594,7 +653,7 @@ def find_functions(path: str, text: str) -> Dict[str, Function]:
                     body = None
                 if body is not None:
                     start_line, end_line = t.line, toks[p.i - 1].line
-                    src = "\n".join(text.splitlines()[start_line - 1:end_line])
+                    src = "\n".join(text.splitlines()[start_line - 1 : end_line])
                     out[t.text] = Function(t.text, params, body, start_line, path, src)
                     i = p.i
                     continue
@@ -634,6 +693,7 @@ def type_name(t: str) -> str:
 @dataclass(frozen=True)
 class Node:
     """One recorded graph node (a dict of _native._recorded_ops())."""
+
     op: str
     sub: str
     type: str
@@ -736,8 +796,14 @@ class Env:
 
 
 _MISSING = object()
-_FLAG_FUNCS = {"ggml_is_contiguous": "c", "ggml_is_contiguous_0": "c", "ggml_is_contiguous_1": "1",
-               "ggml_is_contiguous_2": "2", "ggml_is_contiguous_rows": "r", "ggml_vk_dim01_contiguous": "d"}
+_FLAG_FUNCS = {
+    "ggml_is_contiguous": "c",
+    "ggml_is_contiguous_0": "c",
+    "ggml_is_contiguous_1": "1",
+    "ggml_is_contiguous_2": "2",
+    "ggml_is_contiguous_rows": "r",
+    "ggml_vk_dim01_contiguous": "d",
+}
 _SIZEOF = {"float": 4, "ggml_fp16_t": 2, "int": 4, "int32_t": 4, "int64_t": 8, "uint32_t": 4, "double": 8}
 
 
@@ -876,10 +942,18 @@ class Interp:
                 return v
         if op == "/" and y == 0 or op == "%" and y == 0:
             return Unknown("division by zero")
-        return {"+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
-                "/": lambda: x // y if isinstance(x, int) and isinstance(y, int) else x / y,
-                "%": lambda: x % y, "<<": lambda: int(x) << int(y), ">>": lambda: int(x) >> int(y),
-                "&": lambda: int(x) & int(y), "|": lambda: int(x) | int(y), "^": lambda: int(x) ^ int(y)}[op]()
+        return {
+            "+": lambda: x + y,
+            "-": lambda: x - y,
+            "*": lambda: x * y,
+            "/": lambda: x // y if isinstance(x, int) and isinstance(y, int) else x / y,
+            "%": lambda: x % y,
+            "<<": lambda: int(x) << int(y),
+            ">>": lambda: int(x) >> int(y),
+            "&": lambda: int(x) & int(y),
+            "|": lambda: int(x) | int(y),
+            "^": lambda: int(x) ^ int(y),
+        }[op]()
 
     def identifier(self, name: str, env: Env) -> Any:
         v = env.lookup(name)
@@ -953,8 +1027,11 @@ class Interp:
 
         if name in _FLAG_FUNCS:
             t = arg(0)
-            return t if isinstance(t, Unknown) else (_FLAG_FUNCS[name] in t.flags if isinstance(t, Ten)
-                                                     else Unknown(f"{name} of {t!r}"))
+            return (
+                t
+                if isinstance(t, Unknown)
+                else (_FLAG_FUNCS[name] in t.flags if isinstance(t, Ten) else Unknown(f"{name} of {t!r}"))
+            )
         if name in ("ggml_is_quantized", "ggml_type_size", "ggml_blck_size"):
             t = arg(0)
             if not isinstance(t, Typ):
@@ -1085,6 +1162,7 @@ class Interp:
 class Case:
     """A case group of the top switch as written: the static verdict is
     "yes" (return true), "no" (return false) or "conditional"."""
+
     labels: Tuple[str, ...]
     verdict: str
     line: int
@@ -1131,8 +1209,14 @@ def _static_verdict(stmts: List[tuple]) -> Tuple[str, Dict[str, Case]]:
     first = body[0]
     if first[0] == "ret" and first[1] is not None and first[1][0] == "id" and first[1][1] in ("true", "false"):
         return ("yes" if first[1][1] == "true" else "no"), {}
-    if first[0] == "switch" and first[1][0] == "call" and first[1][1] == ("id", "ggml_get_unary_op") or \
-            first[0] == "switch" and first[1][0] == "call" and first[1][1] == ("id", "ggml_get_glu_op"):
+    if (
+        first[0] == "switch"
+        and first[1][0] == "call"
+        and first[1][1] == ("id", "ggml_get_unary_op")
+        or first[0] == "switch"
+        and first[1][0] == "call"
+        and first[1][1] == ("id", "ggml_get_glu_op")
+    ):
         return "conditional", _groups(first[2], r"GGML_(?:UNARY|GLU)_OP_(\w+)")
     return "conditional", {}
 
@@ -1205,6 +1289,7 @@ class Rule:
     """Decides a (backend, op) the interpreter cannot: check(node) returns
     None when supported, else the reason. anchors: (function, snippet)
     pairs that must be in that function's source (whitespace-normalized)."""
+
     cites: str
     anchors: Tuple[Tuple[str, str], ...]
     check: Callable[[Node, Backend], Optional[str]]
@@ -1241,20 +1326,30 @@ RULES: Dict[Tuple[str, str], Rule] = {
     ("CUDA", "FLASH_ATTN_EXT"): Rule(
         "ggml/src/ggml-cuda/fattn.cu: ggml_cuda_flash_attn_ext_supported -> ggml_cuda_get_best_fattn_kernel "
         "(head-size switch, KV types, mask ne[2]); every later return picks a kernel, none refuses",
-        (("ggml_backend_cuda_device_supports_op",
-          "case GGML_OP_FLASH_ATTN_EXT: return ggml_cuda_flash_attn_ext_supported(dev_ctx->device, op);"),
-         ("ggml_cuda_flash_attn_ext_supported",
-          "return ggml_cuda_get_best_fattn_kernel(device, dst) != BEST_FATTN_KERNEL_NONE;"),
-         ("ggml_cuda_get_best_fattn_kernel",
-          "switch (K->ne[0]) { case 40: case 64: case 72: case 80: case 96: case 128: case 112: case 256: "
-          "if (V->ne[0] != K->ne[0]) { return BEST_FATTN_KERNEL_NONE; } break; case 192:"),
-         ("ggml_cuda_get_best_fattn_kernel",
-          "default: return BEST_FATTN_KERNEL_NONE; } if (!ggml_cuda_fattn_kv_type_supported(K->type) || "
-          "!ggml_cuda_fattn_kv_type_supported(V->type)) { return BEST_FATTN_KERNEL_NONE; } "
-          "if (mask && mask->ne[2] != 1) { return BEST_FATTN_KERNEL_NONE; }"),
-         ("ggml_cuda_get_best_fattn_kernel", "return BEST_FATTN_KERNEL_TILE; }"),
-         ),
-        _cuda_fattn),
+        (
+            (
+                "ggml_backend_cuda_device_supports_op",
+                "case GGML_OP_FLASH_ATTN_EXT: return ggml_cuda_flash_attn_ext_supported(dev_ctx->device, op);",
+            ),
+            (
+                "ggml_cuda_flash_attn_ext_supported",
+                "return ggml_cuda_get_best_fattn_kernel(device, dst) != BEST_FATTN_KERNEL_NONE;",
+            ),
+            (
+                "ggml_cuda_get_best_fattn_kernel",
+                "switch (K->ne[0]) { case 40: case 64: case 72: case 80: case 96: case 128: case 112: case 256: "
+                "if (V->ne[0] != K->ne[0]) { return BEST_FATTN_KERNEL_NONE; } break; case 192:",
+            ),
+            (
+                "ggml_cuda_get_best_fattn_kernel",
+                "default: return BEST_FATTN_KERNEL_NONE; } if (!ggml_cuda_fattn_kv_type_supported(K->type) || "
+                "!ggml_cuda_fattn_kv_type_supported(V->type)) { return BEST_FATTN_KERNEL_NONE; } "
+                "if (mask && mask->ne[2] != 1) { return BEST_FATTN_KERNEL_NONE; }",
+            ),
+            ("ggml_cuda_get_best_fattn_kernel", "return BEST_FATTN_KERNEL_TILE; }"),
+        ),
+        _cuda_fattn,
+    ),
 }
 
 
@@ -1269,8 +1364,11 @@ def check_anchors(backends: Dict[str, Backend]) -> List[str]:
                 missing.append(f"{name} {op}: {fn} no longer has `{snippet}` (re-read {rule.cites})")
     for name, snippets in PREAMBLE_ANCHORS.items():
         text = backends[name].source_of(backends[name].function.name)
-        missing += [f"{name} preamble: `{s}` is gone (re-read the start of {SOURCES[name][1]})"
-                    for s in snippets if normalize(s) not in text]
+        missing += [
+            f"{name} preamble: `{s}` is gone (re-read the start of {SOURCES[name][1]})"
+            for s in snippets
+            if normalize(s) not in text
+        ]
     return missing
 
 
@@ -1297,5 +1395,8 @@ def check_node(be: Backend, node: Node) -> Verdict:
     if rule is not None:
         reason = rule.check(node, be)
         return Verdict(reason is None, "rule", reason or "", assumed)
-    return Verdict(False, "undecided",
-                   f"{be.path}:{be.case_line(node.op)} needs {why}; no rule in backend_support.RULES decides it")
+    return Verdict(
+        False,
+        "undecided",
+        f"{be.path}:{be.case_line(node.op)} needs {why}; no rule in backend_support.RULES decides it",
+    )

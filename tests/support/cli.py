@@ -9,8 +9,13 @@ import pytest
 
 
 def cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "htsparse_llama", *args], capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [sys.executable, "-m", "htsparse_llama", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")

@@ -24,12 +24,28 @@ def cmake_build(tmp_path_factory) -> Path:
         pytest.skip("cmake is not installed")
     build = tmp_path_factory.mktemp("cmake-build")
     gen = ["-G", "Ninja"] if shutil.which("ninja") else []
-    configured = subprocess.run([cmake, "-S", str(ROOT), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
-                                 "-DHTS_BUILD_TESTS=ON", "-DHTS_BUILD_PYTHON=OFF",
-                                 f"-DPython_EXECUTABLE={sys.executable}"], capture_output=True, text=True)
+    configured = subprocess.run(
+        [
+            cmake,
+            "-S",
+            str(ROOT),
+            "-B",
+            str(build),
+            *gen,
+            "-DCMAKE_BUILD_TYPE=Release",
+            "-DHTS_BUILD_TESTS=ON",
+            "-DHTS_BUILD_PYTHON=OFF",
+            f"-DPython_EXECUTABLE={sys.executable}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert configured.returncode == 0, configured.stdout[-4000:] + configured.stderr[-4000:]
-    built = subprocess.run([cmake, "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TARGETS],
-                           capture_output=True, text=True)
+    built = subprocess.run(
+        [cmake, "--build", str(build), "-j", str(os.cpu_count() or 2), "--target", *TARGETS],
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stdout[-6000:] + built.stderr[-6000:]
     return build
 

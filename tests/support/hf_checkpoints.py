@@ -68,15 +68,27 @@ def _as_released_qwen(d: Path) -> int:
     vocab = tok["model"]["vocab"]
     tok["model"]["vocab"] = {t: i for t, i in vocab.items() if t not in added and not t.startswith("[PAD")}
     tok["normalizer"] = {"type": "NFC"}
-    tok["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
-                             "use_regex": False}
+    tok["post_processor"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     dump_json(tok, d / "tokenizer.json")
     template = (d / "chat_template.jinja").read_text(encoding="utf-8")
     (d / "chat_template.jinja").unlink()
-    dump_json({"add_bos_token": False, "add_prefix_space": False, "bos_token": None, "eos_token": "<|im_end|>",
-           "pad_token": "<|endoftext|>", "unk_token": None, "errors": "replace", "chat_template": template,
-           "clean_up_tokenization_spaces": False, "model_max_length": 32768, "split_special_tokens": False,
-           "tokenizer_class": "Qwen2Tokenizer"}, d / "tokenizer_config.json")
+    dump_json(
+        {
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "bos_token": None,
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "unk_token": None,
+            "errors": "replace",
+            "chat_template": template,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 32768,
+            "split_special_tokens": False,
+            "tokenizer_class": "Qwen2Tokenizer",
+        },
+        d / "tokenizer_config.json",
+    )
     return len(vocab)  # 151936
 
 
@@ -84,11 +96,14 @@ def _as_released_smollm(d: Path) -> int:
     """SmolLM2's released layout: digits split one by one, ByteLevel
     post-processor, add_prefix_space false; template in chat_template.jinja."""
     tok = load_json(d / "tokenizer.json")
-    tok["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": [
-        {"type": "Digits", "individual_digits": True},
-        {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]}
-    tok["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False,
-                             "use_regex": True}
+    tok["pre_tokenizer"] = {
+        "type": "Sequence",
+        "pretokenizers": [
+            {"type": "Digits", "individual_digits": True},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+        ],
+    }
+    tok["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
     dump_json(tok, d / "tokenizer.json")
     cfg = load_json(d / "tokenizer_config.json")
     cfg.update(add_prefix_space=False, clean_up_tokenization_spaces=False, vocab_size=49152)
@@ -107,8 +122,9 @@ def released_tokenizer(kind: str, rebuilt: Path, dest: Path) -> int:
     return (_as_released_qwen if kind == "qwen" else _as_released_smollm)(dest)
 
 
-def save_checkpoint(model: Any, dest: Path, kind: str, rebuilt: Path,
-                    preprocessor: Optional[Mapping[str, Any]] = None) -> Path:
+def save_checkpoint(
+    model: Any, dest: Path, kind: str, rebuilt: Path, preprocessor: Optional[Mapping[str, Any]] = None
+) -> Path:
     """A transformers model saved as an HF checkpoint directory, with the
     tokenizer of `kind` and, for a VLM, preprocessor_config.json."""
     model.save_pretrained(str(dest))

@@ -6,6 +6,7 @@ import math
 
 from htsparse_llama.video.plan import QWEN2_VL, VisionGrid
 
+
 def mtmd_dyn_size(width: int, height: int, grid: VisionGrid = QWEN2_VL):
     """The size libmtmd resizes a width x height image to for a "patches"
     grid (clip's calc_size_preserved_ratio, i.e. transformers' smart_resize
@@ -24,4 +25,3 @@ def mtmd_dyn_size(width: int, height: int, grid: VisionGrid = QWEN2_VL):
         h_bar = math.ceil(height * beta / f) * f
         w_bar = math.ceil(width * beta / f) * f
     return w_bar, h_bar
-

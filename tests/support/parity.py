@@ -56,7 +56,7 @@ def ours(path, ids, positions=None, chunks=None) -> np.ndarray:
         return s.add_tokens(ids, all_logits=True, positions=positions)
     out, start = [], 0
     for size, pos in chunks:
-        out.append(s.add_tokens(ids[start:start + size], all_logits=True, positions=pos))
+        out.append(s.add_tokens(ids[start : start + size], all_logits=True, positions=pos))
         start += size
     return np.concatenate(out)
 
@@ -73,8 +73,7 @@ def reference(model: torch.nn.Module, ids, position_ids=None) -> np.ndarray:
 def llama_cpp_logits(path, ids) -> np.ndarray:
     """llama.cpp's own logits (through llama-cpp-python) for every position."""
     pytest.importorskip("llama_cpp")
-    llm = load_llama(str(path), n_ctx=N_CTX, n_threads=2, n_batch=512, logits_all=True, flash_attn=True,
-                     verbose=False)
+    llm = load_llama(str(path), n_ctx=N_CTX, n_threads=2, n_batch=512, logits_all=True, flash_attn=True, verbose=False)
     try:
         llm.eval(ids)
         return np.array(llm.scores[: len(ids)], dtype=np.float32)
@@ -95,9 +94,11 @@ def check_close(label: str, got: np.ndarray, ref: np.ndarray, rel_tol: float) ->
     margin = top2[:, 1] - top2[:, 0]
     decided = margin >= ARGMAX_MARGIN
     agree = got.argmax(-1) == ref.argmax(-1)
-    print(f"\n{label}: rel L2 max {err.max():.2e} mean {err.mean():.2e}; max |diff| "
-          f"{np.abs(got - ref).max():.2e}; logit std {ref.std():.2f}; arg-max agrees at {agree.sum()}/{len(agree)} "
-          f"positions, decided {decided.sum()}")
+    print(
+        f"\n{label}: rel L2 max {err.max():.2e} mean {err.mean():.2e}; max |diff| "
+        f"{np.abs(got - ref).max():.2e}; logit std {ref.std():.2f}; arg-max agrees at {agree.sum()}/{len(agree)} "
+        f"positions, decided {decided.sum()}"
+    )
     worst = int(err.argmax())
     assert err.max() < rel_tol, f"{label}: relative L2 error {err.max():.3e} at position {worst} >= {rel_tol:.0e}"
     assert decided.mean() >= MIN_DECIDED, f"{label}: only {decided.sum()}/{len(decided)} positions have a clear arg-max"

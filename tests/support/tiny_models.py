@@ -47,8 +47,9 @@ DECODER = dict(
 )
 MROPE_SECTION = [2, 3, 3]  # t, h, w pairs: sums to head_dim / 2
 # Vision towers the decoder fixtures build (the HF classes need one), never converted.
-VISION_2_5 = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
-                  fullatt_block_indexes=[0])
+VISION_2_5 = dict(
+    depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64, fullatt_block_indexes=[0]
+)
 VISION_2 = dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2)
 # Vision towers that convert to an mmproj: upstream's converter maps the
 # merger's mlp.{0,2} through its per-block table, so depth >= 3; layer 1 is
@@ -60,8 +61,9 @@ VISION_2_5_MMPROJ = dict(VISION_2_5, depth=3, fullatt_block_indexes=[1])
 VISION_2_MMPROJ = dict(VISION_2, depth=3, mlp_ratio=4)
 # SmolVLM2's SigLIP tower: 64x64 tiles of 8x8 patches, pixel-shuffled 2x2
 # (scale_factor) into 16 tokens of 4 * 32 features for the connector.
-SMOLVLM_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                      image_size=64, patch_size=8)
+SMOLVLM_VISION = dict(
+    hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=64, patch_size=8
+)
 
 
 @dataclass
@@ -133,12 +135,14 @@ def _vl_text_config(n_vocab: int, mrope_section: Sequence[int]) -> Dict[str, Any
     return dict(DECODER, vocab_size=n_vocab, rope_parameters=rope)
 
 
-def qwen2vl_model(n_vocab: int, seed: int = 2, mrope_section: Sequence[int] = MROPE_SECTION,
-                  vision: Dict[str, Any] = VISION_2_5) -> torch.nn.Module:
+def qwen2vl_model(
+    n_vocab: int, seed: int = 2, mrope_section: Sequence[int] = MROPE_SECTION, vision: Dict[str, Any] = VISION_2_5
+) -> torch.nn.Module:
     """Qwen2_5_VLForConditionalGeneration with a tiny vision tower; its text
     decoder is what becomes the qwen2vl GGUF."""
-    config = Qwen2_5_VLConfig(text_config=_vl_text_config(n_vocab, mrope_section), vision_config=vision,
-                              tie_word_embeddings=False)
+    config = Qwen2_5_VLConfig(
+        text_config=_vl_text_config(n_vocab, mrope_section), vision_config=vision, tie_word_embeddings=False
+    )
     model = Qwen2_5_VLForConditionalGeneration(config)
     randomize_(model, seed)
     return model
@@ -146,8 +150,9 @@ def qwen2vl_model(n_vocab: int, seed: int = 2, mrope_section: Sequence[int] = MR
 
 def qwen2vl_v1_model(n_vocab: int, seed: int = 3, vision: Dict[str, Any] = VISION_2) -> torch.nn.Module:
     """Qwen2VLForConditionalGeneration (Qwen2-VL): same decoder layout, the other HF class."""
-    config = Qwen2VLConfig(text_config=_vl_text_config(n_vocab, MROPE_SECTION), vision_config=vision,
-                           tie_word_embeddings=False)
+    config = Qwen2VLConfig(
+        text_config=_vl_text_config(n_vocab, MROPE_SECTION), vision_config=vision, tie_word_embeddings=False
+    )
     model = Qwen2VLForConditionalGeneration(config)
     randomize_(model, seed)
     return model
@@ -156,8 +161,12 @@ def qwen2vl_v1_model(n_vocab: int, seed: int = 3, vision: Dict[str, Any] = VISIO
 def smolvlm_model(n_vocab: int, seed: int = 4) -> torch.nn.Module:
     """SmolVLMForConditionalGeneration (SmolVLM2): a llama decoder at
     model.text_model., a SigLIP tower and a linear connector."""
-    config = SmolVLMConfig(text_config=dict(DECODER, vocab_size=n_vocab, tie_word_embeddings=False),
-                           vision_config=SMOLVLM_VISION, scale_factor=2, tie_word_embeddings=False)
+    config = SmolVLMConfig(
+        text_config=dict(DECODER, vocab_size=n_vocab, tie_word_embeddings=False),
+        vision_config=SMOLVLM_VISION,
+        scale_factor=2,
+        tie_word_embeddings=False,
+    )
     model = SmolVLMForConditionalGeneration(config)
     randomize_(model, seed)
     return model
@@ -172,8 +181,9 @@ def attention_eager(model: torch.nn.Module) -> torch.nn.Module:
 def convert(model: torch.nn.Module, path: Path, vocab: GgufVocab, out_type: str = "f32", config: Any = None) -> Path:
     """Writes `model` (its config, or `config` to override it) as a GGUF."""
     tensors = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-    return write_text_gguf(path, tensors, config if config is not None else model.config,
-                           vocab_from=vocab, out_type=out_type)
+    return write_text_gguf(
+        path, tensors, config if config is not None else model.config, vocab_from=vocab, out_type=out_type
+    )
 
 
 # -- fixtures --------------------------------------------------------------------------------

@@ -87,8 +87,13 @@ def smolvlm_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str,
     from PIL import Image
 
     size = {"longest_edge": rgb.shape[0]}
-    proc = Processor(do_image_splitting=False, size=size, max_image_size=size, image_mean=pre["image_mean"],
-                     image_std=pre["image_std"])
+    proc = Processor(
+        do_image_splitting=False,
+        size=size,
+        max_image_size=size,
+        image_mean=pre["image_mean"],
+        image_std=pre["image_std"],
+    )
     inputs = proc(images=[[Image.fromarray(rgb)]], return_tensors="pt")
     assert tuple(inputs["pixel_values"].shape) == (1, 1, 3, *rgb.shape[:2])
     with torch.no_grad():
@@ -99,8 +104,11 @@ def smolvlm_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str,
 def smolvlm_text_part(tensors: Dict[str, np.ndarray], config: Any) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """SmolVLM's decoder as the llama checkpoint write_text_gguf knows (it has
     no SmolVLM entry yet): model.text_model.* -> model.*, the text config."""
-    text = {("model." + k[len("model.text_model."):] if k.startswith("model.text_model.") else k): v
-            for k, v in tensors.items() if not k.startswith(("model.vision_model.", "model.connector."))}
+    text = {
+        ("model." + k[len("model.text_model.") :] if k.startswith("model.text_model.") else k): v
+        for k, v in tensors.items()
+        if not k.startswith(("model.vision_model.", "model.connector."))
+    }
     return text, dict(config.text_config.to_dict(), architectures=["LlamaForCausalLM"], tie_word_embeddings=False)
 
 
@@ -124,14 +132,35 @@ _CLIP = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.2686
 _OTHER = {"image_mean": [0.5, 0.45, 0.4], "image_std": [0.25, 0.3, 0.35]}
 _TILE = SMOLVLM_VISION["image_size"]
 CASES: Dict[str, Case] = {
-    "qwen2_5_vl": Case(lambda n: qwen2vl_model(n, seed=11, vision=VISION_2_5_MMPROJ), "qwen_vocab", _CLIP,
-                       (224, 168), 1, 8 * 6, qwen_reference),
-    "qwen2_vl": Case(lambda n: qwen2vl_v1_model(n, seed=12, vision=VISION_2_MMPROJ), "qwen_vocab", _OTHER,
-                     (224, 168), 1, 8 * 6, qwen_reference),
+    "qwen2_5_vl": Case(
+        lambda n: qwen2vl_model(n, seed=11, vision=VISION_2_5_MMPROJ),
+        "qwen_vocab",
+        _CLIP,
+        (224, 168),
+        1,
+        8 * 6,
+        qwen_reference,
+    ),
+    "qwen2_vl": Case(
+        lambda n: qwen2vl_v1_model(n, seed=12, vision=VISION_2_MMPROJ),
+        "qwen_vocab",
+        _OTHER,
+        (224, 168),
+        1,
+        8 * 6,
+        qwen_reference,
+    ),
     # libmtmd gives SmolVLM the overview and one tile, both the whole image.
-    "smolvlm": Case(lambda n: smolvlm_model(n, seed=13), "smollm_vocab",
-                    {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"longest_edge": _TILE}},
-                    (_TILE, _TILE), 2, (_TILE // 8 // 2) ** 2, smolvlm_reference, smolvlm_text_part),
+    "smolvlm": Case(
+        lambda n: smolvlm_model(n, seed=13),
+        "smollm_vocab",
+        {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"longest_edge": _TILE}},
+        (_TILE, _TILE),
+        2,
+        (_TILE // 8 // 2) ** 2,
+        smolvlm_reference,
+        smolvlm_text_part,
+    ),
 }
 
 
@@ -193,8 +222,8 @@ class MtmdEncoder:
 class TinyVLMFiles:
     model_type: str
     torch_model: torch.nn.Module
-    text: Path      # the text GGUF
-    mmproj: Path    # f32 mmproj
+    text: Path  # the text GGUF
+    mmproj: Path  # f32 mmproj
     llama_cpp_text: Path  # the text GGUF llama.cpp reads as we do (qwen2vl: epsilon 0, see test_tiny_models)
 
     def model(self, path: Path = None) -> Model:
@@ -222,8 +251,9 @@ class WithImageTokens:
     the end, as SmolVLM2's tokenizer adds them to SmolLM2's): libmtmd puts
     <fake_token_around_image>, <global-img> and <row_i_col_j> around images."""
 
-    EXTRA = (["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"]
-             + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)])
+    EXTRA = ["<fake_token_around_image>", "<image>", "<end_of_utterance>", "<global-img>"] + [
+        f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)
+    ]
 
     def __init__(self, base) -> None:
         self.base = base

@@ -58,8 +58,18 @@ def _fetch_sdist(dest: Path) -> Path:
     # --no-binary for this one package only: pip prepares the sdist's metadata
     # before saving it, and with :all: it would build cmake and ninja (the
     # build backend's requirements) from source too, which takes many minutes.
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-python", "-d", str(dest),
-           LLAMA_CPP_PYTHON]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        "llama-cpp-python",
+        "-d",
+        str(dest),
+        LLAMA_CPP_PYTHON,
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -126,11 +136,19 @@ def upstream_converter() -> Path:
         pytest.skip(f"no network to fetch upstream's converter: {exc}")
 
 
-def converter_args(model_dir: Path, outfile: Path, outtype: str = "f16", mmproj: bool = False,
-                   extra_args: Sequence[str] = ()) -> List[str]:
+def converter_args(
+    model_dir: Path, outfile: Path, outtype: str = "f16", mmproj: bool = False, extra_args: Sequence[str] = ()
+) -> List[str]:
     """convert_hf_to_gguf.py's command line for one conversion."""
-    return [str(model_dir), "--outfile", str(outfile), "--outtype", outtype, *(["--mmproj"] if mmproj else []),
-            *extra_args]
+    return [
+        str(model_dir),
+        "--outfile",
+        str(outfile),
+        "--outtype",
+        outtype,
+        *(["--mmproj"] if mmproj else []),
+        *extra_args,
+    ]
 
 
 # Importing the converter (torch, transformers) takes ~7 s of a ~9 s run on a

@@ -85,8 +85,11 @@ def run(args: argparse.Namespace, path: str) -> int:
     ours = OursEngine(path, n_ctx, args.threads, args.device)
     ref = LlamaCppEngine(path, n_ctx, args.threads, ours.on_gpu)
     engines = [ours, ref]
-    print(f"model {os.path.basename(path)} ({ours.model.arch}), device {ours.model.device}, "
-          f"{args.threads} threads, batch {N_BATCH}, median of {args.reps}", flush=True)
+    print(
+        f"model {os.path.basename(path)} ({ours.model.arch}), device {ours.model.device}, "
+        f"{args.threads} threads, batch {N_BATCH}, median of {args.reps}",
+        flush=True,
+    )
 
     # One untimed pass each: page in the mmap'd weights, size the buffers.
     warm = _prompt(ours.model.n_vocab, min(args.prefill))
@@ -96,14 +99,15 @@ def run(args: argparse.Namespace, path: str) -> int:
     prefill: Dict[str, Dict[str, float]] = {"ours": {}, "llama_cpp": {}, "ratio": {}}
     for n in args.prefill:
         ids = _prompt(ours.model.n_vocab, n)
-        rates = _median_rates(engines, n, args.reps, lambda e: _timed(lambda: e.prefill(ids)))
+        rates = _median_rates(engines, n, args.reps, lambda e, ids=ids: _timed(lambda: e.prefill(ids)))
         row = _report(f"prefill {n} tokens", rates["ours"], rates["llama_cpp"])
         for key in prefill:
             prefill[key][str(n)] = row[key]
 
     prompt = _prompt(ours.model.n_vocab, args.decode_ctx)
-    rates = _median_rates(engines, args.decode_tokens, args.reps,
-                          lambda e: _decode_seconds(e, prompt, args.decode_tokens))
+    rates = _median_rates(
+        engines, args.decode_tokens, args.reps, lambda e: _decode_seconds(e, prompt, args.decode_tokens)
+    )
     decode = _report(f"decode at {args.decode_ctx} context", rates["ours"], rates["llama_cpp"])
     decode["context"] = args.decode_ctx
     decode["tokens"] = args.decode_tokens

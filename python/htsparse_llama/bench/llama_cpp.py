@@ -50,8 +50,11 @@ def ours_placement_overrides(path: str) -> "ctypes.Array[_TensorBuftOverride]":
     repacked buffer is not what the loader would choose."""
     model = native.Model(path, "cpu", 1, False)
     plain = {"CPU", "CPU_Mapped", ""}  # ggml's own CPU buffers, mapped from the file or not
-    wanted = [(name, native.cpu_buffer_type_address(buft)) for name, buft in model.weight_placement()
-              if buft not in plain and name != "token_embd.weight"]
+    wanted = [
+        (name, native.cpu_buffer_type_address(buft))
+        for name, buft in model.weight_placement()
+        if buft not in plain and name != "token_embd.weight"
+    ]
     del model
     wanted = [(name, address) for name, address in wanted if address]
     items = (_TensorBuftOverride * (len(wanted) + 1))()
@@ -108,8 +111,16 @@ class LlamaCppEngine:
     name = "llama_cpp"
 
     def __init__(self, path: str, n_ctx: int, threads: int, on_gpu: bool) -> None:
-        self.llm = load_llama(path, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, n_batch=N_BATCH,
-                              n_ubatch=N_BATCH, flash_attn=True, n_gpu_layers=-1 if on_gpu else 0)
+        self.llm = load_llama(
+            path,
+            n_ctx=n_ctx,
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_batch=N_BATCH,
+            n_ubatch=N_BATCH,
+            flash_attn=True,
+            n_gpu_layers=-1 if on_gpu else 0,
+        )
         self.n_vocab = self.llm.n_vocab()
 
     def prefill(self, ids: Sequence[int]) -> None:
@@ -225,8 +236,9 @@ class LlamaMtmd:
 
     def counts(self) -> Dict[str, int]:
         mtmd = self.mtmd
-        n_visual = sum(mtmd.mtmd_input_chunk_get_n_tokens(mtmd.mtmd_input_chunks_get(self.chunks, i))
-                       for i in self.embd)
+        n_visual = sum(
+            mtmd.mtmd_input_chunk_get_n_tokens(mtmd.mtmd_input_chunks_get(self.chunks, i)) for i in self.embd
+        )
         return {"prompt_tokens": int(mtmd.mtmd_helper_get_n_tokens(self.chunks)), "visual_tokens": int(n_visual)}
 
     def prefill(self) -> np.ndarray:
@@ -240,11 +252,21 @@ class LlamaMtmd:
             new_n_past = lib.llama_pos(n_past)  # set from n_past: this build's text helper adds to it
             if i in self.embd:
                 rc = mtmd.mtmd_helper_decode_image_chunk(
-                    self.ctx, self.lctx, chunk, self.embd[i].ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n_past,
-                    0, self.n_batch, ctypes.byref(new_n_past), mtmd.mtmd_helper_post_decode_callback(), None)
+                    self.ctx,
+                    self.lctx,
+                    chunk,
+                    self.embd[i].ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+                    n_past,
+                    0,
+                    self.n_batch,
+                    ctypes.byref(new_n_past),
+                    mtmd.mtmd_helper_post_decode_callback(),
+                    None,
+                )
             else:
-                rc = mtmd.mtmd_helper_eval_chunk_single(self.ctx, self.lctx, chunk, n_past, 0, self.n_batch,
-                                                        i == n - 1, ctypes.byref(new_n_past))
+                rc = mtmd.mtmd_helper_eval_chunk_single(
+                    self.ctx, self.lctx, chunk, n_past, 0, self.n_batch, i == n - 1, ctypes.byref(new_n_past)
+                )
             if rc != 0:
                 raise RuntimeError(f"llama.cpp could not evaluate prompt chunk {i} ({rc})")
             n_past = new_n_past.value
@@ -262,8 +284,11 @@ class LlamaMtmd:
 
     def kv(self, hp: Dict[str, int], n_cells: int) -> Dict[str, int]:
         per_cell = 2 * hp["n_layer"] * hp["n_embd_head"] * hp["n_head_kv"] * 2  # F16 K and V
-        return {"kv_bytes": per_cell * n_cells, "kv_alloc_bytes": per_cell * int(self.text.llm.n_ctx()),
-                "kv_state_bytes": int(self.lib.llama_state_seq_get_size(self.lctx, 0))}
+        return {
+            "kv_bytes": per_cell * n_cells,
+            "kv_alloc_bytes": per_cell * int(self.text.llm.n_ctx()),
+            "kv_state_bytes": int(self.lib.llama_state_seq_get_size(self.lctx, 0)),
+        }
 
     def _free_chunks(self) -> None:
         if self.chunks is not None:

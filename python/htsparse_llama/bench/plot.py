@@ -15,7 +15,9 @@ def require_matplotlib() -> None:
     try:
         import matplotlib  # noqa: F401
     except ImportError:
-        raise InvalidArgumentError("--plot needs matplotlib: pip install matplotlib (or htsparse-llama[plot])")
+        raise InvalidArgumentError(
+            "--plot needs matplotlib: pip install matplotlib (or htsparse-llama[plot])"
+        ) from None
 
 
 def _by_context(points: List[Dict]) -> Dict[int, List[Dict]]:
@@ -31,8 +33,13 @@ def plot_curve(result: Dict, path: str) -> None:
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
-    points = result.get("points") or [{**result["settings"], **{k: result[k] for k in ("llama_cpp", "sparse", "random")},
-                                       "n_tokens": result["settings"]["context"]}]
+    points = result.get("points") or [
+        {
+            **result["settings"],
+            **{k: result[k] for k in ("llama_cpp", "sparse", "random")},
+            "n_tokens": result["settings"]["context"],
+        }
+    ]
     panels = [
         ("prefill speed vs llama.cpp (x)", lambda p: p["sparse"]["prefill_tok_s"] / p["llama_cpp"]["prefill_tok_s"]),
         ("decode speed vs llama.cpp (x)", lambda p: p["sparse"]["decode_tok_s"] / p["llama_cpp"]["decode_tok_s"]),
@@ -41,19 +48,27 @@ def plot_curve(result: Dict, path: str) -> None:
     ]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7))
     for ax, (title, value) in zip(axes.flat, panels):
-        for context, curve in _by_context(points).items():
+        for curve in _by_context(points).values():
             x = [p["keep_ratio"] for p in curve]
-            line, = ax.plot(x, [value(p) for p in curve], marker="o", label=f"{curve[0]['n_tokens']} tokens")
+            (line,) = ax.plot(x, [value(p) for p in curve], marker="o", label=f"{curve[0]['n_tokens']} tokens")
             if title == "pass-key accuracy":
-                ax.plot(x, [p["random"]["accuracy"] for p in curve], marker="x", linestyle="--",
-                        color=line.get_color(), label=f"random lines, {curve[0]['n_tokens']}")
+                ax.plot(
+                    x,
+                    [p["random"]["accuracy"] for p in curve],
+                    marker="x",
+                    linestyle="--",
+                    color=line.get_color(),
+                    label=f"random lines, {curve[0]['n_tokens']}",
+                )
         ax.set_title(title)
         ax.set_xlabel("keep_ratio")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     s = result["settings"]
-    fig.suptitle(f"HT-Sparse vs llama.cpp dense: {result.get('model', '')}, select layer {s['select_layer']}, "
-                 f"prune layer {s['prune_layer']}, {result.get('threads', '?')} threads, {result.get('date', '')}")
+    fig.suptitle(
+        f"HT-Sparse vs llama.cpp dense: {result.get('model', '')}, select layer {s['select_layer']}, "
+        f"prune layer {s['prune_layer']}, {result.get('threads', '?')} threads, {result.get('date', '')}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -43,12 +43,19 @@ def command_line(args: argparse.Namespace) -> str:
     """The bench command that repeats a text run (recorded beside the numbers)."""
     cmd = f"python -m htsparse_llama bench -m {args.model} -t {args.threads} --device {args.device}"
     if args.dense_only:
-        return (cmd + f" --prefill {','.join(map(str, args.prefill))} --decode-ctx {args.decode_ctx}"
-                f" --decode-tokens {args.decode_tokens} --reps {args.reps} --dense-only")
-    cmd += (f" --context {','.join(map(str, args.context))} --keep-ratio {','.join(map(str, args.keep_ratio))}"
-            f" --trials {args.trials} --task {args.task}")
-    for flag, value in (("--full-heads", args.full_head_ratio), ("--select-layer", args.select_layer),
-                        ("--prune-layer", args.prune_layer)):
+        return (
+            cmd + f" --prefill {','.join(map(str, args.prefill))} --decode-ctx {args.decode_ctx}"
+            f" --decode-tokens {args.decode_tokens} --reps {args.reps} --dense-only"
+        )
+    cmd += (
+        f" --context {','.join(map(str, args.context))} --keep-ratio {','.join(map(str, args.keep_ratio))}"
+        f" --trials {args.trials} --task {args.task}"
+    )
+    for flag, value in (
+        ("--full-heads", args.full_head_ratio),
+        ("--select-layer", args.select_layer),
+        ("--prune-layer", args.prune_layer),
+    ):
         if value is not None:
             cmd += f" {flag} {value}"
     if args.reroute:

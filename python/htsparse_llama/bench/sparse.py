@@ -31,8 +31,8 @@ from . import plot
 from .llama_cpp import LlamaCppEngine
 from .report import command_line, machine, write_json
 
-ANSWER_TOKENS = 8     # enough for a five-digit key
-DECODE_TOKENS = 32    # decode speed is timed over this many tokens after the answer starts
+ANSWER_TOKENS = 8  # enough for a five-digit key
+DECODE_TOKENS = 32  # decode speed is timed over this many tokens after the answer starts
 
 
 class Trial:
@@ -46,7 +46,7 @@ class Trial:
         self.answer = ""
         self.kv_bytes = 0
         self.needle_kept = None
-        self.follow_up_answer = None       # tasks with follow-ups, our engines
+        self.follow_up_answer = None  # tasks with follow-ups, our engines
         self.follow_up_needle_kept = None  # ... sparse ones
         self.stages_ms: Dict[str, float] = {}  # sparse sessions: prefill time per stage
 
@@ -153,7 +153,9 @@ class LlamaCppRunner:
         t.prefill_s = time.perf_counter() - start
         _answer_and_decode(t, model, self.engine.decode_step, self.engine.logits(), start)
         hp = model.info
-        t.kv_bytes = 2 * hp["n_layer"] * hp["n_embd_head"] * hp["n_head_kv"] * self.engine.llm.n_ctx() * 2  # F16 K and V
+        t.kv_bytes = (
+            2 * hp["n_layer"] * hp["n_embd_head"] * hp["n_head_kv"] * self.engine.llm.n_ctx() * 2
+        )  # F16 K and V
         return t
 
 
@@ -164,33 +166,55 @@ def summarize(trials: List[Trial], prompts: List[SparsePrompt]) -> Dict[str, obj
         "decode_tok_s": round(statistics.median(DECODE_TOKENS / t.decode_s for t in trials), 2),
         "kv_bytes": int(statistics.median(t.kv_bytes for t in trials)),
         "accuracy": sum(p.is_right(t.answer) for t, p in zip(trials, prompts)) / len(trials),
-        **({"needle_recall": sum(bool(t.needle_kept) for t in trials) / len(trials)}
-           if trials[0].needle_kept is not None else {}),
-        **({"follow_up_accuracy": sum(p.follow_ups[0].answer in t.follow_up_answer
-                                      for t, p in zip(trials, prompts)) / len(trials)}
-           if trials[0].follow_up_answer is not None else {}),
-        **({"follow_up_recall": sum(bool(t.follow_up_needle_kept) for t in trials) / len(trials)}
-           if trials[0].follow_up_needle_kept is not None else {}),
-        **({"stage_ms": {k: round(statistics.median(t.stages_ms.get(k, 0.0) for t in trials), 1)
-                         for k in trials[0].stages_ms}} if trials[0].stages_ms else {}),
+        **(
+            {"needle_recall": sum(bool(t.needle_kept) for t in trials) / len(trials)}
+            if trials[0].needle_kept is not None
+            else {}
+        ),
+        **(
+            {
+                "follow_up_accuracy": sum(p.follow_ups[0].answer in t.follow_up_answer for t, p in zip(trials, prompts))
+                / len(trials)
+            }
+            if trials[0].follow_up_answer is not None
+            else {}
+        ),
+        **(
+            {"follow_up_recall": sum(bool(t.follow_up_needle_kept) for t in trials) / len(trials)}
+            if trials[0].follow_up_needle_kept is not None
+            else {}
+        ),
+        **(
+            {
+                "stage_ms": {
+                    k: round(statistics.median(t.stages_ms.get(k, 0.0) for t in trials), 1) for k in trials[0].stages_ms
+                }
+            }
+            if trials[0].stages_ms
+            else {}
+        ),
     }
 
 
 def _print_rows(result: Dict[str, Dict]) -> None:
     for name, row in result.items():
-        print(f"{name:<10} prefill {row['prefill_tok_s']:8.1f} tok/s  ttft {row['ttft_ms']:8.0f} ms  "
-              f"decode {row['decode_tok_s']:6.1f} tok/s  KV {row['kv_bytes'] / 2**20:7.1f} MiB  "
-              f"accuracy {row['accuracy']:.2f}" + (f"  needle recall {row['needle_recall']:.2f}"
-                                                   if "needle_recall" in row else "")
-              + (f"  follow-up accuracy {row['follow_up_accuracy']:.2f}" if "follow_up_accuracy" in row else "")
-              + (f" recall {row['follow_up_recall']:.2f}" if "follow_up_recall" in row else ""), flush=True)
+        print(
+            f"{name:<10} prefill {row['prefill_tok_s']:8.1f} tok/s  ttft {row['ttft_ms']:8.0f} ms  "
+            f"decode {row['decode_tok_s']:6.1f} tok/s  KV {row['kv_bytes'] / 2**20:7.1f} MiB  "
+            f"accuracy {row['accuracy']:.2f}"
+            + (f"  needle recall {row['needle_recall']:.2f}" if "needle_recall" in row else "")
+            + (f"  follow-up accuracy {row['follow_up_accuracy']:.2f}" if "follow_up_accuracy" in row else "")
+            + (f" recall {row['follow_up_recall']:.2f}" if "follow_up_recall" in row else ""),
+            flush=True,
+        )
         if "stage_ms" in row:
-            print(" " * 11 + "prefill stages: " + ", ".join(f"{k} {v:.0f} ms" for k, v in row["stage_ms"].items()),
-                  flush=True)
+            print(
+                " " * 11 + "prefill stages: " + ", ".join(f"{k} {v:.0f} ms" for k, v in row["stage_ms"].items()),
+                flush=True,
+            )
 
 
-def _measure_context(model, ref, context: int, keep_ratios: List[float], base, trials: int,
-                     task: str) -> List[Dict]:
+def _measure_context(model, ref, context: int, keep_ratios: List[float], base, trials: int, task: str) -> List[Dict]:
     """Every engine on `trials` prompts of one length: the dense engines once
     per prompt, the sparse ones once per keep ratio. One result per ratio."""
     n_lines = lines_for_context(model, task, context)
@@ -225,26 +249,41 @@ def compare(args: argparse.Namespace, path: str) -> Dict[str, object]:
     entry per (context, keep ratio) when several are given."""
     n_ctx = max(args.context) + ANSWER_TOKENS + DECODE_TOKENS + 256
     model = Model(path, n_ctx=n_ctx, n_threads=args.threads, device=args.device)
-    base = SparseConfig(keep_ratio=args.keep_ratio[0], full_head_ratio=args.full_head_ratio,
-                        select_layer=args.select_layer, prune_layer=args.prune_layer, reroute=args.reroute)
+    base = SparseConfig(
+        keep_ratio=args.keep_ratio[0],
+        full_head_ratio=args.full_head_ratio,
+        select_layer=args.select_layer,
+        prune_layer=args.prune_layer,
+        reroute=args.reroute,
+    )
     settings = base.resolve(model)  # checks every value before the long run
     for r in args.keep_ratio:
         SparseConfig(keep_ratio=r).resolve(model)
     ref = LlamaCppRunner(path, n_ctx, args.threads, model.device.upper() != "CPU")
-    print(f"model {model.arch}, {model.n_layer} layers, device {model.device}, {args.threads} threads; "
-          f"keep_ratio {','.join(f'{r:g}' for r in args.keep_ratio)}, full_head_ratio "
-          f"{settings['full_head_ratio']:.3g}, select_layer {settings['select_layer']}, "
-          f"prune_layer {settings['prune_layer']}", flush=True)
+    print(
+        f"model {model.arch}, {model.n_layer} layers, device {model.device}, {args.threads} threads; "
+        f"keep_ratio {','.join(f'{r:g}' for r in args.keep_ratio)}, full_head_ratio "
+        f"{settings['full_head_ratio']:.3g}, select_layer {settings['select_layer']}, "
+        f"prune_layer {settings['prune_layer']}",
+        flush=True,
+    )
     points = []
     for context in args.context:
         points += _measure_context(model, ref, context, args.keep_ratio, base, args.trials, args.task)
-    common = {"task": args.task, "trials": args.trials, "reroute": args.reroute,
-              "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
-              "select_layer": settings["select_layer"], "prune_layer": settings["prune_layer"]}
+    common = {
+        "task": args.task,
+        "trials": args.trials,
+        "reroute": args.reroute,
+        "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
+        "select_layer": settings["select_layer"],
+        "prune_layer": settings["prune_layer"],
+    }
     if len(points) == 1:
         point = points[0]
-        return {**{k: point[k] for k in ENGINES},
-                "settings": {"context": point["context"], "keep_ratio": point["keep_ratio"], **common}}
+        return {
+            **{k: point[k] for k in ENGINES},
+            "settings": {"context": point["context"], "keep_ratio": point["keep_ratio"], **common},
+        }
     return {"points": points, "settings": {"context": args.context, "keep_ratio": args.keep_ratio, **common}}
 
 
@@ -256,8 +295,13 @@ def run(args: argparse.Namespace, path: str) -> int:
     if args.plot:
         plot.require_matplotlib()
     result = compare(args, path)
-    result.update(date=date.today().isoformat(), command=command_line(args), model=os.path.basename(path),
-                  machine=machine(), threads=args.threads)
+    result.update(
+        date=date.today().isoformat(),
+        command=command_line(args),
+        model=os.path.basename(path),
+        machine=machine(),
+        threads=args.threads,
+    )
     write_json(args.json, result)
     if args.plot:
         plot.plot_curve(result, args.plot)

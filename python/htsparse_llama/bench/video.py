@@ -64,8 +64,8 @@ from .llama_cpp import LlamaMtmd
 from .report import machine, write_json
 
 QUESTION = "What happens in this video?"
-GOAL_PREFILL = 2.5   # x llama.cpp dense prefill tokens/s
-GOAL_KV = 2.5        # x less KV than llama.cpp dense
+GOAL_PREFILL = 2.5  # x llama.cpp dense prefill tokens/s
+GOAL_KV = 2.5  # x less KV than llama.cpp dense
 GOAL_VISUAL_SHARE = 0.9
 ENGINES = ("llama_cpp", "dense", "sparse")
 LABELS = {"llama_cpp": "llama.cpp dense", "dense": "ours dense", "sparse": "ours sparse"}
@@ -96,8 +96,7 @@ def _run_llama(engine: LlamaMtmd, prompt: str, frames, n_decode: int, hp) -> Dic
     return row
 
 
-def _run_ours(model, vision, turn, question: str, header: str, n_ctx: int, sparse,
-              n_decode: int) -> Dict[str, float]:
+def _run_ours(model, vision, turn, question: str, header: str, n_ctx: int, sparse, n_decode: int) -> Dict[str, float]:
     """The question about `turn` in a fresh session, then the assistant
     header (as generate() opens the answer); prefill ends at the last logits."""
     s = model.session(n_ctx=n_ctx, sparse=sparse)
@@ -105,8 +104,11 @@ def _run_ours(model, vision, turn, question: str, header: str, n_ctx: int, spars
     turn.ask(s, vision, question, sparse=sparse is not None)
     s.add_text(header)
     logits = s.logits()  # HT-Sparse: question, selection and pruned zone run here
-    row: Dict[str, float] = {"prefill_s": time.perf_counter() - start, "prompt_tokens": s.n_past,
-                             "visual_tokens": turn.n_visual_tokens}
+    row: Dict[str, float] = {
+        "prefill_s": time.perf_counter() - start,
+        "prompt_tokens": s.n_past,
+        "visual_tokens": turn.n_visual_tokens,
+    }
 
     def step(token: int) -> np.ndarray:
         s.add_tokens([token])
@@ -116,8 +118,12 @@ def _run_ours(model, vision, turn, question: str, header: str, n_ctx: int, spars
     stats = s.stats()
     row["kv_bytes"] = s.kv_bytes
     if sparse is not None:
-        row.update(n_sparse=stats.n_sparse, n_kept=stats.n_kept, full_heads=len(stats.full_heads),
-                   stage_ms={k: round(v, 1) for k, v in stats.prefill_ms.items()})
+        row.update(
+            n_sparse=stats.n_sparse,
+            n_kept=stats.n_kept,
+            full_heads=len(stats.full_heads),
+            stage_ms={k: round(v, 1) for k, v in stats.prefill_ms.items()},
+        )
     return row
 
 
@@ -157,40 +163,64 @@ def _finish(row: Dict[str, object], n_frames: int, decode_s: float) -> Dict[str,
 
 
 def _print_table(rows: Dict[str, Dict[str, object]]) -> None:
-    print(f"{'engine':<16} {'frames/s':>9} {'encode s':>9} {'prompt':>7} {'visual':>7} {'prefill tok/s':>14} "
-          f"{'TTFT s':>8} {'decode tok/s':>13} {'KV MiB':>8}")
+    print(
+        f"{'engine':<16} {'frames/s':>9} {'encode s':>9} {'prompt':>7} {'visual':>7} {'prefill tok/s':>14} "
+        f"{'TTFT s':>8} {'decode tok/s':>13} {'KV MiB':>8}"
+    )
     for name, r in rows.items():
-        print(f"{LABELS[name]:<16} {r['frames_per_s']:9.2f} {r['encode_s']:9.2f} {r['prompt_tokens']:7d} "
-              f"{r['visual_tokens']:7d} {r['prefill_tok_s']:14.1f} {r['ttft_s']:8.2f} {r['decode_tok_s']:13.1f} "
-              f"{r['kv_bytes'] / 2**20:8.2f}", flush=True)
+        print(
+            f"{LABELS[name]:<16} {r['frames_per_s']:9.2f} {r['encode_s']:9.2f} {r['prompt_tokens']:7d} "
+            f"{r['visual_tokens']:7d} {r['prefill_tok_s']:14.1f} {r['ttft_s']:8.2f} {r['decode_tok_s']:13.1f} "
+            f"{r['kv_bytes'] / 2**20:8.2f}",
+            flush=True,
+        )
 
 
 def _ratios(rows: Dict[str, Dict], base: str, keep_ratio: float) -> Dict[str, object]:
     ref, sp = rows[base], rows["sparse"]
-    ratios = {"baseline": base,
-              "prefill_speedup": round(sp["prefill_tok_s"] / ref["prefill_tok_s"], 3),
-              "ttft_speedup": round(ref["ttft_s"] / sp["ttft_s"], 3),
-              "decode_speedup": round(sp["decode_tok_s"] / ref["decode_tok_s"], 3),
-              "kv_reduction": round(ref["kv_bytes"] / sp["kv_bytes"], 3),
-              "dense_prefill_ratio": round(rows["dense"]["prefill_tok_s"] / ref["prefill_tok_s"], 3)}
-    goals = {"keep_ratio": keep_ratio, "visual_share": sp["visual_share"],
-             "prefill": ratios["prefill_speedup"] >= GOAL_PREFILL, "kv": ratios["kv_reduction"] >= GOAL_KV}
+    ratios = {
+        "baseline": base,
+        "prefill_speedup": round(sp["prefill_tok_s"] / ref["prefill_tok_s"], 3),
+        "ttft_speedup": round(ref["ttft_s"] / sp["ttft_s"], 3),
+        "decode_speedup": round(sp["decode_tok_s"] / ref["decode_tok_s"], 3),
+        "kv_reduction": round(ref["kv_bytes"] / sp["kv_bytes"], 3),
+        "dense_prefill_ratio": round(rows["dense"]["prefill_tok_s"] / ref["prefill_tok_s"], 3),
+    }
+    goals = {
+        "keep_ratio": keep_ratio,
+        "visual_share": sp["visual_share"],
+        "prefill": ratios["prefill_speedup"] >= GOAL_PREFILL,
+        "kv": ratios["kv_reduction"] >= GOAL_KV,
+    }
     label = LABELS[base]
-    print("prompt tokens: " + ", ".join(f"{LABELS[k]} {r['prompt_tokens']} ({r['text_tokens']} text)"
-                                        for k, r in rows.items() if k != "sparse")
-          + f"; {sp['visual_tokens']} visual tokens in each (the layouts differ only in text)")
+    print(
+        "prompt tokens: "
+        + ", ".join(
+            f"{LABELS[k]} {r['prompt_tokens']} ({r['text_tokens']} text)" for k, r in rows.items() if k != "sparse"
+        )
+        + f"; {sp['visual_tokens']} visual tokens in each (the layouts differ only in text)"
+    )
     print(f"ours dense vs {label}: prefill {ratios['dense_prefill_ratio']:.2f}x")
-    print(f"ours sparse vs {label}: prefill {ratios['prefill_speedup']:.2f}x, time to first token "
-          f"{ratios['ttft_speedup']:.2f}x, decode {ratios['decode_speedup']:.2f}x, KV {ratios['kv_reduction']:.2f}x "
-          f"less; kept {sp['n_kept']} of {sp['n_sparse']} sparse tokens ({sp['n_kept'] / sp['n_sparse']:.1%})")
+    print(
+        f"ours sparse vs {label}: prefill {ratios['prefill_speedup']:.2f}x, time to first token "
+        f"{ratios['ttft_speedup']:.2f}x, decode {ratios['decode_speedup']:.2f}x, KV {ratios['kv_reduction']:.2f}x "
+        f"less; kept {sp['n_kept']} of {sp['n_sparse']} sparse tokens ({sp['n_kept'] / sp['n_sparse']:.1%})"
+    )
     print("ours sparse prefill stages: " + ", ".join(f"{k} {v:.0f} ms" for k, v in sp["stage_ms"].items()))
     share = sp["visual_share"]
-    hint = ("" if abs(share - GOAL_VISUAL_SHARE) <= 0.02 else
-            " (the goal is stated at ~90%: --visual-share 0.9 adds text to match)" if share > GOAL_VISUAL_SHARE
-            else " (below the goal's ~90%: a larger --max-visual-tokens raises it)")
-    print(f"goal prefill >= {GOAL_PREFILL}x: {'MET' if goals['prefill'] else 'MISS'} "
-          f"({ratios['prefill_speedup']:.2f}x); goal KV >= {GOAL_KV}x less: {'MET' if goals['kv'] else 'MISS'} "
-          f"({ratios['kv_reduction']:.2f}x); keep_ratio {keep_ratio:g}, visual share {share:.1%}{hint}", flush=True)
+    hint = (
+        ""
+        if abs(share - GOAL_VISUAL_SHARE) <= 0.02
+        else " (the goal is stated at ~90%: --visual-share 0.9 adds text to match)"
+        if share > GOAL_VISUAL_SHARE
+        else " (below the goal's ~90%: a larger --max-visual-tokens raises it)"
+    )
+    print(
+        f"goal prefill >= {GOAL_PREFILL}x: {'MET' if goals['prefill'] else 'MISS'} "
+        f"({ratios['prefill_speedup']:.2f}x); goal KV >= {GOAL_KV}x less: {'MET' if goals['kv'] else 'MISS'} "
+        f"({ratios['kv_reduction']:.2f}x); keep_ratio {keep_ratio:g}, visual share {share:.1%}{hint}",
+        flush=True,
+    )
     return {**ratios, "goals": goals}
 
 
@@ -198,12 +228,20 @@ def _command_line(args: argparse.Namespace, video: str) -> str:
     cmd = f"python -m htsparse_llama bench --video {shlex.quote(video)}"
     if args.model:
         cmd += f" -m {shlex.quote(args.model)} --mmproj {shlex.quote(args.mmproj)}"
-    cmd += (f" -t {args.threads} --device {args.device} --max-visual-tokens {args.max_visual_tokens}"
-            f" --keep-ratio {args.keep_ratio[0]:g} --decode-tokens {args.decode_tokens} --reps {args.reps}")
-    for flag, value in (("--fps", args.fps), ("--max-frames", args.max_frames), ("--start", args.start),
-                        ("--visual-share", args.visual_share),
-                        ("--end", args.end), ("--full-heads", args.full_head_ratio),
-                        ("--select-layer", args.select_layer), ("--prune-layer", args.prune_layer)):
+    cmd += (
+        f" -t {args.threads} --device {args.device} --max-visual-tokens {args.max_visual_tokens}"
+        f" --keep-ratio {args.keep_ratio[0]:g} --decode-tokens {args.decode_tokens} --reps {args.reps}"
+    )
+    for flag, value in (
+        ("--fps", args.fps),
+        ("--max-frames", args.max_frames),
+        ("--start", args.start),
+        ("--visual-share", args.visual_share),
+        ("--end", args.end),
+        ("--full-heads", args.full_head_ratio),
+        ("--select-layer", args.select_layer),
+        ("--prune-layer", args.prune_layer),
+    ):
         if value is not None:
             cmd += f" {flag} {value:g}"
     if args.question != QUESTION:
@@ -235,8 +273,12 @@ class _Setup:
         vf.probe(self.path)  # a missing or broken video is one clear error before any model loads
         self.text_path, self.mmproj_path, self.demo = _open(args)
         self.model = model = Model(self.text_path, n_threads=args.threads, device=args.device)
-        self.sparse = SparseConfig(keep_ratio=args.keep_ratio[0], full_head_ratio=args.full_head_ratio,
-                                   select_layer=args.select_layer, prune_layer=args.prune_layer)
+        self.sparse = SparseConfig(
+            keep_ratio=args.keep_ratio[0],
+            full_head_ratio=args.full_head_ratio,
+            select_layer=args.select_layer,
+            prune_layer=args.prune_layer,
+        )
         self.settings = self.sparse.resolve(model)  # a bad value stops here, before the long run
         self.vision = Vision(model, self.mmproj_path, n_threads=args.threads)
         options = VideoOptions(args.fps, args.max_frames, args.start, args.end, args.max_visual_tokens)
@@ -278,14 +320,16 @@ def _measure(args: argparse.Namespace, setup: _Setup, ref: Optional[LlamaMtmd]) 
     reps: Dict[str, List[Dict]] = {name: [] for name in ENGINES}
     for _ in range(args.reps):
         if ref is not None:
-            reps["llama_cpp"].append(_run_llama(ref, setup.llama_prompt(ref.marker), setup.frames,
-                                                args.decode_tokens, model.info))
+            reps["llama_cpp"].append(
+                _run_llama(ref, setup.llama_prompt(ref.marker), setup.frames, args.decode_tokens, model.info)
+            )
         t0 = time.perf_counter()
         vision.encode_frames(setup.frames)  # what VideoTurn's encoding costs (the turn itself is reused)
         encode_s = time.perf_counter() - t0
         for name, config in (("dense", None), ("sparse", setup.sparse)):
-            row = _run_ours(model, vision, setup.turn, setup.question, setup.header, setup.n_ctx, config,
-                            args.decode_tokens)
+            row = _run_ours(
+                model, vision, setup.turn, setup.question, setup.header, setup.n_ctx, config, args.decode_tokens
+            )
             reps[name].append({"encode_s": encode_s, **row})
     return {name: _finish(_median_rows(r), setup.n_frames, setup.decode_s) for name, r in reps.items() if r}
 
@@ -296,16 +340,24 @@ def run(args: argparse.Namespace) -> int:
     model, turn, settings = setup.model, setup.turn, setup.settings
     baseline, note, ref = "llama_cpp", None, None
     try:
-        ref = LlamaMtmd(setup.text_path, setup.mmproj_path, setup.n_ctx + 2 * setup.n_frames, args.threads,
-                        model.device.upper() != "CPU")  # its layout wraps every frame pair
+        ref = LlamaMtmd(
+            setup.text_path,
+            setup.mmproj_path,
+            setup.n_ctx + 2 * setup.n_frames,
+            args.threads,
+            model.device.upper() != "CPU",
+        )  # its layout wraps every frame pair
     except (ImportError, OSError, AttributeError, RuntimeError) as exc:
         baseline, note = "dense", f"llama.cpp + libmtmd unavailable ({exc}); ratios are against our dense path"
         print(f"note: {note}", file=sys.stderr)
-    print(f"model {os.path.basename(setup.text_path)} ({model.arch}, {model.n_layer} layers), device {model.device}, "
-          f"{args.threads} threads; {setup.n_frames} frames {turn.plan.width}x{turn.plan.height}, "
-          f"{turn.n_visual_tokens} visual tokens; keep_ratio {settings['keep_ratio']:g}, full_head_ratio "
-          f"{settings['full_head_ratio']:.3g}, select_layer {settings['select_layer']}, prune_layer "
-          f"{settings['prune_layer']}; median of {args.reps}", flush=True)
+    print(
+        f"model {os.path.basename(setup.text_path)} ({model.arch}, {model.n_layer} layers), device {model.device}, "
+        f"{args.threads} threads; {setup.n_frames} frames {turn.plan.width}x{turn.plan.height}, "
+        f"{turn.n_visual_tokens} visual tokens; keep_ratio {settings['keep_ratio']:g}, full_head_ratio "
+        f"{settings['full_head_ratio']:.3g}, select_layer {settings['select_layer']}, prune_layer "
+        f"{settings['prune_layer']}; median of {args.reps}",
+        flush=True,
+    )
     try:
         rows = _measure(args, setup, ref)
     finally:
@@ -316,17 +368,32 @@ def run(args: argparse.Namespace) -> int:
         "date": date.today().isoformat(),
         "command": _command_line(args, args.video),
         "machine": machine(),
-        "model": os.path.basename(setup.text_path), "mmproj": os.path.basename(setup.mmproj_path),
-        "demo_model": setup.demo, "arch": model.arch, "device": model.device, "threads": args.threads,
-        "reps": args.reps, "question": setup.question,
-        "video": {"source": os.path.basename(setup.path), "frames": setup.n_frames, "width": turn.plan.width,
-                  "height": turn.plan.height, "visual_tokens": turn.n_visual_tokens,
-                  "video_turn_s": round(setup.turn_s, 4)},
-        "settings": {"keep_ratio": round(float(settings["keep_ratio"]), 6),
-                     "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
-                     "select_layer": settings["select_layer"], "prune_layer": settings["prune_layer"],
-                     "max_visual_tokens": args.max_visual_tokens, "visual_share": args.visual_share,
-                     "decode_tokens": args.decode_tokens, "n_ctx": setup.n_ctx},
+        "model": os.path.basename(setup.text_path),
+        "mmproj": os.path.basename(setup.mmproj_path),
+        "demo_model": setup.demo,
+        "arch": model.arch,
+        "device": model.device,
+        "threads": args.threads,
+        "reps": args.reps,
+        "question": setup.question,
+        "video": {
+            "source": os.path.basename(setup.path),
+            "frames": setup.n_frames,
+            "width": turn.plan.width,
+            "height": turn.plan.height,
+            "visual_tokens": turn.n_visual_tokens,
+            "video_turn_s": round(setup.turn_s, 4),
+        },
+        "settings": {
+            "keep_ratio": round(float(settings["keep_ratio"]), 6),
+            "full_head_ratio": round(float(settings["full_head_ratio"]), 6),
+            "select_layer": settings["select_layer"],
+            "prune_layer": settings["prune_layer"],
+            "max_visual_tokens": args.max_visual_tokens,
+            "visual_share": args.visual_share,
+            "decode_tokens": args.decode_tokens,
+            "n_ctx": setup.n_ctx,
+        },
         **{name: rows.get(name) for name in ENGINES},
         "baseline_note": note,
     }

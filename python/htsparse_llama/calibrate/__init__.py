@@ -36,9 +36,17 @@ PathLike = Union[str, "os.PathLike[str]"]
 __all__ = ["Calibration", "calibrate", "measure", "measure_video"]
 
 
-def calibrate(model_path: PathLike, out_path: PathLike, *, force: bool = False, n_threads: Optional[int] = None,
-              log: Callable[[str], Any] = lambda _msg: None, mmproj: Optional[PathLike] = None,
-              videos: Sequence[PathLike] = (), **measure_args: Any) -> Calibration:
+def calibrate(
+    model_path: PathLike,
+    out_path: PathLike,
+    *,
+    force: bool = False,
+    n_threads: Optional[int] = None,
+    log: Callable[[str], Any] = lambda _msg: None,
+    mmproj: Optional[PathLike] = None,
+    videos: Sequence[PathLike] = (),
+    **measure_args: Any,
+) -> Calibration:
     """Measures `model_path` and writes `out_path` with the htsparse.* keys:
     on text prompts (measure's arguments), or with `mmproj` on needle-frame
     prompts made from `videos` (default: the clip shipped with the package)."""

@@ -24,11 +24,11 @@ class Calibration:
     prune_layer: int
     keep_ratio: float
     full_head_ratio: float
-    head_prior: np.ndarray              # [n_layer, n_head_kv], largest 1
-    recall_by_layer: List[float]        # needle recall of a selection at each layer
-    task: str                           # what data: "text:passkey", "video:needle-frame"
+    head_prior: np.ndarray  # [n_layer, n_head_kv], largest 1
+    recall_by_layer: List[float]  # needle recall of a selection at each layer
+    task: str  # what data: "text:passkey", "video:needle-frame"
     n_samples: int
-    n_tokens: int                       # tokens per calibration prompt
+    n_tokens: int  # tokens per calibration prompt
     notes: List[str] = field(default_factory=list)
 
     def metadata(self) -> Dict[str, Any]:
@@ -48,9 +48,11 @@ class Calibration:
 
     def line(self) -> str:
         recall = self.recall_by_layer[self.select_layer]
-        return (f"select layer {self.select_layer} (needle recall {recall:.2f} over {self.n_samples} {self.task} "
-                f"prompts of {self.n_tokens} tokens, keep {self.keep_ratio:g}), prune layer {self.prune_layer}, "
-                f"full heads {self.full_head_ratio:g}")
+        return (
+            f"select layer {self.select_layer} (needle recall {recall:.2f} over {self.n_samples} {self.task} "
+            f"prompts of {self.n_tokens} tokens, keep {self.keep_ratio:g}), prune layer {self.prune_layer}, "
+            f"full heads {self.full_head_ratio:g}"
+        )
 
 
 def trial_zones(n_layer: int) -> List[Tuple[int, int]]:
@@ -70,8 +72,15 @@ def recall_and_scores(session, needle: set) -> Tuple[List[bool], np.ndarray]:
     return kept_at, np.asarray(trials[-1]["kv_head_score"], dtype=np.float64)
 
 
-def choose(n_layer: int, results: Sequence[Tuple[List[bool], np.ndarray]], *, keep_ratio: float, min_recall: float,
-           data: str, n_tokens: int) -> Calibration:
+def choose(
+    n_layer: int,
+    results: Sequence[Tuple[List[bool], np.ndarray]],
+    *,
+    keep_ratio: float,
+    min_recall: float,
+    data: str,
+    n_tokens: int,
+) -> Calibration:
     """The calibration from per-prompt (kept_at, scores)."""
     recall = np.mean([np.asarray(kept, dtype=np.float64) for kept, _ in results], axis=0)
     prior = np.mean([scores / max(float(scores.max()), 1e-30) for _, scores in results], axis=0)
@@ -83,8 +92,18 @@ def choose(n_layer: int, results: Sequence[Tuple[List[bool], np.ndarray]], *, ke
     else:
         select = int(np.argmax(recall))
         notes.append(f"no layer reached needle recall {min_recall:g}; the best ({recall[select]:.2f}) was chosen")
-    return Calibration(select, select, keep_ratio, DEFAULT_FULL_HEAD_RATIO, prior.astype(np.float32),
-                       [float(r) for r in recall], data, len(results), n_tokens, notes)
+    return Calibration(
+        select,
+        select,
+        keep_ratio,
+        DEFAULT_FULL_HEAD_RATIO,
+        prior.astype(np.float32),
+        [float(r) for r in recall],
+        data,
+        len(results),
+        n_tokens,
+        notes,
+    )
 
 
 def check_settings(n_samples: int, keep_ratio: float) -> None:

@@ -22,9 +22,18 @@ def measure_prompt(model: Model, prompt: SparsePrompt, keep_ratio: float, q_wind
     return recall_and_scores(s, set(prompt.needle))
 
 
-def measure(model: Model, *, task: str = "passkey", n_samples: int = 4, context: int = 1024, keep_ratio: float = 0.1,
-            min_recall: float = 0.95, q_window: int = 64, seed: int = 0,
-            progress: Callable[[int, int], Any] = lambda i, n: None) -> Calibration:
+def measure(
+    model: Model,
+    *,
+    task: str = "passkey",
+    n_samples: int = 4,
+    context: int = 1024,
+    keep_ratio: float = 0.1,
+    min_recall: float = 0.95,
+    q_window: int = 64,
+    seed: int = 0,
+    progress: Callable[[int, int], Any] = lambda i, n: None,
+) -> Calibration:
     """Calibrates a Model on `n_samples` text prompts of about `context` tokens."""
     if task not in ("passkey", "multikey"):
         raise ValueError(f"calibration task must be passkey or multikey, got {task!r}")
@@ -36,5 +45,6 @@ def measure(model: Model, *, task: str = "passkey", n_samples: int = 4, context:
         n_tokens = len(prompt.prefix) + len(prompt.span) + len(prompt.suffix)
         results.append(measure_prompt(model, prompt, keep_ratio, q_window))
         progress(i + 1, n_samples)
-    return choose(model.n_layer, results, keep_ratio=keep_ratio, min_recall=min_recall, data=f"text:{task}",
-                  n_tokens=n_tokens)
+    return choose(
+        model.n_layer, results, keep_ratio=keep_ratio, min_recall=min_recall, data=f"text:{task}", n_tokens=n_tokens
+    )

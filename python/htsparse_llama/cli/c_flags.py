@@ -11,10 +11,14 @@ import sys
 
 from ..c_api import PACKAGE, c_api_paths
 
+
 def register(sub) -> None:
-    p = sub.add_parser("c-flags", help="print the flags that build a C app against the installed C API",
-                       description="Print the compiler and linker flags of the installed C API (htsparse.h, "
-                                   "libhtsparse): cc app.c $(python -m htsparse_llama c-flags) -o app")
+    p = sub.add_parser(
+        "c-flags",
+        help="print the flags that build a C app against the installed C API",
+        description="Print the compiler and linker flags of the installed C API (htsparse.h, "
+        "libhtsparse): cc app.c $(python -m htsparse_llama c-flags) -o app",
+    )
     g = p.add_mutually_exclusive_group()
     g.add_argument("--cflags", action="store_true", help="only the compiler flags")
     g.add_argument("--libs", action="store_true", help="only the linker flags")

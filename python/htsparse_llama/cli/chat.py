@@ -30,8 +30,17 @@ from ..video.explain import Explainer, check_output
 from ..video.frames import sample_clip_path
 from ..video.turn import VideoOptions, VideoTurn
 from ..vision import Vision
-from .args import (add_context_file_arg, add_model_args, add_sampling_args, add_sparse_args, load_model,
-                   read_context_file, sampling_kwargs, sparse_config, user_content)
+from .args import (
+    add_context_file_arg,
+    add_model_args,
+    add_sampling_args,
+    add_sparse_args,
+    load_model,
+    read_context_file,
+    sampling_kwargs,
+    sparse_config,
+    user_content,
+)
 
 HELP = "commands: /reset (forget the conversation), /exit (quit)"
 PACKAGED_CLIP = "packaged:clip"
@@ -42,7 +51,7 @@ def register(sub) -> None:
         "chat",
         help="interactive chat",
         description="Chat with a GGUF model, about a video or images if given. Type /reset to forget the "
-                    "conversation, /exit or Ctrl-D to quit.",
+        "conversation, /exit or Ctrl-D to quit.",
     )
     add_model_args(p, model_required=False)
     p.add_argument("--system", default=None, help="a system message for the conversation")
@@ -51,18 +60,27 @@ def register(sub) -> None:
     add_sampling_args(p)
     add_context_file_arg(add_sparse_args(p, "HT-Sparse (a long context the question needs only parts of)"))
     g = p.add_argument_group("video and images (with an mmproj; without -m, a small default model runs)")
-    g.add_argument("--video", metavar="FILE", help=f"a video to ask about ({PACKAGED_CLIP}: a short clip shipped "
-                                                   "with the package)")
+    g.add_argument(
+        "--video", metavar="FILE", help=f"a video to ask about ({PACKAGED_CLIP}: a short clip shipped with the package)"
+    )
     g.add_argument("--image", metavar="FILE", action="append", help="an image to ask about (repeatable)")
     g.add_argument("--mmproj", metavar="FILE", help="the vision tower GGUF made with the model")
-    g.add_argument("--hf-repo", metavar="OWNER/NAME[:QUANT]", default=None,
-                   help="instead of -m/--mmproj: a model GGUF (QUANT, default Q4_K_M) and its mmproj from a Hugging "
-                        "Face repository, downloaded once (needs network and huggingface_hub)")
+    g.add_argument(
+        "--hf-repo",
+        metavar="OWNER/NAME[:QUANT]",
+        default=None,
+        help="instead of -m/--mmproj: a model GGUF (QUANT, default Q4_K_M) and its mmproj from a Hugging "
+        "Face repository, downloaded once (needs network and huggingface_hub)",
+    )
     add_flags(g, VideoOptions)
     g.add_argument("--cache-dir", default=None, help="keep visual embeddings here between runs")
-    g.add_argument("--explain", metavar="OUT.png", default=None,
-                   help="after each answer, write a PNG: the frames with the visual tokens the question kept as "
-                        "a red heat map, and the full heads listed (not with --dense)")
+    g.add_argument(
+        "--explain",
+        metavar="OUT.png",
+        default=None,
+        help="after each answer, write a PNG: the frames with the visual tokens the question kept as "
+        "a red heat map, and the full heads listed (not with --dense)",
+    )
     p.set_defaults(run=run)
 
 
@@ -91,8 +109,9 @@ class _Bars:
 
         bar = self.bars.get(stage)
         if bar is None:
-            bar = self.bars[stage] = tqdm(total=total, desc=stage, unit="frame" if "frame" in stage else "chunk",
-                                          leave=False, file=sys.stderr)
+            bar = self.bars[stage] = tqdm(
+                total=total, desc=stage, unit="frame" if "frame" in stage else "chunk", leave=False, file=sys.stderr
+            )
         bar.update(done - bar.n)
         if done >= total:
             bar.close()
@@ -149,8 +168,14 @@ class _Conversation:
     """The session and what its first user turn carries: a video or images
     (turn), a long text (context), or only the question."""
 
-    def __init__(self, args: argparse.Namespace, session: Session, vision: Optional[Vision],
-                 turn: Optional[VideoTurn], context: Optional[str]) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        session: Session,
+        vision: Optional[Vision],
+        turn: Optional[VideoTurn],
+        context: Optional[str],
+    ) -> None:
         self.args, self.session, self.vision, self.turn, self.context = args, session, vision, turn, context
         self.first = True
         self.start()

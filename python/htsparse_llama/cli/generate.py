@@ -5,8 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .args import (add_context_file_arg, add_model_args, add_sampling_args, add_sparse_args, load_model,
-                   read_context_file, sampling_kwargs, sparse_config, user_content)
+from .args import (
+    add_context_file_arg,
+    add_model_args,
+    add_sampling_args,
+    add_sparse_args,
+    load_model,
+    read_context_file,
+    sampling_kwargs,
+    sparse_config,
+    user_content,
+)
 
 SPARSE_TITLE = "HT-Sparse (a long context the question needs only parts of)"
 

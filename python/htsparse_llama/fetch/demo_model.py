@@ -23,55 +23,116 @@ from .packaged import cache_dir, fetch_packaged_model
 
 VERSION = 2  # bump to re-create cached files after a change here
 N_VOCAB = 151936  # Qwen2.5's embedding rows
-TEXT = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6)
+TEXT = dict(
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32768,
+    rms_norm_eps=1e-6,
+)
 MROPE_SECTION = [4, 6, 6]  # t, h, w rotary pairs: sums to head_dim / 2 = 16
-VISION = dict(depth=4, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=TEXT["hidden_size"],
-              patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-              fullatt_block_indexes=[1, 3], in_channels=3, hidden_act="silu", model_type="qwen2_5_vl_vision",
-              tokens_per_second=2)  # as the released Qwen2.5-VL checkpoints (video time positions)
-PREPROCESSOR = {"image_mean": [0.48145466, 0.4578275, 0.40821073],
-                "image_std": [0.26862954, 0.26130258, 0.27577711], "patch_size": 14, "merge_size": 2,
-                "temporal_patch_size": 2}
+VISION = dict(
+    depth=4,
+    hidden_size=64,
+    intermediate_size=128,
+    num_heads=2,
+    out_hidden_size=TEXT["hidden_size"],
+    patch_size=14,
+    spatial_merge_size=2,
+    temporal_patch_size=2,
+    window_size=112,
+    fullatt_block_indexes=[1, 3],
+    in_channels=3,
+    hidden_act="silu",
+    model_type="qwen2_5_vl_vision",
+    tokens_per_second=2,
+)  # as the released Qwen2.5-VL checkpoints (video time positions)
+PREPROCESSOR = {
+    "image_mean": [0.48145466, 0.4578275, 0.40821073],
+    "image_std": [0.26862954, 0.26130258, 0.27577711],
+    "patch_size": 14,
+    "merge_size": 2,
+    "temporal_patch_size": 2,
+}
 
 
 def config() -> dict:
     """The HF config.json of the default model."""
-    text = dict(TEXT, vocab_size=N_VOCAB, model_type="qwen2_5_vl_text",
-                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": MROPE_SECTION})
-    return {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl",
-            "tie_word_embeddings": False, "text_config": text, "vision_config": dict(VISION),
-            "image_token_id": 151655, "video_token_id": 151656, "vision_start_token_id": 151652,
-            "vision_end_token_id": 151653}
+    text = dict(
+        TEXT,
+        vocab_size=N_VOCAB,
+        model_type="qwen2_5_vl_text",
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": MROPE_SECTION},
+    )
+    return {
+        "architectures": ["Qwen2_5_VLForConditionalGeneration"],
+        "model_type": "qwen2_5_vl",
+        "tie_word_embeddings": False,
+        "text_config": text,
+        "vision_config": dict(VISION),
+        "image_token_id": 151655,
+        "video_token_id": 151656,
+        "vision_start_token_id": 151652,
+        "vision_end_token_id": 151653,
+    }
 
 
 def _shapes() -> Dict[str, Tuple[int, ...]]:
     """HF parameter name -> shape, as transformers' Qwen2_5_VLForConditionalGeneration has them."""
     d, ff, kv = TEXT["hidden_size"], TEXT["intermediate_size"], TEXT["num_key_value_heads"]
     head = d // TEXT["num_attention_heads"]
-    shapes: Dict[str, Tuple[int, ...]] = {"model.language_model.embed_tokens.weight": (N_VOCAB, d),
-                                          "model.language_model.norm.weight": (d,), "lm_head.weight": (N_VOCAB, d)}
+    shapes: Dict[str, Tuple[int, ...]] = {
+        "model.language_model.embed_tokens.weight": (N_VOCAB, d),
+        "model.language_model.norm.weight": (d,),
+        "lm_head.weight": (N_VOCAB, d),
+    }
     for il in range(TEXT["num_hidden_layers"]):
         p = f"model.language_model.layers.{il}."
-        shapes.update({p + "self_attn.q_proj.weight": (d, d), p + "self_attn.q_proj.bias": (d,),
-                       p + "self_attn.k_proj.weight": (kv * head, d), p + "self_attn.k_proj.bias": (kv * head,),
-                       p + "self_attn.v_proj.weight": (kv * head, d), p + "self_attn.v_proj.bias": (kv * head,),
-                       p + "self_attn.o_proj.weight": (d, d), p + "mlp.gate_proj.weight": (ff, d),
-                       p + "mlp.up_proj.weight": (ff, d), p + "mlp.down_proj.weight": (d, ff),
-                       p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,)})
+        shapes.update(
+            {
+                p + "self_attn.q_proj.weight": (d, d),
+                p + "self_attn.q_proj.bias": (d,),
+                p + "self_attn.k_proj.weight": (kv * head, d),
+                p + "self_attn.k_proj.bias": (kv * head,),
+                p + "self_attn.v_proj.weight": (kv * head, d),
+                p + "self_attn.v_proj.bias": (kv * head,),
+                p + "self_attn.o_proj.weight": (d, d),
+                p + "mlp.gate_proj.weight": (ff, d),
+                p + "mlp.up_proj.weight": (ff, d),
+                p + "mlp.down_proj.weight": (d, ff),
+                p + "input_layernorm.weight": (d,),
+                p + "post_attention_layernorm.weight": (d,),
+            }
+        )
     v, vff, ps = VISION["hidden_size"], VISION["intermediate_size"], VISION["patch_size"]
     merged = v * VISION["spatial_merge_size"] ** 2
     shapes["model.visual.patch_embed.proj.weight"] = (v, 3, VISION["temporal_patch_size"], ps, ps)
     for ib in range(VISION["depth"]):
         p = f"model.visual.blocks.{ib}."
-        shapes.update({p + "norm1.weight": (v,), p + "norm2.weight": (v,), p + "attn.qkv.weight": (3 * v, v),
-                       p + "attn.qkv.bias": (3 * v,), p + "attn.proj.weight": (v, v), p + "attn.proj.bias": (v,)})
+        shapes.update(
+            {
+                p + "norm1.weight": (v,),
+                p + "norm2.weight": (v,),
+                p + "attn.qkv.weight": (3 * v, v),
+                p + "attn.qkv.bias": (3 * v,),
+                p + "attn.proj.weight": (v, v),
+                p + "attn.proj.bias": (v,),
+            }
+        )
         for name, shape in (("gate_proj", (vff, v)), ("up_proj", (vff, v)), ("down_proj", (v, vff))):
             shapes[p + f"mlp.{name}.weight"] = shape
             shapes[p + f"mlp.{name}.bias"] = shape[:1]
-    shapes.update({"model.visual.merger.ln_q.weight": (v,), "model.visual.merger.mlp.0.weight": (merged, merged),
-                   "model.visual.merger.mlp.0.bias": (merged,), "model.visual.merger.mlp.2.weight": (d, merged),
-                   "model.visual.merger.mlp.2.bias": (d,)})
+    shapes.update(
+        {
+            "model.visual.merger.ln_q.weight": (v,),
+            "model.visual.merger.mlp.0.weight": (merged, merged),
+            "model.visual.merger.mlp.0.bias": (merged,),
+            "model.visual.merger.mlp.2.weight": (d, merged),
+            "model.visual.merger.mlp.2.bias": (d,),
+        }
+    )
     return shapes
 
 
@@ -105,8 +166,9 @@ def default_model_paths(log=lambda _msg: None, folder: Optional[Path] = None) ->
     tensors, cfg = random_tensors(), config()
     # Both are written under temporary names and renamed: a cut run leaves no half file.
     write_mmproj_gguf(mmproj, tensors, cfg, preprocessor=PREPROCESSOR, out_type="f16", name="default-vlm")
-    write_text_gguf(text, tensors, cfg, vocab_from=vocab, out_type="f16",
-                    name="htsparse-llama default VLM (random weights)")
+    write_text_gguf(
+        text, tensors, cfg, vocab_from=vocab, out_type="f16", name="htsparse-llama default VLM (random weights)"
+    )
     return text, mmproj
 
 
@@ -117,6 +179,9 @@ def demo_model_paths(action: str) -> Tuple[str, str]:
     import sys
 
     text, mmproj = default_model_paths(lambda msg: print(msg, file=sys.stderr))
-    print(f"note: no -m given: {action} the built-in demo model, whose weights are random, so its answers are "
-          "meaningless. Pass -m model.gguf --mmproj mmproj.gguf for a real VLM.", file=sys.stderr)
+    print(
+        f"note: no -m given: {action} the built-in demo model, whose weights are random, so its answers are "
+        "meaningless. Pass -m model.gguf --mmproj mmproj.gguf for a real VLM.",
+        file=sys.stderr,
+    )
     return str(text), str(mmproj)

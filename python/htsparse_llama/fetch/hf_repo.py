@@ -23,7 +23,7 @@ PREFERRED_MMPROJ = ("F16", "BF16", "F32", "Q8_0")
 
 
 def parse_spec(spec: str) -> Tuple[str, Optional[str]]:
-    """"owner/name[:quant]" -> (repo id, quant or None)."""
+    """ "owner/name[:quant]" -> (repo id, quant or None)."""
     repo, _, quant = spec.partition(":")
     if repo.count("/") != 1 or not all(repo.split("/")):
         raise InvalidArgumentError(f"--hf-repo wants OWNER/NAME[:QUANT], got {spec!r}")
@@ -69,5 +69,6 @@ def fetch_vlm(spec: str) -> Tuple[str, str]:
     except InvalidArgumentError:
         raise
     except Exception as e:  # offline, no such repository, gated, disk full: one line, the cause named
-        raise InvalidArgumentError(f"could not get {repo} from Hugging Face: {type(e).__name__}: "
-                                   f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise InvalidArgumentError(
+            f"could not get {repo} from Hugging Face: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None

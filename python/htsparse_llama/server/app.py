@@ -47,7 +47,7 @@ class ServerConfig:
     queue_timeout: Optional[float] = None
     cache_dir: Optional[str] = None
     sampling: Dict[str, Any] = field(default_factory=dict)  # Sampling's options
-    sparse: Dict[str, Any] = field(default_factory=dict)    # SparseConfig's options and `dense`
+    sparse: Dict[str, Any] = field(default_factory=dict)  # SparseConfig's options and `dense`
 
 
 def check(cfg: ServerConfig) -> None:
@@ -55,8 +55,12 @@ def check(cfg: ServerConfig) -> None:
     if not 0 <= cfg.port <= 65535:
         raise InvalidArgumentError(f"--port must be in [0, 65535], got {cfg.port}")
     limits = cfg.limits
-    for name, value in (("max-body-mb", limits.max_body_bytes), ("max-media-mb", limits.max_media_bytes),
-                        ("max-visual-tokens", limits.max_visual_tokens), ("max-queue", cfg.max_queue)):
+    for name, value in (
+        ("max-body-mb", limits.max_body_bytes),
+        ("max-media-mb", limits.max_media_bytes),
+        ("max-visual-tokens", limits.max_visual_tokens),
+        ("max-queue", cfg.max_queue),
+    ):
         if value <= 0:
             raise InvalidArgumentError(f"--{name} must be positive, got {value}")
     for d in limits.media_dirs:
@@ -80,8 +84,15 @@ def build_engine(cfg: ServerConfig) -> Engine:
     model, vision, name = load(cfg)
     defaults = Defaults(dict(cfg.sampling), {k: v for k, v in cfg.sparse.items() if v is not None}, cfg.ctx)
     limits = Limits(**{**vars(cfg.limits), "media_dirs": [os.path.realpath(d) for d in cfg.limits.media_dirs]})
-    return Engine(model, vision, name, defaults, limits, EmbeddingCache(cfg.cache_dir),
-                  RequestQueue(cfg.max_queue, cfg.queue_timeout))
+    return Engine(
+        model,
+        vision,
+        name,
+        defaults,
+        limits,
+        EmbeddingCache(cfg.cache_dir),
+        RequestQueue(cfg.max_queue, cfg.queue_timeout),
+    )
 
 
 def _interrupt(signum, frame) -> None:
@@ -99,13 +110,18 @@ def serve(cfg: ServerConfig) -> int:
         raise InvalidArgumentError(f"cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}") from None
     host, port = server.server_address[:2]
     if cfg.host not in LOCAL_HOSTS and not cfg.api_key:
-        print(f"warning: listening on {cfg.host} without --api-key: anyone who can reach this machine can use "
-              f"the model", file=sys.stderr)
+        print(
+            f"warning: listening on {cfg.host} without --api-key: anyone who can reach this machine can use the model",
+            file=sys.stderr,
+        )
     model = engine.model
     media = "text, images and video" if engine.vision is not None else "text only"
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {engine.model_id} ({model.arch} on {model.device}; {media}) at http://{shown}:{port}/v1 "
-          f"- Ctrl-C stops", flush=True)
+    print(
+        f"serving {engine.model_id} ({model.arch} on {model.device}; {media}) at http://{shown}:{port}/v1 "
+        f"- Ctrl-C stops",
+        flush=True,
+    )
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.serve_forever()

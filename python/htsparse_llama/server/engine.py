@@ -42,13 +42,21 @@ class RequestQueue:
     def slot(self) -> Iterator[None]:
         with self._count:
             if self.n_in > self.max_waiting:
-                raise ApiError(503, f"the server is busy ({self.n_in - 1} requests waiting); try again later",
-                               type="server_error", code="server_busy")
+                raise ApiError(
+                    503,
+                    f"the server is busy ({self.n_in - 1} requests waiting); try again later",
+                    type="server_error",
+                    code="server_busy",
+                )
             self.n_in += 1
         try:
             if not self._model.acquire(timeout=-1 if self.timeout is None else self.timeout):
-                raise ApiError(503, f"the request waited {self.timeout:g} s for the model; try again later",
-                               type="server_error", code="queue_timeout")
+                raise ApiError(
+                    503,
+                    f"the request waited {self.timeout:g} s for the model; try again later",
+                    type="server_error",
+                    code="queue_timeout",
+                )
             try:
                 yield
             finally:
@@ -75,8 +83,16 @@ def _relabel(message: str, media: List[Media]) -> str:
 
 
 class Engine:
-    def __init__(self, model, vision, model_id: str, defaults: Defaults, limits: Limits,
-                 cache: Optional[EmbeddingCache] = None, queue: Optional[RequestQueue] = None) -> None:
+    def __init__(
+        self,
+        model,
+        vision,
+        model_id: str,
+        defaults: Defaults,
+        limits: Limits,
+        cache: Optional[EmbeddingCache] = None,
+        queue: Optional[RequestQueue] = None,
+    ) -> None:
         self.model, self.vision, self.model_id = model, vision, model_id
         self.defaults, self.limits = defaults, limits
         self.cache = cache if cache is not None else EmbeddingCache()
@@ -114,8 +130,12 @@ class Engine:
 
     def _load_turn(self, req: ChatRequest, media: List[Media]):
         if self.vision is None:
-            raise ApiError(400, "this server runs a text model without a vision tower, so it takes no images or "
-                                "videos (start it with --mmproj)", code="media_not_supported")
+            raise ApiError(
+                400,
+                "this server runs a text model without a vision tower, so it takes no images or "
+                "videos (start it with --mmproj)",
+                code="media_not_supported",
+            )
         budget = req.video.get("max_visual_tokens", self.limits.max_visual_tokens)
         try:
             if media[0].kind == "video":
@@ -126,8 +146,12 @@ class Engine:
         except InvalidArgumentError as exc:  # VideoError: not a video, budget too small, bad start/end...
             raise ApiError(400, _relabel(str(exc), media), code="invalid_media") from None
         if turn.n_visual_tokens > budget:
-            raise ApiError(400, f"the images make {turn.n_visual_tokens} visual tokens, more than the "
-                                f"{budget} allowed (max_visual_tokens)", code="invalid_media")
+            raise ApiError(
+                400,
+                f"the images make {turn.n_visual_tokens} visual tokens, more than the "
+                f"{budget} allowed (max_visual_tokens)",
+                code="invalid_media",
+            )
         return turn
 
     def _start(self, req: ChatRequest) -> "Generation":
@@ -146,8 +170,11 @@ class Engine:
                     session.add_message(m.role, m.text)
             pieces = session.generate(stream=True, **dict(self.defaults.sampling, **req.sampling))
         except ContextOverflowError as exc:
-            raise ApiError(400, f"{exc} (the server's context is {self.defaults.ctx} text tokens; start it with "
-                                f"a larger --ctx)", code="context_length_exceeded") from None
+            raise ApiError(
+                400,
+                f"{exc} (the server's context is {self.defaults.ctx} text tokens; start it with a larger --ctx)",
+                code="context_length_exceeded",
+            ) from None
         except InvalidArgumentError as exc:
             raise ApiError(400, str(exc), code="invalid_value") from None
         return Generation(self, req, session, pieces, turn, sparse is not None)
@@ -196,16 +223,27 @@ class Generation:
         return out
 
     def _base(self, kind: str) -> Dict[str, Any]:
-        return {"id": self.id, "object": kind, "created": self.created, "model": self.engine.model_id,
-                "system_fingerprint": None}
+        return {
+            "id": self.id,
+            "object": kind,
+            "created": self.created,
+            "model": self.engine.model_id,
+            "system_fingerprint": None,
+        }
 
     def response(self) -> Dict[str, Any]:
         """The whole answer as a chat.completion."""
         for _ in self.pieces():
             pass
         out = self._base("chat.completion")
-        out["choices"] = [{"index": 0, "message": {"role": "assistant", "content": self.text, "refusal": None},
-                           "logprobs": None, "finish_reason": self.finish_reason}]
+        out["choices"] = [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": self.text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": self.finish_reason,
+            }
+        ]
         out["usage"] = self.usage()
         out["htsparse"] = self.htsparse()
         return out

@@ -37,8 +37,9 @@ _BLOCK = 1 << 20
 class Server(ThreadingHTTPServer):
     daemon_threads = True  # Ctrl-C does not wait for open connections
 
-    def __init__(self, address: Tuple[str, int], engine: Engine, api_key: Optional[str] = None,
-                 log_requests: bool = True) -> None:
+    def __init__(
+        self, address: Tuple[str, int], engine: Engine, api_key: Optional[str] = None, log_requests: bool = True
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.engine, self.api_key, self.log_requests = engine, api_key, log_requests
         super().__init__(address, Handler)
@@ -58,8 +59,9 @@ class Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_GET
 
     def _handle(self) -> None:
-        self._body_read = self.headers.get("Content-Length") in (None, "0") and \
-            not self.headers.get("Transfer-Encoding")
+        self._body_read = self.headers.get("Content-Length") in (None, "0") and not self.headers.get(
+            "Transfer-Encoding"
+        )
         self._streaming = False
         try:
             self._route(urlsplit(self.path).path)
@@ -86,17 +88,24 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/models/"):
             self._authorize()
             self._allow("GET")
-            name = unquote(path[len("/models/"):])
+            name = unquote(path[len("/models/") :])
             if name != engine.model_id:
-                raise ApiError(404, f"The model {json.dumps(name)} does not exist; this server runs "
-                                    f"{engine.model_id!r}", code="model_not_found")
+                raise ApiError(
+                    404,
+                    f"The model {json.dumps(name)} does not exist; this server runs {engine.model_id!r}",
+                    code="model_not_found",
+                )
             return self._json(200, engine.model_card())
         if path == "/chat/completions":
             self._authorize()
             self._allow("POST")
             return self._chat(engine)
-        raise ApiError(404, f"no such route: {self.command} {self.path[:200]}; this server serves POST "
-                            f"/v1/chat/completions, GET /v1/models and GET /health", code="not_found")
+        raise ApiError(
+            404,
+            f"no such route: {self.command} {self.path[:200]}; this server serves POST "
+            f"/v1/chat/completions, GET /v1/models and GET /health",
+            code="not_found",
+        )
 
     def _allow(self, method: str) -> None:
         if self.command != method:
@@ -109,14 +118,16 @@ class Handler(BaseHTTPRequestHandler):
         given = self.headers.get("Authorization", "")
         token = given[7:].strip() if given[:7].lower() == "bearer " else ""
         if not hmac.compare_digest(token.encode(), key.encode()):
-            raise ApiError(401, "Incorrect or missing API key: send it as 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+            raise ApiError(
+                401, "Incorrect or missing API key: send it as 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
 
     # -- chat --------------------------------------------------------------------------------
     def _read_body(self, limit: int) -> bytes:
         if self.headers.get("Transfer-Encoding", "identity").lower() != "identity":
-            raise ApiError(411, "send the body with a Content-Length header (chunked bodies are not taken)",
-                           code="length_required")
+            raise ApiError(
+                411, "send the body with a Content-Length header (chunked bodies are not taken)", code="length_required"
+            )
         length = self.headers.get("Content-Length")
         if length is None:
             raise ApiError(411, "a Content-Length header is required", code="length_required")
@@ -129,8 +140,12 @@ class Handler(BaseHTTPRequestHandler):
         if n > limit:
             if n <= limit * DRAIN_FACTOR:
                 self._drain(n)
-            raise ApiError(413, f"the request body is {n / 2**20:.1f} MiB; this server takes at most "
-                                f"{limit / 2**20:.1f} MiB (--max-body-mb)", code="request_too_large")
+            raise ApiError(
+                413,
+                f"the request body is {n / 2**20:.1f} MiB; this server takes at most "
+                f"{limit / 2**20:.1f} MiB (--max-body-mb)",
+                code="request_too_large",
+            )
         body = self.rfile.read(n)
         if len(body) < n:
             raise ApiError(400, "the request body ended before its Content-Length", code="invalid_request")
@@ -177,8 +192,9 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
     # -- responses ---------------------------------------------------------------------------
-    def _json(self, status: int, obj: Dict[str, Any], close: bool = False,
-              headers: Sequence[Tuple[str, str]] = ()) -> None:
+    def _json(
+        self, status: int, obj: Dict[str, Any], close: bool = False, headers: Sequence[Tuple[str, str]] = ()
+    ) -> None:
         data = json.dumps(obj, ensure_ascii=False).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")

@@ -35,33 +35,47 @@ def resolve_media(url: str, kind: str, limits: Limits, workdir, param: str) -> M
     if name == "data":
         return _data_url(url, kind, limits, workdir.get(), param)
     if name in ("http", "https"):
-        raise ApiError(400, f"{param}: this server does not fetch media from URLs ({url[:80]}); send the {kind} "
-                            f"as a data URL (data:{'video/mp4' if kind == 'video' else 'image/png'};base64,...) or as "
-                            f"a file path under a folder the server was started with (--media-dir)",
-                       code="url_not_allowed", param=param)
+        raise ApiError(
+            400,
+            f"{param}: this server does not fetch media from URLs ({url[:80]}); send the {kind} "
+            f"as a data URL (data:{'video/mp4' if kind == 'video' else 'image/png'};base64,...) or as "
+            f"a file path under a folder the server was started with (--media-dir)",
+            code="url_not_allowed",
+            param=param,
+        )
     if name == "file":
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
-            raise ApiError(400, f"{param}: file URLs on other hosts are not read ({url[:80]})",
-                           code="url_not_allowed", param=param)
+            raise ApiError(
+                400, f"{param}: file URLs on other hosts are not read ({url[:80]})", code="url_not_allowed", param=param
+            )
         return _file(unquote(parts.path), kind, limits, param)
     if scheme and len(name) > 1:  # one letter: a Windows drive, a path
-        raise ApiError(400, f"{param}: unsupported URL scheme '{name}:'; use a data URL or a file path",
-                       code="url_not_allowed", param=param)
+        raise ApiError(
+            400,
+            f"{param}: unsupported URL scheme '{name}:'; use a data URL or a file path",
+            code="url_not_allowed",
+            param=param,
+        )
     return _file(url, kind, limits, param)
 
 
 def _too_large(param: str, kind: str, size: int, limits: Limits) -> ApiError:
-    return ApiError(413, f"{param}: the {kind} is {size / 2**20:.1f} MiB; this server takes at most "
-                         f"{limits.max_media_bytes / 2**20:.1f} MiB per image or video",
-                    code="media_too_large", param=param)
+    return ApiError(
+        413,
+        f"{param}: the {kind} is {size / 2**20:.1f} MiB; this server takes at most "
+        f"{limits.max_media_bytes / 2**20:.1f} MiB per image or video",
+        code="media_too_large",
+        param=param,
+    )
 
 
 def _data_url(url: str, kind: str, limits: Limits, folder: str, param: str) -> Media:
     m = _DATA_URL.match(url)
     if m is None:
-        raise ApiError(400, f"{param}: a data URL must look like data:<type>;base64,<data>", code="invalid_value",
-                       param=param)
+        raise ApiError(
+            400, f"{param}: a data URL must look like data:<type>;base64,<data>", code="invalid_value", param=param
+        )
     mime = m.group("mime").strip().lower()
     is_base64 = any(p.strip().lower() == "base64" for p in m.group("params").split(";"))
     data = m.group("data")
@@ -71,8 +85,9 @@ def _data_url(url: str, kind: str, limits: Limits, folder: str, param: str) -> M
     try:
         raw = base64.b64decode("".join(data.split()), validate=True) if is_base64 else unquote_to_bytes(data)
     except (binascii.Error, ValueError):
-        raise ApiError(400, f"{param}: the data URL's base64 payload is not valid base64", code="invalid_value",
-                       param=param) from None
+        raise ApiError(
+            400, f"{param}: the data URL's base64 payload is not valid base64", code="invalid_value", param=param
+        ) from None
     if not raw:
         raise ApiError(400, f"{param}: the data URL holds no data", code="invalid_value", param=param)
     if len(raw) > limits.max_media_bytes:
@@ -100,16 +115,27 @@ def _inside(path: str, folders) -> bool:
 
 def _file(path: str, kind: str, limits: Limits, param: str) -> Media:
     if not limits.media_dirs:
-        raise ApiError(403, f"{param}: this server reads no file paths (it was started without --media-dir); "
-                            f"send the {kind} as a data URL", type="permission_error", code="path_not_allowed",
-                       param=param)
+        raise ApiError(
+            403,
+            f"{param}: this server reads no file paths (it was started without --media-dir); "
+            f"send the {kind} as a data URL",
+            type="permission_error",
+            code="path_not_allowed",
+            param=param,
+        )
     if not os.path.isabs(path):
-        raise ApiError(400, f"{param}: a file path must be absolute, got {path[:200]!r}", code="invalid_value",
-                       param=param)
+        raise ApiError(
+            400, f"{param}: a file path must be absolute, got {path[:200]!r}", code="invalid_value", param=param
+        )
     real = os.path.realpath(path)  # symbolic links are followed before the check, so one cannot lead outside
     if not _inside(real, limits.media_dirs):
-        raise ApiError(403, f"{param}: {path[:200]!r} is outside the folders this server reads media from "
-                            f"(--media-dir)", type="permission_error", code="path_not_allowed", param=param)
+        raise ApiError(
+            403,
+            f"{param}: {path[:200]!r} is outside the folders this server reads media from (--media-dir)",
+            type="permission_error",
+            code="path_not_allowed",
+            param=param,
+        )
     if not os.path.isfile(real):
         raise ApiError(400, f"{param}: no such file: {path[:200]!r}", code="invalid_value", param=param)
     size = os.path.getsize(real)

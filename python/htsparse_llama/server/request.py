@@ -35,12 +35,39 @@ ROLES = {"system": "system", "developer": "system", "user": "user", "assistant":
 
 # OpenAI's own fields: the ones this server implements come from the options below, the
 # others are accepted at their no-op values only (_unsupported).
-OPENAI_FIELDS = {"model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens",
-                 "temperature", "top_p", "stop", "seed", "n", "frequency_penalty", "presence_penalty",
-                 "logprobs", "top_logprobs", "tools", "tool_choice", "functions", "function_call",
-                 "response_format", "logit_bias", "user", "metadata", "store", "service_tier"}
-OPTION_FIELDS = (request_fields(Sampling) + request_fields(SparseConfig) + request_fields(SPARSE_SWITCHES)
-                 + request_fields(VideoOptions))
+OPENAI_FIELDS = {
+    "model",
+    "messages",
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "n",
+    "frequency_penalty",
+    "presence_penalty",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "logit_bias",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+}
+OPTION_FIELDS = (
+    request_fields(Sampling)
+    + request_fields(SparseConfig)
+    + request_fields(SPARSE_SWITCHES)
+    + request_fields(VideoOptions)
+)
 EXTRA_FIELDS = [f for f in OPTION_FIELDS if f not in OPENAI_FIELDS]
 
 
@@ -69,8 +96,9 @@ def _bool(body: dict, name: str) -> Optional[bool]:
 def _neutral(body: dict, name: str, neutral: Sequence[Any], why: str) -> None:
     """An OpenAI field this server does not implement: accepted only at its no-op value."""
     if name in body and body[name] not in neutral:
-        raise ApiError(400, f"'{name}' is not supported by this server ({why})", code="unsupported_parameter",
-                       param=name)
+        raise ApiError(
+            400, f"'{name}' is not supported by this server ({why})", code="unsupported_parameter", param=name
+        )
 
 
 def _sampling(body: dict) -> Dict[str, Any]:
@@ -106,8 +134,12 @@ def _content(i: int, message: dict, role: str, limits: Limits, workdir: "_Workdi
     if content is None and role == "assistant":
         content = ""
     if message.get("tool_calls") or message.get("function_call"):
-        raise ApiError(400, f"messages[{i}] holds tool calls, which this server does not support",
-                       code="unsupported_parameter", param=f"messages[{i}]")
+        raise ApiError(
+            400,
+            f"messages[{i}] holds tool calls, which this server does not support",
+            code="unsupported_parameter",
+            param=f"messages[{i}]",
+        )
     if isinstance(content, str):
         return Message(role, content)
     if not isinstance(content, list) or not content:
@@ -130,8 +162,10 @@ def _content(i: int, message: dict, role: str, limits: Limits, workdir: "_Workdi
                 raise _bad(here, f"images and videos go in user messages, not in a {role} message ({here})")
             media.append(resolve_media(url, kind[:5], limits, workdir, here))
         else:
-            raise _bad(here, f"'{here}' has type {json.dumps(kind)}; this server takes 'text', 'image_url' and "
-                             f"'video_url' parts")
+            raise _bad(
+                here,
+                f"'{here}' has type {json.dumps(kind)}; this server takes 'text', 'image_url' and 'video_url' parts",
+            )
     # The visual span goes first and the question after it (VideoTurn.ask), so text parts are joined.
     return Message(role, "\n".join(texts), media)
 
@@ -146,8 +180,10 @@ def _messages(body: dict, limits: Limits, workdir: "_Workdir") -> List[Message]:
     for i, m in enumerate(raw):
         if not isinstance(m, dict) or m.get("role") not in ROLES:
             got = json.dumps(m.get("role") if isinstance(m, dict) else m)
-            raise _bad(f"messages[{i}]", f"messages[{i}] must be an object whose 'role' is one of "
-                                         f"{', '.join(ROLES)} (got {got})")
+            raise _bad(
+                f"messages[{i}]",
+                f"messages[{i}] must be an object whose 'role' is one of {', '.join(ROLES)} (got {got})",
+            )
         messages.append(_content(i, m, ROLES[m["role"]], limits, workdir))
     if messages[-1].role != "user":
         raise _bad("messages", "the last message must be the user's (the server answers it)")
@@ -158,8 +194,11 @@ def _messages(body: dict, limits: Limits, workdir: "_Workdir") -> List[Message]:
 def _check_media(messages: List[Message], limits: Limits) -> None:
     with_media = [i for i, m in enumerate(messages) if m.media]
     if len(with_media) > 1:
-        raise _bad("messages", "images or a video may be in one user message only (the conversation's visual "
-                               f"span); messages {with_media} all have some")
+        raise _bad(
+            "messages",
+            "images or a video may be in one user message only (the conversation's visual "
+            f"span); messages {with_media} all have some",
+        )
     if not with_media:
         return
     media = messages[with_media[0]].media
@@ -203,14 +242,23 @@ def parse_chat_request(body: bytes, limits: Limits, model_ids: Sequence[str]) ->
     obj = parse_json(body)
     unknown = sorted(set(obj) - OPENAI_FIELDS - set(EXTRA_FIELDS))
     if unknown:
-        raise ApiError(400, f"unknown field(s) {', '.join(map(repr, unknown))}; extra fields this server takes: "
-                            f"{', '.join(EXTRA_FIELDS)}", code="unknown_parameter", param=unknown[0])
+        raise ApiError(
+            400,
+            f"unknown field(s) {', '.join(map(repr, unknown))}; extra fields this server takes: "
+            f"{', '.join(EXTRA_FIELDS)}",
+            code="unknown_parameter",
+            param=unknown[0],
+        )
     model = obj.get("model")
     if model is None:
         raise ApiError(400, "'model' is required", code="missing_required_parameter", param="model")
     if model not in model_ids:
-        raise ApiError(404, f"The model {json.dumps(model)} does not exist; this server runs "
-                            f"{', '.join(map(repr, model_ids))}", code="model_not_found", param="model")
+        raise ApiError(
+            404,
+            f"The model {json.dumps(model)} does not exist; this server runs {', '.join(map(repr, model_ids))}",
+            code="model_not_found",
+            param="model",
+        )
     _unsupported(obj)
     stream = bool(_bool(obj, "stream"))
     options = obj.get("stream_options")
@@ -219,8 +267,11 @@ def parse_chat_request(body: bytes, limits: Limits, model_ids: Sequence[str]) ->
     include_usage = bool(options and _bool(options, "include_usage"))
     sampling, sparse, video = _sampling(obj), _sparse(obj), _options(VideoOptions, obj)
     if video.get("max_visual_tokens", 0) > limits.max_visual_tokens:  # the server's bound, not the option's
-        raise _bad("max_visual_tokens", f"'max_visual_tokens' may be at most {limits.max_visual_tokens} on this "
-                                        f"server, got {video['max_visual_tokens']}")
+        raise _bad(
+            "max_visual_tokens",
+            f"'max_visual_tokens' may be at most {limits.max_visual_tokens} on this "
+            f"server, got {video['max_visual_tokens']}",
+        )
     workdir = _Workdir()
     try:
         messages = _messages(obj, limits, workdir)

@@ -12,8 +12,14 @@ from typing import Any, Dict, List, Optional, Sequence
 class ApiError(Exception):
     """A request the server refuses: HTTP status + OpenAI's error object."""
 
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 code: Optional[str] = None, param: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        code: Optional[str] = None,
+        param: Optional[str] = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.param = status, message, type, code, param
 
@@ -34,14 +40,14 @@ class Limits:
 
 @dataclass
 class Media:
-    kind: str   # "image" | "video"
-    path: str   # a readable file (a data URL is decoded to a temporary one)
+    kind: str  # "image" | "video"
+    path: str  # a readable file (a data URL is decoded to a temporary one)
     label: str  # how errors name it: the path, or "the video data URL"
 
 
 @dataclass
 class Message:
-    role: str   # system | user | assistant
+    role: str  # system | user | assistant
     text: str
     media: List[Media] = field(default_factory=list)
 
@@ -53,8 +59,8 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     sampling: Dict[str, Any] = field(default_factory=dict)  # Session.generate keywords given by the request
-    sparse: Dict[str, Any] = field(default_factory=dict)    # HT-Sparse overrides given by the request
-    video: Dict[str, Any] = field(default_factory=dict)     # VideoOptions fields given by the request
+    sparse: Dict[str, Any] = field(default_factory=dict)  # HT-Sparse overrides given by the request
+    video: Dict[str, Any] = field(default_factory=dict)  # VideoOptions fields given by the request
     workdir: Optional[str] = None  # temporary folder of decoded data URLs
 
     @property

@@ -30,8 +30,9 @@ def needle_image(width: int, height: int, code: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
-def frames_with_needle(path: str, frames_per_unit: int, rng, max_visual_tokens: int,
-                       max_frames: int) -> Tuple[List[float], List[np.ndarray], int, int]:
+def frames_with_needle(
+    path: str, frames_per_unit: int, rng, max_visual_tokens: int, max_frames: int
+) -> Tuple[List[float], List[np.ndarray], int, int]:
     """(frame times, frames, the unit replaced by the needle, its code): the
     video's frames planned for a Qwen-VL tower, one unit of frames_per_unit
     frames (not the first or last when there are more than two) the needle."""

@@ -20,8 +20,16 @@ import numpy as np
 
 from .._native_loader import native
 
-_EVENTS = ("disk check ok", "cache warmed", "user login", "backup done", "queue drained", "cron tick",
-           "config reloaded", "heartbeat")
+_EVENTS = (
+    "disk check ok",
+    "cache warmed",
+    "user login",
+    "backup done",
+    "queue drained",
+    "cron tick",
+    "config reloaded",
+    "heartbeat",
+)
 
 
 @dataclass
@@ -29,7 +37,7 @@ class FollowUp:
     """Another question about the same span (multi-turn), with its needle."""
 
     question: str
-    needle: range           # span-relative tokens of the needle's line
+    needle: range  # span-relative tokens of the needle's line
     answer: str
 
 
@@ -41,11 +49,11 @@ class SparsePrompt:
     prefix: List[int]
     span: List[int]
     suffix: List[int]
-    seg_starts: List[int]   # span-relative starts of its segments (lines)
-    needle: Sequence[int]   # span-relative tokens of the needle line(s)
+    seg_starts: List[int]  # span-relative starts of its segments (lines)
+    needle: Sequence[int]  # span-relative tokens of the needle line(s)
     answer: str
     follow_ups: List[FollowUp] = field(default_factory=list)
-    wrong: str = ""         # order task: the answer that must not be given
+    wrong: str = ""  # order task: the answer that must not be given
 
     def is_right(self, text: str) -> bool:
         """Whether a model's answer text is right."""
@@ -78,8 +86,7 @@ def _line_ranges(model, lines: List[str]):
     return span, ranges
 
 
-def _chat_prompt(model, lines: List[str], where: int, question: str,
-                 answer: str) -> Tuple[SparsePrompt, List[range]]:
+def _chat_prompt(model, lines: List[str], where: int, question: str, answer: str) -> Tuple[SparsePrompt, List[range]]:
     """The log as the sparse span of one user turn, the question after it;
     line `where` is the needle. Also every line's token range in the span."""
     template = model.apply_chat_template([("user", "@@span@@")], add_assistant=True)
@@ -108,8 +115,9 @@ def multikey(model, seed: int, n_lines: int = 80, n_keys: int = 4) -> SparseProm
     lines = _log_lines(rng, n_lines)
     services = [str(x) for x in rng.choice(_SERVICES, size=n_keys, replace=False)]
     keys = [int(k) for k in rng.choice(np.arange(10000, 99999), size=n_keys, replace=False)]
-    places = sorted(int(w) for w in rng.choice(np.arange(n_lines // 8, n_lines - n_lines // 8), size=n_keys,
-                                               replace=False))
+    places = sorted(
+        int(w) for w in rng.choice(np.arange(n_lines // 8, n_lines - n_lines // 8), size=n_keys, replace=False)
+    )
     for where, service, key in zip(places, services, keys):
         lines[where] = f"[{where:03d}] The pass key of {service} is {key}. Remember it."
     asked = int(rng.integers(n_keys))

@@ -8,5 +8,14 @@ from .frames import iter_frames, probe, read_image, sample_clip_path
 from .plan import plan_video
 from .turn import VideoOptions, VideoTurn, encode_video
 
-__all__ = ["EmbeddingCache", "VideoOptions", "VideoTurn", "encode_video", "iter_frames", "plan_video", "probe",
-           "read_image", "sample_clip_path"]
+__all__ = [
+    "EmbeddingCache",
+    "VideoOptions",
+    "VideoTurn",
+    "encode_video",
+    "iter_frames",
+    "plan_video",
+    "probe",
+    "read_image",
+    "sample_clip_path",
+]

@@ -69,8 +69,12 @@ class EmbeddingCache:
     def key(self, media: PathLike, settings: Mapping[str, Any], mmproj: Optional[PathLike] = None) -> str:
         """The key of `media` encoded with `settings` (JSON-serialisable:
         fps, frame count, size, ...) by `mmproj`."""
-        parts = {"format": _FORMAT, "media": self.file_hash(media), "settings": dict(settings),
-                 "mmproj": self.file_hash(mmproj) if mmproj is not None else None}
+        parts = {
+            "format": _FORMAT,
+            "media": self.file_hash(media),
+            "settings": dict(settings),
+            "mmproj": self.file_hash(mmproj) if mmproj is not None else None,
+        }
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
     # -- get / put -----------------------------------------------------------------------------

@@ -41,11 +41,11 @@ from ..vision import Chunks
 from . import frames as vf
 
 MARGIN = 8
-MIN_WIDTH = 480          # room for the text block under a small grid
-MAX_GRID_WIDTH = 2400    # thumbnails shrink (down to MIN_BOX) to keep long videos viewable
+MIN_WIDTH = 480  # room for the text block under a small grid
+MAX_GRID_WIDTH = 2400  # thumbnails shrink (down to MIN_BOX) to keep long videos viewable
 MIN_BOX, MAX_BOX = 128, 320
 HEAT_RGB = np.array([255, 32, 0], dtype=np.float32)
-HEAT_ALPHA = 0.55        # a kept cell still shows what is under it
+HEAT_ALPHA = 0.55  # a kept cell still shows what is under it
 METADATA_KEY = "htsparse-explain"
 
 
@@ -102,8 +102,7 @@ def picture_heats(chunks: Chunks, masks: Dict[int, np.ndarray], n_pictures: int)
     """One Heat per input picture (frame or image)."""
     heats = []
     for p in range(n_pictures):
-        own = [i for i, c in enumerate(chunks)
-               if c.is_image and c.first_image <= p < c.first_image + c.n_images]
+        own = [i for i, c in enumerate(chunks) if c.is_image and c.first_image <= p < c.first_image + c.n_images]
         kept = sum(int(masks[i].sum()) for i in own)
         total = sum(chunks[i].n_tokens for i in own)
         cells = _cells(chunks[own[0]]) if len(own) == 1 else None
@@ -238,7 +237,7 @@ def summary_lines(facts: Dict[str, object]) -> List[str]:
     kept, total, heads = facts["visual_kept"], facts["visual_total"], facts["full_heads"]
     out = [f"question: {question}"]
     if selected_by != question:
-        out.append(f"(tokens kept since the question \"{selected_by}\"; --reroute picks anew for each question)")
+        out.append(f'(tokens kept since the question "{selected_by}"; --reroute picks anew for each question)')
     share = f" ({100 * kept / total:.0f}%)" if total else ""
     line = f"red: visual tokens kept for the answer, {kept} of {total}{share}"
     if facts["text_total"]:
@@ -246,8 +245,10 @@ def summary_lines(facts: Dict[str, object]) -> List[str]:
     if facts["pairs"]:
         line += "; the two frames of a pair share their tokens and map"
     out.append(line)
-    out.append(f"full heads (keep the whole video), {len(heads)} of {facts['n_kv_heads']} KV heads, layer:head: "
-               + (" ".join(heads) if heads else "none"))
+    out.append(
+        f"full heads (keep the whole video), {len(heads)} of {facts['n_kv_heads']} KV heads, layer:head: "
+        + (" ".join(heads) if heads else "none")
+    )
     return out
 
 
@@ -299,23 +300,32 @@ def _save(img, path: Path, facts: Dict[str, object]) -> None:
             tmp.unlink()
 
 
-def write_explanation(path: str, pictures: Pictures, chunks: Chunks, selection: Dict[str, object],
-                      question: str, selected_by: Optional[str] = None) -> Dict[str, object]:
+def write_explanation(
+    path: str,
+    pictures: Pictures,
+    chunks: Chunks,
+    selection: Dict[str, object],
+    question: str,
+    selected_by: Optional[str] = None,
+) -> Dict[str, object]:
     """Draws the last selection over the pictures and writes the PNG; returns
     the facts it shows (also stored in the PNG). selected_by: the question
     whose selection stands, when not this one (follow-ups without --reroute)."""
     masks, text_kept, text_total = kept_masks(chunks, selection["kept_in_span"])
     heats = picture_heats(chunks, masks, len(pictures.thumbs))
     facts: Dict[str, object] = {
-        "question": question, "selected_by": selected_by or question,
+        "question": question,
+        "selected_by": selected_by or question,
         # counted per chunk: the two frames of a pair share their tokens
         "visual_kept": int(sum(m.sum() for m in masks.values())),
         "visual_total": int(sum(len(m) for m in masks.values())),
-        "text_kept": text_kept, "text_total": text_total,
+        "text_kept": text_kept,
+        "text_total": text_total,
         "pairs": any(c.is_image and c.n_images > 1 for c in chunks),
         "full_heads": full_heads(selection["full_kv"]),
         "n_kv_heads": sum(len(layer) for layer in selection["full_kv"]),
-        "pictures": [{"label": lab, "kept": h.kept, "total": h.total} for lab, h in zip(pictures.labels, heats)]}
+        "pictures": [{"label": lab, "kept": h.kept, "total": h.total} for lab, h in zip(pictures.labels, heats)],
+    }
     img, facts["lines"] = render(pictures, heats, summary_lines(facts))
     _save(img, check_output(path), facts)
     return facts
@@ -341,7 +351,10 @@ class Explainer:
             return "explain: no HT-Sparse selection to draw"
         if self.pictures is None:
             plan = self.turn.plan
-            self.pictures = (video_pictures(self.video, self.turn.times, (plan.width, plan.height))
-                             if self.video else image_pictures(self.images))
+            self.pictures = (
+                video_pictures(self.video, self.turn.times, (plan.width, plan.height))
+                if self.video
+                else image_pictures(self.images)
+            )
         write_explanation(self.path, self.pictures, self.turn.chunks, selection, question, self.selected_by)
         return f"explain: wrote {self.path}"

@@ -89,19 +89,16 @@ def _open(path):
         container = av.open(p, mode="r")
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
         raise VideoError(
-            f"{p} is not a readable video ({_reason(exc)}): it is corrupt, "
-            "truncated or not a video file"
+            f"{p} is not a readable video ({_reason(exc)}): it is corrupt, truncated or not a video file"
         ) from exc
     try:
         fmt = container.format.name
-        videos = [s for s in container.streams.video
-                  if s.codec_context.name not in _NOT_VIDEO_CODECS]
+        videos = [s for s in container.streams.video if s.codec_context.name not in _NOT_VIDEO_CODECS]
         if fmt in _NOT_VIDEO_FORMATS or not videos:
             only = " (it holds only audio)" if container.streams.audio else ""
             raise VideoError(f"{p} has no video stream{only}")
         if fmt in _IMAGE_FORMATS or fmt.endswith("_pipe"):
-            raise VideoError(
-                f"{p} is a still image ({fmt}), not a video; pass it as an image")
+            raise VideoError(f"{p} is a still image ({fmt}), not a video; pass it as an image")
         return container, videos[0]
     except BaseException:
         container.close()
@@ -127,8 +124,7 @@ def _demux_duration(path: str) -> Optional[float]:
             if pkt.size == 0:
                 continue
             if pkt.pts is None:  # raw streams: add up packet durations
-                counted += (float(pkt.duration * tb) if pkt.duration
-                            else 1.0 / (rate or 25.0))
+                counted += float(pkt.duration * tb) if pkt.duration else 1.0 / (rate or 25.0)
                 continue
             e = pkt.pts + (pkt.duration or 0)
             end = e if end is None else max(end, e)
@@ -149,13 +145,9 @@ def probe(path) -> VideoInfo:
         try:
             first = next(iter(container.decode(stream)), None)
         except av.error.FFmpegError as exc:
-            raise VideoError(
-                f"{p} cannot be decoded ({_reason(exc)}): the video is corrupt"
-            ) from exc
+            raise VideoError(f"{p} cannot be decoded ({_reason(exc)}): the video is corrupt") from exc
         if first is None:
-            raise VideoError(
-                f"{p} has a video stream but no decodable frame (zero-length "
-                "or corrupt video)")
+            raise VideoError(f"{p} has a video stream but no decodable frame (zero-length or corrupt video)")
         fps = _frame_rate(stream)
         n_frames = stream.frames if stream.frames and stream.frames > 0 else None
         duration = None
@@ -168,8 +160,12 @@ def probe(path) -> VideoInfo:
         width = stream.codec_context.width or first.width
         height = stream.codec_context.height or first.height
         info = dict(
-            path=p, fps=fps, n_frames=n_frames, width=int(width),
-            height=int(height), codec=stream.codec_context.name,
+            path=p,
+            fps=fps,
+            n_frames=n_frames,
+            width=int(width),
+            height=int(height),
+            codec=stream.codec_context.name,
             has_audio=bool(container.streams.audio),
             container=container.format.name,
             start_s=float(start_pts * tb) if tb else 0.0,
@@ -190,8 +186,7 @@ def probe(path) -> VideoInfo:
 
 def check_number(name: str, value) -> float:
     """`value` as a finite float, or VideoError naming `name`."""
-    if isinstance(value, bool) or not isinstance(
-            value, (int, float, Fraction, np.integer, np.floating)):
+    if isinstance(value, bool) or not isinstance(value, (int, float, Fraction, np.integer, np.floating)):
         raise VideoError(f"{name} must be a number, got {value!r}")
     v = float(value)
     if not math.isfinite(v):
@@ -249,10 +244,15 @@ def _check_size(size):
     return (check_int("width", w), check_int("height", h))
 
 
-def iter_frames(path, times: Sequence[float],
-                size: Optional[Tuple[int, int]] = None, *,
-                seek_gap: float = 2.0, stats: Optional[DecodeStats] = None,
-                interpolation: str = "BICUBIC") -> Iterator[Frame]:
+def iter_frames(
+    path,
+    times: Sequence[float],
+    size: Optional[Tuple[int, int]] = None,
+    *,
+    seek_gap: float = 2.0,
+    stats: Optional[DecodeStats] = None,
+    interpolation: str = "BICUBIC",
+) -> Iterator[Frame]:
     """Yield one RGB frame per requested time (increasing), resized to
     size=(width, height) if given. Decodes forward, seeking to the keyframe
     before a time more than `seek_gap` s ahead; holds at most two decoded
@@ -299,8 +299,8 @@ class _Reader:
             fr = next(self.dec, None)
         except av.error.FFmpegError as exc:
             raise VideoError(
-                f"{self.path} cannot be decoded near {near:.2f} s "
-                f"({_reason(exc)}): the file is truncated or corrupt") from exc
+                f"{self.path} cannot be decoded near {near:.2f} s ({_reason(exc)}): the file is truncated or corrupt"
+            ) from exc
         if fr is None:
             return None
         self.stats.decoded += 1
@@ -318,8 +318,7 @@ class _Reader:
         back = 0.0
         while True:
             goal = max(0.0, target - back)
-            offset = self.start_pts + int(
-                Fraction(goal).limit_denominator(10**6) / self.tb)
+            offset = self.start_pts + int(Fraction(goal).limit_denominator(10**6) / self.tb)
             try:
                 self.container.seek(offset, stream=self.stream, backward=True)
             except av.error.FFmpegError:
@@ -377,11 +376,11 @@ class _Reader:
             if chosen is None:
                 raise VideoError(f"{self.path} has no decodable video frame")
             tol = max(1.0, 3.0 / (self.rate or 25.0))
-            if (eof and self.duration is not None and t < self.duration
-                    and t - chosen[1] > tol):
+            if eof and self.duration is not None and t < self.duration and t - chosen[1] > tol:
                 raise VideoError(
                     f"{self.path} stops at {chosen[1]:.2f} s although it claims "
-                    f"{self.duration:.2f} s: the file is truncated or corrupt")
+                    f"{self.duration:.2f} s: the file is truncated or corrupt"
+                )
             yield Frame(i, chosen[1], _to_rgb(chosen[0], size, interpolation), t)
 
 
@@ -389,8 +388,7 @@ def _to_rgb(frame, size, interpolation) -> np.ndarray:
     if size is None:
         rgb = frame.reformat(format="rgb24")
     else:
-        rgb = frame.reformat(width=size[0], height=size[1], format="rgb24",
-                             interpolation=interpolation)
+        rgb = frame.reformat(width=size[0], height=size[1], format="rgb24", interpolation=interpolation)
     # to_ndarray can be a strided view of a padded plane: make it compact
     return np.ascontiguousarray(rgb.to_ndarray(), dtype=np.uint8)
 
@@ -411,8 +409,7 @@ def read_image(path) -> np.ndarray:
             im = ImageOps.exif_transpose(im)
             return np.array(im.convert("RGB"), dtype=np.uint8)
     except Exception as exc:  # Pillow raises many types for bad files
-        raise VideoError(
-            f"{p} is not a decodable image ({_reason(exc)})") from exc
+        raise VideoError(f"{p} is not a decodable image ({_reason(exc)})") from exc
 
 
 def _read_image_av(p: str) -> np.ndarray:
@@ -423,8 +420,7 @@ def _read_image_av(p: str) -> np.ndarray:
             frame = next(iter(container.decode(stream)))
             return np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
     except (av.error.FFmpegError, OSError, IndexError, StopIteration) as exc:
-        raise VideoError(
-            f"{p} is not a decodable image ({_reason(exc)})") from exc
+        raise VideoError(f"{p} is not a decodable image ({_reason(exc)})") from exc
 
 
 def sample_clip_path() -> Path:
@@ -434,7 +430,5 @@ def sample_clip_path() -> Path:
     res = resources.files("htsparse_llama").joinpath("data").joinpath("clip.mp4")
     path = Path(str(res))
     if not path.is_file():
-        raise VideoError(
-            f"the packaged sample clip is missing ({path}); reinstall htsparse-llama")
+        raise VideoError(f"the packaged sample clip is missing ({path}); reinstall htsparse-llama")
     return path
-

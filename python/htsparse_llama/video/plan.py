@@ -44,10 +44,13 @@ DEFAULT_FPS = FAMILY_FPS["qwen"]
 MAX_VIDEO_SIZE = 4096  # transformers' cap on SmolVLM's video_size
 
 
-def sample_times(info: VideoInfo, fps: Optional[float] = None,
-                 max_frames: Optional[int] = None,
-                 start: Optional[float] = None,
-                 end: Optional[float] = None) -> list:
+def sample_times(
+    info: VideoInfo,
+    fps: Optional[float] = None,
+    max_frames: Optional[int] = None,
+    start: Optional[float] = None,
+    end: Optional[float] = None,
+) -> list:
     """Times (s, from the video start) of the frames to take.
 
     Every 1/fps from `start` while < `end` (default: the whole video, `end`
@@ -63,9 +66,7 @@ def sample_times(info: VideoInfo, fps: Optional[float] = None,
     if s < 0:
         raise VideoError(f"start must be >= 0 s, got {s:g} s")
     if s >= duration:
-        raise VideoError(
-            f"start {s:g} s is at or beyond the end of the video "
-            f"({duration:.3f} s long)")
+        raise VideoError(f"start {s:g} s is at or beyond the end of the video ({duration:.3f} s long)")
     e = duration if end is None else check_number("end", end)
     if e <= s:
         raise VideoError(f"end ({e:g} s) must be after start ({s:g} s)")
@@ -136,20 +137,35 @@ class VisionGrid:
 QWEN2_VL = VisionGrid("qwen2vl")
 QWEN2_5_VL = replace(QWEN2_VL, name="qwen2.5vl")
 # SmolVLM2-256M/500M: 512 px tiles, 16 px patches, pixel shuffle 4 -> 64 tokens.
-SMOLVLM2_VIDEO = VisionGrid("smolvlm2", kind="tiles", patch=16, temporal=1,
-                            min_tokens=0, max_tokens=0, tile=512,
-                            tokens_per_tile=64, longest_edge=0)
+SMOLVLM2_VIDEO = VisionGrid(
+    "smolvlm2",
+    kind="tiles",
+    patch=16,
+    temporal=1,
+    min_tokens=0,
+    max_tokens=0,
+    tile=512,
+    tokens_per_tile=64,
+    longest_edge=0,
+)
 
 
-def smolvlm_mtmd_grid(image_size: int, patch_size: int, scale_factor: int,
-                      preproc_image_size: int) -> VisionGrid:
+def smolvlm_mtmd_grid(image_size: int, patch_size: int, scale_factor: int, preproc_image_size: int) -> VisionGrid:
     """The grid libmtmd uses for an Idefics3/SmolVLM mmproj, from its GGUF keys
     clip.vision.image_size, clip.vision.patch_size,
     clip.vision.projector.scale_factor and clip.vision.preproc_image_size."""
-    per_tile = (image_size // patch_size) ** 2 // (scale_factor ** 2)
-    return VisionGrid("smolvlm2", kind="tiles", patch=patch_size, temporal=1,
-                      min_tokens=0, max_tokens=0, tile=image_size,
-                      tokens_per_tile=per_tile, longest_edge=preproc_image_size)
+    per_tile = (image_size // patch_size) ** 2 // (scale_factor**2)
+    return VisionGrid(
+        "smolvlm2",
+        kind="tiles",
+        patch=patch_size,
+        temporal=1,
+        min_tokens=0,
+        max_tokens=0,
+        tile=image_size,
+        tokens_per_tile=per_tile,
+        longest_edge=preproc_image_size,
+    )
 
 
 @dataclass(frozen=True)
@@ -194,11 +210,12 @@ class FramePlan:
         if self.pairs_mergeable:
             units = f", {self.n_units} pair{'s' if self.n_units != 1 else ''}"
         budget = "no budget" if self.budget is None else f"budget {self.budget}"
-        cut = (f"; {self.n_requested} frames requested"
-               if self.frames_reduced else "")
-        return (f"{self.n_frames} frames at {self.width}x{self.height} "
-                f"({self.tokens_per_unit} tokens per {unit}{units}) = "
-                f"{self.total_tokens} visual tokens ({budget}{cut})")
+        cut = f"; {self.n_requested} frames requested" if self.frames_reduced else ""
+        return (
+            f"{self.n_frames} frames at {self.width}x{self.height} "
+            f"({self.tokens_per_unit} tokens per {unit}{units}) = "
+            f"{self.total_tokens} visual tokens ({budget}{cut})"
+        )
 
 
 def _round_half_up(x: float) -> int:
@@ -214,12 +231,11 @@ def _plan_patches(info, n, budget, grid, min_side, max_side):
         return k * f, max(1, _round_half_up(k * long / short)) * f
 
     def tokens(k):
-        s, l = size(k)
-        return (s // f) * (l // f)
+        short_px, long_px = size(k)
+        return (short_px // f) * (long_px // f)
 
     def fits_caps(k):
-        return size(k)[1] <= max_side and (grid.max_tokens <= 0
-                                           or tokens(k) <= grid.max_tokens)
+        return size(k)[1] <= max_side and (grid.max_tokens <= 0 or tokens(k) <= grid.max_tokens)
 
     k_nat = max(1, _round_half_up(short / f))  # no upscaling past libmtmd's
     k_min_tok = 1
@@ -232,7 +248,8 @@ def _plan_patches(info, n, budget, grid, min_side, max_side):
         raise VideoError(
             f"a {info.width}x{info.height} video cannot be sized within "
             f"max_side={max_side} px and {grid.min_tokens}..{grid.max_tokens} "
-            "tokens per frame (aspect ratio too extreme); raise max_side")
+            "tokens per frame (aspect ratio too extreme); raise max_side"
+        )
     k_lo = min(max(-(-min_side // f), k_min_tok), k_hi)
     units = -(-n // grid.temporal)
     k = k_hi
@@ -244,16 +261,17 @@ def _plan_patches(info, n, budget, grid, min_side, max_side):
         k, t = k_lo, tokens(k_lo)
         fit = budget // t
         if fit < 1:
-            s, l = size(k_lo)
-            w, h = (l, s) if landscape else (s, l)
+            short_px, long_px = size(k_lo)
+            w, h = (long_px, short_px) if landscape else (short_px, long_px)
             what = "one frame pair" if grid.temporal > 1 else "one frame"
             raise VideoError(
                 f"max_visual_tokens={budget} cannot hold {what} even at the "
                 f"smallest size {w}x{h} ({t} tokens); raise it to at least "
-                f"{t} or lower min_side")
+                f"{t} or lower min_side"
+            )
         n_out = min(n, fit * grid.temporal)
-    s, l = size(k)
-    w, h = (l, s) if landscape else (s, l)
+    short_px, long_px = size(k)
+    w, h = (long_px, short_px) if landscape else (short_px, long_px)
     return n_out, w, h, tokens(k)
 
 
@@ -270,15 +288,20 @@ def _plan_tiles(info, n, budget, grid, max_side):
         if fit < 1:
             raise VideoError(
                 f"max_visual_tokens={budget} cannot hold one frame, which "
-                f"costs {t} tokens for this model; raise it to at least {t}")
+                f"costs {t} tokens for this model; raise it to at least {t}"
+            )
         n_out = min(n, fit)
     return n_out, w, h, t
 
 
-def plan_budget(info: VideoInfo, n_frames: int,
-                max_visual_tokens: Optional[int] = None,
-                grid: VisionGrid = QWEN2_VL, min_side: int = 224,
-                max_side: int = 896) -> FramePlan:
+def plan_budget(
+    info: VideoInfo,
+    n_frames: int,
+    max_visual_tokens: Optional[int] = None,
+    grid: VisionGrid = QWEN2_VL,
+    min_side: int = 224,
+    max_side: int = 896,
+) -> FramePlan:
     """Choose how many of `n_frames` to keep and at what size so that the
     visual tokens fit `max_visual_tokens` (None: no budget, full size within
     `max_side`). Resolution goes down first (shorter side not below
@@ -292,8 +315,7 @@ def plan_budget(info: VideoInfo, n_frames: int,
     min_side = check_int("min_side", min_side)
     max_side = check_int("max_side", max_side)
     if min_side > max_side:
-        raise VideoError(
-            f"min_side ({min_side} px) must not exceed max_side ({max_side} px)")
+        raise VideoError(f"min_side ({min_side} px) must not exceed max_side ({max_side} px)")
     if grid.kind == "patches":
         n_out, w, h, t = _plan_patches(info, n, budget, grid, min_side, max_side)
     elif grid.kind == "tiles":
@@ -301,33 +323,47 @@ def plan_budget(info: VideoInfo, n_frames: int,
     else:
         raise VideoError(f"unknown vision grid kind {grid.kind!r}")
     units = -(-n_out // grid.temporal)
-    return FramePlan(n_frames=n_out, width=w, height=h, tokens_per_unit=t,
-                     frames_per_unit=grid.temporal, n_units=units,
-                     total_tokens=units * t, budget=budget, n_requested=n,
-                     grid=grid)
+    return FramePlan(
+        n_frames=n_out,
+        width=w,
+        height=h,
+        tokens_per_unit=t,
+        frames_per_unit=grid.temporal,
+        n_units=units,
+        total_tokens=units * t,
+        budget=budget,
+        n_requested=n,
+        grid=grid,
+    )
 
 
-def plan_video(info: VideoInfo, *, fps: Optional[float] = None,
-               max_frames: Optional[int] = None, start: Optional[float] = None,
-               end: Optional[float] = None,
-               max_visual_tokens: Optional[int] = None,
-               grid: VisionGrid = QWEN2_VL, min_side: int = 224,
-               max_side: int = 896) -> Tuple[list, FramePlan]:
+def plan_video(
+    info: VideoInfo,
+    *,
+    fps: Optional[float] = None,
+    max_frames: Optional[int] = None,
+    start: Optional[float] = None,
+    end: Optional[float] = None,
+    max_visual_tokens: Optional[int] = None,
+    grid: VisionGrid = QWEN2_VL,
+    min_side: int = 224,
+    max_side: int = 896,
+) -> Tuple[list, FramePlan]:
     """`sample_times` then `plan_budget`; when the budget drops frames, the
     kept ones are re-spread evenly over [start, end). fps defaults to the
     grid family's rate."""
     if fps is None:
         fps = FAMILY_FPS["smolvlm" if grid.kind == "tiles" else "qwen"]
     times = sample_times(info, fps, max_frames, start, end)
-    plan = plan_budget(info, len(times), max_visual_tokens, grid, min_side,
-                       max_side)
+    plan = plan_budget(info, len(times), max_visual_tokens, grid, min_side, max_side)
     if plan.n_frames < len(times):
         times = sample_times(info, fps, plan.n_frames, start, end)
     return times, plan
 
 
-def decode_size(width: int, height: int, grid: VisionGrid = SMOLVLM2_VIDEO,
-                video_size: Optional[int] = None) -> Tuple[int, int]:
+def decode_size(
+    width: int, height: int, grid: VisionGrid = SMOLVLM2_VIDEO, video_size: Optional[int] = None
+) -> Tuple[int, int]:
     """(width, height) of transformers' first resize of a SmolVLM2 video
     frame: longest side video_size (default: the tile), the other scaled and
     made even (video_processing_smolvlm.get_resize_output_image_size). Frames

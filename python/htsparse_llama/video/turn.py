@@ -37,13 +37,18 @@ LAYOUT_VERSION = 3
 class VideoOptions:
     """Which frames of a video are taken, and how many visual tokens they may make."""
 
-    fps: Optional[float] = option(None, "frames sampled per second (default: the model family's, 2 for Qwen-VL, 1 "
-                                        "for SmolVLM2)", lo=0, lo_open=True)
+    fps: Optional[float] = option(
+        None,
+        "frames sampled per second (default: the model family's, 2 for Qwen-VL, 1 for SmolVLM2)",
+        lo=0,
+        lo_open=True,
+    )
     max_frames: Optional[int] = option(None, "most frames sampled", lo=1)
     start: Optional[float] = option(None, "start of the part to sample, in seconds", lo=0)
     end: Optional[float] = option(None, "end of the part to sample, in seconds", lo=0, lo_open=True)
-    max_visual_tokens: Optional[int] = option(8192, "budget of visual tokens; frame count and size are chosen to "
-                                                    "fit", lo=1)
+    max_visual_tokens: Optional[int] = option(
+        8192, "budget of visual tokens; frame count and size are chosen to fit", lo=1
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -62,9 +67,13 @@ def vision_grid(vision: Vision) -> vp.VisionGrid:
     return vp.smolvlm_mtmd_grid(layout["image_size"], layout["patch_size"], layout["scale_factor"], 0)
 
 
-def encode_video(vision: Vision, frames: Iterable[np.ndarray], times: Sequence[float],
-                 progress: Optional[Callable[[int, int], None]] = None,
-                 duration: Optional[float] = None) -> Chunks:
+def encode_video(
+    vision: Vision,
+    frames: Iterable[np.ndarray],
+    times: Sequence[float],
+    progress: Optional[Callable[[int, int], None]] = None,
+    duration: Optional[float] = None,
+) -> Chunks:
     """The video's chunks (for Session.add_chunks / add_media_turn) in the
     layout its model family was trained on, from frames sampled at `times`
     (s) of a video `duration` s long (None: unknown); frames may be a
@@ -78,8 +87,15 @@ def plan_frames(vision: Vision, path: str, options: VideoOptions) -> Tuple[vf.Vi
     """The video's facts, the frame times and the plan (count and size) for
     this model's tower within the options' budget."""
     info = vf.probe(path)
-    times, plan = vp.plan_video(info, fps=options.fps, max_frames=options.max_frames, start=options.start,
-                                end=options.end, max_visual_tokens=options.max_visual_tokens, grid=vision_grid(vision))
+    times, plan = vp.plan_video(
+        info,
+        fps=options.fps,
+        max_frames=options.max_frames,
+        start=options.start,
+        end=options.end,
+        max_visual_tokens=options.max_visual_tokens,
+        grid=vision_grid(vision),
+    )
     return info, times, plan
 
 
@@ -122,32 +138,48 @@ class VideoTurn:
         return f"{self.source}: {what}" + (" (embeddings from the cache)" if self.from_cache else "")
 
     @classmethod
-    def load_video(cls, vision: Vision, path: str, options: VideoOptions, cache: EmbeddingCache,
-                   progress: Progress = lambda *_: None) -> "VideoTurn":
+    def load_video(
+        cls,
+        vision: Vision,
+        path: str,
+        options: VideoOptions,
+        cache: EmbeddingCache,
+        progress: Progress = lambda *_: None,
+    ) -> "VideoTurn":
         info, times, plan = plan_frames(vision, path, options)
-        settings = {"times": [round(t, 6) for t in times], "size": [plan.width, plan.height],
-                    "layout": f"{vision.projector}-v{LAYOUT_VERSION}"}
+        settings = {
+            "times": [round(t, 6) for t in times],
+            "size": [plan.width, plan.height],
+            "layout": f"{vision.projector}-v{LAYOUT_VERSION}",
+        }
         key = cache.key(path, settings, vision.path)
         cached = _cached(cache, key, vision)
         if cached is not None:
             return cls(cached, Path(path).name, times, plan, from_cache=True)
         decoded = (f.rgb for f in vf.iter_frames(path, times, size=frame_size(info, plan)))
-        chunks = encode_video(vision, decoded, times, lambda done, total: progress("encoding frames", done, total),
-                              duration=info.duration_s)
+        chunks = encode_video(
+            vision,
+            decoded,
+            times,
+            lambda done, total: progress("encoding frames", done, total),
+            duration=info.duration_s,
+        )
         cache.put(key, chunks)
         return cls(chunks, Path(path).name, times, plan)
 
     @classmethod
-    def load_images(cls, vision: Vision, paths: Sequence[str], cache: EmbeddingCache,
-                    progress: Progress = lambda *_: None) -> "VideoTurn":
+    def load_images(
+        cls, vision: Vision, paths: Sequence[str], cache: EmbeddingCache, progress: Progress = lambda *_: None
+    ) -> "VideoTurn":
         images = [vf.read_image(p) for p in paths]
         key = cache.key(paths[0], {"images": [cache.file_hash(p) for p in paths]}, vision.path)
         cached = _cached(cache, key, vision)
         names = ", ".join(Path(p).name for p in paths)
         if cached is not None:
             return cls(cached, names, from_cache=True)
-        chunks = vision.encode(vision.marker * len(images), images,
-                               progress=lambda done, total: progress("encoding", done, total))
+        chunks = vision.encode(
+            vision.marker * len(images), images, progress=lambda done, total: progress("encoding", done, total)
+        )
         cache.put(key, chunks)
         return cls(chunks, names)
 
@@ -158,9 +190,16 @@ class VideoTurn:
 
     def summary(self) -> Dict[str, object]:
         """What --json and the server report about the visual input."""
-        out: Dict[str, object] = {"source": self.source, "visual_tokens": self.n_visual_tokens,
-                                  "from_cache": self.from_cache}
+        out: Dict[str, object] = {
+            "source": self.source,
+            "visual_tokens": self.n_visual_tokens,
+            "from_cache": self.from_cache,
+        }
         if self.plan is not None:
-            out.update(frames=len(self.times), width=self.plan.width, height=self.plan.height,
-                       times=[round(t, 3) for t in self.times])
+            out.update(
+                frames=len(self.times),
+                width=self.plan.width,
+                height=self.plan.height,
+                times=[round(t, 3) for t in self.times],
+            )
         return out

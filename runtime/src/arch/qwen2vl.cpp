@@ -20,8 +20,8 @@ public:
         hp.n_pos_per_token = 4;
         const std::vector<int64_t> sections = file.get_int_array("qwen2vl.rope.dimension_sections");
         if (sections.size() < 3 || sections.size() > 4) {
-            fail(ErrorKind::InvalidFile, format("'%s': qwen2vl.rope.dimension_sections must hold 3 or 4 values",
-                                                file.path().c_str()));
+            fail(ErrorKind::InvalidFile,
+                 format("'%s': qwen2vl.rope.dimension_sections must hold 3 or 4 values", file.path().c_str()));
         }
         int64_t total = 0;
         for (size_t i = 0; i < sections.size(); ++i) {
