@@ -45,7 +45,7 @@ def measure_video(
     progress: Callable[[int, int], Any] = lambda i, n: None,
 ) -> Calibration:
     """Calibrates a VLM (Model + its Vision) on needle-frame prompts made from `videos`."""
-    if not (vision.uses_mrope and vision.frames_per_unit == 2):
+    if vision.video_family != "qwen":
         raise ValueError(
             "video calibration needs a Qwen2-VL / Qwen2.5-VL mmproj (frame pairs); "
             "calibrate this model on text (without --mmproj)"

@@ -108,6 +108,7 @@ class VisionGrid:
     """
 
     name: str
+    family: str = "qwen"  # the video family (Vision.video_family) whose tower this is
     kind: str = "patches"
     patch: int = 28
     temporal: int = 2
@@ -139,6 +140,7 @@ QWEN2_5_VL = replace(QWEN2_VL, name="qwen2.5vl")
 # SmolVLM2-256M/500M: 512 px tiles, 16 px patches, pixel shuffle 4 -> 64 tokens.
 SMOLVLM2_VIDEO = VisionGrid(
     "smolvlm2",
+    family="smolvlm",
     kind="tiles",
     patch=16,
     temporal=1,
@@ -157,6 +159,7 @@ def smolvlm_mtmd_grid(image_size: int, patch_size: int, scale_factor: int, prepr
     per_tile = (image_size // patch_size) ** 2 // (scale_factor**2)
     return VisionGrid(
         "smolvlm2",
+        family="smolvlm",
         kind="tiles",
         patch=patch_size,
         temporal=1,
@@ -353,7 +356,7 @@ def plan_video(
     kept ones are re-spread evenly over [start, end). fps defaults to the
     grid family's rate."""
     if fps is None:
-        fps = FAMILY_FPS["smolvlm" if grid.kind == "tiles" else "qwen"]
+        fps = FAMILY_FPS[grid.family]
     times = sample_times(info, fps, max_frames, start, end)
     plan = plan_budget(info, len(times), max_visual_tokens, grid, min_side, max_side)
     if plan.n_frames < len(times):
