@@ -13,7 +13,8 @@ GraphRunner::GraphRunner(ggml_backend_t backend, size_t max_nodes) : backend_(ba
     ggml_init_params params = {ggml_tensor_overhead() * max_nodes + ggml_graph_overhead_custom(max_nodes, false),
                                nullptr, true};
     ctx_ = ggml_init(params);
-    ggml_init_params in_params = {ggml_tensor_overhead() * 64, nullptr, true};
+    // One input per layer and more (saliency): as many as the graph has nodes, so no layer count overflows it.
+    ggml_init_params in_params = {ggml_tensor_overhead() * max_nodes, nullptr, true};
     inputs_ctx_ = ggml_init(in_params);
 }
 
