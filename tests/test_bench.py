@@ -149,7 +149,9 @@ def test_bench_sweep_writes_one_point_per_context_and_keep_ratio(smollm_gguf, tm
     assert [(p["context"], p["keep_ratio"]) for p in points] == [(300, 0.2), (300, 0.5), (500, 0.2), (500, 0.5)]
     for a, b in (points[0:2], points[2:4]):
         assert a["llama_cpp"] == b["llama_cpp"]  # dense engines run once per prompt
-        assert a["sparse"]["kv_bytes"] <= b["sparse"]["kv_bytes"] < b["dense"]["kv_bytes"]  # 256-cell padding
+        # 256-cell padding: at 300 tokens, keep 0.5 may pad to what the dense cache (now sized to the prompt) holds.
+        assert a["sparse"]["kv_bytes"] <= b["sparse"]["kv_bytes"] <= b["dense"]["kv_bytes"]
+        assert a["sparse"]["kv_bytes"] < a["dense"]["kv_bytes"]
     assert points[2]["n_tokens"] > points[0]["n_tokens"]
     assert result["settings"]["context"] == [300, 500] and "--keep-ratio 0.2,0.5" in result["command"]
     png = (tmp_path / "c.png").read_bytes()

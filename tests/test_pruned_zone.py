@@ -14,6 +14,7 @@ import pytest
 import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
 from htsparse_llama.tasks.text import passkey
+from support.memory_plan import capacity
 from support.sparse_helpers import dense_over_cells, rel_l2
 
 
@@ -144,11 +145,15 @@ def test_pruned_layers_keep_only_the_kept_tokens(smollm, prompt):
         assert len(st.full_heads) == int(0.5 * prune_layer * smollm.info["n_head_kv"] + 0.5)  # rounds half up
         sizes.append(st.kv_bytes)
     assert sizes[0] > sizes[1] > sizes[2]
-    # Exact: full heads keep n_ctx cells, sparse heads the kept ones padded to 256.
+    # Exact: full heads keep every cell, sparse heads the kept ones, each padded to 256 and grown by the
+    # cache's rule (support/memory_plan.py), from compaction (n_c cells) to now.
     cell_bytes = 2 * 2 * 64  # K and V, f16, head_dim 64
     n_full = round(0.5 * 4 * 3)
-    n_sparse_cells = -(-(st.n_kept + len(prompt.prefix) + len(prompt.suffix) + 1) // 256) * 256
-    assert st.kv_bytes == cell_bytes * (n_full * 1024 + (30 * 3 - n_full) * n_sparse_cells)
+    n_c = len(prompt.prefix) + len(prompt.span) + len(prompt.suffix)
+    dropped = len(prompt.span) - st.n_kept
+    full_cells = capacity(n_c, s.n_past)
+    sparse_cells = capacity(n_c - dropped + 1, s.n_past - dropped)
+    assert st.kv_bytes == cell_bytes * (n_full * full_cells + (30 * 3 - n_full) * sparse_cells)
 
 
 def test_hold_refusals(smollm, prompt):

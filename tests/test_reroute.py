@@ -13,6 +13,7 @@ import pytest
 import htsparse_llama as hts
 from htsparse_llama import Model, SparseConfig
 from htsparse_llama.tasks.text import follow_up_tokens, multikey, passkey
+from support.memory_plan import capacity
 from support.sparse_helpers import dense_over_cells, rel_l2
 
 
@@ -105,9 +106,11 @@ def test_rerouting_keeps_the_dense_zone_whole(smollm, prompt):
     st = s.stats()
     assert sorted(st.full_heads) == [(il, g) for il in range(4) for g in range(3)]
     cell_bytes = 2 * 2 * 64  # K and V, f16, head_dim 64
-    n_compacted = s.n_past - 1 - len(prompt.span) + st.n_kept  # cells at the second compaction (then 1 answer token)
-    n_sparse_cells = -(-(n_compacted + 1) // 256) * 256
-    assert st.kv_bytes == cell_bytes * (4 * 3 * 2048 + 26 * 3 * n_sparse_cells)
+    n_c = s.n_past - 1  # cells at the second compaction (then 1 answer token)
+    n_compacted = n_c - len(prompt.span) + st.n_kept
+    full_cells = capacity(n_c, s.n_past)  # the dense zone, compacted again (every head full)
+    sparse_cells = capacity(n_compacted + 1, n_compacted + 1)
+    assert st.kv_bytes == cell_bytes * (4 * 3 * full_cells + 26 * 3 * sparse_cells)
 
 
 def test_reroute_refusals(smollm, tiny):

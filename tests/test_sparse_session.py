@@ -34,7 +34,8 @@ def test_sparse_session_answers_like_dense_with_less_kv(qwen):
     # Default prune layer = select layer: full heads are a quarter of the KV heads of layers [0, 4).
     assert (st.select_layer, st.prune_layer) == (4, 4)
     assert len(st.full_heads) == round(0.25 * 4 * qwen.info["n_head_kv"]) and all(il < 4 for il, _ in st.full_heads)
-    assert st.kv_bytes < st.kv_bytes_dense == dense.stats().kv_bytes
+    dense_st = dense.stats()
+    assert st.kv_bytes < dense_st.kv_bytes <= st.kv_bytes_dense and st.kv_bytes_peak < dense_st.kv_bytes_peak
     assert (
         set(st.prefill_ms) >= {"prompt", "question", "select", "pruned_zone"} and st.ttft_ms > 0 and st.decode_tok_s > 0
     )
@@ -42,9 +43,9 @@ def test_sparse_session_answers_like_dense_with_less_kv(qwen):
     # A follow-up reuses the routing and the compacted cache.
     s.add_message("user", "Say it again.")
     assert "42817" in s.generate(max_tokens=16, temperature=0, stream=False)
-    # reset() starts over with a dense cache and a fresh selection.
+    # reset() starts over with an empty cache and a fresh selection.
     s.reset()
-    assert s.kv_bytes == st.kv_bytes_dense
+    assert s.kv_bytes == 0
     assert ask(s, doc).strip() == "42817"
 
 

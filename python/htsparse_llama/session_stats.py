@@ -19,8 +19,12 @@ class SessionStats:
     n_sparse: int = 0
     n_kept: int = 0
     full_heads: List[Tuple[int, int]] = field(default_factory=list)  # (layer, kv_head)
-    kv_bytes: int = 0
-    kv_bytes_dense: int = 0
+    kv_bytes: int = 0  # the KV cache now
+    kv_bytes_dense: int = 0  # what llama.cpp allocates for n_ctx cells
+    kv_bytes_peak: int = 0  # the most the KV cache held at once (since the last reset)
+    kv_bytes_tokens: int = 0  # a dense cache of exactly the tokens in the context
+    compute_bytes: int = 0  # compute buffers now
+    compute_bytes_peak: int = 0
     prefill_ms: Dict[str, float] = field(default_factory=dict)  # per stage
     ttft_ms: Optional[float] = None
     decode_tok_s: Optional[float] = None
@@ -39,9 +43,12 @@ class SessionStats:
         parts = [f"{self.n_prompt} prompt tokens"]
         if self.n_sparse:
             parts.append(f"kept {self.n_kept} of {self.n_sparse} sparse tokens")
-        kv = f"KV {self.kv_bytes / 2**20:.1f} MiB"
-        if self.kv_bytes and self.kv_bytes < self.kv_bytes_dense:
-            kv += f" ({self.kv_bytes_dense / self.kv_bytes:.2f}x less than dense)"
+        kv = f"KV {self.kv_bytes / 2**20:.1f} MiB, peak {self.kv_bytes_peak / 2**20:.1f} MiB"
+        if self.kv_bytes_peak and self.kv_bytes_peak < self.kv_bytes_tokens:
+            kv += (
+                f" ({self.kv_bytes_tokens / self.kv_bytes_peak:.2f}x less than dense: "
+                f"{self.kv_bytes_tokens / 2**20:.1f} MiB for these tokens)"
+            )
         parts.append(kv)
         if self.ttft_ms is not None:
             parts.append(f"first token {self.ttft_ms:.0f} ms")

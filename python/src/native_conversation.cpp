@@ -45,6 +45,10 @@ py::dict stats_dict(const ConversationStats & s) {
     d["full_heads"] = s.full_heads;
     d["kv_bytes"] = s.kv_bytes;
     d["kv_bytes_dense"] = s.kv_bytes_dense;
+    d["kv_bytes_peak"] = s.kv_bytes_peak;
+    d["kv_bytes_tokens"] = s.kv_bytes_tokens;
+    d["compute_bytes"] = s.compute_bytes;
+    d["compute_bytes_peak"] = s.compute_bytes_peak;
     py::dict stages;
     for (const auto & [name, ms] : s.prefill_ms) stages[py::str(name)] = ms;
     d["prefill_ms"] = stages;

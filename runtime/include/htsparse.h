@@ -280,18 +280,22 @@ HTS_API const char * hts_session_finish_reason(const hts_session * session);
 /* --- statistics ------------------------------------------------------------- */
 
 struct hts_stats {
-    int32_t n_past;          /* tokens in the context now */
-    int32_t n_prompt;        /* tokens in the context when the first answer began */
-    int32_t n_sparse;        /* tokens in sparse spans */
-    int32_t n_kept;          /* of those, kept by the last question */
-    int32_t n_full_heads;    /* (layer, KV head) pairs that keep whole spans */
-    uint64_t kv_bytes;       /* bytes the KV cache holds */
-    uint64_t kv_bytes_dense; /* bytes a dense cache of n_ctx would hold */
-    double prefill_ms;       /* time spent evaluating input, every stage */
-    double ttft_ms;          /* first answer's time to first token; < 0: no answer yet */
-    double decode_tok_s;     /* last answer's decoding speed; < 0: not measured */
-    int32_t select_layer;    /* -1: dense */
-    int32_t prune_layer;     /* -1: dense */
+    int32_t n_past;              /* tokens in the context now */
+    int32_t n_prompt;            /* tokens in the context when the first answer began */
+    int32_t n_sparse;            /* tokens in sparse spans */
+    int32_t n_kept;              /* of those, kept by the last question */
+    int32_t n_full_heads;        /* (layer, KV head) pairs that keep whole spans */
+    uint64_t kv_bytes;           /* bytes the KV cache holds */
+    uint64_t kv_bytes_dense;     /* bytes a dense cache of n_ctx would hold */
+    double prefill_ms;           /* time spent evaluating input, every stage */
+    double ttft_ms;              /* first answer's time to first token; < 0: no answer yet */
+    double decode_tok_s;         /* last answer's decoding speed; < 0: not measured */
+    int32_t select_layer;        /* -1: dense */
+    int32_t prune_layer;         /* -1: dense */
+    uint64_t kv_bytes_peak;      /* the most bytes the KV cache held at once (since the last reset) */
+    uint64_t kv_bytes_tokens;    /* bytes a dense cache of exactly the tokens in the context holds */
+    uint64_t compute_bytes;      /* compute buffers now */
+    uint64_t compute_bytes_peak; /* the most compute-buffer bytes held (since the last reset) */
 };
 
 HTS_API int32_t hts_session_get_stats(const hts_session * session, struct hts_stats * stats);

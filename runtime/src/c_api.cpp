@@ -458,6 +458,10 @@ int32_t hts_session_get_stats(const hts_session * session, struct hts_stats * st
         stats->n_full_heads = static_cast<int32_t>(s.full_heads.size());
         stats->kv_bytes = s.kv_bytes;
         stats->kv_bytes_dense = s.kv_bytes_dense;
+        stats->kv_bytes_peak = s.kv_bytes_peak;
+        stats->kv_bytes_tokens = s.kv_bytes_tokens;
+        stats->compute_bytes = s.compute_bytes;
+        stats->compute_bytes_peak = s.compute_bytes_peak;
         stats->prefill_ms = s.total_prefill_ms();
         stats->ttft_ms = s.ttft_ms;
         stats->decode_tok_s = s.decode_tok_s;

@@ -29,27 +29,34 @@ Context::Context(const Model & model, const ContextParams & params) : model_(mod
     graph_size_ = static_cast<size_t>(64 * model.hparams().n_layer + 512);
     graph_meta_.resize(ggml_tensor_overhead() * graph_size_ + ggml_graph_overhead_custom(graph_size_, false));
     sched_ = model.backends().new_scheduler(graph_size_);
-    reserve();
+    // Neither the KV cache nor the compute buffers are allocated yet: both grow
+    // with the tokens (the scheduler reallocates when a graph needs more).
 }
 
 Context::~Context() {
     if (sched_) ggml_backend_sched_free(sched_);
 }
 
-// Allocates the compute buffers once, for the largest micro-batch over a full
-// cache, so a long prompt does not grow them midway.
-void Context::reserve() {
-    ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
-    ContextGuard guard{ggml_init(params)};
-    ggml_cgraph * gf = ggml_new_graph_custom(guard.ctx, graph_size_, false);
-    MicroBatch mb;
-    mb.n_tokens = n_batch_;
-    mb.first_cell = kv_->capacity() - n_batch_;
-    GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
-    ggml_build_forward_expand(gf, model_.arch().build_graph(gc));
-    if (!ggml_backend_sched_reserve(sched_, gf)) {
-        fail(ErrorKind::Backend, format("cannot allocate compute buffers for %d-token batches", n_batch_));
+size_t Context::compute_bytes() const {
+    size_t total = 0;
+    for (int i = 0; i < ggml_backend_sched_get_n_backends(sched_); ++i) {
+        total += ggml_backend_sched_get_buffer_size(sched_, ggml_backend_sched_get_backend(sched_, i));
     }
+    return total;
+}
+
+void Context::note_compute_bytes() { compute_peak_ = std::max(compute_peak_, compute_bytes()); }
+
+size_t Context::kv_bytes_peak() const { return std::max(retired_kv_peak_, kv_->peak_bytes()); }
+
+size_t Context::kv_bytes_per_cell() const {
+    const HParams & hp = model_.hparams();
+    return size_t(2) * hp.n_layer * hp.n_embd_kv() * sizeof(ggml_fp16_t);
+}
+
+void Context::replace_cache(std::unique_ptr<KvCache> fresh) {
+    retired_kv_peak_ = std::max(retired_kv_peak_, kv_->peak_bytes());
+    kv_ = std::move(fresh);
 }
 
 int Context::n_logit_rows() const { return static_cast<int>(logits_.size() / model_.hparams().n_vocab); }
@@ -60,7 +67,9 @@ const float * Context::last_logits() const {
 }
 
 void Context::reset() {
-    if (kv_->is_split()) kv_ = std::make_unique<KvCache>(model_, n_ctx_);  // back to one dense cache
+    kv_ = std::make_unique<KvCache>(model_, n_ctx_);  // empty again: its memory goes back
+    retired_kv_peak_ = 0;
+    compute_peak_ = compute_bytes();
     n_sparse_cells_ = 0;
     hidden_cells_.clear();
     kept_cells_.clear();
@@ -70,7 +79,6 @@ void Context::reset() {
     next_pos_ = 0;
     tokens_.clear();
     logits_.clear();
-    kv_->clear();
 }
 
 // Rope positions of n new tokens laid out as the graph input wants them:
@@ -107,10 +115,7 @@ void Context::compact_kv(const std::vector<std::vector<bool>> & full_kv, const s
     kept_cells_ = kept_cells;
 }
 
-size_t Context::kv_bytes_dense() const {
-    const HParams & hp = model_.hparams();
-    return size_t(2) * hp.n_layer * hp.n_embd_kv() * size_t(GGML_PAD(n_ctx_, KvCache::kCellPad)) * sizeof(ggml_fp16_t);
-}
+size_t Context::kv_bytes_dense() const { return kv_bytes_per_cell() * size_t(GGML_PAD(n_ctx_, KvCache::kCellPad)); }
 
 void Context::set_hidden_cells(const std::vector<int32_t> & cells) {
     if (kv_->is_split()) fail(ErrorKind::InvalidArgument, "hidden cells apply to a dense cache");
@@ -176,7 +181,6 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
     const int n = static_cast<int>(tokens.size());
     const std::vector<int32_t> pos = rope_positions(n, positions);
     const int n_embd = model_.hparams().n_embd;
-    kv_->reserve_sparse(n_sparse_cells_ + n, n_sparse_cells_);  // compacted cache: room for the new tokens
 
     // The tokens run [0, stop): every layer, or up to the hold layer P (staged
     // prefill: the rest in finish_held()). On the way the residual stream is
@@ -224,6 +228,12 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
 
 void Context::run_layers(const LayerRun & run) {
     const int n_vocab = model_.hparams().n_vocab, n_embd = model_.hparams().n_embd, n = run.n;
+    // The layers grow once to what the whole run needs, not batch by batch.
+    if (!run.kv_only) {
+        const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(run.first_sparse_cell + n) : 0;
+        kv_->prepare(run.begin, run.end, kv_->n_kv_for(run.first_cell + n), run.first_cell, n_kv_sparse,
+                     run.first_sparse_cell);
+    }
     const bool logits = run.end == model_.hparams().n_layer && !run.kv_only;
     if (logits) logits_.assign(size_t(run.all_logits ? n : 1) * n_vocab, 0.0f);
     // The last micro-batch starts early enough to hold the whole query window.
@@ -381,10 +391,11 @@ void Context::rewind_to_logged_layer(int hold_layer) {
         fail(ErrorKind::InvalidArgument, format("hold layer %d is outside [%d, %d]", hold_layer, S, n_layer));
     }
     if (logged_.tokens.empty()) fail(ErrorKind::InvalidArgument, "nothing to rewind: the log is empty");
-    // The dense zone stays; layers [S, n_layer) start over from a zeroed dense cache.
+    // The dense zone moves over as it is; layers [S, n_layer) are freed now and
+    // start over, growing again as the rerun fills them.
     auto fresh = std::make_unique<KvCache>(model_, n_ctx_);
-    fresh->copy_layers_from(*kv_, S);
-    kv_ = std::move(fresh);
+    fresh->take_layers(*kv_, S);
+    replace_cache(std::move(fresh));
     n_sparse_cells_ = 0;
     kept_cells_.clear();
     hidden_cells_.clear();
@@ -488,6 +499,11 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
     ContextGuard guard{ggml_init(params)};
     ggml_cgraph * gf = ggml_new_graph_custom(guard.ctx, graph_size_, false);
+    const int n_layer = model_.hparams().n_layer;
+    const int end = mb.layer_end < 0 ? n_layer : mb.layer_end;
+    const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0;
+    kv_->prepare(mb.layer_begin, end, kv_->n_kv_for(mb.first_cell + mb.n_tokens), mb.first_cell, n_kv_sparse,
+                 mb.first_sparse_cell);
     GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
     ggml_tensor * result = model_.arch().build_graph(gc);  // [n_vocab, n_outputs] or residual [n_embd, n_tokens]
     ggml_set_output(result);
@@ -495,6 +511,7 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
 
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
+    note_compute_bytes();
     set_inputs(gc, tokens, residual_in, pos, pos_stride, hidden_cells_);
     record_graph_ops(gf);
     if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {

@@ -69,8 +69,15 @@ public:
     int next_pos() const { return next_pos_; }
     int n_ctx() const { return n_ctx_; }
     const std::vector<int32_t> & tokens() const { return tokens_; }
-    size_t kv_bytes() const { return kv_->bytes(); }  // what the cache tensors hold
-    size_t kv_bytes_dense() const;                    // what one dense cache of n_ctx holds
+    size_t kv_bytes() const { return kv_->bytes(); }  // what the cache tensors hold now
+    // The most KV bytes held at once since the last reset (transient copies included).
+    size_t kv_bytes_peak() const;
+    // What llama.cpp allocates for a dense cache of n_ctx cells (F16 K and V).
+    size_t kv_bytes_dense() const;
+    size_t kv_bytes_per_cell() const;  // dense K and V of one token, every layer
+    // Compute buffers the scheduler holds now, and the most since the last reset.
+    size_t compute_bytes() const;
+    size_t compute_bytes_peak() const { return compute_peak_; }
 
     // Splits every layer's KV heads into full heads (every cell) and sparse
     // heads (kept_cells only), freeing the dense cache; later tokens go to
@@ -132,6 +139,8 @@ private:
     int n_ctx_;
     int n_batch_;
     std::unique_ptr<KvCache> kv_;
+    size_t retired_kv_peak_ = 0;  // peaks of caches replaced since the last reset
+    size_t compute_peak_ = 0;
     ggml_backend_sched_t sched_ = nullptr;
     std::vector<uint8_t> graph_meta_;  // memory for graph and tensor headers
     size_t graph_size_ = 0;
@@ -163,7 +172,8 @@ private:
     std::vector<int32_t> tokens_;
     std::vector<float> logits_;
 
-    void reserve();
+    void note_compute_bytes();
+    void replace_cache(std::unique_ptr<KvCache> fresh);
     std::vector<int32_t> rope_positions(int n, const TokenPositions * positions) const;
     void check_fits(const std::vector<int32_t> & tokens) const;
     // eval_staged() for token ids, or for embedding rows when embd is set.

@@ -329,7 +329,11 @@ bool Conversation::close_assistant_turn() {
 ConversationStats Conversation::stats() const {
     ConversationStats s = stats_;
     s.kv_bytes = context_.kv_bytes();
+    s.kv_bytes_peak = context_.kv_bytes_peak();
     s.kv_bytes_dense = context_.kv_bytes_dense();
+    s.kv_bytes_tokens = context_.kv_bytes_per_cell() * size_t(context_.n_past());
+    s.compute_bytes = context_.compute_bytes();
+    s.compute_bytes_peak = context_.compute_bytes_peak();
     if (sparse_) {
         s.select_layer = sparse_->config().select_layer;
         s.prune_layer = sparse_->config().prune_layer;

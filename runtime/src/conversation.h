@@ -29,11 +29,15 @@ class Model;
 
 // What a conversation did: sizes, KV memory, timings (milliseconds).
 struct ConversationStats {
-    int n_prompt = 0;                             // context tokens when the first answer began
-    int n_sparse = 0;                             // tokens in sparse spans
-    int n_kept = 0;                               // of those, kept by the last selection
-    std::vector<std::pair<int, int>> full_heads;  // (layer, KV head) keeping whole spans
-    size_t kv_bytes = 0, kv_bytes_dense = 0;
+    int n_prompt = 0;                                        // context tokens when the first answer began
+    int n_sparse = 0;                                        // tokens in sparse spans
+    int n_kept = 0;                                          // of those, kept by the last selection
+    std::vector<std::pair<int, int>> full_heads;             // (layer, KV head) keeping whole spans
+    size_t kv_bytes = 0;                                     // the KV cache now
+    size_t kv_bytes_peak = 0;                                // the most it held at once since the last reset
+    size_t kv_bytes_dense = 0;                               // what llama.cpp allocates for n_ctx cells
+    size_t kv_bytes_tokens = 0;                              // a dense cache of exactly the tokens in the context
+    size_t compute_bytes = 0, compute_bytes_peak = 0;        // compute buffers now, and the most since the last reset
     std::vector<std::pair<std::string, double>> prefill_ms;  // per stage, in the order first run
     double ttft_ms = -1;                                     // first answer's time to first token; < 0: no answer yet
     double decode_tok_s = -1;                                // last answer's decoding speed; < 0: not measured

@@ -1,6 +1,7 @@
 #include "kv_cache.h"
 
 #include "errors.h"
+#include "kv_copy.h"
 #include "model.h"
 
 #include <algorithm>
@@ -10,43 +11,84 @@ namespace hts {
 KvCache::KvCache(const Model & model, int n_ctx, ggml_type type) : model_(&model), type_(type) {
     const HParams & hp = model.hparams();
     if (n_ctx <= 0) fail(ErrorKind::InvalidArgument, format("n_ctx must be positive, got %d", n_ctx));
-    capacity_ = GGML_PAD(n_ctx, kCellPad);
+    limit_ = GGML_PAD(n_ctx, kCellPad);
     n_embd_head_ = hp.n_embd_head;
     n_head_kv_ = hp.n_head_kv;
-    ggml_init_params params = {ggml_tensor_overhead() * (2 * hp.n_layer + 1), nullptr, true};
-    ctx_ = ggml_init(params);
-    for (int il = 0; il < hp.n_layer; ++il) {
-        ggml_tensor * k = ggml_new_tensor_2d(ctx_, type, hp.n_embd_kv(), capacity_);
-        ggml_tensor * v = ggml_new_tensor_2d(ctx_, type, hp.n_embd_kv(), capacity_);
-        ggml_format_name(k, "cache_k_l%d", il);
-        ggml_format_name(v, "cache_v_l%d", il);
-        k_.push_back(k);
-        v_.push_back(v);
-    }
-    buffer_ = ggml_backend_alloc_ctx_tensors(ctx_, model.backends().main());
-    if (!buffer_) {
-        ggml_free(ctx_);
-        fail(ErrorKind::Backend, format("cannot allocate the KV cache (%d cells)", capacity_));
-    }
-    ggml_backend_buffer_set_usage(buffer_, GGML_BACKEND_BUFFER_USAGE_COMPUTE);
-    clear();
+    full_.resize(hp.n_layer);
+    sparse_.resize(hp.n_layer);
 }
 
 KvCache::~KvCache() {
-    if (buffer_) ggml_backend_buffer_free(buffer_);
-    if (ctx_) ggml_free(ctx_);
-    if (split_buffer_) ggml_backend_buffer_free(split_buffer_);
-    if (split_ctx_) ggml_free(split_ctx_);
-    if (sparse_buffer_) ggml_backend_buffer_free(sparse_buffer_);
-    if (sparse_ctx_) ggml_free(sparse_ctx_);
+    for (Storage & s : full_) release(s);
+    for (Storage & s : sparse_) release(s);
 }
 
-int KvCache::n_kv_for(int n_used) const { return std::min(capacity_, std::max(kCellPad, GGML_PAD(n_used, kCellPad))); }
+int KvCache::n_kv_for(int n_used) const { return std::min(limit_, std::max(kCellPad, GGML_PAD(n_used, kCellPad))); }
+
+int KvCache::n_sparse_kv_for(int n_used_sparse) const { return n_kv_for(n_used_sparse); }
+
+KvCache::Storage KvCache::alloc(int il, int n_heads, int capacity, const char * what) {
+    Storage s;
+    s.capacity = capacity;
+    s.n_heads = n_heads;
+    ggml_init_params params = {ggml_tensor_overhead() * 2, nullptr, true};
+    s.ctx = ggml_init(params);
+    s.k = ggml_new_tensor_2d(s.ctx, type_, int64_t(n_embd_head_) * n_heads, capacity);
+    s.v = ggml_new_tensor_2d(s.ctx, type_, int64_t(n_embd_head_) * n_heads, capacity);
+    ggml_format_name(s.k, "cache_k%s_l%d", what, il);
+    ggml_format_name(s.v, "cache_v%s_l%d", what, il);
+    s.buffer = ggml_backend_alloc_ctx_tensors(s.ctx, model_->backends().main());
+    if (!s.buffer) {
+        ggml_free(s.ctx);
+        fail(ErrorKind::Backend,
+             format("cannot allocate the KV cache of layer %d (%d cells): out of device memory", il, capacity));
+    }
+    ggml_backend_buffer_set_usage(s.buffer, GGML_BACKEND_BUFFER_USAGE_COMPUTE);
+    ggml_backend_buffer_clear(s.buffer, 0);  // unused cells read as finite numbers
+    bytes_ += s.bytes();
+    peak_ = std::max(peak_, bytes_);
+    return s;
+}
+
+void KvCache::release(Storage & s) {
+    bytes_ -= s.bytes();
+    if (s.buffer) ggml_backend_buffer_free(s.buffer);
+    if (s.ctx) ggml_free(s.ctx);
+    s = Storage{};
+}
+
+void KvCache::grow(int il, Storage & s, int n_heads, int n_cells, int n_used, int limit, const char * what) {
+    if (n_cells <= s.capacity) return;
+    if (n_cells > limit) {
+        fail(ErrorKind::ContextOverflow, format("%d cells exceed the context (%d)", n_cells, limit));
+    }
+    const int capacity = std::min(limit, std::max(n_cells, GGML_PAD(s.capacity + s.capacity / 4, kCellPad)));
+    Storage bigger = alloc(il, n_heads, capacity, what);
+    const int n_keep = std::min(n_used, s.capacity);
+    if (s.buffer && n_keep > 0) {
+        // Rows are cells: the used ones are one prefix, copied on the device.
+        copy_rows(model_->backends().main(), {{s.k, bigger.k}, {s.v, bigger.v}}, n_keep);
+    }
+    release(s);
+    s = bigger;
+}
+
+void KvCache::prepare(int begin, int end, int n_kv, int n_used, int n_kv_sparse, int n_used_sparse) {
+    for (int il = begin; il < end; ++il) {
+        const int n_full = n_full_heads(il);
+        if (n_full > 0) grow(il, full_[il], n_full, n_kv, n_used, limit_, split_ ? "_full" : "");
+        if (split_ && n_full < n_head_kv_ && n_kv_sparse > 0) {
+            grow(il, sparse_[il], n_head_kv_ - n_full, n_kv_sparse, n_used_sparse, limit_, "_sparse");
+        }
+    }
+}
 
 void KvCache::store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
                     int first_cell) const {
     const int64_t n_tokens = k_cur->ne[2];
-    for (auto [src, dst] : {std::make_pair(k_cur, k_[il]), std::make_pair(v_cur, v_[il])}) {
+    const Storage & s = full_[il];
+    GGML_ASSERT(first_cell + n_tokens <= s.capacity && "KvCache::prepare() first");
+    for (auto [src, dst] : {std::make_pair(k_cur, s.k), std::make_pair(v_cur, s.v)}) {
         ggml_tensor * cells = ggml_view_2d(ctx, dst, dst->ne[0], n_tokens, dst->nb[1], dst->nb[1] * first_cell);
         // Expanded now so the copy precedes the attention that reads the cache.
         ggml_build_forward_expand(gf, ggml_cpy(ctx, src, cells));
@@ -54,38 +96,31 @@ void KvCache::store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * 
 }
 
 ggml_tensor * KvCache::view(ggml_context * ctx, ggml_tensor * t, int n_kv) const {
-    return ggml_view_3d(ctx, t, n_embd_head_, n_head_kv_, n_kv, ggml_row_size(t->type, n_embd_head_), t->nb[1], 0);
+    GGML_ASSERT(t && n_kv <= t->ne[1] && "KvCache::prepare() first");
+    const int64_t n_heads = t->ne[0] / n_embd_head_;
+    return ggml_view_3d(ctx, t, n_embd_head_, n_heads, n_kv, ggml_row_size(t->type, n_embd_head_), t->nb[1], 0);
 }
 
-ggml_tensor * KvCache::keys(ggml_context * ctx, int il, int n_kv) const { return view(ctx, k_[il], n_kv); }
+ggml_tensor * KvCache::keys(ggml_context * ctx, int il, int n_kv) const { return view(ctx, full_[il].k, n_kv); }
 
-ggml_tensor * KvCache::values(ggml_context * ctx, int il, int n_kv) const { return view(ctx, v_[il], n_kv); }
+ggml_tensor * KvCache::values(ggml_context * ctx, int il, int n_kv) const { return view(ctx, full_[il].v, n_kv); }
 
-size_t KvCache::bytes() const {
-    size_t total = 0;
-    for (const auto * group : {&k_, &v_, &ks_, &vs_}) {
-        for (const ggml_tensor * t : *group) total += t ? ggml_nbytes(t) : 0;
-    }
-    return total;
-}
-
-void KvCache::copy_layers_from(const KvCache & src, int n_layers) {
-    if (split_) fail(ErrorKind::InvalidArgument, "layers are copied into a dense cache");
-    if (src.capacity_ != capacity_ || n_layers < 0 || n_layers > int(k_.size())) {
-        fail(ErrorKind::InvalidArgument, "the caches differ in capacity or layer count");
+void KvCache::take_layers(KvCache & src, int n_layers) {
+    if (split_ || bytes_ > 0) fail(ErrorKind::InvalidArgument, "layers are moved into an empty dense cache");
+    if (src.limit_ != limit_ || n_layers < 0 || n_layers > int(full_.size())) {
+        fail(ErrorKind::InvalidArgument, "the caches differ in size or layer count");
     }
     for (int il = 0; il < n_layers; ++il) {
         if (src.n_full_heads(il) != n_head_kv_) {
             fail(ErrorKind::InvalidArgument, format("layer %d keeps only some KV heads at full length", il));
         }
-        ggml_backend_tensor_copy(src.k_[il], k_[il]);  // same shape: [n_embd_kv, capacity]
-        ggml_backend_tensor_copy(src.v_[il], v_[il]);
+        // Every head full: the full group's layout is the dense one, [n_embd_kv, cells].
+        std::swap(full_[il], src.full_[il]);
+        const size_t moved = full_[il].bytes();
+        src.bytes_ -= moved;
+        bytes_ += moved;
     }
-}
-
-void KvCache::clear() {
-    if (split_) fail(ErrorKind::InvalidArgument, "a compacted KV cache cannot be cleared; make a new one");
-    ggml_backend_buffer_clear(buffer_, 0);
+    peak_ = std::max(peak_, bytes_);
 }
 
 }  // namespace hts

@@ -1,10 +1,21 @@
 // The KV cache of one context: per layer, a K and a V tensor holding every KV
-// head for up to `capacity` cells, cell i holding the token at position i.
+// head for the cells in use, cell i holding the i-th token evaluated.
+//
+// Memory follows the tokens (docs/architecture.md#memory-plan): nothing is
+// allocated for n_ctx cells up front. Each layer owns its own buffer and
+// grows, on the device and one layer at a time, when a batch needs more cells
+// (prepare()), to what the batch needs or a quarter more than it holds (decoding
+// grows seldom), up to the context's `limit`; so a
+// layer that never sees a span's tokens (the pruned zone while they wait at
+// the prune layer) never holds cells for them, and growing costs at most one
+// layer's copy at a time. bytes() is what is held now, peak_bytes() the most
+// ever held at once, transient copies included.
 //
 // Graph code reaches the cache only through store()/keys()/values(), per layer
 // and per head group, so the HT-Sparse cache can split a layer into a
-// full-length group and a compact group (docs/architecture.md#routed-attention-and-the-dual-length-kv-cache) behind the
-// same calls.
+// full-length group and a compact group
+// (docs/architecture.md#routed-attention-and-the-dual-length-kv-cache) behind
+// the same calls.
 #pragma once
 
 #include "ggml-backend.h"
@@ -19,8 +30,8 @@ class Model;
 
 class KvCache {
 public:
-    // Allocates `n_ctx` cells (rounded up to kCellPad) per layer on the model's
-    // main device, zero-filled so padded cells read as finite numbers.
+    // A cache of at most `n_ctx` cells (rounded up to kCellPad) per layer on
+    // the model's main device; nothing is allocated until prepare().
     KvCache(const Model & model, int n_ctx, ggml_type type = GGML_TYPE_F16);
     ~KvCache();
     KvCache(const KvCache &) = delete;
@@ -28,10 +39,15 @@ public:
 
     static constexpr int kCellPad = 256;  // n_kv granularity, as llama.cpp pads it
 
-    int capacity() const { return capacity_; }
+    int capacity() const { return limit_; }  // the most cells a layer may hold
     // Cells the attention of a batch ending at cell `n_used` reads: padded to
     // kCellPad (fewer distinct graph shapes, faster GPU kernels), masked beyond.
     int n_kv_for(int n_used) const;
+
+    // Before a batch over layers [begin, end): each of them holds at least
+    // n_kv cells (compact cells: n_kv_sparse, after compact()), the first
+    // n_used (n_used_sparse) kept. New cells read as zeros.
+    void prepare(int begin, int end, int n_kv, int n_used, int n_kv_sparse = 0, int n_used_sparse = 0);
 
     // Adds to `gf` the copies of k_cur, v_cur [head_dim, n_head_kv, n_tokens]
     // into cells [first_cell, first_cell + n_tokens) of layer il.
@@ -41,27 +57,26 @@ public:
     ggml_tensor * keys(ggml_context * ctx, int il, int n_kv) const;
     ggml_tensor * values(ggml_context * ctx, int il, int n_kv) const;
 
-    size_t bytes() const;  // bytes the K/V tensors hold
-    void clear();
-    // Copies layers [0, n_layers) from `src` into this dense cache of the same
-    // capacity; src must hold every KV head of those layers at full length
-    // (dense, or split with only full heads there). Re-routing keeps the dense
-    // zone this way while it rebuilds the layers after it.
-    void copy_layers_from(const KvCache & src, int n_layers);
+    size_t bytes() const { return bytes_; }  // bytes the K/V tensors hold now
+    size_t peak_bytes() const { return peak_; }
+    // Moves layers [0, n_layers) of `src` into this empty dense cache of the
+    // same limit, without a copy; src must hold every KV head of those layers
+    // at full length (dense, or split with only full heads there) and keeps
+    // none of them. Re-routing keeps the dense zone this way while it
+    // rebuilds the layers after it.
+    void take_layers(KvCache & src, int n_layers);
 
-    // --- per-head split (HT-Sparse, docs/architecture.md#routed-attention-and-the-dual-length-kv-cache)
-    // ---------------------- After compact(), every layer's KV heads are in two groups: "full" heads keep every cell
-    // (same cell numbering as before), "sparse" heads keep only the listed cells, renumbered 0.. in order, in a compact
-    // tensor sized to them and grown by reserve_sparse() as cells come. The dense tensors are freed.
+    // --- per-head split (HT-Sparse, docs/architecture.md#routed-attention-and-the-dual-length-kv-cache) -------
+    // After compact(), every layer's KV heads are in two groups: "full" heads
+    // keep every cell (same cell numbering as before), "sparse" heads keep only
+    // the listed cells, renumbered 0.. in order. Layer by layer, the dense
+    // tensors give way to the two groups, so compaction's transient cost is
+    // one layer. Kept cells a layer never held (tokens still waiting at the
+    // prune layer) are left zero for the pruned zone to write.
     //   full_kv[il][g]: KV head g of layer il is full
     //   kept_cells:     ascending cells the sparse heads keep, all < n_used
     void compact(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells, int n_used);
     bool is_split() const { return split_; }
-    int sparse_capacity() const { return sparse_capacity_; }
-    // Grows the compact tensors to hold at least n_cells cells (a quarter
-    // more, to grow seldom; at most the dense capacity), keeping the first
-    // n_used. A no-op when they already do.
-    void reserve_sparse(int n_cells, int n_used);
     int n_sparse_kv_for(int n_used_sparse) const;  // as n_kv_for, for compact cells
     int n_full_heads(int il) const { return split_ ? n_full_[il] : n_head_kv_; }
     const std::vector<bool> & full_heads(int il) const { return full_kv_[il]; }
@@ -76,32 +91,36 @@ public:
     ggml_tensor * group_values(ggml_context * ctx, int il, bool full, int n_kv) const;
 
 private:
-    int capacity_ = 0;
-    int n_embd_head_ = 0;
-    int n_head_kv_ = 0;
-    ggml_context * ctx_ = nullptr;
-    ggml_backend_buffer_t buffer_ = nullptr;
-    std::vector<ggml_tensor *> k_;  // per layer [head_dim * n_head_kv, capacity]
-    std::vector<ggml_tensor *> v_;
-
-    ggml_tensor * view(ggml_context * ctx, ggml_tensor * t, int n_kv) const;
-    ggml_tensor * group_view(ggml_context * ctx, ggml_tensor * t, int n_kv) const;
+    // One group of KV heads of one layer: K and V [head_dim * n_heads, capacity] in a buffer of their own.
+    struct Storage {
+        ggml_context * ctx = nullptr;
+        ggml_backend_buffer_t buffer = nullptr;
+        ggml_tensor * k = nullptr;
+        ggml_tensor * v = nullptr;
+        int capacity = 0;  // cells
+        int n_heads = 0;
+        size_t bytes() const { return buffer ? ggml_backend_buffer_get_size(buffer) : 0; }
+    };
 
     const Model * model_ = nullptr;
     ggml_type type_ = GGML_TYPE_F16;
+    int limit_ = 0;
+    int n_embd_head_ = 0;
+    int n_head_kv_ = 0;
+    std::vector<Storage> full_;    // per layer: every KV head (dense), or the full group (split)
+    std::vector<Storage> sparse_;  // per layer, split mode: the sparse group at compact cells
+    size_t bytes_ = 0, peak_ = 0;
+
     bool split_ = false;
-    int sparse_capacity_ = 0;
     std::vector<std::vector<bool>> full_kv_;  // per layer, per KV head
     std::vector<int> n_full_;                 // per layer
-    std::vector<ggml_tensor *> ks_, vs_;      // split mode: sparse heads [head_dim * G_sparse, sparse_capacity]
-    ggml_context * split_ctx_ = nullptr;      // full-head tensors
-    ggml_backend_buffer_t split_buffer_ = nullptr;
-    ggml_context * sparse_ctx_ = nullptr;  // sparse-head tensors, reallocated as they grow
-    ggml_backend_buffer_t sparse_buffer_ = nullptr;
 
-    // New sparse-head tensors of `capacity` cells per layer (n_full: full heads per layer).
-    void alloc_sparse(int capacity, const std::vector<int> & n_full, ggml_context *& ctx, ggml_backend_buffer_t & buf,
-                      std::vector<ggml_tensor *> & ks, std::vector<ggml_tensor *> & vs) const;
+    // Zero-filled K/V of n_heads heads x `capacity` cells for layer il (`what` names them).
+    Storage alloc(int il, int n_heads, int capacity, const char * what);
+    void release(Storage & s);
+    // `s` holds at least n_cells cells (a quarter more when it grows by less), its first n_used kept.
+    void grow(int il, Storage & s, int n_heads, int n_cells, int n_used, int limit, const char * what);
+    ggml_tensor * view(ggml_context * ctx, ggml_tensor * t, int n_kv) const;
 };
 
 }  // namespace hts

@@ -1,0 +1,80 @@
+"""Memory that follows the sparse plan (docs/architecture.md#memory-plan), on
+the real SmolLM2-135M (30 layers, 3 KV heads of 64): nothing is allocated for
+n_ctx cells up front; before the selection, layers [0, P] hold the span
+(P itself for the selection probe, S = P) and the layers after P only the
+text before it; compaction goes layer by layer, so the peak is that plus one
+layer. The peak KV bytes a sparse session reports never exceed this plan,
+computed from the token counts with the cache's padding and growth rule, and
+are well below a dense session's on the same prompt."""
+
+import pytest
+
+from htsparse_llama import Model, SparseConfig
+from support.haystack import QUESTION, haystack
+from support.memory_plan import grow, padded
+
+pytestmark = pytest.mark.real_model
+
+N_LAYER, N_KV_HEAD, HEAD_DIM = 30, 3, 64
+P = 4
+
+
+def layer_bytes(cells: int) -> int:
+    return 2 * 2 * HEAD_DIM * N_KV_HEAD * cells  # K and V, f16, every KV head
+
+
+@pytest.fixture(scope="module")
+def model(smollm_gguf):
+    return Model(smollm_gguf, n_ctx=8192, n_threads=2)
+
+
+def ask(session, doc):
+    before, after = session.model.chat_turn("user", add_assistant=True)
+    prefix = session.model.tokenize(before)
+    span = session.model.tokenize(doc)
+    suffix = session.model.tokenize("\n" + QUESTION + after)
+    session.add_tokens(prefix)
+    session.add_tokens(span, sparse=session.sparse is not None)
+    session.add_tokens(suffix)
+    answer = session.generate(max_tokens=16, temperature=0, stream=False)
+    return answer, len(prefix), len(span), len(suffix)
+
+
+def test_peak_follows_the_plan(model):
+    doc = haystack(n_lines=160, where=70)
+    dense = model.session()
+    dense_answer, n_prefix, n_span, n_suffix = ask(dense, doc)
+    s = model.session(sparse=SparseConfig(keep_ratio=0.2, select_layer=P, prune_layer=P, full_head_ratio=0.25))
+    sparse_answer, *_ = ask(s, doc)
+    assert sparse_answer and dense_answer  # what they say is test_sparse_session's; here the memory is
+    st, dense_st = s.stats(), dense.stats()
+    n_c = n_prefix + n_span + n_suffix  # cells when the question selects
+    assert n_c > 1500
+
+    # Layers [0, P] grew run by run (prefix, span, question) to hold every cell.
+    held = grow(grow(padded(n_prefix), n_prefix + n_span), n_c)
+    plan = (P + 1) * layer_bytes(held) + (N_LAYER - P - 1) * layer_bytes(padded(n_prefix))
+    plan += layer_bytes(padded(n_c))  # compaction: one layer's groups beside its dense K/V
+    assert layer_bytes(n_c) * (P + 1) <= st.kv_bytes_peak <= plan
+    print(
+        f"\npeak {st.kv_bytes_peak / 2**20:.2f} MiB, plan {plan / 2**20:.2f} MiB, dense peak "
+        f"{dense_st.kv_bytes_peak / 2**20:.2f} MiB, now {st.kv_bytes / 2**20:.2f} MiB"
+    )
+    # Against the dense session on the same prompt: its cache grew to every cell of every layer.
+    assert dense_st.kv_bytes_peak >= N_LAYER * layer_bytes(n_c)
+    assert st.kv_bytes_peak < 0.4 * dense_st.kv_bytes_peak
+    assert st.kv_bytes < st.kv_bytes_peak < dense_st.kv_bytes <= dense_st.kv_bytes_dense
+    assert st.compute_bytes_peak > 0 and st.compute_bytes <= st.compute_bytes_peak
+
+
+def test_a_dense_session_grows_with_its_tokens(model):
+    s = model.session()
+    assert s.kv_bytes == 0  # nothing before the first token
+    s.add_text("Hello there.")
+    small = s.kv_bytes
+    assert small == N_LAYER * layer_bytes(256)
+    s.add_text(" word" * 700)
+    assert s.kv_bytes == N_LAYER * layer_bytes(padded(s.n_past)) > small
+    assert s.stats().kv_bytes_peak >= s.kv_bytes
+    s.reset()
+    assert s.kv_bytes == 0
