@@ -15,7 +15,7 @@ from support.memory_plan import grow, padded
 
 pytestmark = pytest.mark.real_model
 
-N_LAYER, N_KV_HEAD, HEAD_DIM = 30, 3, 64
+N_LAYER, N_KV_HEAD, HEAD_DIM, N_EMBD = 30, 3, 64, 576
 P = 4
 
 
@@ -78,3 +78,20 @@ def test_a_dense_session_grows_with_its_tokens(model):
     assert s.stats().kv_bytes_peak >= s.kv_bytes
     s.reset()
     assert s.kv_bytes == 0
+
+
+def test_the_reroute_log_is_half_precision(model):
+    """Re-routing logs the residual stream at S of every token on the host: F16
+    rows (2 bytes x n_embd per token) plus its token id and position, and no
+    more than that: after an answer nothing is held."""
+    doc = haystack(n_lines=40, where=20)
+    config = SparseConfig(keep_ratio=0.2, select_layer=P, prune_layer=P, full_head_ratio=0.25, reroute=True)
+    s = model.session(sparse=config)
+    answer, *_ = ask(s, doc)
+    assert answer
+    n = s.n_past
+    per_token_f16 = 2 * N_EMBD + 4 + 4  # the row, its token id and its one position
+    logged = s.stats().residual_bytes
+    print(f"\n{n} tokens, residual log {logged} bytes ({logged / n:.0f} per token)")
+    assert (n - 2) * per_token_f16 <= logged <= n * per_token_f16
+    assert logged < 0.6 * n * 4 * N_EMBD  # an F32 log would hold 4 bytes per value

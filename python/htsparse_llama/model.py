@@ -83,6 +83,21 @@ class Model:
     def n_threads(self) -> int:
         return self.info["n_threads"]
 
+    def device_memory(self) -> Tuple[int, int]:
+        """(free, total) bytes of the model's device memory, as ggml reports
+        them (the system's memory for the CPU)."""
+        free, total = self._native.device_memory()
+        return int(free), int(total)
+
+    def weight_placement(self) -> List[Tuple[str, str]]:
+        """Each weight's name and the ggml buffer type it lives in (CPU, CPU_REPACK, CUDA0...)."""
+        return [(str(name), str(buft)) for name, buft in self._native.weight_placement()]
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes a dense KV cache (F16 K and V, every layer) holds per token."""
+        return 2 * self.n_layer * self.info["n_head_kv"] * self.info["n_embd_head"] * 2
+
     def __repr__(self) -> str:
         return f"Model({self.path!r}, arch={self.arch}, device={self.device}, n_threads={self.n_threads})"
 

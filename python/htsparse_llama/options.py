@@ -68,6 +68,7 @@ class Option:
     aliases: Tuple[str, ...] = ()
     request_hi: Optional[float] = None
     max_items: Optional[int] = None
+    literals: Tuple[str, ...] = ()  # words the option also takes besides its type's values ("auto")
 
     @property
     def request_field(self) -> str:
@@ -93,6 +94,8 @@ class Option:
         ('keep_ratio must be a number in (0, 1], got 1.5'). None stays None."""
         if value is None:
             return None
+        if isinstance(value, str) and value in self.literals:
+            return value
         label = label or self.name
         if self.type is bool:
             if not isinstance(value, bool):
@@ -122,7 +125,8 @@ class Option:
         kind = "an integer" if integer else "a number"
         ok_type = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok_type) and not _is_numpy_number(value, integer):
-            raise OptionError(self.name, f"{label} must be {kind}, got {value!r}")
+            words = "".join(f" or '{w}'" for w in self.literals)
+            raise OptionError(self.name, f"{label} must be {kind}{words}, got {value!r}")
         if not integer and not math.isfinite(float(value)):
             raise OptionError(self.name, f"{label} must be a finite number, got {value!r}")
         low = self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))
@@ -243,12 +247,14 @@ def _parse_arg(opt: Option):
     argparse's one-line error before anything loads."""
 
     def parse(text: str):
+        if text in opt.literals:
+            return text
         try:
             value = opt.type(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if opt.type is int else 'a number'}, got {text!r}"
-            ) from None
+            kind = "an integer" if opt.type is int else "a number"
+            words = "".join(f" or '{w}'" for w in opt.literals)
+            raise argparse.ArgumentTypeError(f"expected {kind}{words}, got {text!r}") from None
         try:
             return opt.check(value)
         except OptionError as exc:

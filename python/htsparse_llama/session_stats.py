@@ -25,6 +25,7 @@ class SessionStats:
     kv_bytes_tokens: int = 0  # a dense cache of exactly the tokens in the context
     compute_bytes: int = 0  # compute buffers now
     compute_bytes_peak: int = 0
+    residual_bytes: int = 0  # host memory of held tokens (F32 rows) and of the re-routing log (F16 rows)
     prefill_ms: Dict[str, float] = field(default_factory=dict)  # per stage
     ttft_ms: Optional[float] = None
     decode_tok_s: Optional[float] = None

@@ -49,6 +49,7 @@ py::dict stats_dict(const ConversationStats & s) {
     d["kv_bytes_tokens"] = s.kv_bytes_tokens;
     d["compute_bytes"] = s.compute_bytes;
     d["compute_bytes_peak"] = s.compute_bytes_peak;
+    d["residual_bytes"] = s.residual_bytes;
     py::dict stages;
     for (const auto & [name, ms] : s.prefill_ms) stages[py::str(name)] = ms;
     d["prefill_ms"] = stages;

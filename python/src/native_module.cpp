@@ -166,7 +166,8 @@ PYBIND11_MODULE(_native, mod) {
             py::arg("role"))
         .def("assistant_header", [](const Model & m) { return m.vocab().assistant_header(); })
         .def("set_n_threads", [](Model & m, int n) { m.backends().set_n_threads(n); })
-        .def("weight_placement", &Model::weight_placement);
+        .def("weight_placement", &Model::weight_placement)
+        .def("device_memory", [](const Model & m) { return m.backends().memory(); });
 
     py::class_<Context>(mod, "Context")
         .def(py::init([](const Model & m, int n_ctx, int n_batch) {

@@ -295,7 +295,9 @@ struct hts_stats {
     uint64_t kv_bytes_peak;      /* the most bytes the KV cache held at once (since the last reset) */
     uint64_t kv_bytes_tokens;    /* bytes a dense cache of exactly the tokens in the context holds */
     uint64_t compute_bytes;      /* compute buffers now */
-    uint64_t compute_bytes_peak; /* the most compute-buffer bytes held (since the last reset) */
+    uint64_t compute_bytes_peak; /* the most compute-buffer bytes held (since the last reset), the selection graph
+                                    included */
+    uint64_t residual_bytes;     /* host memory of held tokens and of the re-routing log */
 };
 
 HTS_API int32_t hts_session_get_stats(const hts_session * session, struct hts_stats * stats);

@@ -62,6 +62,12 @@ Backends::~Backends() {
     if (cpu_) ggml_backend_free(cpu_);
 }
 
+std::pair<size_t, size_t> Backends::memory() const {
+    size_t free = 0, total = 0;
+    ggml_backend_dev_memory(gpu_dev_ ? gpu_dev_ : cpu_dev_, &free, &total);
+    return {free, total};
+}
+
 std::string Backends::device_name() const { return gpu_dev_ ? ggml_backend_dev_name(gpu_dev_) : "CPU"; }
 
 void Backends::set_n_threads(int n_threads) {

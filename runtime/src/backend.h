@@ -6,6 +6,7 @@
 #include "ggml-backend.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace hts {
@@ -23,6 +24,9 @@ public:
     ggml_backend_t gpu() const { return gpu_; }  // nullptr on CPU-only runs
     ggml_backend_dev_t gpu_device() const { return gpu_dev_; }
     ggml_backend_t main() const { return gpu_ ? gpu_ : cpu_; }
+    // Free and total bytes of the main device's memory, as ggml reports them
+    // (the system's memory for the CPU).
+    std::pair<size_t, size_t> memory() const;
     std::string device_name() const;
     int n_threads() const { return n_threads_; }
     void set_n_threads(int n_threads);

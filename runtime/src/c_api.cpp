@@ -462,6 +462,7 @@ int32_t hts_session_get_stats(const hts_session * session, struct hts_stats * st
         stats->kv_bytes_tokens = s.kv_bytes_tokens;
         stats->compute_bytes = s.compute_bytes;
         stats->compute_bytes_peak = s.compute_bytes_peak;
+        stats->residual_bytes = s.residual_bytes;
         stats->prefill_ms = s.total_prefill_ms();
         stats->ttft_ms = s.ttft_ms;
         stats->decode_tok_s = s.decode_tok_s;

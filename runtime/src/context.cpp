@@ -47,6 +47,8 @@ size_t Context::compute_bytes() const {
 
 void Context::note_compute_bytes() { compute_peak_ = std::max(compute_peak_, compute_bytes()); }
 
+void Context::note_graph_bytes(size_t bytes) { compute_peak_ = std::max(compute_peak_, compute_bytes() + bytes); }
+
 size_t Context::kv_bytes_peak() const { return std::max(retired_kv_peak_, kv_->peak_bytes()); }
 
 size_t Context::kv_bytes_per_cell() const {
@@ -184,42 +186,55 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
 
     // The tokens run [0, stop): every layer, or up to the hold layer P (staged
     // prefill: the rest in finish_held()). On the way the residual stream is
-    // kept at `mid`: the logged layer S, or the requested split.
+    // kept at `mid`: the logged layer S (into the log, then read back from
+    // it), or the requested split.
     const int stop = held_.layer >= 0 ? held_.layer : n_layer;
-    const int mid = logged_.layer >= 0 ? logged_.layer : split;
-    std::vector<float> at_mid, at_stop;
-    int from = 0;
-    LayerRun run;
-    run.tokens = tokens.data();
-    run.residual_in = embd;  // at layer 0: the embeddings, if any
-    run.pos = pos.data();
-    run.n = n;
-    run.first_cell = n_past_;
-    run.first_sparse_cell = n_sparse_cells_;
-    if (mid > 0 && mid < stop) {
-        at_mid.resize(size_t(n) * n_embd);
-        run.end = mid;
-        run.residual_out = at_mid.data();
-        run_layers(run);
-        run.begin = mid;
-        run.residual_in = at_mid.data();
-    }
-    if (stop < n_layer) {
-        if (stop > 0) {  // at 0 the tokens themselves are the input
-            at_stop.resize(size_t(n) * n_embd);
-            run.end = stop;
-            run.residual_out = at_stop.data();
+    const bool logging = logged_.layer >= 0;
+    const int mid = logging ? logged_.layer : split;
+    const size_t n_logged = logged_.tokens.size(), n_held_before = held_.tokens.size();
+    try {
+        const RowSpan logged_rows = logging ? logged_.extend(n_past_, tokens.data(), n, pos.data(), n_embd) : RowSpan{};
+        const RowSpan held_rows =
+            held_.layer >= 0 ? held_.extend(n_past_, tokens.data(), n, pos.data(), n_embd) : RowSpan{};
+        std::vector<float> at_mid;  // a split without a log
+        LayerRun run;
+        run.tokens = tokens.data();
+        run.residual_in = embd;  // at layer 0: the embeddings, if any
+        run.pos = pos.data();
+        run.n = n;
+        run.first_cell = n_past_;
+        run.first_sparse_cell = n_sparse_cells_;
+        if (mid > 0 && mid < stop) {
+            run.end = mid;
+            if (logging) {
+                run.output(logged_rows);
+            } else {
+                at_mid.resize(size_t(n) * n_embd);
+                run.residual_out = at_mid.data();
+            }
+            run_layers(run);
+            run.begin = mid;
+            run.input(logging ? logged_rows : RowSpan{at_mid.data(), nullptr});
+            run.output(RowSpan{});
+        }
+        if (stop < n_layer) {
+            if (stop > 0) {  // at 0 the tokens themselves are the input
+                run.end = stop;
+                run.output(held_rows);
+                run_layers(run);
+                if (logging && mid == stop) copy_rows(held_rows, logged_rows, size_t(n) * n_embd);
+            }
+            logits_.clear();
+        } else {
+            run.end = n_layer;
+            run.all_logits = all_logits;
             run_layers(run);
         }
-        logits_.clear();
-    } else {
-        run.end = n_layer;
-        run.all_logits = all_logits;
-        run.residual_out = nullptr;
-        run_layers(run);
+    } catch (...) {
+        logged_.truncate(n_logged);
+        held_.truncate(n_held_before);
+        throw;
     }
-    if (logged_.layer >= 0) logged_.append(n_past_, tokens, pos, logged_.layer == stop ? at_stop : at_mid);
-    if (held_.layer >= 0) held_.append(n_past_, tokens, pos, at_stop);
     n_past_ += n;
     if (kv_->is_split()) n_sparse_cells_ += n;
     tokens_.insert(tokens_.end(), tokens.begin(), tokens.end());
@@ -240,6 +255,7 @@ void Context::run_layers(const LayerRun & run) {
     const int capture = std::min({capture_q_, n_batch_, n});
     int last_start = n - (n % n_batch_ == 0 ? std::min(n_batch_, n) : n % n_batch_);
     if (n - last_start < capture) last_start = n - capture;
+    std::vector<float> in_rows, out_rows;  // one micro-batch of F16 rows as F32
     for (int i = 0; i < n;) {
         const int nb = i < last_start ? std::min(n_batch_, last_start - i) : n - i;
         const bool last = i + nb == n;
@@ -253,15 +269,27 @@ void Context::run_layers(const LayerRun & run) {
         mb.capture_q = last ? capture : 0;
         mb.kv_only = run.kv_only;
         mb.embd_input = run.begin == 0 && run.residual_in != nullptr;
+        const size_t rows = size_t(nb) * n_embd;
         float * out = nullptr;
-        if (run.residual_out)
+        if (run.residual_out_half) {
+            out_rows.resize(rows);
+            out = out_rows.data();
+        } else if (run.residual_out)
             out = run.residual_out + size_t(i) * n_embd;
         else if (logits && run.all_logits)
             out = logits_.data() + size_t(i) * n_vocab;
         else if (logits && last)
             out = logits_.data();
         const float * res = run.residual_in ? run.residual_in + size_t(i) * n_embd : nullptr;
+        if (run.residual_in_half) {
+            in_rows.resize(rows);
+            ggml_fp16_to_fp32_row(run.residual_in_half + size_t(i) * n_embd, in_rows.data(), int64_t(rows));
+            res = in_rows.data();
+        }
         eval_micro_batch(run.tokens ? run.tokens + i : nullptr, res, run.pos + i, n, mb, out);
+        if (run.residual_out_half) {
+            ggml_fp32_to_fp16_row(out_rows.data(), run.residual_out_half + size_t(i) * n_embd, int64_t(rows));
+        }
         i += nb;
         if (batch_callback_ && !batch_callback_(i, n)) fail(ErrorKind::Aborted, "stopped by the progress callback");
     }
@@ -278,23 +306,59 @@ void Context::hold_from_layer(int layer) {
     if (layer < n_layer && layer < logged_.layer) {
         fail(ErrorKind::InvalidArgument, format("hold layer %d is below the logged layer %d", layer, logged_.layer));
     }
-    held_ = ResidualRows::at(layer < n_layer ? layer : -1, model_.hparams().n_pos_per_token);
+    held_ = ResidualRows::at(layer < n_layer ? layer : -1, model_.hparams().n_pos_per_token, /*half=*/false);
 }
 
-void Context::ResidualRows::append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
-                                   const std::vector<float> & rows) {
-    const size_t n = new_tokens.size();
+void Context::copy_rows(RowSpan from, RowSpan to, size_t n_values) {
+    if (from.f32 && to.f32)
+        std::copy_n(from.f32, n_values, to.f32);
+    else if (from.f16 && to.f16)
+        std::copy_n(from.f16, n_values, to.f16);
+    else if (from.f32 && to.f16)
+        ggml_fp32_to_fp16_row(from.f32, to.f16, int64_t(n_values));
+    else if (from.f16 && to.f32)
+        ggml_fp16_to_fp32_row(from.f16, to.f32, int64_t(n_values));
+}
+
+Context::RowSpan Context::ResidualRows::extend(int cell, const int32_t * new_tokens, int n, const int32_t * pos,
+                                               int n_embd) {
     if (tokens.empty()) first_cell = cell;
-    tokens.insert(tokens.end(), new_tokens.begin(), new_tokens.end());
-    for (size_t s = 0; s < pos_rows.size(); ++s) {
-        pos_rows[s].insert(pos_rows[s].end(), pos.begin() + s * n, pos.begin() + (s + 1) * n);
-    }
-    residual.insert(residual.end(), rows.begin(), rows.end());
+    const size_t at = tokens.size();
+    tokens.insert(tokens.end(), new_tokens, new_tokens + n);
+    for (size_t s = 0; s < pos_rows.size(); ++s) pos_rows[s].insert(pos_rows[s].end(), pos + s * n, pos + (s + 1) * n);
+    if (layer <= 0) return {};  // layer 0 starts from the tokens
+    if (half)
+        rows_f16.resize(tokens.size() * n_embd);
+    else
+        rows_f32.resize(tokens.size() * n_embd);
+    return rows(at, n_embd);
 }
 
-Context::ResidualRows Context::ResidualRows::at(int layer, int n_pos_rows) {
+Context::RowSpan Context::ResidualRows::rows(size_t token, int n_embd) {
+    if (layer <= 0) return {};
+    const size_t at = token * n_embd;
+    return half ? RowSpan{nullptr, rows_f16.data() + at} : RowSpan{rows_f32.data() + at, nullptr};
+}
+
+void Context::ResidualRows::truncate(size_t n_tokens) {
+    if (n_tokens >= tokens.size()) return;
+    const size_t row = tokens.empty() ? 0 : (rows_f32.size() + rows_f16.size()) / tokens.size();
+    tokens.resize(n_tokens);
+    for (auto & p : pos_rows) p.resize(n_tokens);
+    (half ? rows_f16.resize(n_tokens * row) : rows_f32.resize(n_tokens * row));
+}
+
+size_t Context::ResidualRows::bytes() const {
+    size_t n =
+        tokens.size() * sizeof(int32_t) + rows_f32.size() * sizeof(float) + rows_f16.size() * sizeof(ggml_fp16_t);
+    for (const auto & row : pos_rows) n += row.size() * sizeof(int32_t);
+    return n;
+}
+
+Context::ResidualRows Context::ResidualRows::at(int layer, int n_pos_rows, bool half) {
     ResidualRows rows;
     rows.layer = layer;
+    rows.half = half;
     rows.pos_rows.assign(n_pos_rows, {});
     return rows;
 }
@@ -322,7 +386,7 @@ void Context::probe_held_layer() {
     const std::vector<int32_t> pos = held_.flat_positions();
     LayerRun run;
     run.tokens = held_.tokens.data();
-    run.residual_in = held_.layer > 0 ? held_.residual.data() : nullptr;  // layer 0 starts from the tokens
+    run.input(held_.rows(0, model_.hparams().n_embd));  // none at layer 0: it starts from the tokens
     run.pos = pos.data();
     run.n = n;
     run.first_cell = held_.first_cell;
@@ -353,17 +417,16 @@ void Context::finish_held() {
     }
     const int m = static_cast<int>(idx.size());
     std::vector<int32_t> tokens(m);
-    std::vector<float> residual(P > 0 ? size_t(m) * n_embd : 0);  // layer 0 starts from the tokens
+    // Kept rows move to the front in place: row j <= idx[j], and nothing
+    // reads the held rows after this.
     for (int j = 0; j < m; ++j) {
         tokens[j] = held_.tokens[idx[j]];
-        if (P > 0)
-            std::copy_n(held_.residual.begin() + size_t(idx[j]) * n_embd, n_embd,
-                        residual.begin() + size_t(j) * n_embd);
+        if (P > 0 && idx[j] != j) copy_rows(held_.rows(idx[j], n_embd), held_.rows(j, n_embd), size_t(n_embd));
     }
     const std::vector<int32_t> pos = gather_positions(held_.pos_rows, idx);
     LayerRun run;
     run.tokens = tokens.data();
-    run.residual_in = P > 0 ? residual.data() : nullptr;
+    run.input(held_.rows(0, n_embd));  // none at layer 0: it starts from the tokens
     run.pos = pos.data();
     run.n = m;
     run.first_cell =
@@ -380,7 +443,7 @@ void Context::log_residual_at(int layer) {
     if (layer < 0 || layer >= n_layer)
         fail(ErrorKind::InvalidArgument, format("log layer %d is outside [0, %d)", layer, n_layer));
     if (n_past_ > 0) fail(ErrorKind::InvalidArgument, "the residual log starts with an empty context");
-    logged_ = ResidualRows::at(layer, model_.hparams().n_pos_per_token);
+    logged_ = ResidualRows::at(layer, model_.hparams().n_pos_per_token, /*half=*/true);
 }
 
 void Context::rewind_to_logged_layer(int hold_layer) {
@@ -401,24 +464,30 @@ void Context::rewind_to_logged_layer(int hold_layer) {
     hidden_cells_.clear();
 
     hold_from_layer(hold_layer);
-    const int n = static_cast<int>(logged_.tokens.size());
+    const int n = static_cast<int>(logged_.tokens.size()), n_embd = model_.hparams().n_embd;
     const std::vector<int32_t> pos = logged_.flat_positions();
-    std::vector<float> at_hold(hold_layer > 0 && hold_layer < n_layer ? size_t(n) * model_.hparams().n_embd : 0);
-    if (hold_layer > S) {
-        LayerRun run;
-        run.tokens = logged_.tokens.data();
-        run.residual_in = S > 0 ? logged_.residual.data() : nullptr;
-        run.pos = pos.data();
-        run.n = n;
-        run.first_cell = logged_.first_cell;
-        run.begin = S;
-        run.end = hold_layer;
-        run.residual_out = hold_layer < n_layer ? at_hold.data() : nullptr;
-        run_layers(run);
-    } else {
-        at_hold = logged_.residual;  // hold_layer == S
+    try {
+        const RowSpan held_rows = held_.layer >= 0
+                                      ? held_.extend(logged_.first_cell, logged_.tokens.data(), n, pos.data(), n_embd)
+                                      : RowSpan{};
+        if (hold_layer > S) {
+            LayerRun run;
+            run.tokens = logged_.tokens.data();
+            run.input(logged_.rows(0, n_embd));  // none at layer 0: it starts from the tokens
+            run.pos = pos.data();
+            run.n = n;
+            run.first_cell = logged_.first_cell;
+            run.begin = S;
+            run.end = hold_layer;
+            run.output(held_rows);  // none at hold_layer == n_layer: the logits instead
+            run_layers(run);
+        } else {
+            copy_rows(logged_.rows(0, n_embd), held_rows, size_t(n) * n_embd);  // hold_layer == S
+        }
+    } catch (...) {
+        held_.truncate(0);
+        throw;
     }
-    if (held_.layer >= 0) held_.append(logged_.first_cell, logged_.tokens, pos, at_hold);
 }
 
 namespace {

@@ -78,6 +78,10 @@ public:
     // Compute buffers the scheduler holds now, and the most since the last reset.
     size_t compute_bytes() const;
     size_t compute_bytes_peak() const { return compute_peak_; }
+    // A one-off graph (the selection's) held `bytes` beside the scheduler's buffers.
+    void note_graph_bytes(size_t bytes);
+    // Host memory of held tokens and of the re-routing log (their residual rows).
+    size_t residual_bytes() const { return logged_.bytes() + held_.bytes(); }
 
     // Splits every layer's KV heads into full heads (every cell) and sparse
     // heads (kept_cells only), freeing the dense cache; later tokens go to
@@ -154,18 +158,34 @@ private:
     std::vector<int32_t> kept_cells_;  // compact_kv: cells the sparse heads keep
     std::function<bool(int, int)> batch_callback_;
 
-    // Tokens with their residual stream at one layer (that layer's input), on the host.
+    // Tokens waiting at a layer, with their residual stream there (that
+    // layer's input), on the host. Held tokens keep F32 rows, so finishing
+    // them gives the same bits as one pass; the re-routing log keeps F16 rows
+    // (every token of the conversation waits there; a rerun stays within the
+    // tested tolerance). Rows are written and read micro-batch by micro-batch
+    // (run_layers), never as one more copy of a whole span.
+    struct RowSpan {
+        float * f32 = nullptr;  // one of the two is set, or neither (layer 0: no rows)
+        ggml_fp16_t * f16 = nullptr;
+    };
+    // n_values from one span to another, converting between F32 and F16; no-op when `from` is empty.
+    static void copy_rows(RowSpan from, RowSpan to, size_t n_values);
     struct ResidualRows {
         int layer = -1;      // -1: none
         int first_cell = 0;  // cell of tokens[0]; the cells are contiguous
+        bool half = false;   // rows in F16 instead of F32
         std::vector<int32_t> tokens;
-        std::vector<std::vector<int32_t>> pos_rows;         // n_pos_per_token rows of positions
-        std::vector<float> residual;                        // [n_embd, tokens.size()] at `layer`; none at 0
-        static ResidualRows at(int layer, int n_pos_rows);  // empty, with its position rows
-        // Adds n tokens from `cell`; pos: n_pos_per_token rows of n values.
-        void append(int cell, const std::vector<int32_t> & new_tokens, const std::vector<int32_t> & pos,
-                    const std::vector<float> & rows);
+        std::vector<std::vector<int32_t>> pos_rows;  // n_pos_per_token rows of positions
+        std::vector<float> rows_f32;                 // [n_embd, tokens.size()] at `layer` (none at 0), or
+        std::vector<ggml_fp16_t> rows_f16;           // the same in F16 when `half`
+        static ResidualRows at(int layer, int n_pos_rows, bool half);  // empty, with its position rows
+        // Adds n tokens from `cell` (pos: n_pos_per_token rows of n values) and
+        // room for their rows; returns the rows (none at layer 0).
+        RowSpan extend(int cell, const int32_t * new_tokens, int n, const int32_t * pos, int n_embd);
+        RowSpan rows(size_t token, int n_embd);       // the rows from `token` on
+        void truncate(size_t n_tokens);               // back to the first n_tokens (a run that failed)
         std::vector<int32_t> flat_positions() const;  // the rows end to end
+        size_t bytes() const;                         // host memory it holds
     };
     ResidualRows held_;    // hold_from_layer: waiting for finish_held()
     ResidualRows logged_;  // log_residual_at: every token of the conversation, for re-routing
@@ -183,14 +203,18 @@ private:
     struct LayerRun {
         const int32_t * tokens = nullptr;     // token ids (the cells' ids; layer 0's input without residual_in)
         const float * residual_in = nullptr;  // residual rows [n_embd, n] at `begin` (at 0: embedding rows)
-        const int32_t * pos = nullptr;        // n_pos_per_token rows of n positions
+        const ggml_fp16_t * residual_in_half = nullptr;  // or the same in F16 (begin > 0)
+        void input(RowSpan r) { residual_in = r.f32, residual_in_half = r.f16; }
+        const int32_t * pos = nullptr;  // n_pos_per_token rows of n positions
         int n = 0;
-        int first_cell = 0;              // KV cell of the first token
-        int first_sparse_cell = 0;       // its compact cell (after compact_kv)
-        int begin = 0, end = 0;          // layers
-        bool all_logits = false;         // end == n_layer: logits of every row, else of the last
-        float * residual_out = nullptr;  // end < n_layer: the residual rows at `end`
-        bool kv_only = false;            // selection probe: layer `begin` writes its K/V only (probe_held_layer)
+        int first_cell = 0;                         // KV cell of the first token
+        int first_sparse_cell = 0;                  // its compact cell (after compact_kv)
+        int begin = 0, end = 0;                     // layers
+        bool all_logits = false;                    // end == n_layer: logits of every row, else of the last
+        float * residual_out = nullptr;             // end < n_layer: the residual rows at `end`
+        ggml_fp16_t * residual_out_half = nullptr;  // or the same in F16
+        void output(RowSpan r) { residual_out = r.f32, residual_out_half = r.f16; }
+        bool kv_only = false;  // selection probe: layer `begin` writes its K/V only (probe_held_layer)
     };
     // Output: the residual rows at `end` into residual_out when end < n_layer,
     // else logits_ (every row or the last). The last micro-batch holds the

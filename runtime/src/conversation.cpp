@@ -334,6 +334,7 @@ ConversationStats Conversation::stats() const {
     s.kv_bytes_tokens = context_.kv_bytes_per_cell() * size_t(context_.n_past());
     s.compute_bytes = context_.compute_bytes();
     s.compute_bytes_peak = context_.compute_bytes_peak();
+    s.residual_bytes = context_.residual_bytes();
     if (sparse_) {
         s.select_layer = sparse_->config().select_layer;
         s.prune_layer = sparse_->config().prune_layer;

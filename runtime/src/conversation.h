@@ -38,6 +38,7 @@ struct ConversationStats {
     size_t kv_bytes_dense = 0;                               // what llama.cpp allocates for n_ctx cells
     size_t kv_bytes_tokens = 0;                              // a dense cache of exactly the tokens in the context
     size_t compute_bytes = 0, compute_bytes_peak = 0;        // compute buffers now, and the most since the last reset
+    size_t residual_bytes = 0;                               // host memory of held tokens and of the re-routing log
     std::vector<std::pair<std::string, double>> prefill_ms;  // per stage, in the order first run
     double ttft_ms = -1;                                     // first answer's time to first token; < 0: no answer yet
     double decode_tok_s = -1;                                // last answer's decoding speed; < 0: not measured

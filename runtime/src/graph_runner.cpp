@@ -60,9 +60,15 @@ void GraphRunner::compute(const std::vector<ggml_tensor *> & outputs) {
     if (!inputs_buffer_ || !ggml_gallocr_alloc_graph(galloc_, gf))
         fail(ErrorKind::Backend, "cannot allocate an HT-Sparse graph");
     for (const Upload & up : uploads_) ggml_backend_tensor_set(up.tensor, up.bytes.data(), 0, up.bytes.size());
+    uploads_ = {};  // the device holds them now; the host copies would only add to the peak
     record_graph_ops(gf);
     if (ggml_backend_graph_compute(backend_, gf) != GGML_STATUS_SUCCESS)
         fail(ErrorKind::Backend, "an HT-Sparse graph failed to compute");
+}
+
+size_t GraphRunner::bytes() const {
+    return (inputs_buffer_ ? ggml_backend_buffer_get_size(inputs_buffer_) : 0) +
+           (galloc_ ? ggml_gallocr_get_buffer_size(galloc_, 0) : 0);
 }
 
 std::vector<float> GraphRunner::read_f32(const ggml_tensor * t) {

@@ -26,6 +26,8 @@ public:
     ggml_tensor * input_f16(const std::vector<float> & data, std::vector<int64_t> ne);  // converted on the host
     // Builds the graph of `outputs`, allocates, uploads the inputs, computes.
     void compute(const std::vector<ggml_tensor *> & outputs);
+    // Device memory it holds: inputs and the graph's intermediate tensors (0 before compute).
+    size_t bytes() const;
     static std::vector<float> read_f32(const ggml_tensor * t);
     static std::vector<int32_t> read_i32(const ggml_tensor * t);
 

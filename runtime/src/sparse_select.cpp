@@ -21,6 +21,7 @@ constexpr int64_t kKeyChunk = 4096;  // keys per saliency block: bounded memory 
 struct LayerSaliency {
     std::vector<std::vector<float>> head_score;  // [layer][q head], weighted over the spans
     std::vector<std::vector<float>> token_attn;  // select layer, per span: [n_head][n_v]
+    size_t graph_bytes = 0;                      // the saliency graph's device memory
 };
 
 // Causal mask of the query window (the last n_q of n_used cells): F32 [n_used, n_q].
@@ -77,12 +78,13 @@ LayerSaliency measure(const Model & model, const Context & context, const std::v
         out.head_score.push_back(score);
     }
     for (ggml_tensor * t : token_attn) out.token_attn.push_back(GraphRunner::read_f32(t));
+    out.graph_bytes = runner.bytes();
     return out;
 }
 
 // Ranks segments on the device (hts_select_tokens), picks on the host.
 std::vector<int32_t> pick_tokens(const Model & model, const SparseSpan & span, const std::vector<float> & token_attn,
-                                 std::vector<float> head_w, const SparseConfig & config) {
+                                 std::vector<float> head_w, const SparseConfig & config, size_t & graph_bytes) {
     const int n_v = span.end - span.begin, n_head = int(head_w.size());
     int64_t max_len = 0;
     std::vector<int32_t> index;
@@ -97,6 +99,7 @@ std::vector<int32_t> pick_tokens(const Model & model, const SparseSpan & span, c
     ggml_tensor * idx = runner.input_i32(index, {int64_t(index.size())});
     hts_segment_order o = hts_select_tokens(runner.ctx(), ta, w, idx, max_len);
     runner.compute({o.token_score, o.segment_score, o.order});
+    graph_bytes = std::max(graph_bytes, runner.bytes());
     hts_pick_params p;
     p.keep_ratio = config.keep_ratio;
     p.keep_mass = config.keep_mass;
@@ -161,6 +164,7 @@ SparseSelection select_sparse(const Model & model, const Context & context, cons
     LayerSaliency sal = measure(model, context, spans, select_layer, n_measured);
 
     SparseSelection sel;
+    sel.graph_bytes = sal.graph_bytes;
     const int group = hp.n_gqa();
     for (int il = 0; il < hp.n_layer; ++il) {
         std::vector<float> kv(hp.n_head_kv, 0.0f);
@@ -193,7 +197,7 @@ SparseSelection select_sparse(const Model & model, const Context & context, cons
     int cell = 0;
     for (size_t i = 0; i < spans.size(); ++i) {
         for (; cell < spans[i].begin; ++cell) sel.kept_cells.push_back(cell);
-        for (int32_t v : pick_tokens(model, spans[i], sal.token_attn[i], head_w, config)) {
+        for (int32_t v : pick_tokens(model, spans[i], sal.token_attn[i], head_w, config, sel.graph_bytes)) {
             sel.kept_in_span.push_back(spans[i].begin - spans[0].begin + v);
             sel.kept_cells.push_back(spans[i].begin + v);
         }

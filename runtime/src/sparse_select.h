@@ -24,6 +24,7 @@ struct SparseSelection {
     std::vector<int32_t> kept_cells;                // every cell the sparse heads keep, ascending
     std::vector<std::vector<bool>> full_kv;         // [layer][kv head]
     std::vector<std::vector<float>> kv_head_score;  // [layer][kv head], as measured
+    size_t graph_bytes = 0;                         // the most its one-off graphs held at once (device memory)
 };
 
 // Needs a dense cache whose last eval captured the query window's queries

@@ -124,6 +124,7 @@ std::optional<SelectTimings> SparseState::select(const KeptReplacer * replace_ke
 
     t0 = std::chrono::steady_clock::now();
     SparseSelection sel = select_sparse(context_.model(), context_, spans_, config_);
+    context_.note_graph_bytes(sel.graph_bytes);
     if (replace_kept) {
         std::vector<int32_t> kept = (*replace_kept)(sel.kept_in_span);
         std::sort(kept.begin(), kept.end());

@@ -11,7 +11,7 @@ import argparse
 
 from ..errors import InvalidArgumentError
 from ..fetch import resolve_model_path
-from . import dense, sparse, video
+from . import dense, memory, sparse, video
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,4 +23,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.model:
         raise InvalidArgumentError("bench needs -m MODEL (or --video CLIP, which runs the demo model without -m)")
     path = resolve_model_path(args.model)
+    if args.memory:
+        return memory.run(args, path)
     return dense.run(args, path) if args.dense_only else sparse.run(args, path)

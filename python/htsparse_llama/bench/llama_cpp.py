@@ -42,20 +42,22 @@ class _TensorBuftOverride(ctypes.Structure):
     _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
-def ours_placement_overrides(path: str) -> "ctypes.Array[_TensorBuftOverride]":
+def ours_placement_overrides(path: str, placement=None) -> "ctypes.Array[_TensorBuftOverride]":
     """For llama.cpp on `path`: every weight our runtime keeps in one of the
     CPU's extra buffer types (the repacked layouts), by exact name, to that
     type; a NULL pattern ends the list. The token embeddings stay out: llama.cpp
     names its tied output projection like them, and a row lookup on a
     repacked buffer is not what the loader would choose."""
-    model = native.Model(path, "cpu", 1, False)
+    if placement is None:  # where ours puts each weight: load it here
+        model = native.Model(path, "cpu", 1, False)
+        placement = model.weight_placement()
+        del model
     plain = {"CPU", "CPU_Mapped", ""}  # ggml's own CPU buffers, mapped from the file or not
     wanted = [
         (name, native.cpu_buffer_type_address(buft))
-        for name, buft in model.weight_placement()
+        for name, buft in placement
         if buft not in plain and name != "token_embd.weight"
     ]
-    del model
     wanted = [(name, address) for name, address in wanted if address]
     items = (_TensorBuftOverride * (len(wanted) + 1))()
     for i, (name, address) in enumerate(wanted):
@@ -65,14 +67,14 @@ def ours_placement_overrides(path: str) -> "ctypes.Array[_TensorBuftOverride]":
 
 
 @contextlib.contextmanager
-def _placed_as_ours(path: str) -> Iterator[None]:
+def _placed_as_ours(path: str, placement=None) -> Iterator[None]:
     """Inside this block llama.cpp loads its weights into the buffer types our
     runtime chose for them and uses no other extra buffer type (AMX among
     them): llama_model_default_params as Llama reads it."""
     import llama_cpp.llama_cpp as lib
 
     default = lib.llama_model_default_params
-    overrides = ours_placement_overrides(path)
+    overrides = ours_placement_overrides(path, placement)
 
     def params():
         p = default()
@@ -87,18 +89,21 @@ def _placed_as_ours(path: str) -> Iterator[None]:
         lib.llama_model_default_params = default
 
 
-def load_llama(path: str, **kwargs):
+def load_llama(path: str, placement=None, **kwargs):
     """llama_cpp.Llama(path, **kwargs), verbose off unless asked. On CPUs with
     AMX, llama.cpp's AMX matmul segfaults on the first token
     (llama.cpp#20824, still open; seen on this project's 2-core machines);
     our runtime skips that one buffer type (runtime/src/backend.cpp), so there
     llama.cpp gets every weight in the buffer type ours chose for it
-    (ours_placement_overrides): the same repacked layouts and kernels, no AMX."""
+    (ours_placement_overrides): the same repacked layouts and kernels, no AMX.
+    placement: (weight, buffer type) pairs as Model.weight_placement gives
+    them, when the caller has them (else our runtime loads the file to ask)."""
     import llama_cpp
 
     kwargs.setdefault("verbose", False)
-    on_gpu = kwargs.get("n_gpu_layers", 0) not in (0, None)
-    guard = _placed_as_ours(str(path)) if cpu_has_amx() and not on_gpu else contextlib.nullcontext()
+    # Weights on a GPU only where llama.cpp has one (n_gpu_layers is ignored otherwise).
+    on_gpu = kwargs.get("n_gpu_layers", 0) not in (0, None) and bool(llama_cpp.llama_supports_gpu_offload())
+    guard = _placed_as_ours(str(path), placement) if cpu_has_amx() and not on_gpu else contextlib.nullcontext()
     with guard:
         return llama_cpp.Llama(str(path), **kwargs)
 

@@ -83,6 +83,12 @@ def register(sub) -> None:
     p.add_argument(
         "--dense-only", action="store_true", help="prefill/decode speed of the dense paths only (ours and llama.cpp)"
     )
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak KV, compute buffers and process RSS of llama.cpp dense, ours dense and ours HT-Sparse (at each "
+        "--keep-ratio) at each --context (90%% sparse), each engine in a fresh process",
+    )
     g = p.add_argument_group("HT-Sparse comparison (without --dense-only)")
     g.add_argument(
         "--context",

@@ -72,7 +72,7 @@ def register(sub) -> None:
         help="instead of -m/--mmproj: a model GGUF (QUANT, default Q4_K_M) and its mmproj from a Hugging "
         "Face repository, downloaded once (needs network and huggingface_hub)",
     )
-    add_flags(g, VideoOptions)
+    add_flags(g, VideoOptions, defaults={"max_visual_tokens": "auto"})
     g.add_argument("--cache-dir", default=None, help="keep visual embeddings here between runs")
     g.add_argument(
         "--explain",
@@ -160,7 +160,12 @@ def _load_turn(args: argparse.Namespace, vision: Vision) -> VideoTurn:
     if args.video:
         path = str(sample_clip_path()) if args.video == PACKAGED_CLIP else args.video
         args.video = path
-        return VideoTurn.load_video(vision, path, VideoOptions(**from_args(VideoOptions, args)), cache, progress)
+        sparse = sparse_config(args)
+        settings = sparse.resolve(vision.model) if sparse is not None else None
+        options, why = VideoOptions(**from_args(VideoOptions, args)).resolved(vision.model, settings)
+        if why:
+            print(why, file=sys.stderr)
+        return VideoTurn.load_video(vision, path, options, cache, progress)
     return VideoTurn.load_images(vision, args.image, cache, progress)
 
 

@@ -266,6 +266,8 @@ def parse_chat_request(body: bytes, limits: Limits, model_ids: Sequence[str]) ->
         raise _bad("stream_options", "'stream_options' must be an object")
     include_usage = bool(options and _bool(options, "include_usage"))
     sampling, sparse, video = _sampling(obj), _sparse(obj), _options(VideoOptions, obj)
+    if video.get("max_visual_tokens") == "auto":
+        raise _bad("max_visual_tokens", "'max_visual_tokens' is a number on this server (auto is the CLI's)")
     if video.get("max_visual_tokens", 0) > limits.max_visual_tokens:  # the server's bound, not the option's
         raise _bad(
             "max_visual_tokens",

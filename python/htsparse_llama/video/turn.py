@@ -13,18 +13,19 @@ encoded a group at a time.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..errors import VideoError
-from ..model import Session
+from ..model import Model, Session
 from ..options import check_fields, option
 from ..vision import Chunks, Vision, encode_video_frames
 from . import frames as vf
 from . import plan as vp
+from .budget import auto_budget
 from .cache import EmbeddingCache
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
@@ -47,11 +48,24 @@ class VideoOptions:
     start: Optional[float] = option(None, "start of the part to sample, in seconds", lo=0)
     end: Optional[float] = option(None, "end of the part to sample, in seconds", lo=0, lo_open=True)
     max_visual_tokens: Optional[int] = option(
-        8192, "budget of visual tokens; frame count and size are chosen to fit", lo=1
+        8192,
+        "budget of visual tokens; frame count and size are chosen to fit (auto: the most whose peak KV under the "
+        "session's plan fits the device's free memory)",
+        lo=1,
+        literals=("auto",),
     )
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def resolved(self, model: Model, settings: Optional[Dict[str, Any]]) -> Tuple["VideoOptions", Optional[str]]:
+        """These options with an "auto" budget made a number for `model`
+        under HT-Sparse `settings` (SparseConfig.resolve()'s; None: dense),
+        and why (None when nothing was chosen)."""
+        if self.max_visual_tokens != "auto":
+            return self, None
+        budget = auto_budget(model, settings)
+        return replace(self, max_visual_tokens=budget.tokens), budget.reason
 
 
 def vision_grid(vision: Vision) -> vp.VisionGrid:
@@ -86,6 +100,10 @@ def encode_video(
 def plan_frames(vision: Vision, path: str, options: VideoOptions) -> Tuple[vf.VideoInfo, List[float], vp.FramePlan]:
     """The video's facts, the frame times and the plan (count and size) for
     this model's tower within the options' budget."""
+    if options.max_visual_tokens == "auto":
+        raise VideoError(
+            "max_visual_tokens 'auto' is chosen for a session: VideoOptions.resolved(model, settings) first"
+        )
     info = vf.probe(path)
     times, plan = vp.plan_video(
         info,
