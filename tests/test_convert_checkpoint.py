@@ -1,10 +1,10 @@
 """`python -m htsparse_llama convert` end to end, on tiny random Qwen2.5-VL,
-Qwen2-VL and SmolVLM2 checkpoints saved as users have them (config.json,
+Qwen2-VL and SmolVLM2 checkpoints and a text-only Qwen3 one, saved as users have them (config.json,
 model.safetensors, the real Qwen2.5 / SmolLM2 tokenizers in their released
 layout, preprocessor_config.json; hf_checkpoints.py), each with as many
 embedding rows as its tokenizer has.
 
-1. `convert DIR -o OUT --outtype f32` writes <name>-F32.gguf and
+1. `convert DIR -o OUT --outtype f32` writes <name>-F32.gguf and, for a VLM,
    mmproj-<name>-F32.gguf and a summary line for each; (a) llama-cpp-python
    runs the text file as transformers runs the checkpoint; (c) our runtime
    runs it as llama-cpp-python; libmtmd encodes an image with the mmproj,
@@ -63,6 +63,7 @@ from support.tiny_models import (
     attention_eager,
     qwen2vl_model,
     qwen2vl_v1_model,
+    qwen3_model,
     smolvlm_model,
 )
 from support.tiny_vlms import CASES, MtmdEncoder, TextModel, pattern_image
@@ -78,9 +79,11 @@ pytestmark = pytest.mark.real_model  # the tokenizers are rebuilt from the real 
 REL_TOL_TRANSFORMERS = 4e-3
 QWEN_RMS_EPS = 0.0  # what llama.cpp's qwen2vl runs with, whatever the file says (see the module docstring)
 
-MODEL_TYPES = ["qwen2_5_vl", "qwen2_vl", "smolvlm"]
+VLM_TYPES = ["qwen2_5_vl", "qwen2_vl", "smolvlm"]  # text GGUF + mmproj
+TEXT_TYPES = ["qwen3"]  # text GGUF only
+MODEL_TYPES = VLM_TYPES + TEXT_TYPES
 OUT_TYPES = ["f32", "f16", "bf16", "q8_0"]
-GGUF_ARCH = {"qwen2_5_vl": "qwen2vl", "qwen2_vl": "qwen2vl", "smolvlm": "llama"}
+GGUF_ARCH = {"qwen2_5_vl": "qwen2vl", "qwen2_vl": "qwen2vl", "smolvlm": "llama", "qwen3": "qwen3"}
 
 # Keys our text GGUF and upstream's may differ in, and why.
 UPSTREAM_IGNORED_KEYS = {
@@ -109,6 +112,8 @@ BUILDERS: Dict[str, Tuple[Callable[[int], torch.nn.Module], str]] = {
     "qwen2_5_vl": (lambda n: _rms_eps(qwen2vl_model(n, seed=31, vision=VISION_2_5_MMPROJ), QWEN_RMS_EPS), "qwen"),
     "qwen2_vl": (lambda n: _rms_eps(qwen2vl_v1_model(n, seed=32, vision=VISION_2_MMPROJ), QWEN_RMS_EPS), "qwen"),
     "smolvlm": (lambda n: smolvlm_model(n, seed=33), "smollm"),
+    # llama.cpp's qwen3 reads the epsilon, so it keeps the tiny models' 1e-2.
+    "qwen3": (lambda n: qwen3_model(n, seed=34), "qwen"),
 }
 
 
@@ -130,7 +135,8 @@ def _save(model_type: str, rebuilt: Dict[str, Path], folder: Path, rows: Dict[st
     n_vocab = rows[kind]
     model = attention_eager(build(n_vocab))
     assert model.config.model_type == model_type and model.config.get_text_config().vocab_size == n_vocab
-    path = save_checkpoint(model, folder / model_type, kind, rebuilt[kind], CASES[model_type].preprocessor)
+    preprocessor = CASES[model_type].preprocessor if model_type in VLM_TYPES else None
+    path = save_checkpoint(model, folder / model_type, kind, rebuilt[kind], preprocessor)
     if model_type == "smolvlm":
         # The released SmolVLM2 config.json names its decoder class; upstream
         # converts the text model only through it (VLlama3ForCausalLM -> llama).
@@ -180,16 +186,21 @@ class CliRun:
     ckpt: Ckpt
     proc: subprocess.CompletedProcess
     text: Path
-    mmproj: Path
+    mmproj: Optional[Path]  # None for a text-only model
 
 
 @pytest.fixture(scope="module")
 def cli_f32(checkpoints, tmp_path_factory) -> Dict[str, CliRun]:
-    """model_type -> the CLI's f32 conversion of its checkpoint (the three run at once)."""
+    """model_type -> the CLI's f32 conversion of its checkpoint (all run at once)."""
     outs = {m: tmp_path_factory.mktemp(f"cli_{m}") for m in checkpoints}
     started = {m: start_convert(ckpt.path, "-o", outs[m], "--outtype", "f32") for m, ckpt in checkpoints.items()}
     return {
-        m: CliRun(checkpoints[m], finish(proc), outs[m] / f"{m}-F32.gguf", outs[m] / f"mmproj-{m}-F32.gguf")
+        m: CliRun(
+            checkpoints[m],
+            finish(proc),
+            outs[m] / f"{m}-F32.gguf",
+            outs[m] / f"mmproj-{m}-F32.gguf" if m in VLM_TYPES else None,
+        )
         for m, proc in started.items()
     }
 
@@ -241,7 +252,7 @@ def summary_line(g: Gguf) -> str:
     return f"{g.path}: {n} tensors ({n} F32), {g.path.stat().st_size / 2**20:.1f} MiB"
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", VLM_TYPES)
 def test_cli_writes_both_files_and_a_summary(cli_f32, model_type):
     run = cli_f32[model_type]
     assert run.proc.returncode == 0, run.proc.stderr
@@ -257,6 +268,21 @@ def test_cli_writes_both_files_and_a_summary(cli_f32, model_type):
     assert text.value("general.architecture") == arch and mmproj.value("general.architecture") == "clip"
     # general.name: the folder's name (what --name replaces), in both files.
     assert text.value("general.name") == model_type and mmproj.value("general.name") == model_type
+
+
+@pytest.mark.parametrize("model_type", TEXT_TYPES)
+def test_cli_writes_the_text_file_of_a_text_model(cli_f32, model_type):
+    """A checkpoint without a vision tower: one file, one summary line, no "+ mmproj"."""
+    run = cli_f32[model_type]
+    assert run.proc.returncode == 0, run.proc.stderr
+    assert listing(run.text.parent) == [run.text.name]
+    text = Gguf.read(run.text)
+    assert run.proc.stdout.splitlines() == [summary_line(text)]
+    with safe_open(str(run.ckpt.path / "model.safetensors"), framework="np") as f:
+        n_hf = len(list(f.keys()))
+    arch = GGUF_ARCH[model_type]
+    assert run.proc.stderr.splitlines() == [f"{model_type}: {n_hf} tensors -> {arch} GGUF (f32)"]
+    assert text.value("general.architecture") == arch and text.value("general.name") == model_type
 
 
 # -- 1. (a), (c): logits -------------------------------------------------------------------------------
@@ -316,7 +342,7 @@ def test_our_runtime_runs_the_text_gguf_as_llama_cpp(logits, cli_f32, model_type
 # -- 1. the mmproj ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("model_type", VLM_TYPES)
 def test_mmproj_encodes_an_image_and_is_the_writers_file(checkpoints, cli_f32, model_type, tmp_path):
     """libmtmd loads the CLI's pair and encodes the test image (test_convert_mmproj
     checks the embeddings against transformers); the mmproj is the file
@@ -651,6 +677,10 @@ def test_text_gguf_same_as_upstream_converter(
     if arch == "qwen2vl":
         assert ours.value("qwen2vl.rope.dimension_sections") == [2, 3, 3, 0]
         assert ours.value("qwen2vl.attention.layer_norm_rms_epsilon") == QWEN_RMS_EPS
+    elif arch == "qwen3":
+        assert ours.value("qwen3.attention.key_length") == 32 and ours.value("qwen3.attention.value_length") == 32
+        assert ours.types()["blk.0.attn_q_norm.weight"] == gguf.GGMLQuantizationType.F32
+        assert "output.weight" not in ours.tensors  # tied
     else:
         assert ours.value("llama.vocab_size") == n_vocab and ours.value("llama.rope.dimension_count") == 16
         assert ours.value("llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-2)

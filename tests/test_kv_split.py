@@ -39,7 +39,18 @@ def random_routing(model, rng, share_full):
     return [[bool(x) for x in rng.random(model.info["n_head_kv"]) < share_full] for _ in range(model.n_layer)]
 
 
-def test_any_head_split_keeping_every_cell_equals_dense(smollm, prompt):
+@pytest.fixture(scope="module", params=["smollm_gguf", "tiny_qwen3"])
+def model_of_each_arch(request):
+    """SmolLM2 (llama) and the tiny Qwen3 (q/k norms, head_dim apart from n_embd / n_head)."""
+    got = request.getfixturevalue(request.param)
+    return Model(str(getattr(got, "gguf_path", got)), n_ctx=N_CTX, n_threads=2)
+
+
+def test_any_head_split_keeping_every_cell_equals_dense(model_of_each_arch):
+    smollm = model_of_each_arch
+    prompt = smollm.tokenize(
+        "The dual-length cache keeps every token in a few heads and a few tokens in the rest. " * 20
+    )[:400]
     dense = smollm.session()
     dense.add_tokens(prompt)
     want = decode(dense, dense.logits(), 6)

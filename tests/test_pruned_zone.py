@@ -74,10 +74,19 @@ def test_keeping_everything_with_full_heads_is_dense(tiny, prompt, select_layer,
     assert text == want_text and rel_l2(s.logits(), dense.logits()) < 1e-3
 
 
-def test_pruning_from_layer_0_equals_dropping_the_tokens(tiny, prompt):
+@pytest.fixture(scope="module", params=["tiny_llama", "tiny_qwen3"])
+def tiny_of_each_arch(request):
+    """The tiny f32 model of each decoder family, one thread (see support/sparse_helpers.tiny)."""
+    return Model(str(request.getfixturevalue(request.param).gguf_path), n_ctx=1024, n_threads=1)
+
+
+def test_pruning_from_layer_0_equals_dropping_the_tokens(tiny_of_each_arch):
     """S = P = 0: unselected tokens are never computed, so the result is a
     dense pass over the kept tokens at their original positions (bit for bit:
-    the same batches, the kept tokens at the same compact cells)."""
+    the same batches, the kept tokens at the same compact cells). Qwen3's
+    q/k norms run on the kept tokens alone, like everything else."""
+    tiny = tiny_of_each_arch
+    prompt = passkey(tiny, seed=3, n_lines=24)
     config = SparseConfig(keep_ratio=0.3, select_layer=0, prune_layer=0)
     text, s = sparse_answer(tiny, prompt, config)
     begin, end = s._sparse.span

@@ -17,14 +17,18 @@ pytestmark = pytest.mark.real_model  # the Qwen2.5 tokenizer of the packaged mod
 
 
 @pytest.fixture(scope="module")
-def synthetic(qwen_gguf, tmp_path_factory):
+def vocab(qwen_gguf, tmp_path_factory):
+    return write_vocab_gguf(tmp_path_factory.mktemp("vocab") / "vocab.gguf", qwen_gguf)
+
+
+# The qwen2 shape, and a qwen3 one (q/k norms, no biases, head_dim 96 where n_embd / n_head is 64).
+@pytest.fixture(scope="module", params=["tiny", "tiny-qwen3"])
+def synthetic(vocab, request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
-    vocab = write_vocab_gguf(folder / "vocab.gguf", qwen_gguf)
-    return vocab, write_synthetic_gguf(folder / "tiny-Q8_0.gguf", "tiny", vocab_from=vocab)
+    return vocab, write_synthetic_gguf(folder / f"{request.param}-Q8_0.gguf", request.param, vocab_from=vocab)
 
 
-def test_vocab_gguf_is_small_and_keeps_the_tokenizer(synthetic, qwen_gguf):
-    vocab, _ = synthetic
+def test_vocab_gguf_is_small_and_keeps_the_tokenizer(vocab):
     assert vocab.stat().st_size < 16 * 2**20
     reader = gguf.GGUFReader(vocab)
     assert len(reader.tensors) == 0 and "tokenizer.ggml.tokens" in reader.fields
@@ -34,12 +38,15 @@ def test_tensors_have_the_shape(synthetic):
     _, path = synthetic
     reader = gguf.GGUFReader(path)
     n_vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
-    want = {name: ne for name, ne, _ in tensor_shapes(SHAPES["tiny"], n_vocab)}
+    shape = SHAPES[path.name.removesuffix("-Q8_0.gguf")]
+    want = {name: ne for name, ne, _ in tensor_shapes(shape, n_vocab)}
     got = {t.name: tuple(int(v) for v in t.shape) for t in reader.tensors}
     assert got == want
     types = {t.name: t.tensor_type for t in reader.tensors}
     assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
+    assert reader.fields["general.architecture"].contents() == shape.arch
+    assert ("blk.0.attn_q_norm.weight" in got) == (shape.arch == "qwen3") != ("blk.0.attn_q.bias" in got)
 
 
 def test_llama_cpp_and_ours_agree_on_it(synthetic):

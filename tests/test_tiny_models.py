@@ -32,7 +32,7 @@ from support.tiny_models import MROPE_SECTION, TinyModel, convert
 # Tests with tiny models need a real GGUF: the tokenizer is copied from it.
 real_vocab = pytest.mark.real_model
 
-ARCH_FIXTURES = ["tiny_qwen2", "tiny_llama", "tiny_qwen2vl"]
+ARCH_FIXTURES = ["tiny_qwen2", "tiny_qwen3", "tiny_llama", "tiny_qwen2vl"]
 
 
 def rounded_to_f16(model: torch.nn.Module) -> torch.nn.Module:
@@ -95,7 +95,7 @@ def test_f16_logits_match_transformers_and_llama_cpp(tiny_llama_f16):
 
 
 @real_vocab
-def test_gguf_metadata(tiny_qwen2, tiny_llama, tiny_llama_f16, tiny_qwen2vl):
+def test_gguf_metadata(tiny_qwen2, tiny_qwen3, tiny_llama, tiny_llama_f16, tiny_qwen2vl):
     """The keys and tensors upstream llama.cpp expects, per architecture."""
     from gguf import GGMLQuantizationType as T
 
@@ -108,6 +108,12 @@ def test_gguf_metadata(tiny_qwen2, tiny_llama, tiny_llama_f16, tiny_qwen2vl):
     assert kv["qwen2.attention.head_count_kv"] == 2 and "qwen2.rope.dimension_count" not in kv
     assert "output.weight" not in tensors and "blk.0.attn_q.bias" in tensors  # tied embeddings, qkv biases
     assert tensors["token_embd.weight"].shape == (64, tiny_qwen2.config.vocab_size)
+
+    kv, tensors = read(tiny_qwen3.gguf_path)
+    assert kv["general.architecture"] == "qwen3" and kv["qwen3.attention.key_length"] == 32
+    assert "blk.0.attn_q.bias" not in tensors and tensors["blk.0.attn_q_norm.weight"].shape == (32,)
+    assert tensors["blk.0.attn_q.weight"].shape == (64, 4 * 32) and tensors["blk.2.attn_k_norm.weight"].type == T.F32
+    assert "output.weight" not in tensors and len(tensors) == 2 + 11 * 3
 
     kv, tensors = read(tiny_llama.gguf_path)
     assert kv["llama.rope.dimension_count"] == 16 and kv["llama.vocab_size"] == tiny_llama.config.vocab_size
@@ -172,6 +178,9 @@ def test_tensor_names_of_both_checkpoint_layouts():
     assert gguf_tensor_name(vl, "model.visual.merger.mlp.0.weight") is None
     with pytest.raises(ValueError, match="cannot map"):
         gguf_tensor_name(vl, "model.layers.0.self_attn.q_norm.weight")
+    qwen3 = ARCHITECTURES["Qwen3ForCausalLM"]
+    assert gguf_tensor_name(qwen3, "model.layers.0.self_attn.q_norm.weight") == "blk.0.attn_q_norm.weight"
+    assert gguf_tensor_name(qwen3, "model.layers.1.self_attn.k_norm.weight") == "blk.1.attn_k_norm.weight"
 
 
 def test_hparams_of_a_transformers4_config():

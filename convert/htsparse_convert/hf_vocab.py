@@ -145,7 +145,7 @@ class HfVocab:
             as upstream does (Qwen's embedding is larger than its tokenizer).
             Default: config.json's vocab_size (upstream's choice), else the
             tokenizer's own size.
-        arch: GGUF architecture ("qwen2", "qwen2vl", "llama"); default from
+        arch: GGUF architecture ("qwen2", "qwen2vl", "qwen3", "llama"); default from
             config.json. `llama` adds the keys upstream's LlamaModel adds.
     Raises:
         ValueError: no tokenizer.json, a tokenizer that is not byte-level BPE,

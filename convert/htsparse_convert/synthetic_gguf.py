@@ -1,7 +1,7 @@
 """Synthetic GGUF models of a real model's shape, for speed and memory
 benchmarks where the real weights cannot be had (no model hub here, 64 MiB
 to a GPU machine): the architecture keys, tensor names, shapes and types a
-released Qwen2.5 GGUF has, the tokenizer copied from any GGUF with one, and
+released Qwen2.5 (qwen2) or Qwen3 (qwen3) GGUF has, the tokenizer copied from any GGUF with one, and
 weights made of a repeated pseudo-random block (their values do not change
 speed or memory, and writing 7B parameters takes seconds, not minutes).
 Answers are meaningless.
@@ -18,7 +18,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Tuple, Union
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import gguf
 import numpy as np
@@ -31,7 +31,8 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class Shape:
-    """A qwen2 text decoder's hyper-parameters (config.json's names)."""
+    """A text decoder's hyper-parameters: qwen2 (q/k/v biases) or qwen3 (per-head
+    q/k norms, no biases, head_dim given apart from n_embd / n_head)."""
 
     n_layer: int
     n_embd: int
@@ -42,13 +43,26 @@ class Shape:
     rope_freq_base: float = 1000000.0
     rms_eps: float = 1e-6
     tied_embeddings: bool = False
+    arch: str = "qwen2"
+    head_dim: Optional[int] = None  # default n_embd / n_head; written as key_length when set
+
+    @property
+    def n_embd_head(self) -> int:
+        return self.head_dim or self.n_embd // self.n_head
 
 
 SHAPES: Dict[str, Shape] = {
     "qwen2.5-7b": Shape(n_layer=28, n_embd=3584, n_head=28, n_head_kv=4, n_ff=18944),
     "qwen2.5-3b": Shape(n_layer=36, n_embd=2048, n_head=16, n_head_kv=2, n_ff=11008, tied_embeddings=True),
     "qwen2.5-0.5b": Shape(n_layer=24, n_embd=896, n_head=14, n_head_kv=2, n_ff=4864, tied_embeddings=True),
+    "qwen3-4b": Shape(
+        n_layer=36, n_embd=2560, n_head=32, n_head_kv=8, n_ff=9728, tied_embeddings=True, arch="qwen3", head_dim=128
+    ),
+    "qwen3-0.6b": Shape(
+        n_layer=28, n_embd=1024, n_head=16, n_head_kv=8, n_ff=3072, tied_embeddings=True, arch="qwen3", head_dim=128
+    ),
     "tiny": Shape(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_ctx=4096),  # for tests
+    "tiny-qwen3": Shape(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_ctx=4096, arch="qwen3", head_dim=96),
 }
 
 Q8_0_BLOCK = 32  # weights per Q8_0 block: an f16 scale and 32 int8 values
@@ -57,18 +71,26 @@ _PATTERN_BLOCKS = 4099  # blocks in the repeated pattern: a prime, so rows do no
 
 def tensor_shapes(shape: Shape, n_vocab: int) -> Iterator[Tuple[str, Tuple[int, ...], bool]]:
     """(GGUF name, ggml shape [ne0, ne1], is a matrix) of every tensor, in llama.cpp's file order."""
-    d, kv = shape.n_embd, shape.n_head_kv * (shape.n_embd // shape.n_head)
+    d, hd = shape.n_embd, shape.n_embd_head
+    q, kv = shape.n_head * hd, shape.n_head_kv * hd
+    bias = shape.arch == "qwen2"
     yield "token_embd.weight", (d, n_vocab), True
     for i in range(shape.n_layer):
         b = f"blk.{i}."
         yield b + "attn_norm.weight", (d,), False
-        yield b + "attn_q.weight", (d, d), True
-        yield b + "attn_q.bias", (d,), False
+        yield b + "attn_q.weight", (d, q), True
+        if bias:
+            yield b + "attn_q.bias", (q,), False
         yield b + "attn_k.weight", (d, kv), True
-        yield b + "attn_k.bias", (kv,), False
+        if bias:
+            yield b + "attn_k.bias", (kv,), False
         yield b + "attn_v.weight", (d, kv), True
-        yield b + "attn_v.bias", (kv,), False
-        yield b + "attn_output.weight", (d, d), True
+        if bias:
+            yield b + "attn_v.bias", (kv,), False
+        if shape.arch == "qwen3":
+            yield b + "attn_k_norm.weight", (hd,), False
+            yield b + "attn_q_norm.weight", (hd,), False
+        yield b + "attn_output.weight", (q, d), True
         yield b + "ffn_norm.weight", (d,), False
         yield b + "ffn_gate.weight", (d, shape.n_ff), True
         yield b + "ffn_up.weight", (d, shape.n_ff), True
@@ -96,7 +118,7 @@ def q8_0_matrix(ne0: int, ne1: int, rng: np.random.Generator) -> np.ndarray:
 def write_synthetic_gguf(
     path: PathLike, shape: Union[str, Shape], vocab_from: PathLike, seed: int = 0, name: str = ""
 ) -> Path:
-    """Writes a Q8_0 qwen2 GGUF of `shape` (a SHAPES name or a Shape) with the
+    """Writes a Q8_0 GGUF of `shape` (a SHAPES name or a Shape; its arch) with the
     tokenizer of the GGUF `vocab_from`; norms and biases in f32."""
     label = shape if isinstance(shape, str) else "custom"
     if isinstance(shape, str):
@@ -119,6 +141,9 @@ def write_synthetic_gguf(
         writer.add_head_count_kv(shape.n_head_kv)
         writer.add_rope_freq_base(shape.rope_freq_base)
         writer.add_layer_norm_rms_eps(shape.rms_eps)
+        if shape.head_dim is not None:
+            writer.add_key_length(shape.head_dim)
+            writer.add_value_length(shape.head_dim)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         vocab.add_to(writer)
         for tensor, ne, is_matrix in tensor_shapes(shape, n_vocab):
@@ -133,7 +158,7 @@ def write_synthetic_gguf(
                 )
                 writer.add_tensor(tensor, values)
 
-    return write_gguf(Path(path), "qwen2", fill)
+    return write_gguf(Path(path), shape.arch, fill)
 
 
 def write_vocab_gguf(path: PathLike, vocab_from: PathLike) -> Path:

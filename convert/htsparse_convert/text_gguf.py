@@ -49,6 +49,7 @@ class ArchSpec:
     # rotates the two halves of each head, so Q and K rows are reordered.
     permute_qk: bool = False
     qkv_bias: bool = False
+    qk_norm: bool = False  # per-head RMS norms of q and k (self_attn.q_norm / k_norm)
     # Keys upstream writes for this architecture beyond the common ones.
     writes_rope_dims: bool = False
     writes_vocab_size: bool = False
@@ -56,6 +57,7 @@ class ArchSpec:
 
 
 _QWEN2 = ArchSpec("qwen2", ("model.",), qkv_bias=True)
+_QWEN3 = ArchSpec("qwen3", ("model.",), qk_norm=True)
 _LLAMA = ArchSpec("llama", ("model.",), permute_qk=True, writes_rope_dims=True, writes_vocab_size=True)
 _QWEN2VL = ArchSpec(
     "qwen2vl",
@@ -81,6 +83,8 @@ _SMOLVLM = ArchSpec(
 ARCHITECTURES: Dict[str, ArchSpec] = {
     "Qwen2ForCausalLM": _QWEN2,
     "qwen2": _QWEN2,
+    "Qwen3ForCausalLM": _QWEN3,
+    "qwen3": _QWEN3,
     "LlamaForCausalLM": _LLAMA,
     "llama": _LLAMA,
     "Qwen2VLForConditionalGeneration": _QWEN2VL,
@@ -106,12 +110,15 @@ LAYER_TENSORS: Dict[str, str] = {
     "self_attn.k_proj.bias": "attn_k.bias",
     "self_attn.v_proj.weight": "attn_v.weight",
     "self_attn.v_proj.bias": "attn_v.bias",
+    "self_attn.q_norm.weight": "attn_q_norm.weight",
+    "self_attn.k_norm.weight": "attn_k_norm.weight",
     "self_attn.o_proj.weight": "attn_output.weight",
     "post_attention_layernorm.weight": "ffn_norm.weight",
     "mlp.gate_proj.weight": "ffn_gate.weight",
     "mlp.up_proj.weight": "ffn_up.weight",
     "mlp.down_proj.weight": "ffn_down.weight",
 }
+_QK_NORMS = ("attn_q_norm.weight", "attn_k_norm.weight")
 LM_HEAD = ("lm_head.weight", "output.weight")  # outside the decoder prefix
 
 # Buffers some checkpoints carry that llama.cpp recomputes.
@@ -271,7 +278,9 @@ def gguf_tensor_name(spec: ArchSpec, hf_name: str) -> Optional[str]:
             return GLOBAL_TENSORS[rest]
         parts = rest.split(".", 2)
         if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] in LAYER_TENSORS:
-            return f"blk.{int(parts[1])}.{LAYER_TENSORS[parts[2]]}"
+            gname = LAYER_TENSORS[parts[2]]
+            if gname not in _QK_NORMS or spec.qk_norm:  # q/k norms only where the architecture runs them
+                return f"blk.{int(parts[1])}.{gname}"
     raise ValueError(f"cannot map tensor {hf_name!r} to a {spec.gguf_arch} GGUF name")
 
 
@@ -322,6 +331,8 @@ def _expected_tensors(spec: ArchSpec, hp: TextHParams) -> List[str]:
     for il in range(hp.n_layer):
         for gname in LAYER_TENSORS.values():
             if gname.endswith(".bias") and not spec.qkv_bias:
+                continue
+            if gname in _QK_NORMS and not spec.qk_norm:
                 continue
             names.append(f"blk.{il}.{gname}")
     return names

@@ -16,13 +16,14 @@
 namespace hts {
 
 struct LayerWeights {
-    ggml_tensor * attn_norm = nullptr;                        // [n_embd]
-    ggml_tensor *wq = nullptr, *wk = nullptr, *wv = nullptr;  // [n_embd, n_embd | n_embd_kv]
-    ggml_tensor *bq = nullptr, *bk = nullptr, *bv = nullptr;  // optional biases
-    ggml_tensor * wo = nullptr;                               // [n_embd, n_embd]
-    ggml_tensor * ffn_norm = nullptr;                         // [n_embd]
-    ggml_tensor *ffn_gate = nullptr, *ffn_up = nullptr;       // [n_embd, n_ff]
-    ggml_tensor * ffn_down = nullptr;                         // [n_ff, n_embd]
+    ggml_tensor * attn_norm = nullptr;                           // [n_embd]
+    ggml_tensor *wq = nullptr, *wk = nullptr, *wv = nullptr;     // [n_embd, n_embd | n_embd_kv]
+    ggml_tensor *bq = nullptr, *bk = nullptr, *bv = nullptr;     // optional biases
+    ggml_tensor *attn_q_norm = nullptr, *attn_k_norm = nullptr;  // optional per-head RMS norms [head_dim] (qwen3)
+    ggml_tensor * wo = nullptr;                                  // [n_embd, n_embd]
+    ggml_tensor * ffn_norm = nullptr;                            // [n_embd]
+    ggml_tensor *ffn_gate = nullptr, *ffn_up = nullptr;          // [n_embd, n_ff]
+    ggml_tensor * ffn_down = nullptr;                            // [n_ff, n_embd]
 };
 
 struct ModelWeights {

@@ -107,7 +107,8 @@ static void test_unsupported_architecture() {
     p.device = "cpu";
     expect_error(
         ErrorKind::UnsupportedModel, "unsupported architecture 'mamba'", [&] { Model m("mamba.gguf", p); }, __LINE__);
-    expect_error(ErrorKind::UnsupportedModel, "qwen2, qwen2vl, llama", [&] { Model m("mamba.gguf", p); }, __LINE__);
+    expect_error(
+        ErrorKind::UnsupportedModel, "qwen2, qwen2vl, qwen3, llama", [&] { Model m("mamba.gguf", p); }, __LINE__);
 }
 
 static void test_tensor_shape_check() {

@@ -28,6 +28,8 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
+    Qwen3Config,
+    Qwen3ForCausalLM,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
 )
@@ -117,6 +119,18 @@ def qwen2_model(n_vocab: int, seed: int = 0) -> torch.nn.Module:
     """Qwen2ForCausalLM: q/k/v biases, tied embeddings, NEOX rope."""
     config = Qwen2Config(vocab_size=n_vocab, tie_word_embeddings=True, rope_theta=10000.0, **DECODER)
     model = Qwen2ForCausalLM(config)
+    assert model.lm_head.weight is model.model.embed_tokens.weight, "expected tied embeddings"
+    randomize_(model, seed)
+    return model
+
+
+def qwen3_model(n_vocab: int, seed: int = 5) -> torch.nn.Module:
+    """Qwen3ForCausalLM: per-head q/k RMS norms before rope, no biases, tied
+    embeddings, NEOX rope, and a head_dim that is not hidden_size / heads (as
+    in the released sizes: 128 at hidden 1024 with 16 heads), so a runtime
+    that derives it fails here."""
+    config = Qwen3Config(vocab_size=n_vocab, tie_word_embeddings=True, head_dim=32, rope_theta=1000000.0, **DECODER)
+    model = Qwen3ForCausalLM(config)
     assert model.lm_head.weight is model.model.embed_tokens.weight, "expected tied embeddings"
     randomize_(model, seed)
     return model
@@ -215,6 +229,11 @@ def _tiny(arch: str, model: torch.nn.Module, path: Path, vocab: GgufVocab) -> Ti
 @pytest.fixture(scope="session")
 def tiny_qwen2(qwen_vocab, tiny_dir) -> TinyModel:
     return _tiny("qwen2", qwen2_model(qwen_vocab.n_tokens), tiny_dir / "qwen2-f32.gguf", qwen_vocab)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(qwen_vocab, tiny_dir) -> TinyModel:
+    return _tiny("qwen3", qwen3_model(qwen_vocab.n_tokens), tiny_dir / "qwen3-f32.gguf", qwen_vocab)
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,7 @@ void load_decoder_hparams(const GgufFile & file, const std::string & arch, HPara
 
 static std::string layer_tensor(int il, const char * name) { return "blk." + std::to_string(il) + "." + name; }
 
-void load_decoder_tensors(TensorLoader & loader, const HParams & hp, ModelWeights & w, bool qkv_bias) {
+void load_decoder_tensors(TensorLoader & loader, const HParams & hp, ModelWeights & w, DecoderLayout layout) {
     const int64_t n_embd = hp.n_embd, n_vocab = hp.n_vocab, n_ff = hp.n_ff;
     const int64_t n_q = int64_t(hp.n_embd_head) * hp.n_head, n_kv = hp.n_embd_kv();
     // The embedding table stays on the host: a lookup needs no accelerator.
@@ -51,10 +51,15 @@ void load_decoder_tensors(TensorLoader & loader, const HParams & hp, ModelWeight
         l.wq = loader.require(layer_tensor(il, "attn_q.weight"), {n_embd, n_q}, WeightUse::MatMul);
         l.wk = loader.require(layer_tensor(il, "attn_k.weight"), {n_embd, n_kv}, WeightUse::MatMul);
         l.wv = loader.require(layer_tensor(il, "attn_v.weight"), {n_embd, n_kv}, WeightUse::MatMul);
-        if (qkv_bias) {
+        if (layout.qkv_bias) {
             l.bq = loader.require(layer_tensor(il, "attn_q.bias"), {n_q}, WeightUse::Elementwise);
             l.bk = loader.require(layer_tensor(il, "attn_k.bias"), {n_kv}, WeightUse::Elementwise);
             l.bv = loader.require(layer_tensor(il, "attn_v.bias"), {n_kv}, WeightUse::Elementwise);
+        }
+        if (layout.qk_norm) {
+            const int64_t d = hp.n_embd_head;
+            l.attn_q_norm = loader.require(layer_tensor(il, "attn_q_norm.weight"), {d}, WeightUse::Elementwise);
+            l.attn_k_norm = loader.require(layer_tensor(il, "attn_k_norm.weight"), {d}, WeightUse::Elementwise);
         }
         l.wo = loader.require(layer_tensor(il, "attn_output.weight"), {n_q, n_embd}, WeightUse::MatMul);
         l.ffn_norm = loader.require(layer_tensor(il, "ffn_norm.weight"), {n_embd}, WeightUse::Elementwise);
@@ -78,6 +83,10 @@ ggml_tensor * build_decoder_graph(GraphContext & gc) {
         const LayerWeights & l = gc.w.layers[il];
         ggml_tensor * cur = gc.build_norm(inpL, l.attn_norm, "attn_norm", il);
         QKV qkv = gc.build_qkv(l, cur, il);
+        if (l.attn_q_norm) {  // [head_dim, n_head(_kv), n_tokens]: rms_norm runs over each head
+            qkv.q = gc.build_norm(qkv.q, l.attn_q_norm, "Qcur_normed", il);
+            qkv.k = gc.build_norm(qkv.k, l.attn_k_norm, "Kcur_normed", il);
+        }
         qkv.q = gc.build_rope(qkv.q, "Qrope", il);
         qkv.k = gc.build_rope(qkv.k, "Krope", il);
         if (gc.kv_only) return gc.build_kv_probe(qkv, il);  // [head_dim, n_head_kv, n_tokens]

@@ -36,7 +36,7 @@ public:
     }
 
     void load_tensors(TensorLoader & loader, const HParams & hp, ModelWeights & w) const override {
-        load_decoder_tensors(loader, hp, w, /*qkv_bias=*/true);
+        load_decoder_tensors(loader, hp, w, {/*qkv_bias=*/true});
     }
 
     ggml_tensor * build_graph(GraphContext & gc) const override { return build_decoder_graph(gc); }
