@@ -41,6 +41,12 @@ def qwen_gguf():
 
 
 @pytest.fixture(scope="session")
+def gemma_gguf():
+    """gemma-3-270m (gemma3), Q4_K_M from llama.cpp, 241 MB: four packages concatenated."""
+    return _packaged("gemma-3-270m")
+
+
+@pytest.fixture(scope="session")
 def smollm_gguf():
     """SmolLM2-135M-Instruct (llama), Q4_1."""
     return _packaged("smollm2-135m")

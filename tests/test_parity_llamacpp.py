@@ -17,17 +17,22 @@ N_PROMPT = 300
 N_CONTINUE = 64
 
 
-def prompt_tokens(model: Model) -> list:
-    """300 tokens of real text: this repository's own sources."""
+def prompt_text() -> str:
+    """Real text: this repository's own sources."""
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
     text = ""
-    for rel in ("README.md", "runtime/src/session.cpp", "python/htsparse_llama/model.py"):
+    for rel in ("README.md", "runtime/src/context.cpp", "python/htsparse_llama/model.py"):
         path = os.path.join(root, rel)
         if os.path.exists(path):
             with open(path, encoding="utf-8") as f:
                 text += f.read()
-    ids = model.tokenize(text)
+    return text
+
+
+def prompt_tokens(model: Model) -> list:
+    """300 tokens of real text."""
+    ids = model.tokenize(prompt_text())
     assert len(ids) >= N_PROMPT
     return ids[:N_PROMPT]
 
@@ -56,7 +61,7 @@ def greedy(step_logits, first_logits, n):
     return out
 
 
-@pytest.fixture(params=["qwen_gguf", "smollm_gguf"])
+@pytest.fixture(params=["qwen_gguf", "smollm_gguf", "gemma_gguf"])
 def gguf_path(request):
     return request.getfixturevalue(request.param)
 
@@ -90,6 +95,36 @@ def test_logits_and_greedy_match_llama_cpp(gguf_path):
     ref_cont = greedy(ref_step, ref[-1], N_CONTINUE)
     assert ours_cont == ref_cont
     ref_model.close()
+
+
+def test_gemma3_past_its_sliding_window_matches_llama_cpp(gemma_gguf):
+    """gemma-3-270m's window layers see 512 tokens: a 700-token prompt and a
+    continuation run past the window (15 of its 18 layers are window layers),
+    in two micro-batches (512 + 188). Logits equal llama.cpp's exactly.
+    (test_bad_input checks that the window is read: a GGUF without it differs.)"""
+    ours_model = Model(gemma_gguf, n_ctx=1024, n_threads=THREADS)
+    assert ours_model.info["n_swa"] == 512 and ours_model.info["n_swa_layers"] == 15
+    text = prompt_text()
+    ids = ours_model.tokenize(text)[:700]
+    session = ours_model.session()
+    ours = session.add_tokens(ids, all_logits=True)
+    ref_model = llama_cpp_model(gemma_gguf)
+    try:
+        ref_model.eval(ids)
+        ref = np.asarray(ref_model.scores[: len(ids)], dtype=np.float32)
+        assert np.array_equal(ours, ref), float(np.abs(ours - ref).max())
+
+        def ours_step(tok):
+            session.add_tokens([tok])
+            return session.logits()
+
+        def ref_step(tok):
+            ref_model.eval([tok])
+            return np.asarray(ref_model.scores[ref_model.n_tokens - 1])
+
+        assert greedy(ours_step, ours[-1], 16) == greedy(ref_step, ref[-1], 16)
+    finally:
+        ref_model.close()
 
 
 def test_generate_matches_llama_cpp_greedy_completion(smollm_gguf):

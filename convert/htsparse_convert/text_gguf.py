@@ -555,6 +555,8 @@ def add_metadata_value(writer: gguf.GGUFWriter, key: str, value: Any) -> None:
         writer.add_float32(key, value)
     elif isinstance(value, str):
         writer.add_string(key, value)
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, bool) for v in value):
+        writer.add_array(key, list(value))  # per-layer flags (gemma3's sliding_window_pattern)
     elif isinstance(value, (list, tuple, np.ndarray)):
         writer.add_array(key, [float(v) for v in value])
     else:

@@ -13,6 +13,8 @@
 #include "sparse_config.h"
 #include "sparse_select.h"
 
+#include <algorithm>
+
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -47,6 +49,8 @@ py::dict model_info(const Model & m) {
     d["n_vocab"] = hp.n_vocab;
     d["n_ctx_train"] = hp.n_ctx_train;
     d["rope_freq_base"] = hp.rope_freq_base;
+    d["n_swa"] = hp.n_swa;  // sliding window of the window layers (gemma3); 0: none
+    d["n_swa_layers"] = int(std::count(hp.swa_layers.begin(), hp.swa_layers.end(), true));
     d["device"] = m.backends().device_name();
     d["n_threads"] = m.backends().n_threads();
     d["weight_bytes"] = m.weight_bytes();

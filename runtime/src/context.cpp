@@ -494,15 +494,18 @@ namespace {
 
 // Causal mask [n_kv, n_tokens] over cells filled in arrival order (not by rope
 // position: M-RoPE images reuse positions): row i sees cells <= first + i,
-// except `hidden` ones.
-std::vector<ggml_fp16_t> causal_mask(int n_kv, int n_tokens, int first, const std::vector<bool> & hidden) {
+// except `hidden` ones, and with a window (> 0) only the `window` cells up to
+// its own (sliding-window layers: llama.cpp's LLAMA_SWA_TYPE_STANDARD).
+std::vector<ggml_fp16_t> causal_mask(int n_kv, int n_tokens, int first, const std::vector<bool> & hidden,
+                                     int window = 0) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
     std::vector<ggml_fp16_t> mask(size_t(n_kv) * n_tokens);
     for (int i = 0; i < n_tokens; ++i) {
         ggml_fp16_t * row = mask.data() + size_t(i) * n_kv;
         for (int j = 0; j < n_kv; ++j) {
             const bool is_hidden = size_t(j) < hidden.size() && hidden[j];
-            row[j] = j <= first + i && !is_hidden ? zero : neg_inf;
+            const bool outside = window > 0 && first + i - j >= window;
+            row[j] = j <= first + i && !is_hidden && !outside ? zero : neg_inf;
         }
     }
     return mask;
@@ -553,6 +556,11 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
     if (in_graph(gc.inp_kq_mask)) {
         const std::vector<ggml_fp16_t> mask = causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells);
         ggml_backend_tensor_set(gc.inp_kq_mask, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask));
+    }
+    if (in_graph(gc.inp_kq_mask_swa)) {
+        const std::vector<ggml_fp16_t> mask =
+            causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells, gc.hp.n_swa);
+        ggml_backend_tensor_set(gc.inp_kq_mask_swa, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask_swa));
     }
     if (gc.inp_kq_mask_sparse) set_routed_inputs(gc);
 

@@ -185,6 +185,9 @@ std::vector<int64_t> GgufFile::get_int_array(const std::string & key) const {
         case GGUF_TYPE_INT64:
             for (size_t i = 0; i < n; ++i) out.push_back(static_cast<const int64_t *>(data)[i]);
             break;
+        case GGUF_TYPE_BOOL:  // per-layer flags (gemma3's sliding_window_pattern), as 0 / 1
+            for (size_t i = 0; i < n; ++i) out.push_back(static_cast<const int8_t *>(data)[i] != 0);
+            break;
         default:
             fail(ErrorKind::InvalidFile, format("metadata key '%s' is not an integer array", key.c_str()));
     }

@@ -27,7 +27,7 @@ public:
     int64_t get_int(const std::string & key) const;  // any integer type; throws if absent
     int64_t get_int(const std::string & key, int64_t fallback) const;
     double get_float(const std::string & key, double fallback) const;   // float or integer value
-    std::vector<int64_t> get_int_array(const std::string & key) const;  // empty if absent
+    std::vector<int64_t> get_int_array(const std::string & key) const;  // empty if absent; bools as 0 / 1
     std::vector<float> get_float_array(const std::string & key) const;  // empty if absent
 
     // Tensor metadata (no data) as ggml tensors: name, type, ne[] from the file.

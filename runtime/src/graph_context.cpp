@@ -51,6 +51,10 @@ ggml_tensor * GraphContext::build_inp_embd() {
     name(inp_tokens, "inp_tokens", -1);
     ggml_tensor * x = ggml_get_rows(ctx0, w.tok_embd, inp_tokens);  // [n_embd, n_tokens]
     name(x, "inp_embd", -1);
+    if (hp.embd_scale > 0.0f) {  // token ids only: embedding rows (images) come in at their scale
+        x = ggml_scale(ctx0, x, hp.embd_scale);
+        name(x, "inp_scaled", -1);
+    }
     return x;
 }
 
@@ -61,6 +65,11 @@ void GraphContext::build_attn_inputs() {
     inp_kq_mask = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv, n_tokens);
     ggml_set_input(inp_kq_mask);
     name(inp_kq_mask, "inp_kq_mask", -1);
+    if (hp.n_swa > 0) {
+        inp_kq_mask_swa = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv, n_tokens);
+        ggml_set_input(inp_kq_mask_swa);
+        name(inp_kq_mask_swa, "inp_kq_mask_swa", -1);
+    }
     if (kv.is_split()) build_routed_inputs();
     if (n_outputs < n_tokens) {
         inp_out_ids = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_outputs);
@@ -94,15 +103,18 @@ QKV GraphContext::build_qkv(const LayerWeights & l, ggml_tensor * x, int il) {
 
 ggml_tensor * GraphContext::build_rope(ggml_tensor * x, const char * nm, int il) {
     // No YaRN: ext_factor 0, attn_factor 1, beta_fast 32, beta_slow 1 (llama.cpp defaults).
+    // Sliding-window layers have their own base and no scaling (llama.cpp: rope_freq_base_train_swa).
+    const bool swa = hp.is_swa(il);
+    const float base = swa ? hp.rope_freq_base_swa : hp.rope_freq_base, scale = swa ? 1.0f : hp.rope_freq_scale;
     ggml_tensor * cur;
     if (hp.rope_type == GGML_ROPE_TYPE_MROPE || hp.rope_type == GGML_ROPE_TYPE_IMROPE) {
         int sections[4];
         for (int i = 0; i < 4; ++i) sections[i] = hp.rope_sections[i];
-        cur = ggml_rope_multi(ctx0, x, inp_pos, nullptr, hp.n_rot, sections, hp.rope_type, hp.n_ctx_train,
-                              hp.rope_freq_base, hp.rope_freq_scale, 0.0f, 1.0f, 32.0f, 1.0f);
+        cur = ggml_rope_multi(ctx0, x, inp_pos, nullptr, hp.n_rot, sections, hp.rope_type, hp.n_ctx_train, base, scale,
+                              0.0f, 1.0f, 32.0f, 1.0f);
     } else {
-        cur = ggml_rope_ext(ctx0, x, inp_pos, w.rope_freqs, hp.n_rot, hp.rope_type, hp.n_ctx_train, hp.rope_freq_base,
-                            hp.rope_freq_scale, 0.0f, 1.0f, 32.0f, 1.0f);
+        cur = ggml_rope_ext(ctx0, x, inp_pos, w.rope_freqs, hp.n_rot, hp.rope_type, hp.n_ctx_train, base, scale, 0.0f,
+                            1.0f, 32.0f, 1.0f);
     }
     name(cur, nm, il);
     return cur;
@@ -152,12 +164,17 @@ ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, 
     capture_queries(qkv.q, il);
     if (kv.is_split()) return build_routed_attn(l, qkv, il);
     kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);
-    ggml_tensor * q = ggml_permute(ctx0, qkv.q, 0, 2, 1, 3);                      // [head_dim, n_tokens, n_head]
+    ggml_tensor * q = qkv.q;
+    float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
+    if (hp.attn_q_scale > 0.0f) {  // gemma3 scales q itself (as llama.cpp does: same rounding)
+        q = ggml_scale(ctx0, q, hp.attn_q_scale);
+        scale = 1.0f;
+    }
+    q = ggml_permute(ctx0, q, 0, 2, 1, 3);                                        // [head_dim, n_tokens, n_head]
     ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, n_kv), 0, 2, 1, 3);    // [head_dim, n_kv, n_head_kv]
     ggml_tensor * v = ggml_permute(ctx0, kv.values(ctx0, il, n_kv), 0, 2, 1, 3);  // [head_dim, n_kv, n_head_kv]
-    const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
-    ggml_tensor * cur =
-        ggml_flash_attn_ext(ctx0, q, k, v, inp_kq_mask, scale, 0.0f, 0.0f);  // [head_dim, n_head, n_tokens]
+    ggml_tensor * mask = hp.is_swa(il) ? inp_kq_mask_swa : inp_kq_mask;
+    ggml_tensor * cur = ggml_flash_attn_ext(ctx0, q, k, v, mask, scale, 0.0f, 0.0f);  // [head_dim, n_head, n_tokens]
     ggml_prec_set_acc(cur, GGML_PREC_F32);
     name(cur, "attn_fa", il);
     cur = ggml_reshape_2d(ctx0, cur, int64_t(hp.n_embd_head) * hp.n_head, n_tokens);
@@ -181,6 +198,15 @@ ggml_tensor * GraphContext::build_ffn_swiglu(const LayerWeights & l, ggml_tensor
     return cur;
 }
 
+ggml_tensor * GraphContext::build_ffn_geglu(const LayerWeights & l, ggml_tensor * x, int il) {
+    ggml_tensor * gate = ggml_mul_mat(ctx0, l.ffn_gate, x);  // [n_ff, n_tokens]
+    ggml_tensor * up = ggml_mul_mat(ctx0, l.ffn_up, x);      // [n_ff, n_tokens]
+    ggml_tensor * cur = ggml_geglu_split(ctx0, gate, up);    // GELU, tanh approximation
+    cur = ggml_mul_mat(ctx0, l.ffn_down, cur);               // [n_embd, n_tokens]
+    name(cur, "ffn_out", il);
+    return cur;
+}
+
 ggml_tensor * GraphContext::select_outputs(ggml_tensor * x) {
     return inp_out_ids ? ggml_get_rows(ctx0, x, inp_out_ids) : x;
 }
@@ -188,6 +214,11 @@ ggml_tensor * GraphContext::select_outputs(ggml_tensor * x) {
 ggml_tensor * GraphContext::build_lm_head(ggml_tensor * x) {
     ggml_tensor * cur = build_norm(x, w.output_norm, "result_norm", -1);
     cur = ggml_mul_mat(ctx0, w.output, cur);  // [n_vocab, n_outputs]
+    if (hp.final_logit_softcap > 0.0f) {
+        cur = ggml_scale(ctx0, cur, 1.0f / hp.final_logit_softcap);
+        cur = ggml_tanh(ctx0, cur);
+        cur = ggml_scale(ctx0, cur, hp.final_logit_softcap);
+    }
     name(cur, "result_output", -1);
     return cur;
 }

@@ -73,6 +73,7 @@ public:
     ggml_tensor * inp_tokens = nullptr;          // I32 [n_tokens]
     ggml_tensor * inp_pos = nullptr;             // I32 [n_tokens * n_pos_per_token]
     ggml_tensor * inp_kq_mask = nullptr;         // F16 [n_kv, n_tokens]
+    ggml_tensor * inp_kq_mask_swa = nullptr;     // F16 [n_kv, n_tokens]; the window layers' (hp.n_swa > 0)
     ggml_tensor * inp_out_ids = nullptr;         // I32 [n_outputs]; nullptr when all rows are outputs
     ggml_tensor * inp_residual = nullptr;        // F32 [n_embd, n_tokens]; when layer_begin > 0 or embd_input
     ggml_tensor * inp_kq_mask_sparse = nullptr;  // F16 [n_kv_sparse, n_tokens]; compacted cache only
@@ -95,6 +96,7 @@ public:
     // Selection probe: captures q, stores k and v in the dense cache; returns k.
     ggml_tensor * build_kv_probe(const QKV & qkv, int il);
     ggml_tensor * build_ffn_swiglu(const LayerWeights & l, ggml_tensor * x, int il);
+    ggml_tensor * build_ffn_geglu(const LayerWeights & l, ggml_tensor * x, int il);  // gemma3
     // Keeps the rows that produce logits (a no-op when every row does).
     ggml_tensor * select_outputs(ggml_tensor * x);
     ggml_tensor * build_lm_head(ggml_tensor * x);  // [n_vocab, n_outputs]

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace hts {
 
@@ -24,6 +25,17 @@ struct HParams {
     int n_rot = 0;                        // rotary dimensions
     int rope_sections[4] = {0, 0, 0, 0};  // M-RoPE t/y/x/e sections (qwen2vl)
     int n_pos_per_token = 1;              // 4 for M-RoPE
+
+    // Gemma 3. Sliding-window layers see the n_swa cells up to their own
+    // (cells in arrival order, which are the positions of a text prompt).
+    int n_swa = 0;                        // 0: no sliding-window layers
+    std::vector<bool> swa_layers;         // per layer: attends over the window only
+    float rope_freq_base_swa = 10000.0f;  // rope of the window layers (scale 1)
+    float attn_q_scale = 0.0f;            // q scaled by this, attention at scale 1 (0: 1/sqrt(head_dim))
+    float embd_scale = 0.0f;              // token embeddings times this (0: as they are)
+    float final_logit_softcap = 0.0f;     // logits = c * tanh(logits / c) (0: none)
+
+    bool is_swa(int il) const { return n_swa > 0 && il < int(swa_layers.size()) && swa_layers[il]; }
 
     int n_embd_kv() const { return n_embd_head * n_head_kv; }
     int n_gqa() const { return n_head / n_head_kv; }

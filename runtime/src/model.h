@@ -21,7 +21,9 @@ struct LayerWeights {
     ggml_tensor *bq = nullptr, *bk = nullptr, *bv = nullptr;     // optional biases
     ggml_tensor *attn_q_norm = nullptr, *attn_k_norm = nullptr;  // optional per-head RMS norms [head_dim] (qwen3)
     ggml_tensor * wo = nullptr;                                  // [n_embd, n_embd]
+    ggml_tensor * attn_post_norm = nullptr;                      // [n_embd], gemma3: on the attention output
     ggml_tensor * ffn_norm = nullptr;                            // [n_embd]
+    ggml_tensor * ffn_post_norm = nullptr;                       // [n_embd], gemma3: on the FFN output
     ggml_tensor *ffn_gate = nullptr, *ffn_up = nullptr;          // [n_embd, n_ff]
     ggml_tensor * ffn_down = nullptr;                            // [n_ff, n_embd]
 };

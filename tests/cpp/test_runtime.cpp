@@ -108,7 +108,8 @@ static void test_unsupported_architecture() {
     expect_error(
         ErrorKind::UnsupportedModel, "unsupported architecture 'mamba'", [&] { Model m("mamba.gguf", p); }, __LINE__);
     expect_error(
-        ErrorKind::UnsupportedModel, "qwen2, qwen2vl, qwen3, llama", [&] { Model m("mamba.gguf", p); }, __LINE__);
+        ErrorKind::UnsupportedModel, "qwen2, qwen2vl, qwen3, gemma3, llama", [&] { Model m("mamba.gguf", p); },
+        __LINE__);
 }
 
 static void test_tensor_shape_check() {

