@@ -14,7 +14,9 @@
 #      package, into the machine's Python (a fresh machine each lease);
 #   2. writes a synthetic Qwen2.5-7B-shaped Q8_0 GGUF (random weights,
 #      python -m htsparse_convert.synthetic_gguf) from the staged tokenizer;
-#   3. runs the benchmarks (python -m htsparse_llama bench) at 16K, 32K, 64K,
+#   3. runs `bench --memory` at 32K tokens on it (peak KV, compute buffers and
+#      RSS of llama.cpp dense, ours dense, ours HT-Sparse: issue 17), then
+#      the benchmarks (python -m htsparse_llama bench) at 16K, 32K, 64K,
 #      128K tokens, one step per length (the shortest first, so a call cut
 #      short still leaves numbers): ours against llama.cpp, dense and
 #      HT-Sparse, speed, KV bytes and peak memory, on the synthetic model and
@@ -182,6 +184,17 @@ bench() {
     done
 }
 
+# Issue 17's memory table on the 7B shape: peak KV, compute buffers and RSS of
+# llama.cpp dense, ours dense and ours HT-Sparse at 32K tokens, 90% sparse.
+memory() {
+    local model="$STATE/models/$SYNTHETIC-synthetic-Q8_0.gguf"
+    mkdir -p "$STATE/bench"
+    step "bench-memory-$SYNTHETIC-32768" timeout "$(left)" "$PY" -m htsparse_llama bench --memory -m "$model" \
+        --device gpu --context 32768 --keep-ratio 0.2,0.1 --select-layer 4 --prune-layer 4 \
+        --json "$STATE/bench/$SYNTHETIC-memory-32768.json" >>"$OUT/bench.log" 2>&1
+    tar czf "$OUT/bench-json.tar.gz" -C "$STATE/bench" .
+}
+
 # Seconds left of this call (the device tool stops a command at 600 s).
 left() {
     local s=$((DEADLINE - $(date +%s)))
@@ -198,6 +211,7 @@ run() {
     tail -c 4000000 "$STATE/build.log" >"$OUT/build.log"
     [ $rc -eq 0 ] || { tail -40 "$STATE/build.log"; return 1; }
     step synthetic synthetic
+    memory
     bench
     step tests tests
     log "all steps done"
