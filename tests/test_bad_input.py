@@ -105,7 +105,7 @@ def test_unsupported_architecture_names_it_and_the_supported(unsupported_arch):
     assert "'mamba'" in msg
     for arch in ("qwen2", "qwen2vl", "llama"):
         assert arch in msg
-    assert hts.supported_architectures() == ["qwen2", "qwen2vl", "qwen3", "gemma3", "llama"]
+    assert hts.supported_architectures() == ["qwen2", "qwen2vl", "qwen3", "qwen3vl", "gemma3", "llama"]
 
 
 def test_prompt_longer_than_context(smollm_gguf):

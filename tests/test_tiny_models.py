@@ -32,7 +32,7 @@ from support.tiny_models import MROPE_SECTION, TinyModel, convert
 # Tests with tiny models need a real GGUF: the tokenizer is copied from it.
 real_vocab = pytest.mark.real_model
 
-ARCH_FIXTURES = ["tiny_qwen2", "tiny_qwen3", "tiny_llama", "tiny_qwen2vl"]
+ARCH_FIXTURES = ["tiny_qwen2", "tiny_qwen3", "tiny_llama", "tiny_qwen2vl", "tiny_qwen3vl"]
 
 
 def rounded_to_f16(model: torch.nn.Module) -> torch.nn.Module:
@@ -145,6 +145,24 @@ def test_qwen2vl_mrope_positions_match_transformers(tiny_qwen2vl):
     assert rel_l2(reference(m.torch_model, ids), ref).max() > 10 * REL_TOL_F32
     check_close("qwen2vl M-RoPE, one call", ours(m.gguf_path, ids, positions=positions), ref, REL_TOL_F32)
     check_close("qwen2vl M-RoPE, text/grid/text calls", ours(m.gguf_path, ids, chunks=chunks), ref, REL_TOL_F32)
+
+
+@real_vocab
+def test_qwen3vl_interleaved_mrope_positions_match_transformers(tiny_qwen3vl):
+    """Qwen3-VL interleaves the t/h/w sections over the rotary pairs: a grid's
+    positions (streams that differ) match transformers only if the runtime
+    rotates each pair by the stream transformers does. The DeepStack depth
+    (the tower's two taps) is in the file."""
+    m = tiny_qwen3vl
+    positions, chunks = image_layout()
+    ids = prompt(m.n_vocab, n=positions.shape[1], seed=19)
+    ref = reference(m.torch_model, ids, positions)
+    assert rel_l2(reference(m.torch_model, ids), ref).max() > 10 * REL_TOL_F32
+    check_close("qwen3vl M-RoPE, one call", ours(m.gguf_path, ids, positions=positions), ref, REL_TOL_F32)
+    check_close("qwen3vl M-RoPE, text/grid/text calls", ours(m.gguf_path, ids, chunks=chunks), ref, REL_TOL_F32)
+    fields, _ = read_gguf_header(m.gguf_path)
+    kv = {f.key: f.value for f in fields}
+    assert kv["qwen3vl.n_deepstack_layers"] == 2 and kv["qwen3vl.rope.dimension_sections"] == [4, 6, 6, 0]
 
 
 @real_vocab

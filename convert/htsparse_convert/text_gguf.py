@@ -54,6 +54,7 @@ class ArchSpec:
     writes_rope_dims: bool = False
     writes_vocab_size: bool = False
     mrope: bool = False
+    deepstack: bool = False  # writes {arch}.n_deepstack_layers (Qwen3-VL)
 
 
 _QWEN2 = ArchSpec("qwen2", ("model.",), qkv_bias=True)
@@ -65,6 +66,15 @@ _QWEN2VL = ArchSpec(
     skip_prefixes=("model.visual.", "visual."),
     qkv_bias=True,
     mrope=True,
+)
+
+_QWEN3VL = ArchSpec(
+    "qwen3vl",
+    ("model.language_model.", "model."),
+    skip_prefixes=("model.visual.", "visual."),
+    qk_norm=True,
+    mrope=True,
+    deepstack=True,
 )
 
 # SmolVLM2's decoder is a llama one; upstream strips "text_model." from its
@@ -91,6 +101,8 @@ ARCHITECTURES: Dict[str, ArchSpec] = {
     "Qwen2_5_VLForConditionalGeneration": _QWEN2VL,
     "qwen2_vl": _QWEN2VL,
     "qwen2_5_vl": _QWEN2VL,
+    "Qwen3VLForConditionalGeneration": _QWEN3VL,
+    "qwen3_vl": _QWEN3VL,
     "SmolVLMForConditionalGeneration": _SMOLVLM,
     "Idefics3ForConditionalGeneration": _SMOLVLM,
     "smolvlm": _SMOLVLM,
@@ -166,6 +178,7 @@ class TextHParams:
     rope_scaling_factor: Optional[float]
     mrope_section: Optional[List[int]]
     tie_word_embeddings: bool
+    n_deepstack: int = 0  # vision_config.deepstack_visual_indexes (Qwen3-VL)
 
 
 def config_dict(config: Any) -> Dict[str, Any]:
@@ -208,6 +221,9 @@ def text_hparams(config: Any) -> TextHParams:
         raise NotImplementedError(f"rope type {rope_type!r} is not supported by this converter yet")
     section = rope.get("mrope_section")
     tie = hp.get("tie_word_embeddings")
+    vision = hp.get("vision_config") or {}
+    if not isinstance(vision, Mapping):
+        vision = config_dict(vision)
     return TextHParams(
         n_layer=int(hp["num_hidden_layers"]),
         n_embd=int(hp["hidden_size"]),
@@ -223,6 +239,7 @@ def text_hparams(config: Any) -> TextHParams:
         rope_scaling_factor=float(rope["factor"]) if rope_type == "linear" else None,
         mrope_section=[int(s) for s in section] if section is not None else None,
         tie_word_embeddings=bool(tie) if tie is not None else False,
+        n_deepstack=len(vision.get("deepstack_visual_indexes") or []),
     )
 
 
@@ -248,12 +265,14 @@ def add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, hp: TextHParams, n_voca
         writer.add_rope_scaling_factor(hp.rope_scaling_factor)
     if spec.mrope:
         writer.add_rope_dimension_sections(mrope_sections(hp))
+    if spec.deepstack:
+        writer.add_num_deepstack_layers(hp.n_deepstack)
 
 
 def mrope_sections(hp: TextHParams) -> List[int]:
     """HF's mrope_section (t, h, w pairs) padded to the four streams llama.cpp keeps."""
     if not hp.mrope_section or len(hp.mrope_section) > 4:
-        raise ValueError(f"qwen2vl needs an mrope_section of 1 to 4 ints, got {hp.mrope_section!r}")
+        raise ValueError(f"M-RoPE needs an mrope_section of 1 to 4 ints, got {hp.mrope_section!r}")
     if sum(hp.mrope_section) * 2 > hp.head_dim:
         raise ValueError(f"mrope_section {hp.mrope_section} covers more than head_dim {hp.head_dim} / 2 pairs")
     return hp.mrope_section + [0] * (4 - len(hp.mrope_section))

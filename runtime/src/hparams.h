@@ -25,6 +25,7 @@ struct HParams {
     int n_rot = 0;                        // rotary dimensions
     int rope_sections[4] = {0, 0, 0, 0};  // M-RoPE t/y/x/e sections (qwen2vl)
     int n_pos_per_token = 1;              // 4 for M-RoPE
+    int n_deepstack = 0;                  // qwen3vl: layers after which visual tokens get extra features
 
     // Gemma 3. Sliding-window layers see the n_swa cells up to their own
     // (cells in arrival order, which are the positions of a text prompt).

@@ -146,6 +146,12 @@ void VisionEncoder::probe_layout() {
              format("libmtmd and the runtime disagree on M-RoPE for '%s' (architecture %s)",
                     model_.file().path().c_str(), model_.hparams().arch.c_str()));
     }
+    if (model_.hparams().n_deepstack > 0) {
+        fail(ErrorKind::UnsupportedModel,
+             format("images and video on '%s' (%s) need its %d DeepStack feature layers, which the runtime does "
+                    "not run yet; its text runs",
+                    model_.file().path().c_str(), model_.hparams().arch.c_str(), model_.hparams().n_deepstack));
+    }
     // How many frames make one temporal unit: tokenize two mergeable
     // placeholder frames (no pixels, nothing encoded) and count the chunks.
     {

@@ -108,7 +108,7 @@ static void test_unsupported_architecture() {
     expect_error(
         ErrorKind::UnsupportedModel, "unsupported architecture 'mamba'", [&] { Model m("mamba.gguf", p); }, __LINE__);
     expect_error(
-        ErrorKind::UnsupportedModel, "qwen2, qwen2vl, qwen3, gemma3, llama", [&] { Model m("mamba.gguf", p); },
+        ErrorKind::UnsupportedModel, "qwen2, qwen2vl, qwen3, qwen3vl, gemma3, llama", [&] { Model m("mamba.gguf", p); },
         __LINE__);
 }
 

@@ -30,6 +30,8 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
 )
@@ -136,6 +138,31 @@ def qwen3_model(n_vocab: int, seed: int = 5) -> torch.nn.Module:
     return model
 
 
+# Qwen3-VL's tower, built for the HF class (never converted here): DeepStack
+# taps after blocks 0 and 1, so the text GGUF says 2 deepstack layers.
+VISION_3 = dict(
+    depth=3,
+    hidden_size=32,
+    intermediate_size=64,
+    num_heads=2,
+    out_hidden_size=64,
+    patch_size=8,
+    num_position_embeddings=16,
+    deepstack_visual_indexes=[0, 1],
+)
+
+
+def qwen3vl_model(n_vocab: int, seed: int = 6) -> torch.nn.Module:
+    """Qwen3VLForConditionalGeneration: Qwen3 layers (q/k norms, head_dim 32
+    apart from hidden / heads) with interleaved M-RoPE, sections [4, 6, 6] of 16 pairs."""
+    rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 6, 6], "mrope_interleaved": True}
+    text = dict(DECODER, vocab_size=n_vocab, head_dim=32, rope_parameters=rope)
+    config = Qwen3VLConfig(text_config=text, vision_config=VISION_3, tie_word_embeddings=False)
+    model = Qwen3VLForConditionalGeneration(config)
+    randomize_(model, seed)
+    return model
+
+
 def llama_model(n_vocab: int, seed: int = 1) -> torch.nn.Module:
     """LlamaForCausalLM: no biases, separate output matrix, NORMAL rope in GGUF."""
     config = LlamaConfig(vocab_size=n_vocab, tie_word_embeddings=False, rope_theta=100000.0, **DECODER)
@@ -234,6 +261,11 @@ def tiny_qwen2(qwen_vocab, tiny_dir) -> TinyModel:
 @pytest.fixture(scope="session")
 def tiny_qwen3(qwen_vocab, tiny_dir) -> TinyModel:
     return _tiny("qwen3", qwen3_model(qwen_vocab.n_tokens), tiny_dir / "qwen3-f32.gguf", qwen_vocab)
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3vl(qwen_vocab, tiny_dir) -> TinyModel:
+    return _tiny("qwen3vl", qwen3vl_model(qwen_vocab.n_tokens), tiny_dir / "qwen3vl-f32.gguf", qwen_vocab)
 
 
 @pytest.fixture(scope="session")

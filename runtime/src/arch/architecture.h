@@ -1,6 +1,6 @@
 // A text-decoder architecture: how to read its hyper-parameters and weights
 // from GGUF and how to build its forward graph. One file per architecture
-// (qwen2.cpp, qwen2vl.cpp, qwen3.cpp, gemma3.cpp, llama.cpp), registered in registry.cpp.
+// (qwen2.cpp, qwen2vl.cpp, qwen3.cpp, qwen3vl.cpp, gemma3.cpp, llama.cpp), registered in registry.cpp.
 #pragma once
 
 #include "ggml.h"
@@ -35,6 +35,7 @@ std::vector<std::string> supported_architectures();
 const Architecture & qwen2_architecture();
 const Architecture & qwen2vl_architecture();
 const Architecture & qwen3_architecture();
+const Architecture & qwen3vl_architecture();
 const Architecture & gemma3_architecture();
 const Architecture & llama_architecture();
 

@@ -33,6 +33,25 @@ void load_decoder_hparams(const GgufFile & file, const std::string & arch, HPara
     hp.n_vocab = static_cast<int>(embd->ne[1]);
 }
 
+void load_mrope_sections(const GgufFile & file, const std::string & arch, HParams & hp) {
+    const std::string key = arch + ".rope.dimension_sections";
+    hp.n_pos_per_token = 4;
+    const std::vector<int64_t> sections = file.get_int_array(key);
+    if (sections.size() < 3 || sections.size() > 4) {
+        fail(ErrorKind::InvalidFile, format("'%s': %s must hold 3 or 4 values", file.path().c_str(), key.c_str()));
+    }
+    int64_t total = 0;
+    for (size_t i = 0; i < sections.size(); ++i) {
+        hp.rope_sections[i] = static_cast<int>(sections[i]);
+        total += sections[i];
+    }
+    // Each section counts rotary pairs, so together they cover n_rot / 2.
+    if (sections[0] < 0 || total * 2 > hp.n_rot) {
+        fail(ErrorKind::InvalidFile, format("'%s': rope sections cover %lld pairs but rope has %d dimensions",
+                                            file.path().c_str(), (long long)total, hp.n_rot));
+    }
+}
+
 static std::string layer_tensor(int il, const char * name) { return "blk." + std::to_string(il) + "." + name; }
 
 void load_decoder_tensors(TensorLoader & loader, const HParams & hp, ModelWeights & w, DecoderLayout layout) {

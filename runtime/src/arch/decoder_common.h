@@ -14,6 +14,10 @@ namespace hts {
 // feed_forward_length, context_length, rope.*, attention.layer_norm_rms_epsilon.
 void load_decoder_hparams(const GgufFile & file, const std::string & arch, HParams & hp);
 
+// M-RoPE: four position streams per token (t, h, w, unused) and
+// {arch}.rope.dimension_sections, the rotary pairs of each (3 or 4 values).
+void load_mrope_sections(const GgufFile & file, const std::string & arch, HParams & hp);
+
 // What an architecture's layers have beyond the common set.
 struct DecoderLayout {
     bool qkv_bias = false;  // attn_q/k/v.bias

@@ -84,7 +84,7 @@ public:
             qkv.q = gc.build_rope(gc.build_norm(qkv.q, l.attn_q_norm, "Qcur_normed", il), "Qrope", il);
             qkv.k = gc.build_rope(gc.build_norm(qkv.k, l.attn_k_norm, "Kcur_normed", il), "Krope", il);
             if (gc.kv_only) return gc.build_kv_probe(qkv, il);  // [head_dim, n_head_kv, n_tokens]
-            cur = gc.build_attn(l, qkv, il);                     // [n_embd, n_tokens]
+            cur = gc.build_attn(l, qkv, il);                    // [n_embd, n_tokens]
             if (il == n_layer - 1) {
                 cur = gc.select_outputs(cur);
                 inpL = gc.select_outputs(inpL);

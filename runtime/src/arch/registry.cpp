@@ -3,8 +3,8 @@
 namespace hts {
 
 static std::vector<const Architecture *> all_architectures() {
-    return {&qwen2_architecture(), &qwen2vl_architecture(), &qwen3_architecture(), &gemma3_architecture(),
-            &llama_architecture()};
+    return {&qwen2_architecture(),   &qwen2vl_architecture(), &qwen3_architecture(),
+            &qwen3vl_architecture(), &gemma3_architecture(),  &llama_architecture()};
 }
 
 const Architecture * find_architecture(const std::string & name) {
