@@ -3,8 +3,8 @@ one with the demo VLM (random weights; images and video, an API key, small
 limits) and one with the real SmolLM2-135M (text answers checked against a
 Session given the same messages). Bad requests get OpenAI-style 4xx errors
 and the server keeps serving; a bounded concurrent load gets the right
-answers; Ctrl-C stops the server cleanly. Parsing details are unit-tested
-without a server at the end."""
+answers; Ctrl-C stops the server cleanly, also in the middle of an answer.
+Parsing details are unit-tested without a server at the end."""
 
 import base64
 import http.client
@@ -37,13 +37,15 @@ SMALL_VIDEO = dict(max_frames=8, max_visual_tokens=512)
 
 class LiveServer:
     """`python -m htsparse_llama serve ...` on a free port (--port 0), ready
-    once it prints its listening line."""
+    once it prints its listening line. ignore_sigint: started as a script's
+    `cmd &` job is, with SIGINT ignored (which a Python process keeps)."""
 
-    def __init__(self, args, tmp_path, api_key=None):
+    def __init__(self, args, tmp_path, api_key=None, ignore_sigint=False):
         self.stderr_path = tmp_path / "server.err"
         self._err = open(self.stderr_path, "w")
+        shell = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh"] if ignore_sigint else []
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "htsparse_llama", "serve", "--port", "0", "-t", "2", *args],
+            [*shell, sys.executable, "-m", "htsparse_llama", "serve", "--port", "0", "-t", "2", *args],
             stdout=subprocess.PIPE,
             stderr=self._err,
             stdin=subprocess.DEVNULL,
@@ -84,9 +86,10 @@ class LiveServer:
         finally:
             conn.close()
 
-    def stop(self):
-        """Ctrl-C: the server says so and exits 0."""
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig=signal.SIGINT):
+        """Ctrl-C (or `sig`): the server says so and exits 0. Returns the seconds it took."""
+        started = time.monotonic()
+        self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout=60)
         finally:
@@ -94,8 +97,10 @@ class LiveServer:
                 self.proc.kill()
             self._err.close()
             self.proc.stdout.close()
+        took = time.monotonic() - started
         assert code == 0, self.stderr()
         assert "stopped" in self.stderr()
+        return took
 
 
 @pytest.fixture(scope="module")
@@ -581,6 +586,70 @@ def test_a_client_that_leaves_frees_the_model(vlm):
     started = time.monotonic()
     r = client.chat.completions.create(model=DEMO_ID, messages=hi, max_tokens=4)
     assert r.usage.completion_tokens > 0 and time.monotonic() - started < 10
+
+
+# -- stopping ---------------------------------------------------------------------------------------
+
+
+def _send_chat(server, stream, max_tokens):
+    """A chat request to the demo VLM on a connection of its own (the response is read by the caller)."""
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=60)
+    body = json.dumps({"model": DEMO_ID, "messages": HI, "max_tokens": max_tokens, "stream": stream})
+    conn.request("POST", "/v1/chat/completions", body=body, headers={"Content-Type": "application/json"})
+    return conn
+
+
+@pytest.mark.parametrize(
+    "stream, sig",
+    [pytest.param(True, signal.SIGINT, id="streamed-ctrl-c"), pytest.param(False, signal.SIGTERM, id="whole-sigterm")],
+)
+def test_stop_in_the_middle_of_an_answer(demo_model, tmp_path, stream, sig):
+    """Ctrl-C or SIGTERM while the demo VLM decodes an answer of 8000 tokens
+    (a minute on two cores), a second request waits for the model and a
+    keep-alive connection sits idle: the answer ends between two tokens with
+    a 503, the waiting request gets one too, the idle connection is closed,
+    and the server exits 0 within seconds, not after its 10 s grace. It runs
+    with SIGINT ignored from its parent, as under a script's `pytest &`,
+    where Ctrl-C once did nothing and the teardown waited 60 s per server."""
+    server = LiveServer(["--ctx", "8192"], tmp_path, ignore_sigint=True)
+    try:
+        idle = http.client.HTTPConnection(server.host, server.port, timeout=60)
+        idle.request("GET", "/health")
+        assert idle.getresponse().read()  # the connection stays open (keep-alive)
+        answering = _send_chat(server, stream, max_tokens=8000)
+        if stream:
+            answer = answering.getresponse()
+            assert answer.status == 200
+            for _ in range(3):  # the role, then two pieces: decoding
+                assert answer.fp.readline().startswith(b"data: ") and answer.fp.readline() == b"\n"
+        else:
+            time.sleep(1.0)  # past the prefill (a few tokens), decoding
+        waiting = _send_chat(server, False, max_tokens=4)
+        time.sleep(0.5)  # in line for the model
+        took = server.stop(sig)
+        assert took < 8, f"stopping took {took:.1f} s"
+        assert "not waiting" not in server.stderr()  # nothing was left in the runtime
+        if stream:
+            events = [line for line in answer.read().split(b"\n") if line.startswith(b"data: ")]
+            error = json.loads(events[-1][len(b"data: ") :])["error"]
+        else:
+            answer = answering.getresponse()
+            assert answer.status == 503
+            error = json.loads(answer.read())["error"]
+        assert error["code"] == "server_stopping" and "cut short" in error["message"], error
+        refused = waiting.getresponse()
+        assert refused.status == 503
+        error = json.loads(refused.read())["error"]
+        assert error["code"] == "server_stopping" and "not run" in error["message"], error
+        try:
+            assert idle.sock.recv(1) == b""  # closed by the server
+        except ConnectionResetError:
+            pass
+        for conn in (idle, answering, waiting):
+            conn.close()
+    finally:
+        if server.proc.poll() is None:  # failed before it was stopped
+            server.proc.kill()
 
 
 def test_help_and_bad_flags(tmp_path):

@@ -3,6 +3,17 @@ engine with the server's defaults and limits, listen, and serve until Ctrl-C
 or SIGTERM. cli/serve.py turns the command's flags into a ServerConfig.
 
     serve(ServerConfig(model="model.gguf", mmproj="mmproj.gguf", port=8080))
+
+Stopping: Ctrl-C (SIGINT) and SIGTERM stop the server even when SIGINT came
+ignored from the parent (a job started with `&` by a script ignores it). The
+server stops listening, refuses what waits, ends the running answer between
+two tokens, closes the open connections, and exits 0 once nothing runs in the
+runtime, within STOP_GRACE_S seconds. Interpreter shutdown must not start
+while a handler thread is inside a runtime call: that thread, coming back
+into Python, is ended from within pybind11's GIL guard and the process
+aborts (or races with the teardown of the model). When a runtime call does
+not end in time (a long prefill cannot be interrupted from Python), serve
+exits with os._exit(0) instead of returning.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -25,6 +37,8 @@ from .http_handler import Server
 from .types import Limits
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+STOP_GRACE_S = 10.0  # how long a stop waits for the running runtime call (one token, or a prefill) to end
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -95,9 +109,32 @@ def build_engine(cfg: ServerConfig) -> Engine:
     )
 
 
-def _interrupt(signum, frame) -> None:
-    """SIGTERM (a service manager, `kill`) stops the server as Ctrl-C does."""
-    raise KeyboardInterrupt
+def _catch_stop_signals() -> Dict[int, Any]:
+    """Ctrl-C and SIGTERM (a service manager, `kill`) raise KeyboardInterrupt
+    in the main thread, once: a second one during the stop is ignored (the
+    stop is bounded). SIGINT is caught even when it came ignored from the
+    parent process. Returns the handlers to restore."""
+    raised = []
+
+    def interrupt(signum, frame) -> None:
+        if not raised:
+            raised.append(signum)
+            raise KeyboardInterrupt
+
+    return {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+
+
+def _stop(server: Server, engine: Engine, grace: float) -> bool:
+    """Stops listening, the engine and the connections; True once no request
+    is in the runtime any more, False if one still is after `grace` s."""
+    deadline = time.monotonic() + grace
+    server.server_close()  # no new connections
+    engine.stop()  # waiting and new requests get a 503; the running answer ends at its next token
+    server.close_connections()  # idle keep-alive connections end; a running request still writes its end
+    idle = engine.queue.wait_idle(grace)
+    if idle:  # the answers' last bytes (the 503s) reach their clients; at most a second more
+        server.wait_connections(min(1.0, max(0.0, deadline - time.monotonic())))
+    return idle
 
 
 def serve(cfg: ServerConfig) -> int:
@@ -117,16 +154,29 @@ def serve(cfg: ServerConfig) -> int:
     model = engine.model
     media = "text, images and video" if engine.vision is not None else "text only"
     shown = f"[{host}]" if ":" in host else host
-    print(
-        f"serving {engine.model_id} ({model.arch} on {model.device}; {media}) at http://{shown}:{port}/v1 "
-        f"- Ctrl-C stops",
-        flush=True,
-    )
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = _catch_stop_signals()  # before the listening line: a client may signal as soon as it reads it
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        print("stopped", file=sys.stderr)
+        try:
+            print(
+                f"serving {engine.model_id} ({model.arch} on {model.device}; {media}) at http://{shown}:{port}/v1 "
+                f"- Ctrl-C stops",
+                flush=True,
+            )
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            idle = _stop(server, engine, STOP_GRACE_S)
     finally:
-        server.server_close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not idle:
+        print(
+            f"stopped (a request was still in the runtime after {STOP_GRACE_S:g} s; not waiting for it)",
+            file=sys.stderr,
+        )
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)  # interpreter shutdown under a thread in a runtime call would abort (see the top)
+    print("stopped", file=sys.stderr)
     return 0

@@ -30,17 +30,21 @@ from .types import ApiError, ChatRequest, Limits, Media
 
 class RequestQueue:
     """One request at a time; at most max_waiting more wait (503 beyond),
-    each at most `timeout` seconds (None: as long as it takes)."""
+    each at most `timeout` seconds (None: as long as it takes). Once stopped
+    (the server is shutting down), waiting and new requests get a 503."""
 
     def __init__(self, max_waiting: int = 16, timeout: Optional[float] = None) -> None:
         self.max_waiting, self.timeout = max_waiting, timeout
-        self._model = threading.Lock()
-        self._count = threading.Lock()
+        self._cond = threading.Condition()
+        self._busy = False  # a request holds the model
+        self.stopping = False
         self.n_in = 0  # running + waiting
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        with self._count:
+        with self._cond:
+            if self.stopping:
+                raise stopping_error()
             if self.n_in > self.max_waiting:
                 raise ApiError(
                     503,
@@ -49,21 +53,48 @@ class RequestQueue:
                     code="server_busy",
                 )
             self.n_in += 1
-        try:
-            if not self._model.acquire(timeout=-1 if self.timeout is None else self.timeout):
-                raise ApiError(
-                    503,
-                    f"the request waited {self.timeout:g} s for the model; try again later",
-                    type="server_error",
-                    code="queue_timeout",
-                )
             try:
-                yield
-            finally:
-                self._model.release()
-        finally:
-            with self._count:
+                deadline = None if self.timeout is None else time.monotonic() + self.timeout
+                while self._busy and not self.stopping:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise ApiError(
+                            503,
+                            f"the request waited {self.timeout:g} s for the model; try again later",
+                            type="server_error",
+                            code="queue_timeout",
+                        )
+                    self._cond.wait(left)
+                if self.stopping:
+                    raise stopping_error()
+                self._busy = True
+            except BaseException:
                 self.n_in -= 1
+                raise
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self.n_in -= 1
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Refuses new requests and wakes the waiting ones (they get a 503)."""
+        with self._cond:
+            self.stopping = True
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: Optional[float]) -> bool:
+        """Waits until no request holds the model; False if it still does after `timeout` s."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._busy, timeout)
+
+
+def stopping_error(cut_short: bool = False) -> ApiError:
+    """What a request gets when the server stops under it (Ctrl-C, SIGTERM)."""
+    what = "the answer was cut short" if cut_short else "the request was not run"
+    return ApiError(503, f"the server is stopping; {what}", type="server_error", code="server_stopping")
 
 
 @dataclass
@@ -104,6 +135,19 @@ class Engine:
         if default is not None:
             default.resolve(model)  # the server's own HT-Sparse flags fit this model, or it does not start
 
+    # -- stopping (Ctrl-C, SIGTERM) -------------------------------------------------------
+    def stop(self) -> None:
+        """The server is shutting down: waiting and new requests get a 503,
+        and the running one ends at its next step (between tokens, between
+        frame groups of a video, between the prefill's messages); a single
+        runtime call under way (one token, one prefill) is not interrupted."""
+        self.queue.stop()
+
+    def check_running(self, cut_short: bool = False) -> None:
+        """Raises the 503 of a stopping server before the next runtime call."""
+        if self.queue.stopping:
+            raise stopping_error(cut_short)
+
     def model_card(self) -> Dict[str, Any]:
         return {"id": self.model_id, "object": "model", "created": self.created, "owned_by": "htsparse-llama"}
 
@@ -111,9 +155,15 @@ class Engine:
     def run(self, req: ChatRequest) -> Iterator["Generation"]:
         """Waits for the model, then builds the session and starts the answer
         (prefill and HT-Sparse selection happen here, so their errors come
-        before any byte is sent); the model stays held until the block ends."""
+        before any byte is sent); the model stays held until the block ends,
+        and the answer is closed before it is let go (an answer left
+        unfinished is cancelled there, not later when it is collected)."""
         with self.queue.slot():
-            yield self._start(req)
+            gen = self._start(req)
+            try:
+                yield gen
+            finally:
+                gen.close()
 
     # -- a request's session ---------------------------------------------------------------
     def sparse_config(self, overrides: Dict[str, Any]) -> Optional[SparseConfig]:
@@ -128,6 +178,9 @@ class Engine:
                 raise ApiError(400, f"HT-Sparse settings: {exc}", code="invalid_value") from None
         return config
 
+    def _progress(self, stage: str, done: int, total: int) -> None:
+        self.check_running()  # raised inside the encoder's progress callback, it stops the encoding
+
     def _load_turn(self, req: ChatRequest, media: List[Media]):
         if self.vision is None:
             raise ApiError(
@@ -141,8 +194,8 @@ class Engine:
             if media[0].kind == "video":
                 v = req.video
                 options = VideoOptions(v.get("fps"), v.get("max_frames"), v.get("start"), v.get("end"), budget)
-                return VideoTurn.load_video(self.vision, media[0].path, options, self.cache)
-            turn = VideoTurn.load_images(self.vision, [m.path for m in media], self.cache)
+                return VideoTurn.load_video(self.vision, media[0].path, options, self.cache, self._progress)
+            turn = VideoTurn.load_images(self.vision, [m.path for m in media], self.cache, self._progress)
         except InvalidArgumentError as exc:  # VideoError: not a video, budget too small, bad start/end...
             raise ApiError(400, _relabel(str(exc), media), code="invalid_media") from None
         if turn.n_visual_tokens > budget:
@@ -164,10 +217,12 @@ class Engine:
         try:
             session = self.model.session(n_ctx=n_ctx, sparse=sparse)
             for i, m in enumerate(req.messages):
+                self.check_running()
                 if i == visual:
                     turn.ask(session, self.vision, m.text, sparse=sparse is not None)
                 else:
                     session.add_message(m.role, m.text)
+            self.check_running()
             pieces = session.generate(stream=True, **dict(self.defaults.sampling, **req.sampling))
         except ContextOverflowError as exc:
             raise ApiError(
@@ -191,9 +246,20 @@ class Generation:
         self.text = ""
 
     def pieces(self) -> Iterator[str]:
-        for piece in self._pieces:
+        """The answer's text pieces; a stopping server ends it between two
+        tokens with a 503 (stopping_error)."""
+        while True:
+            self.engine.check_running(cut_short=True)
+            piece = next(self._pieces, None)
+            if piece is None:
+                return
             self.text += piece
             yield piece
+
+    def close(self) -> None:
+        """Ends the answer: one not read to its end is cancelled (its turn
+        closed), so that nothing runs in the runtime once the model is let go."""
+        self._pieces.close()
 
     @property
     def finish_reason(self) -> str:

@@ -19,9 +19,10 @@ import hmac
 import json
 import socket
 import sys
+import threading
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Set, Tuple
 from urllib.parse import unquote, urlsplit
 
 from .engine import Engine, Generation, describe_error
@@ -35,14 +36,51 @@ _BLOCK = 1 << 20
 
 
 class Server(ThreadingHTTPServer):
-    daemon_threads = True  # Ctrl-C does not wait for open connections
+    """A thread per connection. The threads are daemons, but stopping does
+    not leave them to interpreter shutdown: app.serve stops the engine (the
+    running answer ends between tokens), ends the open connections
+    (close_connections) and waits for them (wait_connections)."""
+
+    daemon_threads = True
 
     def __init__(
         self, address: Tuple[str, int], engine: Engine, api_key: Optional[str] = None, log_requests: bool = True
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.engine, self.api_key, self.log_requests = engine, api_key, log_requests
+        self._open: Set[socket.socket] = set()  # connections being served
+        self._open_changed = threading.Condition()
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address) -> None:
+        with self._open_changed:  # before its thread starts, so that close_connections sees it
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request) -> None:
+        try:
+            super().shutdown_request(request)
+        finally:
+            with self._open_changed:
+                self._open.discard(request)
+                self._open_changed.notify_all()
+
+    def close_connections(self) -> None:
+        """Ends the reading side of every open connection: an idle keep-alive
+        connection (its thread waiting for the next request) closes at once;
+        one being answered still gets the end of its answer, then closes."""
+        with self._open_changed:
+            connections = list(self._open)
+        for conn in connections:
+            try:
+                conn.shutdown(socket.SHUT_RD)
+            except OSError:  # already closed by its client
+                pass
+
+    def wait_connections(self, timeout: float) -> bool:
+        """Waits until every connection is closed; False if some are still open after `timeout` s."""
+        with self._open_changed:
+            return self._open_changed.wait_for(lambda: not self._open, timeout)
 
 
 class Handler(BaseHTTPRequestHandler):
