@@ -27,7 +27,9 @@
 // [chunk, n_q, H] scores exist at once (bounded memory at 128K keys).
 //   q     F32 [d, n_q, H]        roped queries of the query window
 //   k     F16/F32 [d, n_kv, G]   roped keys (a strided view of a cache is fine)
-//   mask  F32 [n_kv, n_q]        0 where visible, -INF where hidden; may be null
+//   mask  F32 [n_m, n_q]         the last n_m <= n_kv keys: 0 where visible, -INF
+//                                where hidden; every key before them is visible to
+//                                every query (the window's own block is enough). May be null
 // returns F32 [n_q, H]: lse(q, h) = log sum_k exp(scale * q.k + mask)
 ggml_tensor * hts_attn_lse(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k, ggml_tensor * mask, float scale,
                            int64_t chunk);

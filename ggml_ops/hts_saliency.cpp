@@ -51,13 +51,19 @@ ggml_tensor * hts_attn_lse(ggml_context * ctx, ggml_tensor * q, ggml_tensor * k,
                            int64_t chunk) {
     GGML_ASSERT(q->ne[0] == k->ne[0] && q->ne[2] % k->ne[2] == 0 && chunk > 0);
     const int64_t n_kv = k->ne[1], n_q = q->ne[1], n_head = q->ne[2];
-    GGML_ASSERT(!mask || (mask->ne[0] >= n_kv && mask->ne[1] == n_q));
+    const int64_t n_masked = mask ? mask->ne[0] : 0, m0 = n_kv - n_masked;  // keys [m0, n_kv) take the mask
+    GGML_ASSERT(!mask || (n_masked <= n_kv && mask->ne[1] == n_q));
     std::vector<ggml_tensor *> chunk_lse;
-    for (int64_t k0 = 0; k0 < n_kv; k0 += chunk) {
-        const int64_t n = std::min(chunk, n_kv - k0);
-        ggml_tensor * s = scores(ctx, key_chunk(ctx, k, k0, n), q, scale);  // [n, n_q, H]
-        if (mask) s = ggml_add(ctx, s, ggml_view_2d(ctx, mask, n, n_q, mask->nb[1], size_t(k0) * mask->nb[0]));
-        chunk_lse.push_back(row_lse(ctx, ggml_reshape_2d(ctx, s, n, n_q * n_head)));  // [1, n_q * H]
+    // Chunks of the keys every query sees, then chunks of the masked tail.
+    for (const auto & [from, to] : {std::make_pair(int64_t(0), m0), std::make_pair(m0, n_kv)}) {
+        for (int64_t k0 = from; k0 < to; k0 += chunk) {
+            const int64_t n = std::min(chunk, to - k0);
+            ggml_tensor * s = scores(ctx, key_chunk(ctx, k, k0, n), q, scale);  // [n, n_q, H]
+            if (from == m0 && mask) {
+                s = ggml_add(ctx, s, ggml_view_2d(ctx, mask, n, n_q, mask->nb[1], size_t(k0 - m0) * mask->nb[0]));
+            }
+            chunk_lse.push_back(row_lse(ctx, ggml_reshape_2d(ctx, s, n, n_q * n_head)));  // [1, n_q * H]
+        }
     }
     // Combine the chunks: lse over chunks of their lse.
     ggml_tensor * all = concat_rows(ctx, chunk_lse);  // [n_chunks, n_q * H]

@@ -49,3 +49,13 @@ def test_memory_rows(smollm_gguf, tmp_path):
     assert dense["kv_bytes_peak"] >= dense["kv_bytes_tokens"]
     assert sparse["kv_bytes_peak"] < 0.5 * dense["kv_bytes_peak"] and sparse["kv_bytes"] < sparse["kv_bytes_peak"]
     assert sparse_01["kv_bytes"] < sparse["kv_bytes"]  # a smaller keep ratio keeps fewer cells
+
+
+def test_skip_dense_leaves_out_our_dense_row(smollm_gguf, tmp_path):
+    out = tmp_path / "memory.json"
+    r = cli("bench", "--memory", "--skip-dense", "-m", smollm_gguf, "-t", "2", "--context", "1500", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    (point,) = json.loads(out.read_text())["points"]
+    assert "dense" not in point and set(point) >= {"llama_cpp", "sparse"}
+    assert "--skip-dense" in json.loads(out.read_text())["command"]
+    assert "HT-Sparse keep 0.2 vs llama.cpp" in r.stdout and "\n  dense " not in r.stdout

@@ -14,6 +14,7 @@
 #include "sparse_select.h"
 
 #include <algorithm>
+#include <optional>
 
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -241,8 +242,12 @@ PYBIND11_MODULE(_native, mod) {
             },
             py::arg("spans"), py::arg("config"), py::arg("compact") = true)
         .def("_set_hidden_cells", &Context::set_hidden_cells, py::arg("cells"))
-        .def("_hold_from_layer", &Context::hold_from_layer, py::arg("layer"))
+        .def("_hold_from_layer", &Context::hold_from_layer, py::arg("layer"), py::arg("probe") = false)
         .def("_probe_held_layer", &Context::probe_held_layer, py::call_guard<py::gil_scoped_release>())
+        .def(
+            "_replay_held",
+            [](Context & c, std::optional<std::vector<int32_t>> kept) { c.replay_held(kept ? &*kept : nullptr); },
+            py::arg("kept_cells") = py::none(), py::call_guard<py::gil_scoped_release>())
         .def("_finish_held", &Context::finish_held, py::call_guard<py::gil_scoped_release>())
         .def("_log_residual_at", &Context::log_residual_at, py::arg("layer"))
         .def("_rewind_to_logged_layer", &Context::rewind_to_logged_layer, py::arg("hold_layer"),

@@ -193,9 +193,10 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
     const int mid = logging ? logged_.layer : split;
     const size_t n_logged = logged_.tokens.size(), n_held_before = held_.tokens.size();
     try {
-        const RowSpan logged_rows = logging ? logged_.extend(n_past_, tokens.data(), n, pos.data(), n_embd) : RowSpan{};
+        const RowSpan logged_rows =
+            logging ? logged_.extend(n_past_, tokens.data(), n, pos.data(), n_embd, embd == nullptr) : RowSpan{};
         const RowSpan held_rows =
-            held_.layer >= 0 ? held_.extend(n_past_, tokens.data(), n, pos.data(), n_embd) : RowSpan{};
+            held_.layer >= 0 ? held_.extend(n_past_, tokens.data(), n, pos.data(), n_embd, embd == nullptr) : RowSpan{};
         std::vector<float> at_mid;  // a split without a log
         LayerRun run;
         run.tokens = tokens.data();
@@ -220,9 +221,11 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
         if (stop < n_layer) {
             if (stop > 0) {  // at 0 the tokens themselves are the input
                 run.end = stop;
-                run.output(held_rows);
+                run.output(held_rows);  // none for tokens replayed later (replay_held)
+                run.probe_end = held_.probe;
                 run_layers(run);
                 if (logging && mid == stop) copy_rows(held_rows, logged_rows, size_t(n) * n_embd);
+                if (held_.probe) held_.n_probed = held_.tokens.size();
             }
             logits_.clear();
         } else {
@@ -246,8 +249,9 @@ void Context::run_layers(const LayerRun & run) {
     // The layers grow once to what the whole run needs, not batch by batch.
     if (!run.kv_only) {
         const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(run.first_sparse_cell + n) : 0;
-        kv_->prepare(run.begin, run.end, kv_->n_kv_for(run.first_cell + n), run.first_cell, n_kv_sparse,
-                     run.first_sparse_cell);
+        const int end_cell = run.cells ? run.cells[n - 1] + 1 : run.first_cell + n;
+        kv_->prepare(run.begin, run.end + (run.probe_end ? 1 : 0), kv_->n_kv_for(end_cell),
+                     run.cells ? n_past_ : run.first_cell, n_kv_sparse, run.first_sparse_cell);
     }
     const bool logits = run.end == model_.hparams().n_layer && !run.kv_only;
     if (logits) logits_.assign(size_t(run.all_logits ? n : 1) * n_vocab, 0.0f);
@@ -255,13 +259,14 @@ void Context::run_layers(const LayerRun & run) {
     const int capture = std::min({capture_q_, n_batch_, n});
     int last_start = n - (n % n_batch_ == 0 ? std::min(n_batch_, n) : n % n_batch_);
     if (n - last_start < capture) last_start = n - capture;
-    std::vector<float> in_rows, out_rows;  // one micro-batch of F16 rows as F32
+    std::vector<float> in_rows, out_rows;  // one micro-batch of F16 rows as F32 (or the probe's F32 input)
     for (int i = 0; i < n;) {
         const int nb = i < last_start ? std::min(n_batch_, last_start - i) : n - i;
         const bool last = i + nb == n;
         MicroBatch mb;
         mb.n_tokens = nb;
-        mb.first_cell = run.first_cell + i;
+        mb.first_cell = run.cells ? run.cells[i] : run.first_cell + i;
+        mb.cells = run.cells ? run.cells + i : nullptr;
         mb.n_outputs = !logits || run.all_logits ? nb : 1;  // intermediate batches: one row keeps the graph uniform
         mb.layer_begin = run.begin;
         mb.layer_end = run.end;
@@ -280,6 +285,10 @@ void Context::run_layers(const LayerRun & run) {
             out = logits_.data() + size_t(i) * n_vocab;
         else if (logits && last)
             out = logits_.data();
+        if (run.probe_end && !out) {  // the probe reads this batch's rows at `end`, kept nowhere else
+            out_rows.resize(rows);
+            out = out_rows.data();
+        }
         const float * res = run.residual_in ? run.residual_in + size_t(i) * n_embd : nullptr;
         if (run.residual_in_half) {
             in_rows.resize(rows);
@@ -287,6 +296,14 @@ void Context::run_layers(const LayerRun & run) {
             res = in_rows.data();
         }
         eval_micro_batch(run.tokens ? run.tokens + i : nullptr, res, run.pos + i, n, mb, out);
+        if (run.probe_end) {  // selection at S = P: layer `end` writes its K/V (and captures q) from these rows
+            MicroBatch probe = mb;
+            probe.layer_begin = run.end;
+            probe.layer_end = run.end + 1;
+            probe.kv_only = true;
+            probe.embd_input = false;
+            eval_micro_batch(run.tokens ? run.tokens + i : nullptr, out, run.pos + i, n, probe, nullptr);
+        }
         if (run.residual_out_half) {
             ggml_fp32_to_fp16_row(out_rows.data(), run.residual_out_half + size_t(i) * n_embd, int64_t(rows));
         }
@@ -295,7 +312,7 @@ void Context::run_layers(const LayerRun & run) {
     }
 }
 
-void Context::hold_from_layer(int layer) {
+void Context::hold_from_layer(int layer, bool probe) {
     const int n_layer = model_.hparams().n_layer;
     if (layer < 0 || layer > n_layer)
         fail(ErrorKind::InvalidArgument, format("hold layer %d is outside [0, %d]", layer, n_layer));
@@ -307,6 +324,9 @@ void Context::hold_from_layer(int layer) {
         fail(ErrorKind::InvalidArgument, format("hold layer %d is below the logged layer %d", layer, logged_.layer));
     }
     held_ = ResidualRows::at(layer < n_layer ? layer : -1, model_.hparams().n_pos_per_token, /*half=*/false);
+    // Ids are replayed rather than kept as rows; a re-routing log's rerun has its rows already.
+    held_.replay = layer > 0 && layer < n_layer && logged_.layer < 0;
+    held_.probe = probe && layer < n_layer;
 }
 
 void Context::copy_rows(RowSpan from, RowSpan to, size_t n_values) {
@@ -321,12 +341,17 @@ void Context::copy_rows(RowSpan from, RowSpan to, size_t n_values) {
 }
 
 Context::RowSpan Context::ResidualRows::extend(int cell, const int32_t * new_tokens, int n, const int32_t * pos,
-                                               int n_embd) {
+                                               int n_embd, bool ids) {
     if (tokens.empty()) first_cell = cell;
     const size_t at = tokens.size();
     tokens.insert(tokens.end(), new_tokens, new_tokens + n);
     for (size_t s = 0; s < pos_rows.size(); ++s) pos_rows[s].insert(pos_rows[s].end(), pos + s * n, pos + (s + 1) * n);
-    if (layer <= 0) return {};  // layer 0 starts from the tokens
+    if (layer <= 0) return {};               // layer 0 starts from the tokens
+    if (replay && ids && n_rowless == at) {  // no row yet: the kept ones are replayed
+        n_rowless += n;
+        return {};
+    }
+    // Rows from here on (with unset slots for a rowless prefix, so rows stay indexed by token).
     if (half)
         rows_f16.resize(tokens.size() * n_embd);
     else
@@ -345,12 +370,15 @@ void Context::ResidualRows::truncate(size_t n_tokens) {
     const size_t row = tokens.empty() ? 0 : (rows_f32.size() + rows_f16.size()) / tokens.size();
     tokens.resize(n_tokens);
     for (auto & p : pos_rows) p.resize(n_tokens);
-    (half ? rows_f16.resize(n_tokens * row) : rows_f32.resize(n_tokens * row));
+    n_probed = std::min(n_probed, n_tokens);
+    n_rowless = std::min(n_rowless, n_tokens);
+    const size_t n_rows = n_tokens > n_rowless ? n_tokens : 0;  // only rowless tokens left: no rows at all
+    (half ? rows_f16.resize(n_rows * row) : rows_f32.resize(n_rows * row));
 }
 
 size_t Context::ResidualRows::bytes() const {
-    size_t n =
-        tokens.size() * sizeof(int32_t) + rows_f32.size() * sizeof(float) + rows_f16.size() * sizeof(ggml_fp16_t);
+    size_t n = tokens.size() * sizeof(int32_t) + (rows_f32.size() + replayed.size()) * sizeof(float) +
+               rows_f16.size() * sizeof(ggml_fp16_t);
     for (const auto & row : pos_rows) n += row.size() * sizeof(int32_t);
     return n;
 }
@@ -382,18 +410,69 @@ std::vector<int32_t> gather_positions(const std::vector<std::vector<int32_t>> & 
 
 void Context::probe_held_layer() {
     if (held_.layer < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
-    const int n = n_held();
-    const std::vector<int32_t> pos = held_.flat_positions();
+    const size_t from = held_.n_probed, n = held_.tokens.size();
+    if (from >= n) return;  // probed as they passed (hold_from_layer(layer, probe))
+    if (held_.layer > 0 && from < held_.n_rowless) {
+        fail(ErrorKind::InvalidArgument,
+             "held tokens that keep no rows are probed as they pass: hold_from_layer(layer, /*probe=*/true)");
+    }
+    std::vector<int> idx(n - from);
+    for (size_t k = from; k < n; ++k) idx[k - from] = int(k);
+    const std::vector<int32_t> pos = gather_positions(held_.pos_rows, idx);
     LayerRun run;
-    run.tokens = held_.tokens.data();
-    run.input(held_.rows(0, model_.hparams().n_embd));  // none at layer 0: it starts from the tokens
+    run.tokens = held_.tokens.data() + from;
+    run.input(held_.rows(from, model_.hparams().n_embd));  // none at layer 0: it starts from the tokens
     run.pos = pos.data();
-    run.n = n;
-    run.first_cell = held_.first_cell;
+    run.n = int(n - from);
+    run.first_cell = held_.first_cell + int(from);
     run.begin = held_.layer;
     run.end = held_.layer + 1;
     run.kv_only = true;
     run_layers(run);
+    held_.n_probed = n;
+}
+
+void Context::replay_held(const std::vector<int32_t> * kept_cells) {
+    const int P = held_.layer;
+    if (P < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
+    if (kv_->is_split()) {
+        fail(ErrorKind::InvalidArgument, "replay_held() reads the dense cache: call it before compact_kv()");
+    }
+    std::vector<int> idx;  // rowless held tokens to replay
+    for (size_t k = 0; k < held_.n_rowless; ++k) {
+        const int32_t cell = held_.first_cell + int32_t(k);
+        if (!kept_cells || std::binary_search(kept_cells->begin(), kept_cells->end(), cell)) idx.push_back(int(k));
+    }
+    const int m = static_cast<int>(idx.size()), n_embd = model_.hparams().n_embd;
+    held_.replayed.assign(size_t(m) * n_embd, 0.0f);
+    if (m > 0) {
+        std::vector<int32_t> tokens(m), cells(m);
+        for (int j = 0; j < m; ++j) {
+            tokens[j] = held_.tokens[idx[j]];
+            cells[j] = held_.first_cell + idx[j];
+        }
+        const std::vector<int32_t> pos = gather_positions(held_.pos_rows, idx);
+        LayerRun run;
+        run.tokens = tokens.data();
+        run.cells = cells.data();
+        run.pos = pos.data();
+        run.n = m;
+        run.first_cell = cells[0];
+        run.begin = 0;
+        run.end = P;
+        run.residual_out = held_.replayed.data();
+        const int capture = capture_q_;  // the window's queries were captured in the first pass
+        capture_q_ = 0;
+        try {
+            run_layers(run);
+        } catch (...) {
+            capture_q_ = capture;
+            held_.replayed.clear();
+            throw;
+        }
+        capture_q_ = capture;
+    }
+    held_.replayed_ready = true;
 }
 
 void Context::finish_held() {
@@ -415,18 +494,40 @@ void Context::finish_held() {
         first_sparse = int(std::lower_bound(kept_cells_.begin(), kept_cells_.end(), held_.first_cell + idx[0]) -
                            kept_cells_.begin());
     }
+    if (held_.n_rowless > 0 && !held_.replayed_ready) {
+        if (kv_->is_split()) {
+            fail(ErrorKind::InvalidArgument, "held tokens without rows are replayed from the dense cache: call "
+                                             "replay_held(kept) before compact_kv()");
+        }
+        replay_held(nullptr);  // no compaction: every held token finishes
+    }
     const int m = static_cast<int>(idx.size());
+    const size_t n_rowless_kept = size_t(std::lower_bound(idx.begin(), idx.end(), int(held_.n_rowless)) - idx.begin());
+    if (P > 0 && n_rowless_kept * n_embd != held_.replayed.size()) {
+        fail(ErrorKind::InvalidArgument, format("replay_held() replayed %zu tokens; the cache keeps %zu of them",
+                                                held_.replayed.size() / n_embd, n_rowless_kept));
+    }
     std::vector<int32_t> tokens(m);
-    // Kept rows move to the front in place: row j <= idx[j], and nothing
-    // reads the held rows after this.
-    for (int j = 0; j < m; ++j) {
-        tokens[j] = held_.tokens[idx[j]];
-        if (P > 0 && idx[j] != j) copy_rows(held_.rows(idx[j], n_embd), held_.rows(j, n_embd), size_t(n_embd));
+    for (int j = 0; j < m; ++j) tokens[j] = held_.tokens[idx[j]];
+    RowSpan input;  // none at layer 0: it starts from the tokens
+    if (P > 0 && held_.rows_f32.empty()) {
+        input = RowSpan{held_.replayed.data(), nullptr};  // every held token was replayed
+    } else if (P > 0) {
+        // Kept rows move to the front in place (row j <= idx[j], and nothing
+        // reads the held rows after this); replayed ones fill their slots.
+        for (int j = 0; j < m; ++j) {
+            if (size_t(idx[j]) < held_.n_rowless)
+                copy_rows(RowSpan{held_.replayed.data() + size_t(j) * n_embd, nullptr}, held_.rows(j, n_embd),
+                          size_t(n_embd));
+            else if (idx[j] != j)
+                copy_rows(held_.rows(idx[j], n_embd), held_.rows(j, n_embd), size_t(n_embd));
+        }
+        input = held_.rows(0, n_embd);
     }
     const std::vector<int32_t> pos = gather_positions(held_.pos_rows, idx);
     LayerRun run;
     run.tokens = tokens.data();
-    run.input(held_.rows(0, n_embd));  // none at layer 0: it starts from the tokens
+    run.input(input);
     run.pos = pos.data();
     run.n = m;
     run.first_cell =
@@ -468,7 +569,8 @@ void Context::rewind_to_logged_layer(int hold_layer) {
     const std::vector<int32_t> pos = logged_.flat_positions();
     try {
         const RowSpan held_rows = held_.layer >= 0
-                                      ? held_.extend(logged_.first_cell, logged_.tokens.data(), n, pos.data(), n_embd)
+                                      ? held_.extend(logged_.first_cell, logged_.tokens.data(), n, pos.data(), n_embd,
+                                                     /*ids=*/false)
                                       : RowSpan{};
         if (hold_layer > S) {
             LayerRun run;
@@ -493,19 +595,21 @@ void Context::rewind_to_logged_layer(int hold_layer) {
 namespace {
 
 // Causal mask [n_kv, n_tokens] over cells filled in arrival order (not by rope
-// position: M-RoPE images reuse positions): row i sees cells <= first + i,
-// except `hidden` ones, and with a window (> 0) only the `window` cells up to
-// its own (sliding-window layers: llama.cpp's LLAMA_SWA_TYPE_STANDARD).
+// position: M-RoPE images reuse positions): row i sees cells <= its own
+// (first + i, or cells[i] in a replay), except `hidden` ones, and with a window
+// (> 0) only the `window` cells up to its own (sliding-window layers:
+// llama.cpp's LLAMA_SWA_TYPE_STANDARD).
 std::vector<ggml_fp16_t> causal_mask(int n_kv, int n_tokens, int first, const std::vector<bool> & hidden,
-                                     int window = 0) {
+                                     int window = 0, const int32_t * cells = nullptr) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
     std::vector<ggml_fp16_t> mask(size_t(n_kv) * n_tokens);
     for (int i = 0; i < n_tokens; ++i) {
         ggml_fp16_t * row = mask.data() + size_t(i) * n_kv;
+        const int own = cells ? cells[i] : first + i;
         for (int j = 0; j < n_kv; ++j) {
             const bool is_hidden = size_t(j) < hidden.size() && hidden[j];
-            const bool outside = window > 0 && first + i - j >= window;
-            row[j] = j <= first + i && !is_hidden && !outside ? zero : neg_inf;
+            const bool outside = window > 0 && own - j >= window;
+            row[j] = j <= own && !is_hidden && !outside ? zero : neg_inf;
         }
     }
     return mask;
@@ -554,12 +658,13 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
                                 sizeof(int32_t) * gc.n_tokens);
     }
     if (in_graph(gc.inp_kq_mask)) {
-        const std::vector<ggml_fp16_t> mask = causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells);
+        const std::vector<ggml_fp16_t> mask =
+            causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells, 0, gc.cells);
         ggml_backend_tensor_set(gc.inp_kq_mask, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask));
     }
     if (in_graph(gc.inp_kq_mask_swa)) {
         const std::vector<ggml_fp16_t> mask =
-            causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells, gc.hp.n_swa);
+            causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells, gc.hp.n_swa, gc.cells);
         ggml_backend_tensor_set(gc.inp_kq_mask_swa, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask_swa));
     }
     if (gc.inp_kq_mask_sparse) set_routed_inputs(gc);
@@ -579,7 +684,8 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     const int n_layer = model_.hparams().n_layer;
     const int end = mb.layer_end < 0 ? n_layer : mb.layer_end;
     const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0;
-    kv_->prepare(mb.layer_begin, end, kv_->n_kv_for(mb.first_cell + mb.n_tokens), mb.first_cell, n_kv_sparse,
+    const int end_cell = mb.cells ? mb.cells[mb.n_tokens - 1] + 1 : mb.first_cell + mb.n_tokens;
+    kv_->prepare(mb.layer_begin, end, kv_->n_kv_for(end_cell), mb.cells ? n_past_ : mb.first_cell, n_kv_sparse,
                  mb.first_sparse_cell);
     GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
     ggml_tensor * result = model_.arch().build_graph(gc);  // [n_vocab, n_outputs] or residual [n_embd, n_tokens]

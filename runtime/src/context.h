@@ -99,18 +99,33 @@ public:
     // --- staged prefill (HT-Sparse, docs/architecture.md#staged-prefill) ---------------------
     // While a hold layer P is set (0 <= P < n_layer, dense cache), eval() runs
     // its tokens through layers [0, P) only: they fill the KV cells of those
-    // layers and wait, with their residual stream at P kept on the host, for
-    // finish_held(). Such evals leave no logits. n_layer: no hold.
-    void hold_from_layer(int layer);
+    // layers and wait for finish_held(). Such evals leave no logits. n_layer:
+    // no hold. What waits on the host (docs/architecture.md#memory-plan):
+    // tokens given as ids keep only their ids, and the ones selection keeps
+    // are replayed through [0, P) (replay_held) from the cache, which still
+    // holds every cell of those layers; embedding rows (and every token of a
+    // re-routing rerun) keep their residual stream at P in F32. With
+    // `probe` (selection at S = P), every held micro-batch also writes layer
+    // P's K/V and captures the query window's queries there as it passes.
+    void hold_from_layer(int layer, bool probe = false);
     int hold_layer() const { return held_.layer; }  // -1: none
     int n_held() const { return static_cast<int>(held_.tokens.size()); }
-    // For selection at S = P: writes layer P's K/V for every held token and
-    // captures the query window's queries there, without running the layer.
+    // For selection at S = P: writes layer P's K/V for every held token that
+    // was not probed as it passed, and captures the query window's queries
+    // there, without running the layer. Those tokens must have their rows.
     void probe_held_layer();
+    // Before compact_kv: recomputes the residual stream at P of the held
+    // tokens that keep no row (given as ids) and whose cells `kept_cells`
+    // lists (ascending; nullptr: all of them), through [0, P) over the dense
+    // cache: their K/V are there already, so nothing is stored and every
+    // other cell stays as it was. Per row the same graph as the first pass:
+    // the same answer, holding only the kept tokens' rows.
+    void replay_held(const std::vector<int32_t> * kept_cells);
     // Runs the held tokens through [P, n_layer) and clears the hold: after
     // compact_kv, only the tokens whose cells the sparse heads keep (every KV
-    // head of those layers must be sparse), else all of them. Leaves the
-    // logits of the last token, which must be kept.
+    // head of those layers must be sparse; replay_held(kept) must have run
+    // before compact_kv), else all of them. Leaves the logits of the last
+    // token, which must be kept.
     void finish_held();
 
     // --- re-routing (SparseConfig::reroute) ------------------------------------
@@ -123,8 +138,8 @@ public:
     // at full length), and every logged token runs [S, hold_layer) again and
     // is held at hold_layer (S <= hold_layer <= n_layer; n_layer: no hold, the
     // tokens run every layer). The question then goes as the first one did:
-    // eval with query capture, probe_held_layer, selection, compact_kv,
-    // finish_held.
+    // eval with query capture, probe_held_layer, selection, replay_held,
+    // compact_kv, finish_held.
     void rewind_to_logged_layer(int hold_layer);
 
     // Called after each micro-batch with the tokens done of the n a run takes
@@ -171,17 +186,24 @@ private:
     // n_values from one span to another, converting between F32 and F16; no-op when `from` is empty.
     static void copy_rows(RowSpan from, RowSpan to, size_t n_values);
     struct ResidualRows {
-        int layer = -1;      // -1: none
-        int first_cell = 0;  // cell of tokens[0]; the cells are contiguous
-        bool half = false;   // rows in F16 instead of F32
+        int layer = -1;        // -1: none
+        int first_cell = 0;    // cell of tokens[0]; the cells are contiguous
+        bool half = false;     // rows in F16 instead of F32
+        bool replay = false;   // tokens from ids keep no row while all before them keep none (replay_held)
+        bool probe = false;    // hold_from_layer(probe): layer `layer`'s K/V written as tokens pass
+        size_t n_rowless = 0;  // the first n_rowless tokens keep no row (their slots, if any, are unset)
+        size_t n_probed = 0;   // the first n_probed tokens have layer `layer`'s K/V written
         std::vector<int32_t> tokens;
         std::vector<std::vector<int32_t>> pos_rows;  // n_pos_per_token rows of positions
         std::vector<float> rows_f32;                 // [n_embd, tokens.size()] at `layer` (none at 0), or
         std::vector<ggml_fp16_t> rows_f16;           // the same in F16 when `half`
+        std::vector<float> replayed;                 // [n_embd, kept rowless tokens] at `layer`, from replay_held
+        bool replayed_ready = false;
         static ResidualRows at(int layer, int n_pos_rows, bool half);  // empty, with its position rows
-        // Adds n tokens from `cell` (pos: n_pos_per_token rows of n values) and
-        // room for their rows; returns the rows (none at layer 0).
-        RowSpan extend(int cell, const int32_t * new_tokens, int n, const int32_t * pos, int n_embd);
+        // Adds n tokens from `cell` (pos: n_pos_per_token rows of n values;
+        // `ids`: given as token ids) and room for their rows; returns the rows
+        // (none at layer 0, none for rowless tokens).
+        RowSpan extend(int cell, const int32_t * new_tokens, int n, const int32_t * pos, int n_embd, bool ids);
         RowSpan rows(size_t token, int n_embd);       // the rows from `token` on
         void truncate(size_t n_tokens);               // back to the first n_tokens (a run that failed)
         std::vector<int32_t> flat_positions() const;  // the rows end to end
@@ -215,6 +237,9 @@ private:
         ggml_fp16_t * residual_out_half = nullptr;  // or the same in F16
         void output(RowSpan r) { residual_out = r.f32, residual_out_half = r.f16; }
         bool kv_only = false;  // selection probe: layer `begin` writes its K/V only (probe_held_layer)
+        // Each micro-batch then also writes layer `end`'s K/V (kv_only) from its rows at `end`.
+        bool probe_end = false;
+        const int32_t * cells = nullptr;  // replay: the tokens' cells (MicroBatch::cells)
     };
     // Output: the residual rows at `end` into residual_out when end < n_layer,
     // else logits_ (every row or the last). The last micro-batch holds the

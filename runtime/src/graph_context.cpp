@@ -11,11 +11,12 @@ namespace hts {
 GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_context * ctx, ggml_cgraph * graph,
                            const MicroBatch & mb)
     : ctx0(ctx), gf(graph), hp(model.hparams()), w(model.weights()), kv(kv_cache), n_tokens(mb.n_tokens),
-      first_cell(mb.first_cell), n_outputs(mb.n_outputs), n_kv(kv_cache.n_kv_for(mb.first_cell + mb.n_tokens)),
+      first_cell(mb.first_cell), n_outputs(mb.n_outputs),
+      n_kv(kv_cache.n_kv_for(mb.cells ? mb.cells[mb.n_tokens - 1] + 1 : mb.first_cell + mb.n_tokens)),
       layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end),
       first_sparse_cell(mb.first_sparse_cell),
       n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),
-      capture_q(mb.capture_q), kv_only(mb.kv_only), embd_input(mb.embd_input),
+      capture_q(mb.capture_q), kv_only(mb.kv_only), embd_input(mb.embd_input), cells(mb.cells),
       captured_q(model.hparams().n_layer, nullptr) {}
 
 // The query window's roped queries, for saliency after the pass (selection).
@@ -163,7 +164,7 @@ ggml_tensor * GraphContext::build_routed_attn(const LayerWeights & l, const QKV 
 ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, int il) {
     capture_queries(qkv.q, il);
     if (kv.is_split()) return build_routed_attn(l, qkv, il);
-    kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);
+    if (!cells) kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);  // a replay's K/V are in the cache already
     ggml_tensor * q = qkv.q;
     float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
     if (hp.attn_q_scale > 0.0f) {  // gemma3 scales q itself (as llama.cpp does: same rounding)

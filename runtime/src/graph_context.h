@@ -34,6 +34,10 @@ struct MicroBatch {
     // Layer 0 takes embedding rows (visual tokens) as its input instead of
     // looking token ids up (only with layer_begin == 0).
     bool embd_input = false;
+    // Replay (Context::replay_held): the tokens' K/V are in the dense cache
+    // already, at these ascending cells (n_tokens of them, not contiguous):
+    // nothing is stored, row i attends to the cells up to cells[i].
+    const int32_t * cells = nullptr;
 };
 
 // Graph inputs of one layer whose KV heads are split into full and sparse
@@ -66,6 +70,7 @@ public:
     const int capture_q;
     const bool kv_only;
     const bool embd_input;
+    const int32_t * const cells;            // MicroBatch::cells (replay), or nullptr
     std::vector<ggml_tensor *> captured_q;  // per layer F32 [head_dim, n_head, capture_q]; graph outputs
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 

@@ -16,7 +16,9 @@ namespace hts {
 
 namespace {
 
-constexpr int64_t kKeyChunk = 4096;  // keys per saliency block: bounded memory at long contexts
+// Keys per saliency block: [chunk, n_q, H] F32 scores exist a few at a time
+// (at 64 queries and 14 heads, 3.7 MB each), however long the context.
+constexpr int64_t kKeyChunk = 1024;
 
 struct LayerSaliency {
     std::vector<std::vector<float>> head_score;  // [layer][q head], weighted over the spans
@@ -24,11 +26,12 @@ struct LayerSaliency {
     size_t graph_bytes = 0;                      // the saliency graph's device memory
 };
 
-// Causal mask of the query window (the last n_q of n_used cells): F32 [n_used, n_q].
-std::vector<float> window_mask(int n_used, int n_q) {
-    std::vector<float> mask(size_t(n_used) * n_q, 0.0f);
+// Causal mask of the query window within its own cells (the last n_q of the
+// context; every cell before them is visible to it): F32 [n_q, n_q].
+std::vector<float> window_mask(int n_q) {
+    std::vector<float> mask(size_t(n_q) * n_q, 0.0f);
     for (int j = 0; j < n_q; ++j) {
-        for (int c = n_used - n_q + j + 1; c < n_used; ++c) mask[size_t(j) * n_used + c] = -INFINITY;
+        for (int c = j + 1; c < n_q; ++c) mask[size_t(j) * n_q + c] = -INFINITY;
     }
     return mask;
 }
@@ -40,9 +43,10 @@ LayerSaliency measure(const Model & model, const Context & context, const std::v
     const int n_used = context.n_past(), n_q = context.n_captured_q();
     const int64_t n_chunks = (n_used + kKeyChunk - 1) / kKeyChunk;
     const size_t n_spans = spans.size();
-    GraphRunner runner(model.backends().main(), size_t(64 * (n_chunks + 2) * hp.n_layer * (n_spans + 1) + 1024));
+    GraphRunner runner(model.backends().main(),
+                       size_t(32 * (n_chunks + 2) * std::max(n_measured, 1) * (n_spans + 1) + 1024));
     ggml_context * ctx = runner.ctx();
-    ggml_tensor * mask = runner.input_f32(window_mask(n_used, n_q), {n_used, n_q});
+    ggml_tensor * mask = runner.input_f32(window_mask(n_q), {n_q, n_q});
     const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
     std::vector<ggml_tensor *> outputs;  // head scores: layer-major, then span
     std::vector<ggml_tensor *> token_attn;

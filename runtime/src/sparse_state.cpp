@@ -53,7 +53,9 @@ void SparseState::begin_span() {
     }
     if (spans_.empty()) {
         if (config_.prune_layer < context_.model().hparams().n_layer) {
-            context_.hold_from_layer(config_.prune_layer);  // stage 1 now, the pruned zone after selection
+            // Stage 1 now, the pruned zone after selection; at S = P the held
+            // tokens write layer P's keys for selection as they pass.
+            context_.hold_from_layer(config_.prune_layer, config_.select_layer >= config_.prune_layer);
         }
     } else if (!pending_.empty()) {
         // Text between two spans is no query window: it runs now, with the spans.
@@ -122,7 +124,7 @@ std::optional<SelectTimings> SparseState::select(const KeptReplacer * replace_ke
         context_.eval(window, false);
         t.held = context_.n_held() > 0;
         if (t.held && config_.select_layer >= config_.prune_layer)
-            context_.probe_held_layer();  // S = P: keys for selection
+            context_.probe_held_layer();  // S = P: keys for selection (of tokens not probed as they passed)
     } catch (...) {
         context_.set_query_capture(0);
         throw;
@@ -139,13 +141,19 @@ std::optional<SelectTimings> SparseState::select(const KeptReplacer * replace_ke
         sel.kept_in_span = std::move(kept);
         sel.kept_cells = kept_cells(sel.kept_in_span);
     }
+    t.select = ms_since(t0);
+    // The kept held tokens' rows at P, recomputed while layers [0, P) still hold every cell.
+    t0 = std::chrono::steady_clock::now();
+    if (t.held) context_.replay_held(&sel.kept_cells);
+    t.pruned_zone = ms_since(t0);
+    t0 = std::chrono::steady_clock::now();
     context_.compact_kv(sel.full_kv, sel.kept_cells);
     selection_ = std::move(sel);
-    t.select = ms_since(t0);
+    t.select += ms_since(t0);
 
     t0 = std::chrono::steady_clock::now();
     if (t.held) context_.finish_held();
-    t.pruned_zone = t.held ? ms_since(t0) : 0.0;
+    t.pruned_zone = t.held ? t.pruned_zone + ms_since(t0) : 0.0;
     selected_ = true;
     ++n_selections_;
     return t;

@@ -90,7 +90,7 @@ def _mib(n: float) -> str:
 
 
 def _print_rows(context: int, n_tokens: int, share: float, point: Dict[str, Any]) -> None:
-    rows = {name: point[name] for name in DENSE_ENGINES}
+    rows = {name: point[name] for name in DENSE_ENGINES if name in point}
     rows.update({f"sparse {keep}": row for keep, row in point["sparse"].items()})
     print(f"context {context} ({n_tokens} prompt tokens, {share:.0%} in the sparse span):")
     print(
@@ -130,6 +130,8 @@ def _point(path: str, model: Model, context: int, tmp: str, args: argparse.Names
     share = len(prompt["span"]) / n_tokens
     point: Dict[str, Any] = {"context": context, "n_tokens": n_tokens, "sparse_share": round(share, 4)}
     for engine in DENSE_ENGINES:
+        if engine == "dense" and args.skip_dense:
+            continue  # ours dense equals llama.cpp's cache; at 64K it is half an hour on two cores
         point[engine] = _child(engine, path, prompt_file, args, args.keep_ratio[0])
     point["sparse"] = {str(keep): _child("sparse", path, prompt_file, args, keep) for keep in args.keep_ratio}
     _print_rows(context, n_tokens, share, point)
@@ -143,6 +145,8 @@ def _command(args: argparse.Namespace) -> str:
     for flag, value in (("select-layer", args.select_layer), ("prune-layer", args.prune_layer)):
         if value is not None:
             cmd += f" --{flag} {value}"
+    if args.skip_dense:
+        cmd += " --skip-dense"
     return cmd
 
 

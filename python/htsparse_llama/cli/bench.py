@@ -89,6 +89,11 @@ def register(sub) -> None:
         help="peak KV, compute buffers and process RSS of llama.cpp dense, ours dense and ours HT-Sparse (at each "
         "--keep-ratio) at each --context (90%% sparse), each engine in a fresh process",
     )
+    p.add_argument(
+        "--skip-dense",
+        action="store_true",
+        help="with --memory: leave out ours dense (llama.cpp dense stays the reference)",
+    )
     g = p.add_argument_group("HT-Sparse comparison (without --dense-only)")
     g.add_argument(
         "--context",
