@@ -218,7 +218,9 @@ class Session:
         all_logits: bool = False,
     ) -> Optional[np.ndarray]:
         """Evaluates embedding rows instead of tokens: `embd` of shape
-        (n, n_embd), float32, such as an image's visual tokens. `positions`
+        (n, n_embd), float32, such as an image's visual tokens; on a model
+        with DeepStack layers (Qwen3-VL) (n, info["n_embd_inp"]): the row,
+        then one row per DeepStack layer, as libmtmd hands them out. `positions`
         as in add_tokens ((3, n) time/height/width rows for M-RoPE images).
         The cells show token id `placeholder` in tokens() (use the model's
         image token).

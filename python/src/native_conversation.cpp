@@ -61,10 +61,10 @@ py::dict stats_dict(const ConversationStats & s) {
 }
 
 void check_width(const Conversation & c, const ChunkList & chunks) {
-    if (chunks.n_embd != c.model().hparams().n_embd) {
+    if (chunks.n_embd != c.model().hparams().n_embd_inp()) {
         fail(ErrorKind::InvalidArgument, format("the chunks are %d wide, the model's embeddings %d: they were encoded "
                                                 "for another model",
-                                                chunks.n_embd, c.model().hparams().n_embd));
+                                                chunks.n_embd, c.model().hparams().n_embd_inp()));
     }
 }
 
@@ -99,7 +99,7 @@ void bind_conversation(py::module_ & mod) {
             [](Conversation & c, const FloatArray & embd, int32_t placeholder,
                const std::optional<IntArray> & positions, bool sparse,
                const std::optional<std::vector<int32_t>> & segments, bool all_logits) {
-                const std::vector<float> rows = embedding_rows(embd, c.model().hparams().n_embd);
+                const std::vector<float> rows = embedding_rows(embd, c.model().hparams().n_embd_inp());
                 const std::optional<TokenPositions> pos = optional_positions(positions);
                 py::gil_scoped_release release;
                 c.add_embeddings(rows, placeholder, pos ? &*pos : nullptr, sparse, segments ? &*segments : nullptr,

@@ -43,6 +43,8 @@ py::dict model_info(const Model & m) {
     d["arch"] = hp.arch;
     d["n_layer"] = hp.n_layer;
     d["n_embd"] = hp.n_embd;
+    d["n_embd_inp"] = hp.n_embd_inp();  // an input embedding row, DeepStack rows included
+    d["n_deepstack"] = hp.n_deepstack;
     d["n_head"] = hp.n_head;
     d["n_head_kv"] = hp.n_head_kv;
     d["n_embd_head"] = hp.n_embd_head;
@@ -196,7 +198,7 @@ PYBIND11_MODULE(_native, mod) {
             "eval_embd",
             [](Context & s, const FloatArray & embd, int32_t placeholder, bool all_logits,
                std::optional<IntArray> positions) {
-                const std::vector<float> rows = embedding_rows(embd, s.model().hparams().n_embd);
+                const std::vector<float> rows = embedding_rows(embd, s.model().hparams().n_embd_inp());
                 TokenPositions pos;
                 if (positions) pos = token_positions(*positions);
                 py::gil_scoped_release release;

@@ -154,17 +154,18 @@ void Context::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
 
 void Context::eval_embd(const std::vector<float> & embd, int32_t placeholder, bool all_logits,
                         const TokenPositions * positions) {
-    const size_t n_embd = size_t(model_.hparams().n_embd);
-    if (embd.empty() || embd.size() % n_embd != 0) {
+    const HParams & hp = model_.hparams();
+    const size_t width = size_t(hp.n_embd_inp());  // n_embd, and a row per DeepStack layer
+    if (embd.empty() || embd.size() % width != 0) {
         fail(ErrorKind::InvalidArgument,
-             format("embeddings must be rows of n_embd = %zu floats, got %zu values", n_embd, embd.size()));
+             format("embeddings must be rows of %zu floats (n_embd %d x (1 + %d DeepStack layers)), got %zu values",
+                    width, hp.n_embd, hp.n_deepstack, embd.size()));
     }
     if (held_.layer == 0 || logged_.layer == 0) {
         fail(ErrorKind::InvalidArgument, "embeddings cannot be held or logged at layer 0 (those keep token ids): "
                                          "use a select/prune layer of at least 1");
     }
-    eval_input(std::vector<int32_t>(embd.size() / n_embd, placeholder), embd.data(), all_logits,
-               model_.hparams().n_layer, positions);
+    eval_input(std::vector<int32_t>(embd.size() / width, placeholder), embd.data(), all_logits, hp.n_layer, positions);
 }
 
 void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
@@ -201,6 +202,12 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
         LayerRun run;
         run.tokens = tokens.data();
         run.residual_in = embd;  // at layer 0: the embeddings, if any
+        const int n_ds = model_.hparams().n_deepstack;
+        const size_t width = size_t(model_.hparams().n_embd_inp());
+        if (embd) {
+            run.residual_in_stride = width;
+            if (n_ds > 0) run.deepstack = embd + n_embd, run.deepstack_stride = width;  // layer 0's row first
+        }
         run.pos = pos.data();
         run.n = n;
         run.first_cell = n_past_;
@@ -216,6 +223,8 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
             run_layers(run);
             run.begin = mid;
             run.input(logging ? logged_rows : RowSpan{at_mid.data(), nullptr});
+            run.residual_in_stride = 0;
+            run.deepstack = run.deepstack && mid < n_ds ? run.deepstack + size_t(mid) * n_embd : nullptr;
             run.output(RowSpan{});
         }
         if (stop < n_layer) {
@@ -226,6 +235,12 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
                 run_layers(run);
                 if (logging && mid == stop) copy_rows(held_rows, logged_rows, size_t(n) * n_embd);
                 if (held_.probe) held_.n_probed = held_.tokens.size();
+                if (embd && held_.n_ds > 0) {  // the DeepStack rows of layers [P, D) wait with them
+                    float * ds = held_.deepstack_rows(n_held_before, n_embd);
+                    const size_t per = size_t(held_.n_ds) * n_embd;
+                    for (int t = 0; t < n; ++t)
+                        std::copy_n(embd + t * width + size_t(1 + stop) * n_embd, per, ds + t * per);
+                }
             }
             logits_.clear();
         } else {
@@ -260,6 +275,9 @@ void Context::run_layers(const LayerRun & run) {
     int last_start = n - (n % n_batch_ == 0 ? std::min(n_batch_, n) : n % n_batch_);
     if (n - last_start < capture) last_start = n - capture;
     std::vector<float> in_rows, out_rows;  // one micro-batch of F16 rows as F32 (or the probe's F32 input)
+    std::vector<float> ds_rows;            // one micro-batch of DeepStack rows, gathered
+    const size_t in_stride = run.residual_in_stride ? run.residual_in_stride : size_t(n_embd);
+    const int n_ds = run.deepstack && !run.kv_only ? std::max(0, model_.hparams().n_deepstack - run.begin) : 0;
     for (int i = 0; i < n;) {
         const int nb = i < last_start ? std::min(n_batch_, last_start - i) : n - i;
         const bool last = i + nb == n;
@@ -274,6 +292,7 @@ void Context::run_layers(const LayerRun & run) {
         mb.capture_q = last ? capture : 0;
         mb.kv_only = run.kv_only;
         mb.embd_input = run.begin == 0 && run.residual_in != nullptr;
+        mb.n_deepstack_in = n_ds;
         const size_t rows = size_t(nb) * n_embd;
         float * out = nullptr;
         if (run.residual_out_half) {
@@ -289,19 +308,32 @@ void Context::run_layers(const LayerRun & run) {
             out_rows.resize(rows);
             out = out_rows.data();
         }
-        const float * res = run.residual_in ? run.residual_in + size_t(i) * n_embd : nullptr;
+        const float * res = run.residual_in ? run.residual_in + size_t(i) * in_stride : nullptr;
+        if (res && in_stride != size_t(n_embd)) {  // wide input rows (DeepStack): the embedding part
+            in_rows.resize(rows);
+            for (int t = 0; t < nb; ++t) std::copy_n(res + t * in_stride, n_embd, in_rows.data() + size_t(t) * n_embd);
+            res = in_rows.data();
+        }
+        if (n_ds > 0) {
+            const size_t per = size_t(n_ds) * n_embd;
+            ds_rows.resize(nb * per);
+            for (int t = 0; t < nb; ++t)
+                std::copy_n(run.deepstack + size_t(i + t) * run.deepstack_stride, per, ds_rows.data() + t * per);
+        }
         if (run.residual_in_half) {
             in_rows.resize(rows);
             ggml_fp16_to_fp32_row(run.residual_in_half + size_t(i) * n_embd, in_rows.data(), int64_t(rows));
             res = in_rows.data();
         }
-        eval_micro_batch(run.tokens ? run.tokens + i : nullptr, res, run.pos + i, n, mb, out);
+        eval_micro_batch(run.tokens ? run.tokens + i : nullptr, res, run.pos + i, n, mb, out,
+                         n_ds > 0 ? ds_rows.data() : nullptr);
         if (run.probe_end) {  // selection at S = P: layer `end` writes its K/V (and captures q) from these rows
             MicroBatch probe = mb;
             probe.layer_begin = run.end;
             probe.layer_end = run.end + 1;
             probe.kv_only = true;
             probe.embd_input = false;
+            probe.n_deepstack_in = 0;
             eval_micro_batch(run.tokens ? run.tokens + i : nullptr, out, run.pos + i, n, probe, nullptr);
         }
         if (run.residual_out_half) {
@@ -327,6 +359,7 @@ void Context::hold_from_layer(int layer, bool probe) {
     // Ids are replayed rather than kept as rows; a re-routing log's rerun has its rows already.
     held_.replay = layer > 0 && layer < n_layer && logged_.layer < 0;
     held_.probe = probe && layer < n_layer;
+    held_.n_ds = layer < n_layer ? std::max(0, model_.hparams().n_deepstack - layer) : 0;
 }
 
 void Context::copy_rows(RowSpan from, RowSpan to, size_t n_values) {
@@ -352,6 +385,7 @@ Context::RowSpan Context::ResidualRows::extend(int cell, const int32_t * new_tok
         return {};
     }
     // Rows from here on (with unset slots for a rowless prefix, so rows stay indexed by token).
+    if (n_ds > 0) deepstack.resize(tokens.size() * n_ds * n_embd);  // zeros: text has no DeepStack rows
     if (half)
         rows_f16.resize(tokens.size() * n_embd);
     else
@@ -377,7 +411,8 @@ void Context::ResidualRows::truncate(size_t n_tokens) {
 }
 
 size_t Context::ResidualRows::bytes() const {
-    size_t n = tokens.size() * sizeof(int32_t) + (rows_f32.size() + replayed.size()) * sizeof(float) +
+    size_t n = tokens.size() * sizeof(int32_t) +
+               (rows_f32.size() + replayed.size() + deepstack.size()) * sizeof(float) +
                rows_f16.size() * sizeof(ggml_fp16_t);
     for (const auto & row : pos_rows) n += row.size() * sizeof(int32_t);
     return n;
@@ -521,6 +556,10 @@ void Context::finish_held() {
                           size_t(n_embd));
             else if (idx[j] != j)
                 copy_rows(held_.rows(idx[j], n_embd), held_.rows(j, n_embd), size_t(n_embd));
+            if (held_.n_ds > 0 && idx[j] != j) {  // a replayed (text) token's slot keeps zeros
+                const size_t per = size_t(held_.n_ds) * n_embd;
+                std::copy_n(held_.deepstack_rows(idx[j], n_embd), per, held_.deepstack_rows(j, n_embd));
+            }
         }
         input = held_.rows(0, n_embd);
     }
@@ -535,6 +574,8 @@ void Context::finish_held() {
     run.first_sparse_cell = first_sparse;
     run.begin = P;
     run.end = n_layer;
+    if (!held_.deepstack.empty())
+        run.deepstack = held_.deepstack.data(), run.deepstack_stride = size_t(held_.n_ds) * n_embd;
     run_layers(run);
     held_ = ResidualRows{};
 }
@@ -544,6 +585,12 @@ void Context::log_residual_at(int layer) {
     if (layer < 0 || layer >= n_layer)
         fail(ErrorKind::InvalidArgument, format("log layer %d is outside [0, %d)", layer, n_layer));
     if (n_past_ > 0) fail(ErrorKind::InvalidArgument, "the residual log starts with an empty context");
+    if (layer < model_.hparams().n_deepstack) {
+        fail(ErrorKind::InvalidArgument,
+             format("re-routing on this model needs a select layer of at least %d: its first %d layers add DeepStack "
+                    "rows, which the residual log does not keep",
+                    model_.hparams().n_deepstack, model_.hparams().n_deepstack));
+    }
     logged_ = ResidualRows::at(layer, model_.hparams().n_pos_per_token, /*half=*/true);
 }
 
@@ -649,9 +696,11 @@ void set_routed_inputs(const GraphContext & gc) {
 
 // pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
 static void set_inputs(const GraphContext & gc, const int32_t * tokens, const float * residual, const int32_t * pos,
-                       int pos_stride, const std::vector<bool> & hidden_cells) {
+                       int pos_stride, const std::vector<bool> & hidden_cells, const float * deepstack) {
     if (gc.inp_tokens) ggml_backend_tensor_set(gc.inp_tokens, tokens, 0, sizeof(int32_t) * gc.n_tokens);
     if (gc.inp_residual) ggml_backend_tensor_set(gc.inp_residual, residual, 0, ggml_nbytes(gc.inp_residual));
+    if (in_graph(gc.inp_deepstack))
+        ggml_backend_tensor_set(gc.inp_deepstack, deepstack, 0, ggml_nbytes(gc.inp_deepstack));
 
     for (int s = 0; s < gc.hp.n_pos_per_token; ++s) {
         ggml_backend_tensor_set(gc.inp_pos, pos + size_t(s) * pos_stride, sizeof(int32_t) * size_t(s) * gc.n_tokens,
@@ -677,7 +726,7 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
 }
 
 void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride,
-                               const MicroBatch & mb, float * out) {
+                               const MicroBatch & mb, float * out, const float * deepstack) {
     ggml_init_params params = {graph_meta_.size(), graph_meta_.data(), true};
     ContextGuard guard{ggml_init(params)};
     ggml_cgraph * gf = ggml_new_graph_custom(guard.ctx, graph_size_, false);
@@ -695,7 +744,7 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
     note_compute_bytes();
-    set_inputs(gc, tokens, residual_in, pos, pos_stride, hidden_cells_);
+    set_inputs(gc, tokens, residual_in, pos, pos_stride, hidden_cells_, deepstack);
     record_graph_ops(gf);
     if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {
         fail(ErrorKind::Backend, "graph computation failed");

@@ -198,13 +198,18 @@ private:
         std::vector<float> rows_f32;                 // [n_embd, tokens.size()] at `layer` (none at 0), or
         std::vector<ggml_fp16_t> rows_f16;           // the same in F16 when `half`
         std::vector<float> replayed;                 // [n_embd, kept rowless tokens] at `layer`, from replay_held
+        // DeepStack rows still to add after layers [layer, n_deepstack) (Qwen3-VL;
+        // n_ds of them per token, zeros for text), indexed as rows_f32.
+        int n_ds = 0;
+        std::vector<float> deepstack;
         bool replayed_ready = false;
         static ResidualRows at(int layer, int n_pos_rows, bool half);  // empty, with its position rows
         // Adds n tokens from `cell` (pos: n_pos_per_token rows of n values;
         // `ids`: given as token ids) and room for their rows; returns the rows
         // (none at layer 0, none for rowless tokens).
         RowSpan extend(int cell, const int32_t * new_tokens, int n, const int32_t * pos, int n_embd, bool ids);
-        RowSpan rows(size_t token, int n_embd);       // the rows from `token` on
+        RowSpan rows(size_t token, int n_embd);  // the rows from `token` on
+        float * deepstack_rows(size_t token, int n_embd) { return deepstack.data() + token * n_ds * n_embd; }
         void truncate(size_t n_tokens);               // back to the first n_tokens (a run that failed)
         std::vector<int32_t> flat_positions() const;  // the rows end to end
         size_t bytes() const;                         // host memory it holds
@@ -225,6 +230,11 @@ private:
     struct LayerRun {
         const int32_t * tokens = nullptr;     // token ids (the cells' ids; layer 0's input without residual_in)
         const float * residual_in = nullptr;  // residual rows [n_embd, n] at `begin` (at 0: embedding rows)
+        size_t residual_in_stride = 0;        // floats from one input row to the next (0: n_embd)
+        // DeepStack rows of layers [begin, n_deepstack) per token (first one at
+        // `deepstack`, the next `deepstack_stride` floats on); null: none.
+        const float * deepstack = nullptr;
+        size_t deepstack_stride = 0;
         const ggml_fp16_t * residual_in_half = nullptr;  // or the same in F16 (begin > 0)
         void input(RowSpan r) { residual_in = r.f32, residual_in_half = r.f16; }
         const int32_t * pos = nullptr;  // n_pos_per_token rows of n positions
@@ -249,7 +259,7 @@ private:
     // residual [n_embd, n_tokens] when the range starts past layer 0. Output:
     // logits rows, or the residual when the range stops early (may be null).
     void eval_micro_batch(const int32_t * tokens, const float * residual_in, const int32_t * pos, int pos_stride,
-                          const MicroBatch & mb, float * out);
+                          const MicroBatch & mb, float * out, const float * deepstack = nullptr);
 };
 
 }  // namespace hts

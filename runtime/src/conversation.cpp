@@ -110,7 +110,7 @@ void Conversation::add_tokens(const std::vector<int32_t> & tokens, bool sparse, 
 void Conversation::add_embeddings(const std::vector<float> & rows, int32_t placeholder,
                                   const TokenPositions * positions, bool sparse, const std::vector<int32_t> * segments,
                                   bool all_logits) {
-    const size_t n_embd = size_t(model_.hparams().n_embd);
+    const size_t n_embd = size_t(model_.hparams().n_embd_inp());  // a row's width, DeepStack rows included
     guarded([&] {
         const auto start = Clock::now();
         if (sparse && sparse_) {

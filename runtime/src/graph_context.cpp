@@ -17,7 +17,7 @@ GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_c
       first_sparse_cell(mb.first_sparse_cell),
       n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),
       capture_q(mb.capture_q), kv_only(mb.kv_only), embd_input(mb.embd_input), cells(mb.cells),
-      captured_q(model.hparams().n_layer, nullptr) {}
+      n_deepstack_in(mb.kv_only ? 0 : mb.n_deepstack_in), captured_q(model.hparams().n_layer, nullptr) {}
 
 // The query window's roped queries, for saliency after the pass (selection).
 void GraphContext::capture_queries(ggml_tensor * q, int il) {
@@ -39,6 +39,11 @@ void GraphContext::name(ggml_tensor * t, const char * nm, int il) const {
 }
 
 ggml_tensor * GraphContext::build_inp_stream() {
+    if (n_deepstack_in > 0) {
+        inp_deepstack = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, int64_t(hp.n_embd) * n_deepstack_in, n_tokens);
+        ggml_set_input(inp_deepstack);
+        name(inp_deepstack, "inp_deepstack", layer_begin);
+    }
     if (layer_begin == 0 && !embd_input) return build_inp_embd();
     inp_residual = ggml_new_tensor_2d(ctx0, GGML_TYPE_F32, hp.n_embd, n_tokens);
     ggml_set_input(inp_residual);
@@ -182,6 +187,16 @@ ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, 
     cur = ggml_mul_mat(ctx0, l.wo, cur);  // [n_embd, n_tokens]
     name(cur, "attn_out", il);
     return cur;
+}
+
+ggml_tensor * GraphContext::add_deepstack(ggml_tensor * x, int il) {
+    const int slot = il - layer_begin;
+    if (!inp_deepstack || slot < 0 || slot >= n_deepstack_in) return x;
+    ggml_tensor * ds = ggml_view_2d(ctx0, inp_deepstack, hp.n_embd, n_tokens, inp_deepstack->nb[1],
+                                    size_t(slot) * hp.n_embd * sizeof(float));  // [n_embd, n_tokens]
+    x = ggml_add(ctx0, x, ds);
+    name(x, "deepstack_out", il);
+    return x;
 }
 
 ggml_tensor * GraphContext::build_kv_probe(const QKV & qkv, int il) {

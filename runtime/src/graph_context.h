@@ -34,6 +34,9 @@ struct MicroBatch {
     // Layer 0 takes embedding rows (visual tokens) as its input instead of
     // looking token ids up (only with layer_begin == 0).
     bool embd_input = false;
+    // DeepStack rows given for layers [layer_begin, layer_begin + n_deepstack_in)
+    // (Qwen3-VL visual tokens; zero rows for text): inp_deepstack.
+    int n_deepstack_in = 0;
     // Replay (Context::replay_held): the tokens' K/V are in the dense cache
     // already, at these ascending cells (n_tokens of them, not contiguous):
     // nothing is stored, row i attends to the cells up to cells[i].
@@ -71,6 +74,7 @@ public:
     const bool kv_only;
     const bool embd_input;
     const int32_t * const cells;            // MicroBatch::cells (replay), or nullptr
+    const int n_deepstack_in;               // MicroBatch::n_deepstack_in (none in a kv_only probe)
     std::vector<ggml_tensor *> captured_q;  // per layer F32 [head_dim, n_head, capture_q]; graph outputs
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
@@ -81,6 +85,7 @@ public:
     ggml_tensor * inp_kq_mask_swa = nullptr;     // F16 [n_kv, n_tokens]; the window layers' (hp.n_swa > 0)
     ggml_tensor * inp_out_ids = nullptr;         // I32 [n_outputs]; nullptr when all rows are outputs
     ggml_tensor * inp_residual = nullptr;        // F32 [n_embd, n_tokens]; when layer_begin > 0 or embd_input
+    ggml_tensor * inp_deepstack = nullptr;       // F32 [n_embd * n_deepstack_in, n_tokens]; when n_deepstack_in > 0
     ggml_tensor * inp_kq_mask_sparse = nullptr;  // F16 [n_kv_sparse, n_tokens]; compacted cache only
     std::vector<RoutedLayerInputs> inp_routed;   // per layer; compacted cache only
 
@@ -100,6 +105,8 @@ public:
     ggml_tensor * build_routed_attn(const LayerWeights & l, const QKV & qkv, int il);  // [n_embd, n_tokens]
     // Selection probe: captures q, stores k and v in the dense cache; returns k.
     ggml_tensor * build_kv_probe(const QKV & qkv, int il);
+    // After layer il's output: adds its DeepStack row (Qwen3-VL) when one was given.
+    ggml_tensor * add_deepstack(ggml_tensor * x, int il);  // [n_embd, n_tokens]
     ggml_tensor * build_ffn_swiglu(const LayerWeights & l, ggml_tensor * x, int il);
     ggml_tensor * build_ffn_geglu(const LayerWeights & l, ggml_tensor * x, int il);  // gemma3
     // Keeps the rows that produce logits (a no-op when every row does).

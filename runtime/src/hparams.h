@@ -39,6 +39,10 @@ struct HParams {
     bool is_swa(int il) const { return n_swa > 0 && il < int(swa_layers.size()) && swa_layers[il]; }
 
     int n_embd_kv() const { return n_embd_head * n_head_kv; }
+    // Width of an input embedding row: the token's own row, then one row per
+    // DeepStack layer (added to the residual after layer il < n_deepstack),
+    // as libmtmd hands Qwen3-VL's visual tokens out (llama_model_n_embd_inp).
+    int n_embd_inp() const { return n_embd * (1 + n_deepstack); }
     int n_gqa() const { return n_head / n_head_kv; }
 };
 

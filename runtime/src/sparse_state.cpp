@@ -74,8 +74,8 @@ void SparseState::add_span(const std::vector<int32_t> & tokens) {
 
 void SparseState::add_embedding_span(const std::vector<float> & rows, int32_t placeholder,
                                      const TokenPositions * positions, const std::vector<int32_t> * segments) {
-    const int n_embd = context_.model().hparams().n_embd;
-    const int n = static_cast<int>(rows.size() / std::max(1, n_embd));
+    const int width = context_.model().hparams().n_embd_inp();  // DeepStack rows included
+    const int n = static_cast<int>(rows.size() / std::max(1, width));
     std::vector<int32_t> starts;
     if (segments) {
         starts = *segments;

@@ -63,9 +63,16 @@ int mmproj_output_width(const GgufFile & f) {
         fail(ErrorKind::InvalidFile, format("'%s' is not an mmproj file (general.architecture is '%s', not 'clip')",
                                             f.path().c_str(), arch.c_str()));
     }
+    // Qwen3-VL's mmproj hands each visual token one more row per DeepStack
+    // layer of its tower (clip.cpp: n_mmproj_embd * (1 + n_deepstack_layers)).
+    int n_deepstack = 0;
+    const int64_t n_blocks = f.get_int("clip.vision.block_count", 0);
+    for (int64_t il = 0; il < n_blocks; ++il) {
+        if (f.find_tensor(format("v.deepstack.%d.fc2.weight", int(il)))) ++n_deepstack;
+    }
     const int64_t dim = f.get_int("clip.vision.projection_dim", 0);
-    if (dim > 0) return static_cast<int>(dim);
-    if (const ggml_tensor * t = f.find_tensor("mm.2.weight")) return static_cast<int>(t->ne[1]);
+    if (dim > 0) return static_cast<int>(dim) * (1 + n_deepstack);
+    if (const ggml_tensor * t = f.find_tensor("mm.2.weight")) return static_cast<int>(t->ne[1]) * (1 + n_deepstack);
     if (!f.has_key("clip.vision.image_size")) {
         fail(ErrorKind::UnsupportedModel, format("mmproj '%s' has no vision encoder", f.path().c_str()));
     }
@@ -93,7 +100,7 @@ int MmprojLayout::tokens_per_tile() const {
 // --- VisionEncoder ---------------------------------------------------------------
 
 VisionEncoder::VisionEncoder(const Model & model, const std::string & mmproj_path, const VisionParams & params)
-    : model_(model), mmproj_path_(mmproj_path), params_(params), n_embd_(model.hparams().n_embd) {
+    : model_(model), mmproj_path_(mmproj_path), params_(params), n_embd_(model.hparams().n_embd_inp()) {
     route_mtmd_log_once();
     {
         GgufFile file(mmproj_path);  // FileNotFound / InvalidFile before libmtmd sees it
@@ -106,8 +113,13 @@ VisionEncoder::VisionEncoder(const Model & model, const std::string & mmproj_pat
         if (width != n_embd_) {
             fail(ErrorKind::InvalidArgument,
                  format("mmproj '%s' does not match the model '%s': its embeddings are %d wide, the model's "
-                        "n_embd is %d (use the mmproj made with this model)",
-                        mmproj_path.c_str(), model.file().path().c_str(), width, n_embd_));
+                        "n_embd is %d%s (use the mmproj made with this model)",
+                        mmproj_path.c_str(), model.file().path().c_str(), width, model.hparams().n_embd,
+                        model.hparams().n_deepstack > 0
+                            ? format(" and it takes %d DeepStack rows beside it (%d in all)",
+                                     model.hparams().n_deepstack, n_embd_)
+                                  .c_str()
+                            : ""));
         }
     }
     mtmd_context_params p = mtmd_context_params_default();
@@ -145,12 +157,6 @@ void VisionEncoder::probe_layout() {
         fail(ErrorKind::UnsupportedModel,
              format("libmtmd and the runtime disagree on M-RoPE for '%s' (architecture %s)",
                     model_.file().path().c_str(), model_.hparams().arch.c_str()));
-    }
-    if (model_.hparams().n_deepstack > 0) {
-        fail(ErrorKind::UnsupportedModel,
-             format("images and video on '%s' (%s) need its %d DeepStack feature layers, which the runtime does "
-                    "not run yet; its text runs",
-                    model_.file().path().c_str(), model_.hparams().arch.c_str(), model_.hparams().n_deepstack));
     }
     // How many frames make one temporal unit: tokenize two mergeable
     // placeholder frames (no pixels, nothing encoded) and count the chunks.

@@ -28,7 +28,11 @@ VisualSpan visual_span(const Model & model, const std::vector<VisionChunk> & chu
         if (c.is_text()) {
             if (c.tokens.empty()) continue;
             const std::vector<float> e = token_embeddings(model, c.tokens);
-            span.rows.insert(span.rows.end(), e.begin(), e.end());
+            const size_t n_embd = size_t(model.hparams().n_embd), width = size_t(model.hparams().n_embd_inp());
+            for (size_t t = 0; t < c.tokens.size(); ++t) {  // text has no DeepStack rows: zeros
+                span.rows.insert(span.rows.end(), e.begin() + t * n_embd, e.begin() + (t + 1) * n_embd);
+                span.rows.resize(span.rows.size() + width - n_embd, 0.0f);
+            }
             const int m = static_cast<int>(c.tokens.size());
             TokenPositions seq;
             for (int i = 0; i < m; ++i) seq.values.push_back(pos + i);

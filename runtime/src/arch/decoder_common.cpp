@@ -121,6 +121,7 @@ ggml_tensor * build_decoder_graph(GraphContext & gc) {
         cur = gc.build_ffn_swiglu(l, cur, il);
         inpL = ggml_add(gc.ctx0, cur, ffn_inp);
         gc.name(inpL, "l_out", il);
+        inpL = gc.add_deepstack(inpL, il);  // Qwen3-VL's visual rows after the first layers
     }
     return gc.ends_with_logits() ? gc.build_lm_head(inpL) : inpL;  // staged prefill: the residual
 }
