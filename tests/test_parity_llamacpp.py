@@ -127,6 +127,48 @@ def test_gemma3_past_its_sliding_window_matches_llama_cpp(gemma_gguf):
         ref_model.close()
 
 
+def test_gemma3_window_layers_keep_a_ring_as_llama_cpp_does(gemma_gguf):
+    """A window layer keeps only the window and one micro-batch: with batches
+    of 64, a ring of 768 rows (512 + 64, padded) that 1100 tokens wrap; the
+    global layers keep every cell. llama.cpp's own window cache
+    (swa_full=False, the same ring size) gives the same logits bit for bit,
+    also while decoding on."""
+    model = Model(gemma_gguf, n_ctx=2048, n_threads=THREADS)
+    ids = model.tokenize(prompt_text())[:1100]
+    assert len(ids) == 1100
+    session = model.session(n_batch=64)
+    ours = session.add_tokens(ids, all_logits=True)
+    cell = 2 * 256 * 1 * 2  # K and V, head_dim 256, one KV head, f16
+    assert session.kv_bytes == 3 * 1280 * cell + 15 * 768 * cell  # a dense cache: 18 * 1280 cells
+    ref_model = load_llama(
+        gemma_gguf,
+        n_ctx=2048,
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        n_batch=64,
+        n_ubatch=64,
+        swa_full=False,
+        logits_all=True,
+        flash_attn=True,
+    )
+    try:
+        ref_model.eval(ids)
+        ref = np.asarray(ref_model.scores[: len(ids)], dtype=np.float32)
+        assert np.array_equal(ours, ref), float(np.abs(ours - ref).max())
+
+        def ours_step(tok):
+            session.add_tokens([tok])
+            return session.logits()
+
+        def ref_step(tok):
+            ref_model.eval([tok])
+            return np.asarray(ref_model.scores[ref_model.n_tokens - 1])
+
+        assert greedy(ours_step, ours[-1], 8) == greedy(ref_step, ref[-1], 8)
+    finally:
+        ref_model.close()
+
+
 def test_generate_matches_llama_cpp_greedy_completion(smollm_gguf):
     """The public generate() (chat template, sampler chain, EOG stop) gives the
     text llama.cpp's own greedy completion gives for the same prompt."""

@@ -25,7 +25,7 @@ Context::Context(const Model & model, const ContextParams & params) : model_(mod
         fail(ErrorKind::InvalidArgument, format("n_batch must be positive, got %d", params.n_batch));
     n_ctx_ = params.n_ctx > 0 ? params.n_ctx : model.hparams().n_ctx_train;
     n_batch_ = std::min(params.n_batch, n_ctx_);
-    kv_ = std::make_unique<KvCache>(model, n_ctx_);
+    kv_ = std::make_unique<KvCache>(model, n_ctx_, n_batch_);
     graph_size_ = static_cast<size_t>(64 * model.hparams().n_layer + 512);
     graph_meta_.resize(ggml_tensor_overhead() * graph_size_ + ggml_graph_overhead_custom(graph_size_, false));
     sched_ = model.backends().new_scheduler(graph_size_);
@@ -69,7 +69,7 @@ const float * Context::last_logits() const {
 }
 
 void Context::reset() {
-    kv_ = std::make_unique<KvCache>(model_, n_ctx_);  // empty again: its memory goes back
+    kv_ = std::make_unique<KvCache>(model_, n_ctx_, n_batch_);  // empty again: its memory goes back
     retired_kv_peak_ = 0;
     compute_peak_ = compute_bytes();
     n_sparse_cells_ = 0;
@@ -604,7 +604,7 @@ void Context::rewind_to_logged_layer(int hold_layer) {
     if (logged_.tokens.empty()) fail(ErrorKind::InvalidArgument, "nothing to rewind: the log is empty");
     // The dense zone moves over as it is; layers [S, n_layer) are freed now and
     // start over, growing again as the rerun fills them.
-    auto fresh = std::make_unique<KvCache>(model_, n_ctx_);
+    auto fresh = std::make_unique<KvCache>(model_, n_ctx_, n_batch_);
     fresh->take_layers(*kv_, S);
     replace_cache(std::move(fresh));
     n_sparse_cells_ = 0;
@@ -643,11 +643,9 @@ namespace {
 
 // Causal mask [n_kv, n_tokens] over cells filled in arrival order (not by rope
 // position: M-RoPE images reuse positions): row i sees cells <= its own
-// (first + i, or cells[i] in a replay), except `hidden` ones, and with a window
-// (> 0) only the `window` cells up to its own (sliding-window layers:
-// llama.cpp's LLAMA_SWA_TYPE_STANDARD).
+// (first + i, or cells[i] in a replay), except `hidden` ones.
 std::vector<ggml_fp16_t> causal_mask(int n_kv, int n_tokens, int first, const std::vector<bool> & hidden,
-                                     int window = 0, const int32_t * cells = nullptr) {
+                                     const int32_t * cells = nullptr) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
     std::vector<ggml_fp16_t> mask(size_t(n_kv) * n_tokens);
     for (int i = 0; i < n_tokens; ++i) {
@@ -655,8 +653,29 @@ std::vector<ggml_fp16_t> causal_mask(int n_kv, int n_tokens, int first, const st
         const int own = cells ? cells[i] : first + i;
         for (int j = 0; j < n_kv; ++j) {
             const bool is_hidden = size_t(j) < hidden.size() && hidden[j];
-            const bool outside = window > 0 && own - j >= window;
-            row[j] = j <= own && !is_hidden && !outside ? zero : neg_inf;
+            row[j] = j <= own && !is_hidden ? zero : neg_inf;
+        }
+    }
+    return mask;
+}
+
+// The sliding-window layers' mask [n_kv_swa, n_tokens]: row i sees the n_swa
+// cells up to its own (llama.cpp's LLAMA_SWA_TYPE_STANDARD), read from the
+// ring rows that hold them (KvCache::window_row_cell), except `hidden` ones.
+std::vector<ggml_fp16_t> window_mask(const GraphContext & gc, const std::vector<bool> & hidden) {
+    const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
+    const int n_rows = gc.n_kv_swa, n_tokens = gc.n_tokens, window = gc.hp.n_swa;
+    const int last = gc.cells ? gc.cells[n_tokens - 1] : gc.first_cell + n_tokens - 1;
+    std::vector<int> row_cell(n_rows);
+    for (int r = 0; r < n_rows; ++r) row_cell[r] = gc.kv.window_row_cell(r, last);
+    std::vector<ggml_fp16_t> mask(size_t(n_rows) * n_tokens);
+    for (int i = 0; i < n_tokens; ++i) {
+        ggml_fp16_t * row = mask.data() + size_t(i) * n_rows;
+        const int own = gc.cells ? gc.cells[i] : gc.first_cell + i;
+        for (int r = 0; r < n_rows; ++r) {
+            const int c = row_cell[r];
+            const bool is_hidden = c >= 0 && size_t(c) < hidden.size() && hidden[c];
+            row[r] = c >= 0 && c <= own && own - c < window && !is_hidden ? zero : neg_inf;
         }
     }
     return mask;
@@ -707,13 +726,11 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
                                 sizeof(int32_t) * gc.n_tokens);
     }
     if (in_graph(gc.inp_kq_mask)) {
-        const std::vector<ggml_fp16_t> mask =
-            causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells, 0, gc.cells);
+        const std::vector<ggml_fp16_t> mask = causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells, gc.cells);
         ggml_backend_tensor_set(gc.inp_kq_mask, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask));
     }
     if (in_graph(gc.inp_kq_mask_swa)) {
-        const std::vector<ggml_fp16_t> mask =
-            causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells, gc.hp.n_swa, gc.cells);
+        const std::vector<ggml_fp16_t> mask = window_mask(gc, hidden_cells);
         ggml_backend_tensor_set(gc.inp_kq_mask_swa, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask_swa));
     }
     if (gc.inp_kq_mask_sparse) set_routed_inputs(gc);

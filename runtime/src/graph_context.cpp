@@ -13,6 +13,7 @@ GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_c
     : ctx0(ctx), gf(graph), hp(model.hparams()), w(model.weights()), kv(kv_cache), n_tokens(mb.n_tokens),
       first_cell(mb.first_cell), n_outputs(mb.n_outputs),
       n_kv(kv_cache.n_kv_for(mb.cells ? mb.cells[mb.n_tokens - 1] + 1 : mb.first_cell + mb.n_tokens)),
+      n_kv_swa(kv_cache.n_kv_window(mb.cells ? mb.cells[mb.n_tokens - 1] + 1 : mb.first_cell + mb.n_tokens)),
       layer_begin(mb.layer_begin), layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end),
       first_sparse_cell(mb.first_sparse_cell),
       n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),
@@ -72,7 +73,7 @@ void GraphContext::build_attn_inputs() {
     ggml_set_input(inp_kq_mask);
     name(inp_kq_mask, "inp_kq_mask", -1);
     if (hp.n_swa > 0) {
-        inp_kq_mask_swa = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv, n_tokens);
+        inp_kq_mask_swa = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv_swa, n_tokens);
         ggml_set_input(inp_kq_mask_swa);
         name(inp_kq_mask_swa, "inp_kq_mask_swa", -1);
     }
@@ -177,8 +178,9 @@ ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, 
         scale = 1.0f;
     }
     q = ggml_permute(ctx0, q, 0, 2, 1, 3);                                        // [head_dim, n_tokens, n_head]
-    ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, n_kv), 0, 2, 1, 3);    // [head_dim, n_kv, n_head_kv]
-    ggml_tensor * v = ggml_permute(ctx0, kv.values(ctx0, il, n_kv), 0, 2, 1, 3);  // [head_dim, n_kv, n_head_kv]
+    const int rows = hp.is_swa(il) ? n_kv_swa : n_kv;                             // a window layer's ring, or cells
+    ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, rows), 0, 2, 1, 3);    // [head_dim, rows, n_head_kv]
+    ggml_tensor * v = ggml_permute(ctx0, kv.values(ctx0, il, rows), 0, 2, 1, 3);  // [head_dim, rows, n_head_kv]
     ggml_tensor * mask = hp.is_swa(il) ? inp_kq_mask_swa : inp_kq_mask;
     ggml_tensor * cur = ggml_flash_attn_ext(ctx0, q, k, v, mask, scale, 0.0f, 0.0f);  // [head_dim, n_head, n_tokens]
     ggml_prec_set_acc(cur, GGML_PREC_F32);

@@ -68,6 +68,7 @@ public:
     const ModelWeights & w;
     const KvCache & kv;
     const int n_tokens, first_cell, n_outputs, n_kv;
+    const int n_kv_swa;  // rows a sliding-window layer reads: n_kv, at most its ring (KvCache::n_kv_window)
     const int layer_begin, layer_end;          // layer_end resolved to n_layer when "all"
     const int first_sparse_cell, n_kv_sparse;  // compacted cache only
     const int capture_q;
@@ -82,7 +83,7 @@ public:
     ggml_tensor * inp_tokens = nullptr;          // I32 [n_tokens]
     ggml_tensor * inp_pos = nullptr;             // I32 [n_tokens * n_pos_per_token]
     ggml_tensor * inp_kq_mask = nullptr;         // F16 [n_kv, n_tokens]
-    ggml_tensor * inp_kq_mask_swa = nullptr;     // F16 [n_kv, n_tokens]; the window layers' (hp.n_swa > 0)
+    ggml_tensor * inp_kq_mask_swa = nullptr;     // F16 [n_kv_swa, n_tokens]; the window layers' (hp.n_swa > 0)
     ggml_tensor * inp_out_ids = nullptr;         // I32 [n_outputs]; nullptr when all rows are outputs
     ggml_tensor * inp_residual = nullptr;        // F32 [n_embd, n_tokens]; when layer_begin > 0 or embd_input
     ggml_tensor * inp_deepstack = nullptr;       // F32 [n_embd * n_deepstack_in, n_tokens]; when n_deepstack_in > 0

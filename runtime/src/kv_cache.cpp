@@ -5,13 +5,20 @@
 #include "model.h"
 
 #include <algorithm>
+#include <tuple>
 
 namespace hts {
 
-KvCache::KvCache(const Model & model, int n_ctx, ggml_type type) : model_(&model), type_(type) {
+KvCache::KvCache(const Model & model, int n_ctx, int n_batch, ggml_type type) : model_(&model), type_(type) {
     const HParams & hp = model.hparams();
     if (n_ctx <= 0) fail(ErrorKind::InvalidArgument, format("n_ctx must be positive, got %d", n_ctx));
     limit_ = GGML_PAD(n_ctx, kCellPad);
+    // A batch's queries see back n_swa - 1 cells from its first token: the
+    // window and one batch fit, so nothing a query sees is overwritten.
+    const int ring = hp.n_swa > 0 ? GGML_PAD(hp.n_swa + std::max(1, n_batch), kCellPad) : 0;
+    ring_ = ring > 0 && ring < limit_ ? ring : 0;
+    ring_layer_.assign(hp.n_layer, false);
+    for (int il = 0; il < hp.n_layer; ++il) ring_layer_[il] = ring_ > 0 && hp.is_swa(il);
     n_embd_head_ = hp.n_embd_head;
     n_head_kv_ = hp.n_head_kv;
     full_.resize(hp.n_layer);
@@ -26,6 +33,11 @@ KvCache::~KvCache() {
 int KvCache::n_kv_for(int n_used) const { return std::min(limit_, std::max(kCellPad, GGML_PAD(n_used, kCellPad))); }
 
 int KvCache::n_sparse_kv_for(int n_used_sparse) const { return n_kv_for(n_used_sparse); }
+
+int KvCache::window_row_cell(int row, int last) const {
+    if (ring_ == 0 || last < ring_) return row <= last ? row : -1;  // not wrapped yet: rows are cells
+    return last - ((last - row) % ring_ + ring_) % ring_;           // the newest cell written to `row`
+}
 
 KvCache::Storage KvCache::alloc(int il, int n_heads, int capacity, const char * what) {
     Storage s;
@@ -76,6 +88,10 @@ void KvCache::grow(int il, Storage & s, int n_heads, int n_cells, int n_used, in
 void KvCache::prepare(int begin, int end, int n_kv, int n_used, int n_kv_sparse, int n_used_sparse) {
     for (int il = begin; il < end; ++il) {
         const int n_full = n_full_heads(il);
+        if (is_ring(il)) {  // rows are cells until the ring wraps; it never grows past itself
+            grow(il, full_[il], n_full, std::min(n_kv, ring_), std::min(n_used, ring_), ring_, "_swa");
+            continue;
+        }
         if (n_full > 0) grow(il, full_[il], n_full, n_kv, n_used, limit_, split_ ? "_full" : "");
         if (split_ && n_full < n_head_kv_ && n_kv_sparse > 0) {
             grow(il, sparse_[il], n_head_kv_ - n_full, n_kv_sparse, n_used_sparse, limit_, "_sparse");
@@ -87,11 +103,20 @@ void KvCache::store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * 
                     int first_cell) const {
     const int64_t n_tokens = k_cur->ne[2];
     const Storage & s = full_[il];
-    GGML_ASSERT(first_cell + n_tokens <= s.capacity && "KvCache::prepare() first");
+    // A ring's batch may wrap: its tokens [0, n_first) go to rows row0.., the rest to rows 0...
+    const int64_t row0 = is_ring(il) ? first_cell % ring_ : first_cell;
+    const int64_t n_first = is_ring(il) ? std::min<int64_t>(n_tokens, ring_ - row0) : n_tokens;
+    GGML_ASSERT(row0 + n_first <= s.capacity && n_tokens - n_first <= s.capacity && "KvCache::prepare() first");
     for (auto [src, dst] : {std::make_pair(k_cur, s.k), std::make_pair(v_cur, s.v)}) {
-        ggml_tensor * cells = ggml_view_2d(ctx, dst, dst->ne[0], n_tokens, dst->nb[1], dst->nb[1] * first_cell);
-        // Expanded now so the copy precedes the attention that reads the cache.
-        ggml_build_forward_expand(gf, ggml_cpy(ctx, src, cells));
+        for (auto [t0, n, row] :
+             {std::make_tuple(int64_t(0), n_first, row0), std::make_tuple(n_first, n_tokens - n_first, int64_t(0))}) {
+            if (n == 0) continue;
+            ggml_tensor * part = ggml_view_3d(ctx, src, src->ne[0], src->ne[1], n, src->nb[1], src->nb[2],
+                                              size_t(t0) * src->nb[2]);  // [head_dim, n_head_kv, n]
+            ggml_tensor * cells = ggml_view_2d(ctx, dst, dst->ne[0], n, dst->nb[1], dst->nb[1] * row);
+            // Expanded now so the copy precedes the attention that reads the cache.
+            ggml_build_forward_expand(gf, ggml_cpy(ctx, part, cells));
+        }
     }
 }
 

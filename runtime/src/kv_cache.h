@@ -11,6 +11,12 @@
 // layer's copy at a time. bytes() is what is held now, peak_bytes() the most
 // ever held at once, transient copies included.
 //
+// A sliding-window layer (Gemma 3) keeps only a ring of window_rows() rows,
+// the window plus one micro-batch (padded): cell c lives at row
+// c % window_rows(), and its attention reads the whole ring under a mask
+// that knows which cell each row holds (window_row_cell). A micro-batch never
+// overwrites a row any of its queries still sees.
+//
 // Graph code reaches the cache only through store()/keys()/values(), per layer
 // and per head group, so the HT-Sparse cache can split a layer into a
 // full-length group and a compact group
@@ -21,6 +27,7 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <vector>
 
@@ -31,8 +38,9 @@ class Model;
 class KvCache {
 public:
     // A cache of at most `n_ctx` cells (rounded up to kCellPad) per layer on
-    // the model's main device; nothing is allocated until prepare().
-    KvCache(const Model & model, int n_ctx, ggml_type type = GGML_TYPE_F16);
+    // the model's main device; nothing is allocated until prepare(). Micro-
+    // batches of at most n_batch tokens (sizes the sliding-window rings).
+    KvCache(const Model & model, int n_ctx, int n_batch = 512, ggml_type type = GGML_TYPE_F16);
     ~KvCache();
     KvCache(const KvCache &) = delete;
     KvCache & operator=(const KvCache &) = delete;
@@ -43,6 +51,15 @@ public:
     // Cells the attention of a batch ending at cell `n_used` reads: padded to
     // kCellPad (fewer distinct graph shapes, faster GPU kernels), masked beyond.
     int n_kv_for(int n_used) const;
+    // Rows of a sliding-window layer's ring: 0 when the model has none, or the
+    // window covers the whole context (then those layers keep every cell).
+    int window_rows() const { return ring_; }
+    bool is_ring(int il) const { return ring_ > 0 && ring_layer_[il]; }
+    // Rows a sliding-window layer's attention reads for a batch ending at cell
+    // n_used (n_kv_for(n_used), at most the ring).
+    int n_kv_window(int n_used) const { return ring_ > 0 ? std::min(ring_, n_kv_for(n_used)) : n_kv_for(n_used); }
+    // The cell row `row` of a ring holds once cells up to `last` are written (-1: none).
+    int window_row_cell(int row, int last) const;
 
     // Before a batch over layers [begin, end): each of them holds at least
     // n_kv cells (compact cells: n_kv_sparse, after compact()), the first
@@ -111,6 +128,8 @@ private:
     std::vector<Storage> sparse_;  // per layer, split mode: the sparse group at compact cells
     size_t bytes_ = 0, peak_ = 0;
 
+    int ring_ = 0;                  // window_rows()
+    std::vector<bool> ring_layer_;  // per layer: a sliding-window ring
     bool split_ = false;
     std::vector<std::vector<bool>> full_kv_;  // per layer, per KV head
     std::vector<int> n_full_;                 // per layer

@@ -133,6 +133,7 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
                       int n_used) {
     const int n_layer = int(full_.size());
     if (split_) fail(ErrorKind::InvalidArgument, "the KV cache is already compacted");
+    if (ring_ > 0) fail(ErrorKind::UnsupportedModel, "sliding-window rings are not compacted (HT-Sparse on windows)");
     if (int(full_kv.size()) != n_layer)
         fail(ErrorKind::InvalidArgument, format("routing must list %d layers", n_layer));
     for (const auto & layer : full_kv) {
