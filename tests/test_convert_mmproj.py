@@ -1,28 +1,41 @@
 """mmproj writer (htsparse_convert.mmproj_gguf) on tiny random Qwen2.5-VL,
-Qwen2-VL and SmolVLM2 checkpoints: libmtmd loads what we write and encodes an
-image as the transformers vision tower + projector does, and upstream's
-convert_hf_to_gguf.py writes the same file from the same checkpoint.
+Qwen2-VL, Qwen3-VL and SmolVLM2 checkpoints: libmtmd loads what we write and
+encodes an image as the transformers vision tower + projector does, and
+upstream's convert_hf_to_gguf.py writes the same file from the same
+checkpoint (Qwen3-VL: but for one key, see below). Qwen3-VL's mmproj also
+fits its text GGUF in htsparse_llama.Vision (rows n_embd x (1 + D)), and one
+of another DeepStack depth is refused.
 
 Tolerances (relative L2 error over all of an image's output embeddings,
-libmtmd vs transformers on the same pixels):
+libmtmd vs transformers on the same pixels; Qwen3-VL's rows are the merged
+embedding then its 2 DeepStack features, all compared):
 - f32 file: REL_TOL_F32. The weights are exact; ggml's CPU GELU and quick-GELU
   look the input up, rounded to f16, in a table (Qwen's merger GELU is also
   tanh-approximated where transformers uses erf). Flash attention on or off
   changes the error by under 1% (Qwen2.5-VL). Measured 2.1e-4 (Qwen2.5-VL), 2.6e-4
-  (Qwen2-VL), 3.4e-4 (SmolVLM2); the bound is ~3x the worst.
+  (Qwen2-VL), 4.1e-4 (Qwen3-VL: 3.7e-4 on the merged part, 4.7e-4 and 4.1e-4
+  on the DeepStack parts), 3.4e-4 (SmolVLM2); the bound is ~2.5x the worst.
 - f16 file: REL_TOL_F16, against the same f32 transformers model (weight
-  rounding counted as error). Measured 2.8e-4, 3.7e-4, 6.9e-4; bound ~4x.
+  rounding counted as error). Measured 2.8e-4, 3.7e-4, 6.0e-4, 6.9e-4; bound ~4x.
   (Not asserted, for scale: bf16 1.7e-3 to 5.1e-3, q8_0 5.9e-3 to 1.9e-2.)
 Window attention: the 224x168 Qwen test image is 8x6 merged tokens, so
 2.5-VL's 112-pixel windows (4x4 tokens) cut it into four windows, two of them
 partial. A control asserts that full attention in every layer moves the
 reference by more than WINDOW_EFFECT times the f32 tolerance (measured 0.12),
 so a wrong window pattern cannot pass.
+Qwen3-VL: its 112x80 test image is 14x10 patches, so libmtmd resamples the
+learned 4x4 position grid as transformers does; the DeepStack taps (blocks 1
+and 2) are not the mergers' list positions, so a merger numbered by its place
+in the list fails. Upstream writes the decoder's rms_norm_eps (1e-2 here) as
+the tower's LayerNorm epsilon where transformers uses 1e-6, as we write: its
+f32 file encodes the image 4.9e-3 away from transformers, more than
+EPSILON_EFFECT times the f32 tolerance (a control asserts it).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -30,9 +43,11 @@ import gguf
 import numpy as np
 import pytest
 
+import htsparse_llama as hts
 from htsparse_convert import GgufVocab, read_gguf_header, write_text_gguf
 from htsparse_convert.mmproj_gguf import VISION_ARCHITECTURES, write_mmproj_gguf
-from support.tiny_models import VISION_2_5_MMPROJ, attention_eager
+from htsparse_llama import Model, Vision
+from support.tiny_models import VISION_2_5_MMPROJ, VISION_3_MMPROJ, attention_eager
 from support.tiny_vlms import CASES, MtmdEncoder, TextModel, pattern_image, qwen_reference
 from support.upstream_converter import converter_args, run_upstream_converter
 
@@ -41,11 +56,16 @@ pytestmark = pytest.mark.real_model  # the tokenizers libmtmd needs come from re
 REL_TOL_F32 = 1e-3
 REL_TOL_F16 = 3e-3
 WINDOW_EFFECT = 10.0
+EPSILON_EFFECT = 3.0
 
 # general.name is the checkpoint folder's name upstream; ours names nothing.
 # htsparse.* keys are ours alone (htsparse.vision.tokens_per_second, asserted there).
 IGNORED_KEYS = {"general.name"}
 OUR_KEYS = "htsparse."
+# Qwen3-VL's tower LayerNorm epsilon: upstream writes the decoder's
+# rms_norm_eps (1e-2 in the tiny model), ours the tower's 1e-6 (mmproj_gguf's
+# docstring; test_upstream_qwen3vl_epsilon_misses_transformers).
+EPS_KEY = gguf.Keys.ClipVision.Attention.LAYERNORM_EPS
 
 
 def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
@@ -73,6 +93,7 @@ class TinyVLM:
         folder.mkdir(exist_ok=True)
         self._vocab = vocab
         self._text: Optional[TextModel] = None
+        self._text_path: Optional[Path] = None
         self._reference: Optional[np.ndarray] = None
 
     @property
@@ -85,13 +106,19 @@ class TinyVLM:
         return pattern_image(*self.case.image_wh)
 
     @property
-    def text_model(self) -> TextModel:
-        if self._text is None:
+    def text_path(self) -> Path:
+        """The f32 text GGUF, written on first use."""
+        if self._text_path is None:
             tensors, config = self.state_dict, self.model.config
             if self.case.text_part is not None:
                 tensors, config = self.case.text_part(tensors, config)
-            path = write_text_gguf(self.folder / "text-f32.gguf", tensors, config, vocab_from=self._vocab)
-            self._text = TextModel(path)
+            self._text_path = write_text_gguf(self.folder / "text-f32.gguf", tensors, config, vocab_from=self._vocab)
+        return self._text_path
+
+    @property
+    def text_model(self) -> TextModel:
+        if self._text is None:
+            self._text = TextModel(self.text_path)
         return self._text
 
     @property
@@ -151,7 +178,7 @@ def test_mtmd_embeddings_match_transformers(tiny_vlms, model_type, out_type, tol
     with MtmdEncoder(vlm.text_model, path) as enc:
         chunks = enc.encode(vlm.image)
     assert len(chunks) == vlm.case.n_images
-    assert vlm.reference.shape == (vlm.case.n_tokens, 64)
+    assert vlm.reference.shape == (vlm.case.n_tokens, 64 * (1 + vlm.case.n_deepstack))
     for ours in chunks:
         assert ours.shape == vlm.reference.shape
         err = rel_l2(ours, vlm.reference)
@@ -215,8 +242,9 @@ def test_same_as_upstream_converter(tiny_vlms, upstream_mmprojs, model_type, out
     """From the saved checkpoint and its config.json (where the other tests
     give the in-memory state_dict and config object), our mmproj equals
     upstream's: keys, values and their types, tensor names, shapes, types and
-    bytes. Only general.name differs, and ours adds htsparse.* keys: Qwen2.5-VL's
-    tokens_per_second, from its config."""
+    bytes. Only general.name and Qwen3-VL's tower epsilon differ (EPS_KEY:
+    ours 1e-6, upstream's the decoder's rms_norm_eps, both asserted), and ours
+    adds htsparse.* keys: Qwen2.5-VL's tokens_per_second, from its config."""
     tensors, config, pre = _load_checkpoint(tiny_vlms[model_type].checkpoint_dir)
     ours = write_mmproj_gguf(tmp_path / "ours.gguf", tensors, config, pre, out_type)
     added = {f.key: f.value for f in read_gguf_header(ours)[0] if f.key.startswith(OUR_KEYS)}
@@ -227,6 +255,9 @@ def test_same_as_upstream_converter(tiny_vlms, upstream_mmprojs, model_type, out
 
     meta_ours, tensors_ours = _gguf_contents(ours)
     meta_theirs, tensors_theirs = _gguf_contents(upstream_mmprojs[model_type, out_type])
+    if model_type == "qwen3_vl":
+        eps = (meta_ours.pop(EPS_KEY)[0], meta_theirs.pop(EPS_KEY)[0])
+        assert eps == pytest.approx((1e-6, config["text_config"]["rms_norm_eps"]))
     assert meta_ours.keys() == meta_theirs.keys()
     for key, value in meta_theirs.items():
         assert meta_ours[key] == value, f"{key}: ours {meta_ours[key]} upstream {value}"
@@ -236,6 +267,58 @@ def test_same_as_upstream_converter(tiny_vlms, upstream_mmprojs, model_type, out
             f"{name}: ours {tensors_ours[name][:2]} upstream {(shape, qtype)}"
         )
         assert tensors_ours[name][2] == data, f"{name}: same shape and type, different bytes"
+
+
+def test_upstream_qwen3vl_epsilon_misses_transformers(tiny_vlms, upstream_mmprojs):
+    """Why our Qwen3-VL epsilon is not upstream's: upstream's f32 file, the
+    same as ours but for the decoder's 1e-2 in the tower's LayerNorms, encodes
+    the test image more than EPSILON_EFFECT times the f32 tolerance away from
+    transformers (measured 4.9e-3; ours 4.1e-4)."""
+    vlm = tiny_vlms["qwen3_vl"]
+    with MtmdEncoder(vlm.text_model, upstream_mmprojs["qwen3_vl", "f32"]) as enc:
+        (theirs,) = enc.encode(vlm.image)
+    assert rel_l2(theirs, vlm.reference) > EPSILON_EFFECT * REL_TOL_F32
+
+
+# -- (c) Qwen3-VL's DeepStack width in the runtime ---------------------------------------------
+
+
+def _with_taps(vlm, taps) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """The tiny Qwen3-VL's tensors and config with DeepStack mergers at
+    `taps`, merger i a copy of the checkpoint's merger i % 2."""
+    prefix = "model.visual.deepstack_merger_list."
+    n_mergers = len(VISION_3_MMPROJ["deepstack_visual_indexes"])
+    tensors = {k: v for k, v in vlm.state_dict.items() if not k.startswith(prefix)}
+    mergers = [(k[len(prefix) :].partition("."), v) for k, v in vlm.state_dict.items() if k.startswith(prefix)]
+    for i in range(len(taps)):
+        tensors.update({f"{prefix}{i}.{key}": v for (j, _, key), v in mergers if int(j) == i % n_mergers})
+    config = vlm.model.config.to_dict()
+    config["vision_config"]["deepstack_visual_indexes"] = list(taps)
+    return tensors, config
+
+
+def test_qwen3vl_mmproj_fits_its_text_model(tiny_vlms, tmp_path):
+    """htsparse_llama.Vision takes the converted text GGUF with our mmproj
+    (rows 64 x (1 + 2) wide on both sides: the runtime's DeepStack width check
+    passes) and its image chunk holds transformers' rows (main then DeepStack);
+    an mmproj with one DeepStack merger fewer or more is refused, naming both widths."""
+    vlm = tiny_vlms["qwen3_vl"]
+    model = Model(str(vlm.text_path), n_ctx=256, n_threads=2, device="cpu")
+    assert (model.info["n_embd"], model.info["n_deepstack"], model.info["n_embd_inp"]) == (64, 2, 192)
+    path = write_mmproj_gguf(tmp_path / "mmproj.gguf", vlm.state_dict, vlm.model.config, vlm.case.preprocessor, "f32")
+    vision = Vision(model, path, n_threads=2)
+    (image,) = [c for c in vision.encode_image(vlm.image) if c.is_image]
+    assert image.embd.shape == vlm.reference.shape == (35, 192)
+    assert rel_l2(np.asarray(image.embd), vlm.reference) < REL_TOL_F32
+
+    for taps in ([1], [0, 1, 2]):
+        tensors, config = _with_taps(vlm, taps)
+        other = write_mmproj_gguf(tmp_path / f"taps-{len(taps)}.gguf", tensors, config, vlm.case.preprocessor, "f32")
+        width = 64 * (1 + len(taps))
+        with pytest.raises(
+            hts.InvalidArgumentError, match=rf"does not match.*{width} wide.*n_embd is 64.*2 DeepStack.*192 in all"
+        ):
+            Vision(model, other)
 
 
 # -- bad input ---------------------------------------------------------------------------------
@@ -267,6 +350,49 @@ def test_config_clip_cannot_express_is_refused(tmp_path, change, preprocessor, m
     config = Qwen2_5_VLConfig(text_config={"hidden_size": 64}, vision_config=dict(VISION_2_5_MMPROJ, **change))
     with pytest.raises(ValueError, match=match):
         write_mmproj_gguf(tmp_path / "x.gguf", {}, config, preprocessor)
+
+
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        # A layer tapped twice would put two mergers at one v.deepstack.N.
+        pytest.param({"deepstack_visual_indexes": [1, 1]}, "deepstack_visual_indexes", id="layer-tapped-twice"),
+        pytest.param({"deepstack_visual_indexes": [1, 3]}, "deepstack_visual_indexes", id="tap-past-the-tower"),
+        pytest.param({"num_position_embeddings": 24}, "square grid", id="positions-not-square"),
+        pytest.param({"rope_parameters": {"rope_type": "axial", "rope_theta": 20000.0}}, "base 10000", id="rope-base"),
+        pytest.param({"hidden_act": "silu"}, "gelu", id="silu-mlp"),
+        pytest.param({"patch_size": [8, 16]}, "square", id="patch-8x16"),
+        pytest.param({"spatial_merge_size": 4}, "spatial_merge_size", id="merge-4x4"),
+        pytest.param({"out_hidden_size": 32}, "out_hidden_size", id="merger-narrower-than-text"),
+    ],
+)
+def test_qwen3vl_config_clip_cannot_express_is_refused(tmp_path, change, match):
+    from transformers import Qwen3VLConfig
+
+    config = Qwen3VLConfig(text_config={"hidden_size": 64}, vision_config=dict(VISION_3_MMPROJ, **change))
+    with pytest.raises(ValueError, match=match):
+        write_mmproj_gguf(tmp_path / "x.gguf", {}, config)
+
+
+def test_qwen3vl_missing_and_extra_tensors_leave_no_file(tiny_vlms, tmp_path):
+    """A missing DeepStack merger weight is named by its layer; the biases
+    clip.cpp's qwen3vl graph adds unchecked are required too; a merger past
+    deepstack_visual_indexes is refused."""
+    vlm = tiny_vlms["qwen3_vl"]
+    for hf_name, gguf_name in [
+        ("model.visual.deepstack_merger_list.1.linear_fc2.weight", "v.deepstack.2.fc2.weight"),
+        ("model.visual.patch_embed.proj.bias", "v.patch_embd.bias"),
+        ("model.visual.blocks.2.attn.qkv.bias", "v.blk.2.attn_qkv.bias"),
+    ]:
+        tensors = vlm.state_dict
+        del tensors[hf_name]
+        with pytest.raises(ValueError, match=rf"lacks 1 vision tensors.*'{re.escape(gguf_name)}'"):
+            write_mmproj_gguf(tmp_path / "x.gguf", tensors, vlm.model.config)
+    tensors = vlm.state_dict
+    tensors["model.visual.deepstack_merger_list.2.norm.weight"] = np.ones(128, np.float32)
+    with pytest.raises(ValueError, match="deepstack_merger_list.2.norm.weight"):
+        write_mmproj_gguf(tmp_path / "x.gguf", tensors, vlm.model.config)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_missing_and_unknown_tensors_leave_no_file(tiny_vlms, tmp_path):

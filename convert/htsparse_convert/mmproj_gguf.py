@@ -10,18 +10,27 @@ object), `preprocessor` the dict of preprocessor_config.json. Only the vision
 tower and its projector are written; the decoder is write_text_gguf's job.
 
 libmtmd's clip.cpp reads the result, so upstream convert_hf_to_gguf.py
-(MmprojModel and its Qwen2VLVisionModel / SmolVLMModel subclasses) decides
-every choice here: tensor names, the clip.* keys and their types, the split of
-Qwen's fused QKV and of its 3D patch convolution into two 2D kernels, which
-tensors stay f32. Where clip.cpp hard-codes a value that a config could set
-otherwise (Qwen's 2x2 merge, 2.5-VL's 112-pixel window), a config that differs
-is refused instead of written into a file that would compute something else.
+(MmprojModel and its Qwen2VLVisionModel / Qwen3VLVisionModel / SmolVLMModel
+subclasses) decides every choice here: tensor names, the clip.* keys and their
+types, the split of Qwen2's fused QKV (Qwen3-VL's stays fused) and of the 3D
+patch convolution into two 2D kernels, the numbering of Qwen3-VL's DeepStack
+mergers by the layer they tap, which tensors stay f32. Where clip.cpp
+hard-codes a value that a config could set otherwise (Qwen's 2x2 merge, 2.5-VL's
+112-pixel window, Qwen3-VL's rope base), a config that differs is refused
+instead of written into a file that would compute something else.
+
+One value differs from upstream on purpose: Qwen3-VL's
+clip.vision.attention.layer_norm_epsilon. Upstream writes the text decoder's
+rms_norm_eps there, but every LayerNorm of the tower (blocks, merger,
+DeepStack mergers) is built with eps 1e-6 in transformers, whatever the
+decoder's is; this writes 1e-6. The two agree on every released Qwen3-VL
+checkpoint (decoder rms_norm_eps 1e-6).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -71,8 +80,12 @@ class VisionHParams:
     eps: float
     image_mean: Tuple[float, ...]
     image_std: Tuple[float, ...]
-    # Per-architecture keys, in upstream's types: bool -> bool, int -> uint32.
-    extra: Tuple[Tuple[str, Union[bool, int]], ...] = ()
+    # Per-architecture keys, in upstream's types: bool -> bool, int -> uint32,
+    # a tuple of bools -> an array of bool.
+    extra: Tuple[Tuple[str, Union[bool, int, Tuple[bool, ...]]], ...] = ()
+    # Qwen3-VL: the tower layer the i-th DeepStack merger taps
+    # (deepstack_visual_indexes), in the order of the HF merger list.
+    deepstack_layers: Tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,15 @@ class VisionSpec:
     hparams: Callable[[Dict[str, Any], Dict[str, Any], Mapping[str, Any]], VisionHParams]
     # GGUF name fragments that stay f32 whatever the file type.
     f32_fragments: Tuple[str, ...] = ("v.position_embd.",)
+    # Qwen3-VL's DeepStack mergers: "{prefix}{i}." and a key of `tensors`,
+    # written as "v.deepstack.{layer}." + the target, where layer is
+    # hparams.deepstack_layers[i] (clip.cpp looks a merger up by the layer
+    # whose output it reads, not by its place in the list).
+    deepstack_prefix: str = ""
+    deepstack_tensors: Mapping[str, Target] = field(default_factory=dict)
+    # HF biases clip.cpp cannot do without (its graph adds them unchecked),
+    # checked like the weights; the other biases are optional there.
+    required_biases: Tuple[str, ...] = ()
 
 
 def _names(target: Target) -> Tuple[str, ...]:
@@ -129,6 +151,44 @@ _QWEN25_MLP: Dict[str, Target] = {
     "mlp.up_proj.bias": "ffn_up.bias",
     "mlp.down_proj.weight": "ffn_down.weight",
     "mlp.down_proj.bias": "ffn_down.bias",
+}
+
+# Qwen3-VL: the same patch split, a bias on the patch convolution, learned
+# position embeddings (clip.cpp resamples the square grid to each image), the
+# QKV kept fused (clip.cpp's qwen3vl graph slices it), and the merger's
+# linear_fc1/linear_fc2 at Qwen2's mm.0/mm.2.
+_QWEN3_GLOBAL: Dict[str, Target] = {
+    "visual.patch_embed.proj.weight": _QWEN_GLOBAL["visual.patch_embed.proj.weight"],
+    "visual.patch_embed.proj.bias": "v.patch_embd.bias",
+    "visual.pos_embed.weight": "v.position_embd.weight",
+    "visual.merger.norm.weight": "v.post_ln.weight",
+    "visual.merger.norm.bias": "v.post_ln.bias",
+    "visual.merger.linear_fc1.weight": "mm.0.weight",
+    "visual.merger.linear_fc1.bias": "mm.0.bias",
+    "visual.merger.linear_fc2.weight": "mm.2.weight",
+    "visual.merger.linear_fc2.bias": "mm.2.bias",
+}
+_QWEN3_BLOCK: Dict[str, Target] = {
+    "norm1.weight": "ln1.weight",
+    "norm1.bias": "ln1.bias",
+    "norm2.weight": "ln2.weight",
+    "norm2.bias": "ln2.bias",
+    "attn.qkv.weight": "attn_qkv.weight",
+    "attn.qkv.bias": "attn_qkv.bias",
+    "attn.proj.weight": "attn_out.weight",
+    "attn.proj.bias": "attn_out.bias",
+    "mlp.linear_fc1.weight": "ffn_up.weight",
+    "mlp.linear_fc1.bias": "ffn_up.bias",
+    "mlp.linear_fc2.weight": "ffn_down.weight",
+    "mlp.linear_fc2.bias": "ffn_down.bias",
+}
+_QWEN3_DEEPSTACK: Dict[str, Target] = {
+    "norm.weight": "norm.weight",
+    "norm.bias": "norm.bias",
+    "linear_fc1.weight": "fc1.weight",
+    "linear_fc1.bias": "fc1.bias",
+    "linear_fc2.weight": "fc2.weight",
+    "linear_fc2.bias": "fc2.bias",
 }
 
 _IDEFICS3_GLOBAL: Dict[str, Target] = {
@@ -195,12 +255,14 @@ def _check_mlp(n_embd: int, n_ff: int) -> None:
     _require(n_ff != n_embd, f"clip.cpp cannot load a vision MLP as wide as the tower ({n_ff}); it reads it swapped")
 
 
-def _check_qwen_common(vcfg: Mapping[str, Any], n_embd: int, n_ff: int) -> None:
+def _check_qwen_common(vcfg: Mapping[str, Any], n_embd: int, n_ff: int, swaps_square_mlp: bool = True) -> None:
     # clip.cpp splits the 3D conv into exactly two frames and merges 2x2 patches
     # with a fixed stride (clip_n_output_tokens_x divides by 2).
-    _require(int(vcfg.get("temporal_patch_size", 2)) == 2, "clip.cpp supports temporal_patch_size 2 only")
-    _require(int(vcfg.get("spatial_merge_size", 2)) == 2, "clip.cpp supports spatial_merge_size 2 only")
-    _check_mlp(n_embd, n_ff)
+    _require(vcfg.get("temporal_patch_size", 2) == 2, "clip.cpp supports temporal_patch_size 2 only")
+    _require(vcfg.get("spatial_merge_size", 2) == 2, "clip.cpp supports spatial_merge_size 2 only")
+    _require(vcfg.get("in_channels", 3) == 3, "clip.cpp supports RGB (in_channels 3) only")
+    if swaps_square_mlp:  # qwen3vl_merger is not among the types clip.cpp swaps
+        _check_mlp(n_embd, n_ff)
 
 
 def _qwen2vl_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
@@ -273,6 +335,62 @@ def _qwen25vl_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[st
     )
 
 
+def _deepstack_layers(vcfg: Mapping[str, Any], depth: int) -> Tuple[int, ...]:
+    """deepstack_visual_indexes, checked: distinct tower layers (a layer
+    tapped twice would write two mergers under one v.deepstack.N)."""
+    layers = tuple(int(il) for il in vcfg.get("deepstack_visual_indexes") or ())
+    _require(
+        len(set(layers)) == len(layers) and all(0 <= il < depth for il in layers),
+        f"deepstack_visual_indexes {list(layers)} must be distinct layers of the {depth}-layer tower",
+    )
+    return layers
+
+
+def _qwen3vl_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
+    n_embd, n_ff, depth = _int(vcfg, "hidden_size"), _int(vcfg, "intermediate_size"), _int(vcfg, "depth")
+    patch = vcfg.get("patch_size")
+    # transformers allows a [h, w] patch; clip.cpp has one square size.
+    _require(isinstance(patch, int), f"clip.cpp supports a square (int) patch_size only, the config says {patch!r}")
+    _check_qwen_common(vcfg, n_embd, n_ff, swaps_square_mlp=False)
+    act = vcfg.get("hidden_act", "gelu_pytorch_tanh")
+    _require(act in ("gelu_pytorch_tanh", "gelu"), f"clip.cpp runs Qwen3-VL's MLP with gelu, the config says {act!r}")
+    # clip.cpp's qwen3vl graph hard-codes the vision rope's base.
+    theta = float((vcfg.get("rope_parameters") or {}).get("rope_theta", 10000.0))
+    _require(theta == 10000.0, f"clip.cpp runs Qwen3-VL's vision rope with base 10000, the config says {theta}")
+    # clip.cpp reads the learned positions as a square grid (sqrt of the rows).
+    n_pos = _int(vcfg, "num_position_embeddings")
+    _require(round(n_pos**0.5) ** 2 == n_pos, f"num_position_embeddings {n_pos} is not a square grid as clip.cpp needs")
+    width = _text_width(cfg)
+    out = int(vcfg.get("out_hidden_size", width))
+    _require(out == width, f"the merger's out_hidden_size {out} is not the text model's hidden_size {width}")
+    taps = _deepstack_layers(vcfg, depth)
+    # Every released Qwen3-VL preprocessor_config.json says 0.5 / 0.5.
+    mean, std = _mean_std((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pre)
+    return VisionHParams(
+        n_embd=n_embd,
+        n_ff=n_ff,
+        n_layer=depth,
+        n_head=_int(vcfg, "num_heads"),
+        patch_size=patch,
+        # As upstream: the config's image_size, else the side of the learned
+        # position grid in pixels.
+        image_size=int(vcfg["image_size"]) if "image_size" in vcfg else int(n_pos**0.5 * patch),
+        projection_dim=width,
+        # transformers builds all of the tower's LayerNorms with eps 1e-6;
+        # upstream writes the decoder's rms_norm_eps (see the module docstring).
+        eps=1e-6,
+        image_mean=mean,
+        image_std=std,
+        extra=(
+            (_K.USE_GELU, True),
+            (_K.SPATIAL_MERGE_SIZE, 2),  # checked above
+            # One flag per tower layer: whether a DeepStack merger taps it.
+            (_K.IS_DEEPSTACK_LAYERS, tuple(il in taps for il in range(depth))),
+        ),
+        deepstack_layers=taps,
+    )
+
+
 # SmolVLM2's config.json leaves some vision sizes out. Upstream reads the
 # config through transformers' AutoConfig, which fills in these defaults
 # (SmolVLMVisionConfig), so a raw config.json dict gets them here too.
@@ -331,6 +449,18 @@ _QWEN25VL = VisionSpec(
     {**_QWEN_BLOCK, **_QWEN25_MLP},
     _qwen25vl_hparams,
 )
+_QWEN3VL = VisionSpec(
+    gguf.VisionProjectorType.QWEN3VL,
+    ("visual.",),
+    "visual.blocks.",
+    _QWEN3_GLOBAL,
+    _QWEN3_BLOCK,
+    _qwen3vl_hparams,
+    deepstack_prefix="visual.deepstack_merger_list.",
+    deepstack_tensors=_QWEN3_DEEPSTACK,
+    # clip.cpp's qwen3vl graph asserts the patch bias and adds the QKV bias.
+    required_biases=("visual.patch_embed.proj.bias", "attn.qkv.bias"),
+)
 # SmolVLM's embeddings stay f32 in every file type (upstream SmolVLMModel).
 _IDEFICS3 = VisionSpec(
     gguf.VisionProjectorType.IDEFICS3,
@@ -346,6 +476,7 @@ _IDEFICS3 = VisionSpec(
 VISION_ARCHITECTURES: Dict[str, VisionSpec] = {
     "qwen2_vl": _QWEN2VL,
     "qwen2_5_vl": _QWEN25VL,
+    "qwen3_vl": _QWEN3VL,
     "smolvlm": _IDEFICS3,
     "idefics3": _IDEFICS3,
 }
@@ -393,7 +524,9 @@ def add_vision_hparams(writer: gguf.GGUFWriter, spec: VisionSpec, hp: VisionHPar
     writer.add_clip_projector_type(spec.projector_type)
     writer.add_vision_attention_layernorm_eps(hp.eps)
     for key, value in hp.extra:
-        if isinstance(value, bool):
+        if isinstance(value, tuple):
+            writer.add_array(key, list(value))
+        elif isinstance(value, bool):
             writer.add_bool(key, value)
         else:
             writer.add_uint32(key, value)
@@ -404,20 +537,36 @@ def add_vision_hparams(writer: gguf.GGUFWriter, spec: VisionSpec, hp: VisionHPar
 # --------------------------------------------------------------------------------------
 
 
-def mmproj_target(spec: VisionSpec, hf_name: str) -> Optional[Target]:
+def _numbered(target: Target, prefix: str) -> Target:
+    """`target` under a numbered GGUF group, e.g. "v.blk.3."."""
+    names = tuple(prefix + n for n in _names(target))
+    return Split(names, target.axis, target.squeeze) if isinstance(target, Split) else names[0]
+
+
+def _list_entry(name: str, prefix: str, tensors: Mapping[str, Target]) -> Optional[Tuple[int, Target]]:
+    """(i, target) for "{prefix}{i}.{key}" with a known key, else None."""
+    if not (prefix and name.startswith(prefix)):
+        return None
+    index, _, rest = name[len(prefix) :].partition(".")
+    target = tensors.get(rest)
+    return (int(index), target) if index.isdigit() and target is not None else None
+
+
+def mmproj_target(spec: VisionSpec, hp: VisionHParams, hf_name: str) -> Optional[Target]:
     """Where one HF parameter goes: a GGUF name, a Split, or None for a decoder
-    parameter. Raises on a vision parameter we do not know."""
+    parameter. Raises on a vision parameter we do not know, or a DeepStack
+    merger past those deepstack_visual_indexes names."""
     name = hf_name[len("model.") :] if hf_name.startswith("model.") else hf_name
     if not name.startswith(spec.prefixes):
         return None
     if name in spec.global_tensors:
         return spec.global_tensors[name]
-    if name.startswith(spec.block_prefix):
-        bid, _, rest = name[len(spec.block_prefix) :].partition(".")
-        target = spec.block_tensors.get(rest)
-        if bid.isdigit() and target is not None:
-            names = tuple(f"v.blk.{int(bid)}.{n}" for n in _names(target))
-            return Split(names, target.axis, target.squeeze) if isinstance(target, Split) else names[0]
+    block = _list_entry(name, spec.block_prefix, spec.block_tensors)
+    if block is not None:
+        return _numbered(block[1], f"v.blk.{block[0]}.")
+    merger = _list_entry(name, spec.deepstack_prefix, spec.deepstack_tensors)
+    if merger is not None and merger[0] < len(hp.deepstack_layers):
+        return _numbered(merger[1], f"v.deepstack.{hp.deepstack_layers[merger[0]]}.")
     raise ValueError(f"cannot map vision tensor {hf_name!r} to a {spec.projector_type} mmproj name")
 
 
@@ -431,12 +580,12 @@ def _split(data: np.ndarray, split: Split, hf_name: str) -> List[np.ndarray]:
     return [p.squeeze(split.axis) if split.squeeze else p for p in parts]
 
 
-def mmproj_tensors(spec: VisionSpec, tensors: Mapping[str, Any]) -> Iterator[Tuple[str, np.ndarray]]:
+def mmproj_tensors(spec: VisionSpec, hp: VisionHParams, tensors: Mapping[str, Any]) -> Iterator[Tuple[str, np.ndarray]]:
     """Yields (gguf_name, f32 array) for every vision tensor, in GGUF naming and
     HF layout (the writer reverses the axes into ggml order)."""
     seen: Dict[str, str] = {}
     for hf_name in tensors:  # names first: a lazy mapping loads only the vision tensors
-        target = mmproj_target(spec, hf_name)
+        target = mmproj_target(spec, hp, hf_name)
         if target is None:
             continue
         data = np.asarray(tensors[hf_name], dtype=np.float32)
@@ -449,18 +598,32 @@ def mmproj_tensors(spec: VisionSpec, tensors: Mapping[str, Any]) -> Iterator[Tup
 
 
 def _missing_tensors(spec: VisionSpec, hp: VisionHParams, names: Sequence[str]) -> List[str]:
-    """The spec's weights missing from `names`. Every weight is needed; biases
-    are not checked (the map lists norm biases only Qwen2-VL's LayerNorms have)."""
-    need = [n for k, t in spec.global_tensors.items() if k.endswith(".weight") for n in _names(t)]
+    """The spec's weights missing from `names`, and its required_biases. Other
+    biases are not checked (the map lists norm biases only Qwen2-VL's
+    LayerNorms have)."""
+
+    def needed(tensors: Mapping[str, Target], prefix: str = "") -> List[str]:
+        return [
+            prefix + n
+            for k, t in tensors.items()
+            if k.endswith(".weight") or k in spec.required_biases
+            for n in _names(t)
+        ]
+
+    need = needed(spec.global_tensors)
     for il in range(hp.n_layer):
-        need += [f"v.blk.{il}.{n}" for k, t in spec.block_tensors.items() if k.endswith(".weight") for n in _names(t)]
+        need += needed(spec.block_tensors, f"v.blk.{il}.")
+    for il in hp.deepstack_layers:
+        need += needed(spec.deepstack_tensors, f"v.deepstack.{il}.")
     present = set(names)
     return [n for n in need if n not in present]
 
 
 def tensor_type(spec: VisionSpec, gguf_name: str, data: np.ndarray, out_type: str) -> gguf.GGMLQuantizationType:
     """The type upstream gives a tensor (ModelBase.prepare_tensors with the
-    MmprojModel / Qwen2VL / SmolVLM overrides of tensor_force_quant)."""
+    MmprojModel / Qwen2VL / SmolVLM overrides of tensor_force_quant; Qwen3-VL
+    has none, and its position embeddings stay f32 by prepare_tensors' own
+    list)."""
     f32, f16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
     if data.ndim <= 1 or gguf_name.endswith("_norm.weight") or any(f in gguf_name for f in spec.f32_fragments):
         return f32
@@ -511,7 +674,7 @@ def write_mmproj_gguf(
     cfg = config_dict(config)
     spec = vision_spec(cfg)
     hp = vision_hparams(cfg, preprocessor)
-    converted = list(mmproj_tensors(spec, tensors))
+    converted = list(mmproj_tensors(spec, hp, tensors))
     missing = _missing_tensors(spec, hp, [n for n, _ in converted])
     if missing:
         raise ValueError(f"checkpoint lacks {len(missing)} vision tensors, first: {missing[:4]}")

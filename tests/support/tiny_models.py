@@ -138,8 +138,8 @@ def qwen3_model(n_vocab: int, seed: int = 5) -> torch.nn.Module:
     return model
 
 
-# Qwen3-VL's tower, built for the HF class (never converted here): DeepStack
-# taps after blocks 0 and 1, so the text GGUF says 2 deepstack layers.
+# Qwen3-VL's tower, built for the HF class: DeepStack taps after blocks 0 and
+# 1, so the text GGUF says 2 deepstack layers.
 VISION_3 = dict(
     depth=3,
     hidden_size=32,
@@ -150,14 +150,19 @@ VISION_3 = dict(
     num_position_embeddings=16,
     deepstack_visual_indexes=[0, 1],
 )
+# The tower test_convert_mmproj converts: taps after blocks 1 and 2, so the
+# i-th merger is not at layer i (the mmproj numbers it by the layer, as the
+# released [8, 16, 24]) and one taps the last block, whose output the merger
+# also reads.
+VISION_3_MMPROJ = dict(VISION_3, deepstack_visual_indexes=[1, 2])
 
 
-def qwen3vl_model(n_vocab: int, seed: int = 6) -> torch.nn.Module:
+def qwen3vl_model(n_vocab: int, seed: int = 6, vision: Dict[str, Any] = VISION_3) -> torch.nn.Module:
     """Qwen3VLForConditionalGeneration: Qwen3 layers (q/k norms, head_dim 32
     apart from hidden / heads) with interleaved M-RoPE, sections [4, 6, 6] of 16 pairs."""
     rope = {"rope_type": "default", "rope_theta": 5000000.0, "mrope_section": [4, 6, 6], "mrope_interleaved": True}
     text = dict(DECODER, vocab_size=n_vocab, head_dim=32, rope_parameters=rope)
-    config = Qwen3VLConfig(text_config=text, vision_config=VISION_3, tie_word_embeddings=False)
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=False)
     model = Qwen3VLForConditionalGeneration(config)
     randomize_(model, seed)
     return model

@@ -1,10 +1,10 @@
-"""Tiny VLMs: the random-weight Qwen2.5-VL, Qwen2-VL and SmolVLM2 checkpoints
-the mmproj, vision and video tests share (CASES: how each is built, its
-preprocessor, its test image and what libmtmd makes of it, transformers'
-vision reference), libmtmd driven through llama_cpp.mtmd_cpp (TextModel,
-MtmdEncoder), and the converted text GGUF + mmproj pairs (build, the
-module-scoped qwen_vl and smolvlm fixtures) with the bar a whole VLM prompt
-is held to against transformers.
+"""Tiny VLMs: the random-weight Qwen2.5-VL, Qwen2-VL, Qwen3-VL and SmolVLM2
+checkpoints the mmproj, vision and video tests share (CASES: how each is
+built, its preprocessor, its test image and what libmtmd makes of it,
+transformers' vision reference), libmtmd driven through llama_cpp.mtmd_cpp
+(TextModel, MtmdEncoder), and the converted text GGUF + mmproj pairs (build,
+the module-scoped qwen_vl and smolvlm fixtures) with the bar a whole VLM
+prompt is held to against transformers.
 
 REL_TOL_TRANSFORMERS (relative L2 error of a position's logits, our runtime
 with an image vs transformers' whole VLM forward): the image embeddings
@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from htsparse_convert import read_gguf_metadata, write_text_gguf
+from htsparse_convert import read_gguf_header, write_text_gguf
 from htsparse_convert.mmproj_gguf import write_mmproj_gguf
 from htsparse_llama import Model
 from htsparse_llama.bench import llama_cpp as llama_cpp_mtmd
@@ -37,9 +37,11 @@ from support.tiny_models import (
     SMOLVLM_VISION,
     VISION_2_5_MMPROJ,
     VISION_2_MMPROJ,
+    VISION_3_MMPROJ,
     attention_eager,
     qwen2vl_model,
     qwen2vl_v1_model,
+    qwen3vl_model,
     smolvlm_model,
 )
 
@@ -60,21 +62,35 @@ def pattern_image(w: int, h: int) -> np.ndarray:
 
 def qwen_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str, Any]) -> np.ndarray:
     """Vision tower + merger on `rgb` preprocessed by transformers' Qwen2-VL
-    image processor, with clip.cpp's pixel limits (8..4096 merged tokens of
-    28x28 pixels) so neither side resizes the test image: [n_tokens, n_embd]."""
+    image processor (Qwen3-VL's too), with the tower's patch and clip.cpp's
+    pixel limits (8..4096 merged tokens, 28x28 pixels each at Qwen2's 14-pixel
+    patches) so neither side resizes the test image: [n_tokens, n_embd], or
+    for Qwen3-VL [n_tokens, n_embd * (1 + D)], each token's merged embedding
+    then its D DeepStack features in layer order, as libmtmd lays out a row."""
     try:  # the PIL backend is the one that runs without torchvision
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil as Processor
     except ImportError:  # pragma: no cover - other transformers versions
         from transformers import Qwen2VLImageProcessor as Processor
     from PIL import Image
 
-    proc = Processor(size={"shortest_edge": 8 * 28 * 28, "longest_edge": 4096 * 28 * 28}, **pre)
+    vcfg = model.config.vision_config
+    patch, merge = vcfg.patch_size, vcfg.spatial_merge_size
+    unit = patch * merge  # the pixels of one merged token, per side
+    proc = Processor(
+        size={"shortest_edge": 8 * unit * unit, "longest_edge": 4096 * unit * unit},
+        patch_size=patch,
+        merge_size=merge,
+        temporal_patch_size=vcfg.temporal_patch_size,
+        **pre,
+    )
     inputs = proc(images=[Image.fromarray(rgb)], return_tensors="pt")
     grid = inputs["image_grid_thw"]
-    assert grid.tolist() == [[1, rgb.shape[0] // 14, rgb.shape[1] // 14]], f"transformers resized: {grid.tolist()}"
+    expected = [[1, rgb.shape[0] // patch, rgb.shape[1] // patch]]
+    assert grid.tolist() == expected, f"transformers resized: {grid.tolist()}"
     with torch.no_grad():
         out = model.model.visual(inputs["pixel_values"], grid_thw=grid)
-    return out.pooler_output.float().numpy()
+    deepstack = getattr(out, "deepstack_features", None) or []
+    return torch.cat([out.pooler_output, *deepstack], dim=-1).float().numpy()
 
 
 def smolvlm_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str, Any]) -> np.ndarray:
@@ -125,6 +141,7 @@ class Case:
     n_tokens: int  # per chunk
     reference: Callable[[torch.nn.Module, np.ndarray, Mapping[str, Any]], np.ndarray]
     text_part: Optional[Callable[[Dict[str, np.ndarray], Any], Tuple[Dict[str, np.ndarray], Any]]] = None
+    n_deepstack: int = 0  # Qwen3-VL: DeepStack rows per token beside its own (output rows n_embd * (1 + this))
 
 
 _CLIP = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
@@ -149,6 +166,18 @@ CASES: Dict[str, Case] = {
         1,
         8 * 6,
         qwen_reference,
+    ),
+    # 112x80 pixels are 14x10 patches of 8 (7x5 merged tokens): the learned
+    # 4x4 position grid is resampled to a grid of another shape.
+    "qwen3_vl": Case(
+        lambda n: qwen3vl_model(n, seed=14, vision=VISION_3_MMPROJ),
+        "qwen_vocab",
+        _OTHER,
+        (112, 80),
+        1,
+        7 * 5,
+        qwen_reference,
+        n_deepstack=2,
     ),
     # libmtmd gives SmolVLM the overview and one tile, both the whole image.
     "smolvlm": Case(
@@ -194,8 +223,12 @@ class MtmdEncoder:
 
         self._mtmd = mtmd
         self.ctx = llama_cpp_mtmd.init_context(mmproj, text.ptr, n_threads=2)
-        # The text model's width; a vocab_only model reports 0, the mmproj says it.
-        self.n_embd = next(f.value for f in read_gguf_metadata(mmproj) if f.key == "clip.vision.projection_dim")
+        # The row width: the text model's (a vocab_only model reports 0, the
+        # mmproj says it) once per DeepStack merger too (clip_n_mmproj_embd).
+        fields, tensors = read_gguf_header(mmproj)
+        n_deepstack = sum(1 for t in tensors if t.name.startswith("v.deepstack.") and t.name.endswith(".fc2.weight"))
+        projection_dim = next(f.value for f in fields if f.key == "clip.vision.projection_dim")
+        self.n_embd = projection_dim * (1 + n_deepstack)
 
     def encode(self, rgb: np.ndarray) -> List[np.ndarray]:
         """[n_tokens, n_embd] per image chunk of an [H, W, 3] uint8 image."""
