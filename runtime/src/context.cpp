@@ -641,44 +641,59 @@ void Context::rewind_to_logged_layer(int hold_layer) {
 
 namespace {
 
+// Fills an F16 mask tensor [n_kv, n_rows] query row by query row,
+// fill(i, row) writing row i's n_kv values, without a host copy of the whole
+// mask (at 64K cells a 512-token batch's mask is 64 MiB): straight into the
+// tensor where its buffer is host memory (the CPU), else through a staging
+// block of rows of at most 1 MiB.
+template <typename Fill> void fill_mask(ggml_tensor * t, Fill fill) {
+    const int64_t n_kv = t->ne[0], n_rows = t->ne[1];
+    if (ggml_backend_buffer_is_host(t->buffer)) {
+        for (int64_t i = 0; i < n_rows; ++i)
+            fill(int(i), reinterpret_cast<ggml_fp16_t *>((char *)t->data + i * t->nb[1]));
+        return;
+    }
+    const int64_t block = std::max<int64_t>(1, (int64_t(1) << 20) / int64_t(t->nb[1]));
+    std::vector<ggml_fp16_t> staged(size_t(block * n_kv));
+    for (int64_t i0 = 0; i0 < n_rows; i0 += block) {
+        const int64_t nb = std::min(block, n_rows - i0);
+        for (int64_t i = 0; i < nb; ++i) fill(int(i0 + i), staged.data() + i * n_kv);
+        ggml_backend_tensor_set(t, staged.data(), size_t(i0) * t->nb[1], size_t(nb) * t->nb[1]);
+    }
+}
+
 // Causal mask [n_kv, n_tokens] over cells filled in arrival order (not by rope
 // position: M-RoPE images reuse positions): row i sees cells <= its own
 // (first + i, or cells[i] in a replay), except `hidden` ones.
-std::vector<ggml_fp16_t> causal_mask(int n_kv, int n_tokens, int first, const std::vector<bool> & hidden,
-                                     const int32_t * cells = nullptr) {
+void set_causal_mask(ggml_tensor * t, int first, const std::vector<bool> & hidden, const int32_t * cells = nullptr) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
-    std::vector<ggml_fp16_t> mask(size_t(n_kv) * n_tokens);
-    for (int i = 0; i < n_tokens; ++i) {
-        ggml_fp16_t * row = mask.data() + size_t(i) * n_kv;
+    const int n_kv = int(t->ne[0]);
+    fill_mask(t, [&](int i, ggml_fp16_t * row) {
         const int own = cells ? cells[i] : first + i;
         for (int j = 0; j < n_kv; ++j) {
             const bool is_hidden = size_t(j) < hidden.size() && hidden[j];
             row[j] = j <= own && !is_hidden ? zero : neg_inf;
         }
-    }
-    return mask;
+    });
 }
 
 // The sliding-window layers' mask [n_kv_swa, n_tokens]: row i sees the n_swa
 // cells up to its own (llama.cpp's LLAMA_SWA_TYPE_STANDARD), read from the
 // ring rows that hold them (KvCache::window_row_cell), except `hidden` ones.
-std::vector<ggml_fp16_t> window_mask(const GraphContext & gc, const std::vector<bool> & hidden) {
+void set_window_mask(const GraphContext & gc, const std::vector<bool> & hidden) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
     const int n_rows = gc.n_kv_swa, n_tokens = gc.n_tokens, window = gc.hp.n_swa;
     const int last = gc.cells ? gc.cells[n_tokens - 1] : gc.first_cell + n_tokens - 1;
     std::vector<int> row_cell(n_rows);
     for (int r = 0; r < n_rows; ++r) row_cell[r] = gc.kv.window_row_cell(r, last);
-    std::vector<ggml_fp16_t> mask(size_t(n_rows) * n_tokens);
-    for (int i = 0; i < n_tokens; ++i) {
-        ggml_fp16_t * row = mask.data() + size_t(i) * n_rows;
+    fill_mask(gc.inp_kq_mask_swa, [&](int i, ggml_fp16_t * row) {
         const int own = gc.cells ? gc.cells[i] : gc.first_cell + i;
         for (int r = 0; r < n_rows; ++r) {
             const int c = row_cell[r];
             const bool is_hidden = c >= 0 && size_t(c) < hidden.size() && hidden[c];
             row[r] = c >= 0 && c <= own && own - c < window && !is_hidden ? zero : neg_inf;
         }
-    }
-    return mask;
+    });
 }
 
 // Whether the scheduler gave an input memory: one that no node reads (the
@@ -705,10 +720,7 @@ void set_routed_inputs(const GraphContext & gc) {
         set_i32_rows(in.full_heads, full);
         set_i32_rows(in.sparse_heads, sparse);
     }
-    if (in_graph(gc.inp_kq_mask_sparse)) {
-        const std::vector<ggml_fp16_t> mask = causal_mask(gc.n_kv_sparse, gc.n_tokens, gc.first_sparse_cell, {});
-        ggml_backend_tensor_set(gc.inp_kq_mask_sparse, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask_sparse));
-    }
+    if (in_graph(gc.inp_kq_mask_sparse)) set_causal_mask(gc.inp_kq_mask_sparse, gc.first_sparse_cell, {});
 }
 
 }  // namespace
@@ -725,14 +737,8 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
         ggml_backend_tensor_set(gc.inp_pos, pos + size_t(s) * pos_stride, sizeof(int32_t) * size_t(s) * gc.n_tokens,
                                 sizeof(int32_t) * gc.n_tokens);
     }
-    if (in_graph(gc.inp_kq_mask)) {
-        const std::vector<ggml_fp16_t> mask = causal_mask(gc.n_kv, gc.n_tokens, gc.first_cell, hidden_cells, gc.cells);
-        ggml_backend_tensor_set(gc.inp_kq_mask, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask));
-    }
-    if (in_graph(gc.inp_kq_mask_swa)) {
-        const std::vector<ggml_fp16_t> mask = window_mask(gc, hidden_cells);
-        ggml_backend_tensor_set(gc.inp_kq_mask_swa, mask.data(), 0, ggml_nbytes(gc.inp_kq_mask_swa));
-    }
+    if (in_graph(gc.inp_kq_mask)) set_causal_mask(gc.inp_kq_mask, gc.first_cell, hidden_cells, gc.cells);
+    if (in_graph(gc.inp_kq_mask_swa)) set_window_mask(gc, hidden_cells);
     if (gc.inp_kq_mask_sparse) set_routed_inputs(gc);
 
     if (in_graph(gc.inp_out_ids)) {
