@@ -74,7 +74,12 @@ void KvCache::grow(int il, Storage & s, int n_heads, int n_cells, int n_used, in
     if (n_cells > limit) {
         fail(ErrorKind::ContextOverflow, format("%d cells exceed the context (%d)", n_cells, limit));
     }
-    const int capacity = std::min(limit, std::max(n_cells, GGML_PAD(s.capacity + s.capacity / 4, kCellPad)));
+    // Decoding (a few cells past the end) grows by a quarter, so it grows
+    // seldom; a prompt's run grows to what it needs, so a question after a
+    // long span adds no quarter of slack to every layer at the peak.
+    const bool few = n_cells <= GGML_PAD(s.capacity + 1, kCellPad);
+    const int capacity =
+        std::min(limit, few ? std::max(n_cells, GGML_PAD(s.capacity + s.capacity / 4, kCellPad)) : n_cells);
     Storage bigger = alloc(il, n_heads, capacity, what);
     const int n_keep = std::min(n_used, s.capacity);
     if (s.buffer && n_keep > 0) {

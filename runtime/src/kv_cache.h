@@ -4,7 +4,8 @@
 // Memory follows the tokens (docs/architecture.md#memory-plan): nothing is
 // allocated for n_ctx cells up front. Each layer owns its own buffer and
 // grows, on the device and one layer at a time, when a batch needs more cells
-// (prepare()), to what the batch needs or a quarter more than it holds (decoding
+// (prepare()), to what the batch needs, or a quarter more than it holds when
+// the batch needs only the next padding step (decoding
 // grows seldom), up to the context's `limit`; so a
 // layer that never sees a span's tokens (the pruned zone while they wait at
 // the prune layer) never holds cells for them, and growing costs at most one
@@ -137,7 +138,7 @@ private:
     // Zero-filled K/V of n_heads heads x `capacity` cells for layer il (`what` names them).
     Storage alloc(int il, int n_heads, int capacity, const char * what);
     void release(Storage & s);
-    // `s` holds at least n_cells cells (a quarter more when it grows by less), its first n_used kept.
+    // `s` holds at least n_cells cells (a quarter more when one padding step would do), its first n_used kept.
     void grow(int il, Storage & s, int n_heads, int n_cells, int n_used, int limit, const char * what);
     ggml_tensor * view(ggml_context * ctx, ggml_tensor * t, int n_kv) const;
 };
