@@ -126,9 +126,11 @@ class Vision:
     @property
     def video_family(self) -> str:
         """The video layout of the mmproj's model family: "qwen" (Qwen2-VL,
-        Qwen2.5-VL: frame pairs in one block, time in the M-RoPE t ids) or
-        "smolvlm" (SmolVLM2: a frame header and one tile per frame); decided
-        by the runtime from the projector (UnsupportedModelError otherwise)."""
+        Qwen2.5-VL: frame pairs in one block, time in the M-RoPE t ids),
+        "qwen3vl" (Qwen3-VL: each frame pair an image after a "<t seconds>"
+        timestamp) or "smolvlm" (SmolVLM2: a frame header and one tile per
+        frame); decided by the runtime from the projector
+        (UnsupportedModelError otherwise)."""
         return str(self._native.video_family)
 
     @property

@@ -112,7 +112,17 @@ std::unique_ptr<VisionEncoder> new_vision(const Model & m, const std::string & m
     return std::make_unique<VisionEncoder>(m, mmproj, p);
 }
 
-const char * family_name(VideoFamily f) { return f == VideoFamily::QwenVL ? "qwen" : "smolvlm"; }
+const char * family_name(VideoFamily f) {
+    switch (f) {
+        case VideoFamily::QwenVL:
+            return "qwen";
+        case VideoFamily::Qwen3VL:
+            return "qwen3vl";
+        case VideoFamily::SmolVLM:
+            break;
+    }
+    return "smolvlm";
+}
 
 void bind_vision(py::module_ & mod) {
     py::class_<VisionEncoder>(mod, "Vision")
@@ -167,6 +177,8 @@ void bind_video(py::module_ & mod) {
             return make_chunk_list(qwen_place_pairs(pairs->chunks, step), pairs->n_embd, pairs->image_token);
         },
         py::arg("pairs"), py::arg("step"));
+    mod.def("qwen3_timestamp", &qwen3_timestamp, py::arg("t"));
+    mod.def("qwen3_video_prompt", &qwen3_video_prompt, py::arg("pair_times"), py::arg("marker"));
     mod.def("number_words", &number_words, py::arg("n"));
     mod.def("smolvlm_video_prompt", &smolvlm_video_prompt, py::arg("times"), py::arg("duration_s"), py::arg("marker"));
     mod.def("longest_edge_size", &longest_edge_size, py::arg("width"), py::arg("height"), py::arg("size"));

@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <iomanip>
+#include <locale>
+#include <sstream>
 
 namespace hts {
 
@@ -16,6 +19,8 @@ constexpr const char * kVideoIntro = "You are provided the following series of %
 constexpr const char * kMediaOutro = "\n\n";
 constexpr const char * kFakeImage = "<fake_token_around_image>";
 constexpr const char * kGlobalImage = "<global-img>";
+constexpr const char * kVisionStart = "<|vision_start|>";
+constexpr const char * kVisionEnd = "<|vision_end|>";
 
 int32_t single_token(const Vocab & vocab, const char * text, const char * family) {
     const std::vector<int32_t> ids = vocab.tokenize(text, false, true);
@@ -45,14 +50,32 @@ std::string smolvlm_frame_header(double t) {
                   static_cast<long long>(std::fmod(t, 60.0)));
 }
 
+// `prompt` cut at each `marker`: its text tokenized (special tokens parsed)
+// between the images, in order. Every piece is bounded by special tokens or
+// the prompt's ends, so it tokenizes as it does within the whole prompt.
+std::vector<VisionChunk> interleave(const Vocab & vocab, const std::string & prompt, const std::string & marker,
+                                    const std::vector<VisionChunk> & images) {
+    std::vector<VisionChunk> out;
+    size_t from = 0;
+    for (const VisionChunk & image : images) {
+        const size_t at = prompt.find(marker, from);
+        out.push_back(text_chunk(vocab.tokenize(prompt.substr(from, at - from), false, true)));
+        out.push_back(image);
+        from = at + marker.size();
+    }
+    out.push_back(text_chunk(vocab.tokenize(prompt.substr(from), false, true)));
+    return out;
+}
+
 }  // namespace
 
 VideoFamily video_family(const MmprojLayout & layout) {
     if (layout.projector == "qwen2vl_merger" || layout.projector == "qwen2.5vl_merger") return VideoFamily::QwenVL;
+    if (layout.projector == "qwen3vl_merger") return VideoFamily::Qwen3VL;
     if (layout.projector == "idefics3") return VideoFamily::SmolVLM;
     fail(ErrorKind::UnsupportedModel,
-         format("video input is supported for Qwen2-VL, Qwen2.5-VL and SmolVLM2 models (this mmproj's projector is "
-                "'%s'); give the frames as images instead",
+         format("video input is supported for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and SmolVLM2 models (this mmproj's "
+                "projector is '%s'); give the frames as images instead",
                 layout.projector.c_str()));
 }
 
@@ -83,6 +106,49 @@ std::vector<VisionChunk> qwen_place_pairs(std::vector<VisionChunk> pairs, double
         v.n_pos = 0;
     }
     pairs.back().image.n_pos = top + 1;
+    return pairs;
+}
+
+// --- Qwen3-VL ------------------------------------------------------------------
+
+std::vector<double> unit_times(const std::vector<double> & times, const std::vector<VisionChunk> & units) {
+    std::vector<double> out;
+    for (const VisionChunk & u : units) {
+        const int first = u.image.first_image, last = first + u.image.n_images - 1;
+        if (first < 0 || last >= int(times.size())) {
+            fail(ErrorKind::InvalidArgument, format("frame %d has no time (%zu given)", last, times.size()));
+        }
+        out.push_back((times[first] + times[last]) / 2);
+    }
+    return out;
+}
+
+std::string qwen3_timestamp(double t) {
+    // The classic locale: an app's setlocale must not turn "1.2" into "1,2".
+    // Like Python's formatting, iostreams round the double's exact value (1.25 -> "1.2").
+    std::ostringstream s;
+    s.imbue(std::locale::classic());
+    s << '<' << std::fixed << std::setprecision(1) << t << " seconds>";
+    return s.str();
+}
+
+std::string qwen3_video_prompt(const std::vector<double> & pair_times, const std::string & marker) {
+    if (pair_times.empty()) fail(ErrorKind::InvalidArgument, "a video needs at least one frame");
+    std::string text = kVisionStart;  // the chat template's, kept around the processor's expansion
+    for (double t : pair_times) text += qwen3_timestamp(t) + kVisionStart + marker + kVisionEnd;
+    return text + kVisionEnd;
+}
+
+std::vector<VisionChunk> qwen3_place_pairs(std::vector<VisionChunk> pairs) {
+    for (VisionChunk & c : pairs) {
+        VisualTokens & v = c.image;
+        if (c.is_text() || v.pos.n_streams != 3)
+            fail(ErrorKind::InvalidArgument, "Qwen3-VL video needs M-RoPE (t/h/w) positions");
+        // transformers' rule, whatever libmtmd reports: one t for the whole pair
+        // (its grid has t = 1), text resuming past the longer side
+        std::fill(v.pos.values.begin(), v.pos.values.begin() + v.n_tokens, 0);
+        v.n_pos = std::max(v.nx, v.ny);
+    }
     return pairs;
 }
 
@@ -157,7 +223,7 @@ VideoEncoder::~VideoEncoder() = default;
 void VideoEncoder::add_frames(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress,
                               void * progress_user_data) {
     if (frames.empty()) return;
-    if (family_ == VideoFamily::QwenVL) {
+    if (family_ != VideoFamily::SmolVLM) {
         add_qwen(frames, progress, progress_user_data);
     } else {
         add_smolvlm(frames, progress, progress_user_data);
@@ -178,7 +244,7 @@ void VideoEncoder::add_qwen(const std::vector<VisionInput::Image> & frames, Visi
     in.progress = progress;
     in.progress_user_data = user_data;
     for (VisionChunk & c : vision_.encode(in)) {
-        if (c.is_text()) continue;  // the text libmtmd puts around each pair: the block has its own
+        if (c.is_text()) continue;  // the text libmtmd puts around each pair: finish() writes the family's
         c.image.first_image += n_frames_;
         images_.push_back(std::move(c));
     }
@@ -241,25 +307,20 @@ std::vector<VisionChunk> VideoEncoder::finish(const std::vector<double> & times,
     std::vector<VisionChunk> out;
     if (family_ == VideoFamily::QwenVL) {
         const MmprojLayout & l = vision_.layout();
-        out.push_back(text_chunk({single_token(vocab, "<|vision_start|>", "Qwen-VL")}));
+        out.push_back(text_chunk({single_token(vocab, kVisionStart, "Qwen-VL")}));
         for (VisionChunk & c :
              qwen_place_pairs(images_, qwen_temporal_step(l.projector, frame_interval(times), l.tokens_per_second))) {
             out.push_back(std::move(c));
         }
-        out.push_back(text_chunk({single_token(vocab, "<|vision_end|>", "Qwen-VL")}));
+        out.push_back(text_chunk({single_token(vocab, kVisionEnd, "Qwen-VL")}));
         return out;
     }
     const std::string marker = vision_.marker();
-    const std::string prompt = smolvlm_video_prompt(times, duration_s, marker);
-    size_t from = 0;
-    for (const VisionChunk & image : images_) {
-        const size_t at = prompt.find(marker, from);
-        out.push_back(text_chunk(vocab.tokenize(prompt.substr(from, at - from), false, true)));
-        out.push_back(image);
-        from = at + marker.size();
+    if (family_ == VideoFamily::Qwen3VL) {
+        return interleave(vocab, qwen3_video_prompt(unit_times(times, images_), marker), marker,
+                          qwen3_place_pairs(images_));
     }
-    out.push_back(text_chunk(vocab.tokenize(prompt.substr(from), false, true)));
-    return out;
+    return interleave(vocab, smolvlm_video_prompt(times, duration_s, marker), marker, images_);
 }
 
 }  // namespace hts

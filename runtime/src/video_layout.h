@@ -1,7 +1,9 @@
 // Video frames laid out as each model family was trained on them (and as
 // transformers feeds them), from frames encoded by libmtmd (VisionEncoder).
 // The chunks go into a Conversation (add_media / add_chunks), usually as one
-// sparse span whose segments are the frame pairs or frames.
+// sparse span whose segments are the frame pairs or frames, each but the
+// first with the text before it (Qwen3-VL's timestamp, SmolVLM2's frame
+// header); the first one's text runs densely before the span.
 //
 // Qwen2-VL / Qwen2.5-VL: one <|vision_start|> ... <|vision_end|> block holding
 // every frame pair's visual tokens, no text between the pairs, time carried
@@ -19,6 +21,27 @@
 // Qwen-VL's tower attends within one temporal patch. transformers 5.23
 // resumes text at p0 + max(nx, ny) (a 5.x refactor); both agree while the
 // last pair's t offset is below the grid size, and we keep the trained rule.
+//
+// Qwen3-VL (qwen3vl_merger), as transformers 5.23 feeds it: time is text, not
+// M-RoPE ids. Its chat template renders a video as
+// <|vision_start|><|video_pad|><|vision_end|>, and Qwen3VLProcessor replaces
+// only the <|video_pad|> (ProcessorMixin.get_text_with_replacements) with,
+// per frame pair, "<{t:.1f} seconds>", <|vision_start|>, the pair's tokens,
+// <|vision_end|>. The template's own markers stay around the whole video, so
+// they nest (checked by running that replacement on a rendered prompt; one
+// line, no text between the pieces):
+//
+//     <|vision_start|><1.2 seconds><|vision_start|>{pair 0 tokens}<|vision_end|>
+//     <2.2 seconds><|vision_start|>{pair 1 tokens}<|vision_end|><|vision_end|>
+//
+// t is the mean of the pair's two frame times (_calculate_timestamps; a lone
+// last frame is repeated, so its own time), formatted as Python's :.1f does.
+// transformers 4.57 replaced the template's whole
+// <|vision_start|><|video_pad|><|vision_end|> instead (no outer pair, as
+// vLLM does); we follow 5.23. Positions: get_rope_index splits
+// video_grid_thw into one grid per pair (t = 1), so each pair is placed as an
+// image of its own: t = p0, h = p0 + row, w = p0 + column, and the timestamp
+// text after it resumes at p0 + max(nx, ny).
 //
 // SmolVLM2 (idefics3 projector), as transformers' SmolVLM processor writes it:
 //
@@ -46,7 +69,7 @@ namespace hts {
 
 class Vocab;
 
-enum class VideoFamily { QwenVL, SmolVLM };
+enum class VideoFamily { QwenVL, Qwen3VL, SmolVLM };
 
 // The family an mmproj's projector gets; UnsupportedModel for one without a video layout.
 VideoFamily video_family(const MmprojLayout & layout);
@@ -60,6 +83,17 @@ double frame_interval(const std::vector<double> & times);
 // shifted by floor(g * step) in t, every pair starting at the block's start
 // (n_pos 0) but the last, after which text resumes past the largest position.
 std::vector<VisionChunk> qwen_place_pairs(std::vector<VisionChunk> pairs, double step);
+
+// --- Qwen3-VL ------------------------------------------------------------------
+// The time of each visual chunk (a frame pair, or a lone last frame): the mean
+// of its first and last frame's, from the frames' `times` (s).
+std::vector<double> unit_times(const std::vector<double> & times, const std::vector<VisionChunk> & units);
+// "<1.2 seconds>": t as Python's f"{t:.1f}" writes it, whatever the C locale.
+std::string qwen3_timestamp(double t);
+// The video's text with `marker` where each pair's visual tokens go.
+std::string qwen3_video_prompt(const std::vector<double> & pair_times, const std::string & marker);
+// The pairs placed as images: t constant, text after each resuming at max(nx, ny).
+std::vector<VisionChunk> qwen3_place_pairs(std::vector<VisionChunk> pairs);
 
 // --- SmolVLM2 ------------------------------------------------------------------
 // num2words(n) in English: 21 "twenty-one", 101 "one hundred and one".
@@ -93,13 +127,13 @@ public:
     VideoFamily family() const { return family_; }
     int n_embd() const { return vision_.n_embd(); }
     int32_t image_token() const { return vision_.image_token(); }
-    // Encodes frames in order. Qwen-VL merges them in pairs of equal size, so
-    // every call but the last must bring an even number. progress(done,
-    // total) counts image chunks within the call.
+    // Encodes frames in order. Qwen-VL and Qwen3-VL merge them in pairs of
+    // equal size, so every call but the last must bring an even number.
+    // progress(done, total) counts image chunks within the call.
     void add_frames(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress = nullptr,
                     void * progress_user_data = nullptr);
     int n_frames() const { return n_frames_; }
-    // The visual chunks so far: frame pairs (Qwen-VL) or frames (SmolVLM2),
+    // The visual chunks so far: frame pairs (Qwen-VL, Qwen3-VL) or frames (SmolVLM2),
     // first_image counting frames over the whole video.
     const std::vector<VisionChunk> & images() const { return images_; }
     // The video's chunks, for frames sampled at `times` (s, one per frame

@@ -38,8 +38,9 @@ from .._native_loader import native
 from ..errors import VideoError
 from .frames import VideoInfo, check_int, check_number
 
-# The sampling rate each video family was trained with (Vision.video_family).
-FAMILY_FPS = {"qwen": 2.0, "smolvlm": 1.0}
+# The sampling rate each video family was trained with (Vision.video_family);
+# Qwen3-VL's is its transformers video processor's default fps.
+FAMILY_FPS = {"qwen": 2.0, "qwen3vl": 2.0, "smolvlm": 1.0}
 DEFAULT_FPS = FAMILY_FPS["qwen"]
 MAX_VIDEO_SIZE = 4096  # transformers' cap on SmolVLM's video_size
 
@@ -137,6 +138,15 @@ class VisionGrid:
 
 QWEN2_VL = VisionGrid("qwen2vl")
 QWEN2_5_VL = replace(QWEN2_VL, name="qwen2.5vl")
+
+
+def qwen3vl_grid(patch_size: int) -> VisionGrid:
+    """Qwen3-VL: a merged token is 2x2 patches of the mmproj's
+    clip.vision.patch_size (16 px on released checkpoints: 32-px units, not
+    Qwen2's 28), frame pairs, libmtmd's same 8..4096 tokens per image."""
+    return replace(QWEN2_VL, name="qwen3vl", family="qwen3vl", patch=2 * patch_size)
+
+
 # SmolVLM2-256M/500M: 512 px tiles, 16 px patches, pixel shuffle 4 -> 64 tokens.
 SMOLVLM2_VIDEO = VisionGrid(
     "smolvlm2",

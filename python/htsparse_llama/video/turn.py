@@ -2,9 +2,10 @@
 sized to a visual-token budget (plan, frames), encoded by the mmproj's
 vision tower through libmtmd in the layout the model family was trained on
 (the runtime's VideoEncoder: Qwen-VL one block with time in the M-RoPE ids,
-SmolVLM2 a frame header and one tile per frame), cached by content (cache),
-and put in the session as one sparse span so that HT-Sparse keeps, per
-question, the frames the question needs. Frames stream: they are decoded and
+Qwen3-VL a timestamp before each frame pair, SmolVLM2 a frame header and one
+tile per frame), cached by content (cache), and put in the session as one
+sparse span so that HT-Sparse keeps, per question, the frames the question
+needs. Frames stream: they are decoded and
 encoded a group at a time.
 
     turn = VideoTurn.load_video(vision, "clip.mp4", VideoOptions(max_visual_tokens=4096), cache)
@@ -40,7 +41,7 @@ class VideoOptions:
 
     fps: Optional[float] = option(
         None,
-        "frames sampled per second (default: the model family's, 2 for Qwen-VL, 1 for SmolVLM2)",
+        "frames sampled per second (default: the model family's, 2 for Qwen-VL and Qwen3-VL, 1 for SmolVLM2)",
         lo=0,
         lo_open=True,
     )
@@ -71,10 +72,15 @@ class VideoOptions:
 def vision_grid(vision: Vision) -> vp.VisionGrid:
     """How the model's tower turns frames into tokens, for its video family
     (which the runtime decides from the mmproj's projector): Qwen-VL 28-px
-    patches merged in frame pairs; SmolVLM2 one tile per frame."""
+    patches merged in frame pairs, Qwen3-VL the same of its own patch size;
+    SmolVLM2 one tile per frame."""
     if vision.video_family == "qwen":
         return vp.QWEN2_5_VL
     layout = vision.layout
+    if vision.video_family == "qwen3vl":
+        if layout["patch_size"] <= 0:
+            raise VideoError(f"mmproj '{vision.path}' has no clip.vision.patch_size: not a Qwen3-VL mmproj")
+        return vp.qwen3vl_grid(layout["patch_size"])
     for name in ("image_size", "patch_size", "scale_factor"):
         if layout[name] <= 0:
             raise VideoError(f"mmproj '{vision.path}' has no clip.vision.{name}: not a SmolVLM / Idefics3 mmproj")
