@@ -402,12 +402,14 @@ Context::RowSpan Context::ResidualRows::rows(size_t token, int n_embd) {
 void Context::ResidualRows::truncate(size_t n_tokens) {
     if (n_tokens >= tokens.size()) return;
     const size_t row = tokens.empty() ? 0 : (rows_f32.size() + rows_f16.size()) / tokens.size();
+    const size_t ds_row = tokens.empty() ? 0 : deepstack.size() / tokens.size();
     tokens.resize(n_tokens);
     for (auto & p : pos_rows) p.resize(n_tokens);
     n_probed = std::min(n_probed, n_tokens);
     n_rowless = std::min(n_rowless, n_tokens);
     const size_t n_rows = n_tokens > n_rowless ? n_tokens : 0;  // only rowless tokens left: no rows at all
     (half ? rows_f16.resize(n_rows * row) : rows_f32.resize(n_rows * row));
+    deepstack.resize(n_rows * ds_row);  // indexed as the rows
 }
 
 size_t Context::ResidualRows::bytes() const {
@@ -683,7 +685,7 @@ void set_causal_mask(ggml_tensor * t, int first, const std::vector<bool> & hidde
 void set_window_mask(const GraphContext & gc, const std::vector<bool> & hidden) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
     const int n_rows = gc.n_kv_swa, n_tokens = gc.n_tokens, window = gc.hp.n_swa;
-    const int last = gc.cells ? gc.cells[n_tokens - 1] : gc.first_cell + n_tokens - 1;
+    const int last = gc.end_cell - 1;
     std::vector<int> row_cell(n_rows);
     for (int r = 0; r < n_rows; ++r) row_cell[r] = gc.kv.window_row_cell(r, last);
     fill_mask(gc.inp_kq_mask_swa, [&](int i, ggml_fp16_t * row) {
@@ -756,8 +758,7 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     const int n_layer = model_.hparams().n_layer;
     const int end = mb.layer_end < 0 ? n_layer : mb.layer_end;
     const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0;
-    const int end_cell = mb.cells ? mb.cells[mb.n_tokens - 1] + 1 : mb.first_cell + mb.n_tokens;
-    kv_->prepare(mb.layer_begin, end, kv_->n_kv_for(end_cell), mb.cells ? n_past_ : mb.first_cell, n_kv_sparse,
+    kv_->prepare(mb.layer_begin, end, kv_->n_kv_for(mb.end_cell()), mb.cells ? n_past_ : mb.first_cell, n_kv_sparse,
                  mb.first_sparse_cell);
     GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
     ggml_tensor * result = model_.arch().build_graph(gc);  // [n_vocab, n_outputs] or residual [n_embd, n_tokens]

@@ -41,6 +41,8 @@ struct MicroBatch {
     // already, at these ascending cells (n_tokens of them, not contiguous):
     // nothing is stored, row i attends to the cells up to cells[i].
     const int32_t * cells = nullptr;
+
+    int end_cell() const { return (cells ? cells[n_tokens - 1] : first_cell + n_tokens - 1) + 1; }  // past the last
 };
 
 // Graph inputs of one layer whose KV heads are split into full and sparse
@@ -67,7 +69,9 @@ public:
     const HParams & hp;
     const ModelWeights & w;
     const KvCache & kv;
-    const int n_tokens, first_cell, n_outputs, n_kv;
+    const int n_tokens, first_cell, n_outputs;
+    const int end_cell;  // one past the batch's last cell (MicroBatch::end_cell)
+    const int n_kv;
     const int n_kv_swa;  // rows a sliding-window layer reads: n_kv, at most its ring (KvCache::n_kv_window)
     const int layer_begin, layer_end;          // layer_end resolved to n_layer when "all"
     const int first_sparse_cell, n_kv_sparse;  // compacted cache only
