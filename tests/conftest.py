@@ -13,9 +13,11 @@ from support.cmake_build import cmake_build  # noqa: F401  (one CMake build for 
 from support.hf_checkpoints import rebuilt_dirs  # noqa: F401
 from support.sparse_helpers import tiny  # noqa: F401
 from support.tiny_models import (  # noqa: F401
+    gemma_vocab,
     qwen_vocab,
     smollm_vocab,
     tiny_dir,
+    tiny_gemma3,
     tiny_llama,
     tiny_llama_f16,
     tiny_qwen2,

@@ -6,9 +6,8 @@ The window is read: a copy of the file whose pattern marks every layer
 global runs as the same file without a window, and differs from the
 original; the pattern as a per-layer bool array (the form
 newer converters write) runs as the number form. A window larger than the
-trained context is refused at load; a sparse session is refused in one
-line (HT-Sparse does not know windows yet), and `chat` says so and runs
-dense."""
+trained context is refused at load; a sparse session selects at a global
+layer, and `chat` answers."""
 
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import pytest
 import htsparse_llama as hts
 from htsparse_convert import write_gguf_with_metadata
 from htsparse_llama import Model, SparseConfig
+from htsparse_llama.tasks.text import passkey
 
 pytestmark = pytest.mark.real_model
 
@@ -64,16 +64,30 @@ def test_a_window_larger_than_the_context_is_refused_at_load(gemma_gguf, tmp_pat
         Model(bad)
 
 
-def test_a_sparse_session_is_refused_in_one_line(gemma_gguf):
-    model = Model(gemma_gguf, n_ctx=1024, n_threads=2)
-    with pytest.raises(hts.UnsupportedModelError, match="sliding-window layers"):
-        model.session(sparse=SparseConfig(keep_ratio=0.2))
+def test_a_sparse_session_selects_at_a_global_layer(gemma_gguf):
+    """HT-Sparse on the real model (tests/test_gemma3_sparse.py has the exact
+    checks): the default select layer, round(18 / 6) = 3, is a window layer,
+    so selection moves to the first global one, 5; window layers are neither
+    scored nor routed, and the cache after the answer holds less than dense."""
+    model = Model(gemma_gguf, n_ctx=2048, n_threads=2)
+    p = passkey(model, seed=4, n_lines=60)
+    s = model.session(sparse=SparseConfig(keep_ratio=0.2))
+    s.add_tokens(p.prefix)
+    s.add_tokens(p.span, sparse=True)
+    s.add_tokens(p.suffix)
+    assert s.generate(max_tokens=4, temperature=0, stream=False) is not None
+    st = s.stats()
+    assert 0.2 * len(p.span) <= st.n_kept < 0.4 * len(p.span)
+    assert st.full_heads == []  # layers [0, 5) are all window layers: nothing to route
+    assert all(not any(s.selection["kv_head_score"][il]) for il in range(18) if il % 6 < 5)
     dense = model.session()
-    dense.add_text("Hi")
-    assert dense.generate(max_tokens=2, temperature=0, stream=False) is not None  # a dense one runs
+    dense.add_tokens(p.prefix + p.span + p.suffix)
+    dense.generate(max_tokens=4, temperature=0, stream=False)
+    # Only the 3 global layers shrink: at 820 tokens the 15 window rings (768 rows) hold about everything.
+    assert st.kv_bytes < dense.stats().kv_bytes
 
 
-def test_chat_says_it_runs_dense_and_answers(gemma_gguf):
+def test_chat_answers(gemma_gguf):
     proc = subprocess.run(
         [
             sys.executable,
@@ -96,5 +110,5 @@ def test_chat_says_it_runs_dense_and_answers(gemma_gguf):
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    assert "HT-Sparse does not run on gemma3's sliding-window layers yet; this chat is dense" in proc.stderr
+    assert "does not run" not in proc.stderr
     assert proc.stdout.strip()

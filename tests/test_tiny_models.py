@@ -32,7 +32,7 @@ from support.tiny_models import MROPE_SECTION, TinyModel, convert
 # Tests with tiny models need a real GGUF: the tokenizer is copied from it.
 real_vocab = pytest.mark.real_model
 
-ARCH_FIXTURES = ["tiny_qwen2", "tiny_qwen3", "tiny_llama", "tiny_qwen2vl", "tiny_qwen3vl"]
+ARCH_FIXTURES = ["tiny_qwen2", "tiny_qwen3", "tiny_llama", "tiny_qwen2vl", "tiny_qwen3vl", "tiny_gemma3"]
 
 
 def rounded_to_f16(model: torch.nn.Module) -> torch.nn.Module:

@@ -55,6 +55,9 @@ class ArchSpec:
     writes_vocab_size: bool = False
     mrope: bool = False
     deepstack: bool = False  # writes {arch}.n_deepstack_layers (Qwen3-VL)
+    # Gemma 3: RMS norms stored as 1 + w (upstream adds the 1), norms around
+    # attention and FFN, a sliding window, key/value length always written.
+    gemma: bool = False
 
 
 _QWEN2 = ArchSpec("qwen2", ("model.",), qkv_bias=True)
@@ -75,6 +78,14 @@ _QWEN3VL = ArchSpec(
     qk_norm=True,
     mrope=True,
     deepstack=True,
+)
+
+_GEMMA3 = ArchSpec(
+    "gemma3",
+    ("model.language_model.", "model."),
+    skip_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
+    qk_norm=True,
+    gemma=True,
 )
 
 # SmolVLM2's decoder is a llama one; upstream strips "text_model." from its
@@ -103,6 +114,10 @@ ARCHITECTURES: Dict[str, ArchSpec] = {
     "qwen2_5_vl": _QWEN2VL,
     "Qwen3VLForConditionalGeneration": _QWEN3VL,
     "qwen3_vl": _QWEN3VL,
+    "Gemma3ForCausalLM": _GEMMA3,
+    "Gemma3ForConditionalGeneration": _GEMMA3,
+    "gemma3_text": _GEMMA3,
+    "gemma3": _GEMMA3,
     "SmolVLMForConditionalGeneration": _SMOLVLM,
     "Idefics3ForConditionalGeneration": _SMOLVLM,
     "smolvlm": _SMOLVLM,
@@ -131,6 +146,14 @@ LAYER_TENSORS: Dict[str, str] = {
     "mlp.down_proj.weight": "ffn_down.weight",
 }
 _QK_NORMS = ("attn_q_norm.weight", "attn_k_norm.weight")
+# Gemma 3 normalises after attention and around the FFN (upstream's tensor map).
+GEMMA_LAYER_TENSORS: Dict[str, str] = {
+    **{k: v for k, v in LAYER_TENSORS.items() if k != "post_attention_layernorm.weight"},
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
+GEMMA_SWA_PATTERN = 6  # llama.cpp's default for gemma3: five window layers, then a global one
 LM_HEAD = ("lm_head.weight", "output.weight")  # outside the decoder prefix
 
 # Buffers some checkpoints carry that llama.cpp recomputes.
@@ -179,6 +202,9 @@ class TextHParams:
     mrope_section: Optional[List[int]]
     tie_word_embeddings: bool
     n_deepstack: int = 0  # vision_config.deepstack_visual_indexes (Qwen3-VL)
+    sliding_window: int = 0  # Gemma 3: the window of the sliding layers (0: none)
+    swa_layers: Optional[List[bool]] = None  # per layer, from layer_types
+    final_logit_softcap: Optional[float] = None
 
 
 def config_dict(config: Any) -> Dict[str, Any]:
@@ -205,8 +231,18 @@ def flatten_config(cfg: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def _rope_params(hp: Mapping[str, Any]) -> Dict[str, Any]:
-    # transformers < 5: rope_theta + rope_scaling; 5: rope_parameters holds both.
-    return {**(hp.get("rope_scaling") or {}), **(hp.get("rope_parameters") or {})}
+    # transformers < 5: rope_theta + rope_scaling; 5: rope_parameters holds both,
+    # per layer type where they differ (Gemma 3: the global layers' are the model's).
+    params = dict(hp.get("rope_parameters") or {})
+    params = dict(params.get("full_attention", params))
+    return {**(hp.get("rope_scaling") or {}), **params}
+
+
+def _swa_layers(hp: Mapping[str, Any]) -> Optional[List[bool]]:
+    types = hp.get("layer_types")
+    if not hp.get("sliding_window") or not types:
+        return None
+    return [t == "sliding_attention" for t in types]
 
 
 def text_hparams(config: Any) -> TextHParams:
@@ -240,6 +276,9 @@ def text_hparams(config: Any) -> TextHParams:
         mrope_section=[int(s) for s in section] if section is not None else None,
         tie_word_embeddings=bool(tie) if tie is not None else False,
         n_deepstack=len(vision.get("deepstack_visual_indexes") or []),
+        sliding_window=int(hp.get("sliding_window") or 0),
+        swa_layers=_swa_layers(hp),
+        final_logit_softcap=hp.get("final_logit_softcapping"),
     )
 
 
@@ -267,6 +306,22 @@ def add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, hp: TextHParams, n_voca
         writer.add_rope_dimension_sections(mrope_sections(hp))
     if spec.deepstack:
         writer.add_num_deepstack_layers(hp.n_deepstack)
+    if spec.gemma:
+        _add_gemma_hparams(writer, hp)
+
+
+def _add_gemma_hparams(writer: gguf.GGUFWriter, hp: TextHParams) -> None:
+    """What upstream's Gemma3Model adds: the window, the soft-cap. Upstream
+    writes no layer pattern (llama.cpp assumes GEMMA_SWA_PATTERN); where the
+    config's layer_types differ from it, the pattern goes in as per-layer flags,
+    the form newer converters write, so the file runs as trained."""
+    if hp.final_logit_softcap:
+        writer.add_final_logit_softcapping(float(hp.final_logit_softcap))
+    if hp.sliding_window > 0 and (hp.swa_layers is None or any(hp.swa_layers)):
+        writer.add_sliding_window(hp.sliding_window)
+        default = [il % GEMMA_SWA_PATTERN < GEMMA_SWA_PATTERN - 1 for il in range(hp.n_layer)]
+        if hp.swa_layers is not None and hp.swa_layers != default:
+            writer.add_array(f"{writer.arch}.attention.sliding_window_pattern", hp.swa_layers)
 
 
 def mrope_sections(hp: TextHParams) -> List[int]:
@@ -296,8 +351,9 @@ def gguf_tensor_name(spec: ArchSpec, hf_name: str) -> Optional[str]:
         if rest in GLOBAL_TENSORS:
             return GLOBAL_TENSORS[rest]
         parts = rest.split(".", 2)
-        if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] in LAYER_TENSORS:
-            gname = LAYER_TENSORS[parts[2]]
+        table = GEMMA_LAYER_TENSORS if spec.gemma else LAYER_TENSORS
+        if len(parts) == 3 and parts[0] == "layers" and parts[1].isdigit() and parts[2] in table:
+            gname = table[parts[2]]
             if gname not in _QK_NORMS or spec.qk_norm:  # q/k norms only where the architecture runs them
                 return f"blk.{int(parts[1])}.{gname}"
     raise ValueError(f"cannot map tensor {hf_name!r} to a {spec.gguf_arch} GGUF name")
@@ -314,6 +370,8 @@ def permute_for_normal_rope(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _prepare(spec: ArchSpec, hp: TextHParams, gguf_name: str, data: np.ndarray) -> np.ndarray:
+    if spec.gemma and gguf_name.endswith("norm.weight"):
+        return data + 1.0  # Gemma3RMSNorm scales by 1 + w
     if spec.permute_qk and gguf_name.endswith(("attn_q.weight", "attn_q.bias")):
         data = permute_for_normal_rope(data, hp.n_head)
     elif spec.permute_qk and gguf_name.endswith(("attn_k.weight", "attn_k.bias")):
@@ -348,7 +406,7 @@ def _expected_tensors(spec: ArchSpec, hp: TextHParams) -> List[str]:
     if not hp.tie_word_embeddings:
         names.append(LM_HEAD[1])
     for il in range(hp.n_layer):
-        for gname in LAYER_TENSORS.values():
+        for gname in (GEMMA_LAYER_TENSORS if spec.gemma else LAYER_TENSORS).values():
             if gname.endswith(".bias") and not spec.qkv_bias:
                 continue
             if gname in _QK_NORMS and not spec.qk_norm:

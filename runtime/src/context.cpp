@@ -75,6 +75,9 @@ void Context::reset() {
     n_sparse_cells_ = 0;
     hidden_cells_.clear();
     kept_cells_.clear();
+    window_pruned_from_ = 1 << 30;
+    window_hidden_.clear();
+    cell_pos_.clear();
     held_ = ResidualRows{};
     logged_ = ResidualRows{};
     n_past_ = 0;
@@ -111,10 +114,14 @@ std::vector<int32_t> Context::rope_positions(int n, const TokenPositions * posit
     return pos;
 }
 
-void Context::compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells) {
+void Context::compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells,
+                         int pruned_from) {
     kv_->compact(full_kv, kept_cells, n_past_);
     n_sparse_cells_ = static_cast<int>(kept_cells.size());
     kept_cells_ = kept_cells;
+    window_pruned_from_ = pruned_from;
+    window_hidden_.assign(n_past_, true);
+    for (int32_t c : kept_cells) window_hidden_[c] = false;
 }
 
 size_t Context::kv_bytes_dense() const { return kv_bytes_per_cell() * size_t(GGML_PAD(n_ctx_, KvCache::kCellPad)); }
@@ -184,6 +191,8 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
     const int n = static_cast<int>(tokens.size());
     const std::vector<int32_t> pos = rope_positions(n, positions);
     const int n_embd = model_.hparams().n_embd;
+    cell_pos_.resize(n_past_);  // drops what a failed eval left
+    cell_pos_.insert(cell_pos_.end(), pos.begin(), pos.begin() + n);
 
     // The tokens run [0, stop): every layer, or up to the hold layer P (staged
     // prefill: the rest in finish_held()). On the way the residual stream is
@@ -264,7 +273,8 @@ void Context::run_layers(const LayerRun & run) {
     // The layers grow once to what the whole run needs, not batch by batch.
     if (!run.kv_only) {
         const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(run.first_sparse_cell + n) : 0;
-        const int end_cell = run.cells ? run.cells[n - 1] + 1 : run.first_cell + n;
+        const int32_t * at = run.cells ? run.cells : run.window_cells;
+        const int end_cell = at ? at[n - 1] + 1 : run.first_cell + n;
         kv_->prepare(run.begin, run.end + (run.probe_end ? 1 : 0), kv_->n_kv_for(end_cell),
                      run.cells ? n_past_ : run.first_cell, n_kv_sparse, run.first_sparse_cell);
     }
@@ -279,12 +289,14 @@ void Context::run_layers(const LayerRun & run) {
     const size_t in_stride = run.residual_in_stride ? run.residual_in_stride : size_t(n_embd);
     const int n_ds = run.deepstack && !run.kv_only ? std::max(0, model_.hparams().n_deepstack - run.begin) : 0;
     for (int i = 0; i < n;) {
-        const int nb = i < last_start ? std::min(n_batch_, last_start - i) : n - i;
+        int nb = i < last_start ? std::min(n_batch_, last_start - i) : n - i;
+        if (run.window_cells) nb = window_batch(run.window_cells + i, nb);
         const bool last = i + nb == n;
         MicroBatch mb;
         mb.n_tokens = nb;
-        mb.first_cell = run.cells ? run.cells[i] : run.first_cell + i;
+        mb.first_cell = run.cells ? run.cells[i] : run.window_cells ? run.window_cells[i] : run.first_cell + i;
         mb.cells = run.cells ? run.cells + i : nullptr;
+        mb.window_cells = run.window_cells ? run.window_cells + i : nullptr;
         mb.n_outputs = !logits || run.all_logits ? nb : 1;  // intermediate batches: one row keeps the graph uniform
         mb.layer_begin = run.begin;
         mb.layer_end = run.end;
@@ -344,6 +356,16 @@ void Context::run_layers(const LayerRun & run) {
     }
 }
 
+int Context::window_batch(const int32_t * cells, int nb) const {
+    // A ring row is rewritten by the cell one ring further on: the batch's
+    // cells must lie closer together than the ring's rows beyond the window
+    // (n_batch, padded), or a later token would overwrite what an earlier one sees.
+    const int span = kv_->window_rows() > 0 ? kv_->window_rows() - model_.hparams().n_swa : 1 << 30;
+    int k = 1;
+    while (k < nb && cells[k] - cells[0] < span) ++k;
+    return k;
+}
+
 void Context::hold_from_layer(int layer, bool probe) {
     const int n_layer = model_.hparams().n_layer;
     if (layer < 0 || layer > n_layer)
@@ -357,7 +379,10 @@ void Context::hold_from_layer(int layer, bool probe) {
     }
     held_ = ResidualRows::at(layer < n_layer ? layer : -1, model_.hparams().n_pos_per_token, /*half=*/false);
     // Ids are replayed rather than kept as rows; a re-routing log's rerun has its rows already.
-    held_.replay = layer > 0 && layer < n_layer && logged_.layer < 0;
+    // Not past a sliding-window layer: its ring has moved on from the held tokens' windows.
+    bool windows_below = false;
+    for (int il = 0; il < std::min(layer, n_layer); ++il) windows_below = windows_below || kv_->is_ring(il);
+    held_.replay = layer > 0 && layer < n_layer && logged_.layer < 0 && !windows_below;
     held_.probe = probe && layer < n_layer;
     held_.n_ds = layer < n_layer ? std::max(0, model_.hparams().n_deepstack - layer) : 0;
 }
@@ -523,7 +548,7 @@ void Context::finish_held() {
     }
     if (kv_->is_split()) {
         for (int il = P; il < n_layer; ++il) {
-            if (kv_->n_full_heads(il) > 0)
+            if (!kv_->is_window(il) && kv_->n_full_heads(il) > 0)
                 fail(ErrorKind::InvalidArgument, format("layer %d of the pruned zone has full KV heads", il));
         }
         if (idx.empty() || idx.back() != n_held() - 1)
@@ -576,6 +601,11 @@ void Context::finish_held() {
     run.first_sparse_cell = first_sparse;
     run.begin = P;
     run.end = n_layer;
+    std::vector<int32_t> cells;  // sliding-window layers store the kept tokens at their own cells
+    if (kv_->is_split() && model_.hparams().n_swa > 0) {
+        for (int k : idx) cells.push_back(held_.first_cell + k);
+        run.window_cells = cells.data();
+    }
     if (!held_.deepstack.empty())
         run.deepstack = held_.deepstack.data(), run.deepstack_stride = size_t(held_.n_ds) * n_embd;
     run_layers(run);
@@ -612,6 +642,8 @@ void Context::rewind_to_logged_layer(int hold_layer) {
     n_sparse_cells_ = 0;
     kept_cells_.clear();
     hidden_cells_.clear();
+    window_pruned_from_ = 1 << 30;
+    window_hidden_.clear();
 
     hold_from_layer(hold_layer);
     const int n = static_cast<int>(logged_.tokens.size()), n_embd = model_.hparams().n_embd;
@@ -682,18 +714,26 @@ void set_causal_mask(ggml_tensor * t, int first, const std::vector<bool> & hidde
 // The sliding-window layers' mask [n_kv_swa, n_tokens]: row i sees the n_swa
 // cells up to its own (llama.cpp's LLAMA_SWA_TYPE_STANDARD), read from the
 // ring rows that hold them (KvCache::window_row_cell), except `hidden` ones.
-void set_window_mask(const GraphContext & gc, const std::vector<bool> & hidden) {
+// Positions, not cells, count (llama.cpp's is_masked_swa): the pruned zone's
+// kept tokens and tokens given at positions of their own see what the same
+// tokens would see at those positions in one dense pass.
+void set_window_mask(ggml_tensor * t, const GraphContext & gc, const std::vector<bool> & hidden, const int32_t * pos,
+                     const std::vector<int32_t> & cell_pos) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
-    const int n_rows = gc.n_kv_swa, n_tokens = gc.n_tokens, window = gc.hp.n_swa;
+    const int n_rows = gc.n_kv_swa, window = gc.hp.n_swa;
     const int last = gc.end_cell - 1;
     std::vector<int> row_cell(n_rows);
-    for (int r = 0; r < n_rows; ++r) row_cell[r] = gc.kv.window_row_cell(r, last);
-    fill_mask(gc.inp_kq_mask_swa, [&](int i, ggml_fp16_t * row) {
-        const int own = gc.cells ? gc.cells[i] : gc.first_cell + i;
+    for (int r = 0; r < n_rows; ++r) {
+        const int c = gc.kv.window_row_cell(r, last);
+        const bool is_hidden = c >= 0 && size_t(c) < hidden.size() && hidden[c];
+        row_cell[r] = is_hidden ? -1 : c;
+    }
+    const int32_t * own_cells = gc.cells ? gc.cells : gc.window_cells;
+    fill_mask(t, [&](int i, ggml_fp16_t * row) {
+        const int own = own_cells ? own_cells[i] : gc.first_cell + i;
         for (int r = 0; r < n_rows; ++r) {
             const int c = row_cell[r];
-            const bool is_hidden = c >= 0 && size_t(c) < hidden.size() && hidden[c];
-            row[r] = c >= 0 && c <= own && own - c < window && !is_hidden ? zero : neg_inf;
+            row[r] = c >= 0 && c <= own && pos[i] - cell_pos[c] < window ? zero : neg_inf;
         }
     });
 }
@@ -712,6 +752,7 @@ void set_i32_rows(ggml_tensor * t, const std::vector<int32_t> & row) {
 // Head routing of every layer of a compacted cache (hts_routed_attention).
 void set_routed_inputs(const GraphContext & gc) {
     for (int il = gc.layer_begin; il < gc.layer_end; ++il) {
+        if (gc.kv.is_window(il)) continue;  // not routed
         const RoutedLayerInputs & in = gc.inp_routed[il];
         const std::vector<bool> & is_full = gc.kv.full_heads(il);
         std::vector<int32_t> perm, unperm, full, sparse;
@@ -729,7 +770,8 @@ void set_routed_inputs(const GraphContext & gc) {
 
 // pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
 static void set_inputs(const GraphContext & gc, const int32_t * tokens, const float * residual, const int32_t * pos,
-                       int pos_stride, const std::vector<bool> & hidden_cells, const float * deepstack) {
+                       int pos_stride, const std::vector<bool> & hidden_cells, const std::vector<bool> & window_hidden,
+                       const std::vector<int32_t> & cell_pos, const float * deepstack) {
     if (gc.inp_tokens) ggml_backend_tensor_set(gc.inp_tokens, tokens, 0, sizeof(int32_t) * gc.n_tokens);
     if (gc.inp_residual) ggml_backend_tensor_set(gc.inp_residual, residual, 0, ggml_nbytes(gc.inp_residual));
     if (in_graph(gc.inp_deepstack))
@@ -740,7 +782,14 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
                                 sizeof(int32_t) * gc.n_tokens);
     }
     if (in_graph(gc.inp_kq_mask)) set_causal_mask(gc.inp_kq_mask, gc.first_cell, hidden_cells, gc.cells);
-    if (in_graph(gc.inp_kq_mask_swa)) set_window_mask(gc, hidden_cells);
+    if (in_graph(gc.inp_kq_mask_swa)) set_window_mask(gc.inp_kq_mask_swa, gc, hidden_cells, pos, cell_pos);
+    if (in_graph(gc.inp_kq_mask_swa_pruned))
+        set_window_mask(gc.inp_kq_mask_swa_pruned, gc, window_hidden, pos, cell_pos);
+    if (in_graph(gc.inp_window_rows)) {
+        std::vector<int32_t> rows(gc.n_tokens);
+        for (int i = 0; i < gc.n_tokens; ++i) rows[i] = gc.kv.window_row(gc.window_cells[i]);
+        ggml_backend_tensor_set(gc.inp_window_rows, rows.data(), 0, ggml_nbytes(gc.inp_window_rows));
+    }
     if (gc.inp_kq_mask_sparse) set_routed_inputs(gc);
 
     if (in_graph(gc.inp_out_ids)) {
@@ -760,7 +809,9 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0;
     kv_->prepare(mb.layer_begin, end, kv_->n_kv_for(mb.end_cell()), mb.cells ? n_past_ : mb.first_cell, n_kv_sparse,
                  mb.first_sparse_cell);
-    GraphContext gc(model_, *kv_, guard.ctx, gf, mb);
+    MicroBatch batch = mb;
+    batch.window_pruned_from = window_pruned_from_;
+    GraphContext gc(model_, *kv_, guard.ctx, gf, batch);
     ggml_tensor * result = model_.arch().build_graph(gc);  // [n_vocab, n_outputs] or residual [n_embd, n_tokens]
     ggml_set_output(result);
     ggml_build_forward_expand(gf, result);
@@ -768,7 +819,7 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
     note_compute_bytes();
-    set_inputs(gc, tokens, residual_in, pos, pos_stride, hidden_cells_, deepstack);
+    set_inputs(gc, tokens, residual_in, pos, pos_stride, hidden_cells_, window_hidden_, cell_pos_, deepstack);
     record_graph_ops(gf);
     if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {
         fail(ErrorKind::Backend, "graph computation failed");

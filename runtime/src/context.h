@@ -86,7 +86,11 @@ public:
     // Splits every layer's KV heads into full heads (every cell) and sparse
     // heads (kept_cells only), freeing the dense cache; later tokens go to
     // both and attend through hts_routed_attention. Undone by reset().
-    void compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells);
+    // Sliding-window layers are not compacted; from `pruned_from` on (the
+    // pruned zone) they hold only the kept tokens, so their masks hide the
+    // cells not kept.
+    void compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells,
+                    int pruned_from = 1 << 30);
     // The next evals keep, per layer, the roped queries of their last n
     // tokens (the query window), for select_sparse(). 0 turns it off.
     void set_query_capture(int n) { capture_q_ = n; }
@@ -169,8 +173,11 @@ private:
     int capture_q_ = 0;
     int n_captured_q_ = 0;
     std::vector<std::vector<float>> captured_q_;
-    std::vector<bool> hidden_cells_;   // set_hidden_cells
-    std::vector<int32_t> kept_cells_;  // compact_kv: cells the sparse heads keep
+    std::vector<bool> hidden_cells_;    // set_hidden_cells
+    std::vector<int32_t> kept_cells_;   // compact_kv: cells the sparse heads keep
+    int window_pruned_from_ = 1 << 30;  // compact_kv's pruned_from (MicroBatch::window_pruned_from)
+    std::vector<bool> window_hidden_;   // compact_kv: cells before it that are not kept
+    std::vector<int32_t> cell_pos_;     // per cell, its (first) rope position: the window counts positions
     std::function<bool(int, int)> batch_callback_;
 
     // Tokens waiting at a layer, with their residual stream there (that
@@ -249,12 +256,16 @@ private:
         bool kv_only = false;  // selection probe: layer `begin` writes its K/V only (probe_held_layer)
         // Each micro-batch then also writes layer `end`'s K/V (kv_only) from its rows at `end`.
         bool probe_end = false;
-        const int32_t * cells = nullptr;  // replay: the tokens' cells (MicroBatch::cells)
+        const int32_t * cells = nullptr;         // replay: the tokens' cells (MicroBatch::cells)
+        const int32_t * window_cells = nullptr;  // the pruned zone's kept tokens (MicroBatch::window_cells)
     };
     // Output: the residual rows at `end` into residual_out when end < n_layer,
     // else logits_ (every row or the last). The last micro-batch holds the
     // whole query window (capture_q_ tokens) when queries are captured.
     void run_layers(const LayerRun & run);
+    // How many of the nb tokens at `cells` (ascending) one micro-batch takes
+    // so the sliding-window rings can store them all (window_cells runs).
+    int window_batch(const int32_t * cells, int nb) const;
     // Runs one micro-batch over mb's layer range. Input: token ids, or the
     // residual [n_embd, n_tokens] when the range starts past layer 0. Output:
     // logits rows, or the residual when the range stops early (may be null).

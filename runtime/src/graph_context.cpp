@@ -16,6 +16,7 @@ GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_c
       layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end), first_sparse_cell(mb.first_sparse_cell),
       n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),
       capture_q(mb.capture_q), kv_only(mb.kv_only), embd_input(mb.embd_input), cells(mb.cells),
+      window_cells(mb.window_cells), window_pruned_from(mb.window_pruned_from),
       n_deepstack_in(mb.kv_only ? 0 : mb.n_deepstack_in), captured_q(model.hparams().n_layer, nullptr) {}
 
 // The query window's roped queries, for saliency after the pass (selection).
@@ -74,6 +75,16 @@ void GraphContext::build_attn_inputs() {
         inp_kq_mask_swa = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv_swa, n_tokens);
         ggml_set_input(inp_kq_mask_swa);
         name(inp_kq_mask_swa, "inp_kq_mask_swa", -1);
+        if (has_pruned_window_layers()) {
+            inp_kq_mask_swa_pruned = ggml_new_tensor_2d(ctx0, GGML_TYPE_F16, n_kv_swa, n_tokens);
+            ggml_set_input(inp_kq_mask_swa_pruned);
+            name(inp_kq_mask_swa_pruned, "inp_kq_mask_swa_pruned", -1);
+        }
+        if (window_cells) {
+            inp_window_rows = ggml_new_tensor_1d(ctx0, GGML_TYPE_I32, n_tokens);
+            ggml_set_input(inp_window_rows);
+            name(inp_window_rows, "inp_window_rows", -1);
+        }
     }
     if (kv.is_split()) build_routed_inputs();
     if (n_outputs < n_tokens) {
@@ -138,6 +149,7 @@ void GraphContext::build_routed_inputs() {
     name(inp_kq_mask_sparse, "inp_kq_mask_sparse", -1);
     inp_routed.assign(hp.n_layer, {});
     for (int il = layer_begin; il < layer_end; ++il) {
+        if (kv.is_window(il)) continue;  // not routed
         const int g_full = kv.n_full_heads(il);
         inp_routed[il] = {input(hp.n_head, "inp_head_perm", il), input(hp.n_head, "inp_head_unperm", il),
                           input(g_full, "inp_full_heads", il), input(hp.n_head_kv - g_full, "inp_sparse_heads", il)};
@@ -155,8 +167,8 @@ ggml_tensor * GraphContext::build_routed_attn(const LayerWeights & l, const QKV 
     ggml_tensor * vf = has_full ? kv_view(kv.group_values(ctx0, il, true, n_kv)) : nullptr;
     ggml_tensor * ks = has_sparse ? kv_view(kv.group_keys(ctx0, il, false, n_kv_sparse)) : nullptr;
     ggml_tensor * vs = has_sparse ? kv_view(kv.group_values(ctx0, il, false, n_kv_sparse)) : nullptr;
-    const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
-    ggml_tensor * cur = hts_routed_attention(ctx0, qkv.q, in.head_perm, in.head_unperm, kf, vf, inp_kq_mask, ks, vs,
+    auto [q, scale] = scaled_q(qkv.q);
+    ggml_tensor * cur = hts_routed_attention(ctx0, q, in.head_perm, in.head_unperm, kf, vf, inp_kq_mask, ks, vs,
                                              inp_kq_mask_sparse, scale);  // [head_dim, n_head, n_tokens]
     name(cur, "attn_routed", il);
     cur = ggml_reshape_2d(ctx0, cur, int64_t(hp.n_embd_head) * hp.n_head, n_tokens);
@@ -165,21 +177,35 @@ ggml_tensor * GraphContext::build_routed_attn(const LayerWeights & l, const QKV 
     return cur;
 }
 
+std::pair<ggml_tensor *, float> GraphContext::scaled_q(ggml_tensor * q) const {
+    if (hp.attn_q_scale > 0.0f) return {ggml_scale(ctx0, q, hp.attn_q_scale), 1.0f};  // gemma3 (as llama.cpp rounds)
+    return {q, 1.0f / std::sqrt(float(hp.n_embd_head))};
+}
+
+bool GraphContext::has_pruned_window_layers() const {
+    if (!kv.is_split()) return false;
+    for (int il = std::max(layer_begin, window_pruned_from); il < layer_end; ++il) {
+        if (kv.is_window(il)) return true;
+    }
+    return false;
+}
+
 ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, int il) {
     capture_queries(qkv.q, il);
-    if (kv.is_split()) return build_routed_attn(l, qkv, il);
-    if (!cells) kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);  // a replay's K/V are in the cache already
-    ggml_tensor * q = qkv.q;
-    float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
-    if (hp.attn_q_scale > 0.0f) {  // gemma3 scales q itself (as llama.cpp does: same rounding)
-        q = ggml_scale(ctx0, q, hp.attn_q_scale);
-        scale = 1.0f;
-    }
+    const bool window = hp.is_swa(il);
+    if (kv.is_split() && !window) return build_routed_attn(l, qkv, il);  // window layers are not routed
+    if (window && window_cells)
+        kv.store_rows(ctx0, gf, il, qkv.k, qkv.v, inp_window_rows);  // kept tokens, not contiguous
+    else if (!cells)
+        kv.store(ctx0, gf, il, qkv.k, qkv.v, first_cell);  // a replay's K/V are in the cache already
+    auto [q, scale] = scaled_q(qkv.q);
     q = ggml_permute(ctx0, q, 0, 2, 1, 3);                                        // [head_dim, n_tokens, n_head]
-    const int rows = hp.is_swa(il) ? n_kv_swa : n_kv;                             // a window layer's ring, or cells
+    const int rows = window ? n_kv_swa : n_kv;                                    // a window layer's ring, or cells
     ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, rows), 0, 2, 1, 3);    // [head_dim, rows, n_head_kv]
     ggml_tensor * v = ggml_permute(ctx0, kv.values(ctx0, il, rows), 0, 2, 1, 3);  // [head_dim, rows, n_head_kv]
-    ggml_tensor * mask = hp.is_swa(il) ? inp_kq_mask_swa : inp_kq_mask;
+    ggml_tensor * mask = !window                                     ? inp_kq_mask
+                         : kv.is_split() && il >= window_pruned_from ? inp_kq_mask_swa_pruned
+                                                                     : inp_kq_mask_swa;
     ggml_tensor * cur = ggml_flash_attn_ext(ctx0, q, k, v, mask, scale, 0.0f, 0.0f);  // [head_dim, n_head, n_tokens]
     ggml_prec_set_acc(cur, GGML_PREC_F32);
     name(cur, "attn_fa", il);

@@ -41,8 +41,18 @@ struct MicroBatch {
     // already, at these ascending cells (n_tokens of them, not contiguous):
     // nothing is stored, row i attends to the cells up to cells[i].
     const int32_t * cells = nullptr;
+    // The pruned zone's kept tokens (Context::finish_held): their cells, ascending
+    // and not contiguous, where the sliding-window layers store them
+    // (KvCache::store_rows); first_cell is window_cells[0]. nullptr: contiguous.
+    const int32_t * window_cells = nullptr;
+    // Sliding-window layers from here on hold only the kept tokens (the
+    // pruned zone after selection): their mask hides the unkept cells.
+    int window_pruned_from = 1 << 30;
 
-    int end_cell() const { return (cells ? cells[n_tokens - 1] : first_cell + n_tokens - 1) + 1; }  // past the last
+    int end_cell() const {  // past the last
+        const int32_t * at = cells ? cells : window_cells;
+        return (at ? at[n_tokens - 1] : first_cell + n_tokens - 1) + 1;
+    }
 };
 
 // Graph inputs of one layer whose KV heads are split into full and sparse
@@ -79,20 +89,25 @@ public:
     const bool kv_only;
     const bool embd_input;
     const int32_t * const cells;            // MicroBatch::cells (replay), or nullptr
+    const int32_t * const window_cells;     // MicroBatch::window_cells, or nullptr
+    const int window_pruned_from;           // MicroBatch::window_pruned_from
     const int n_deepstack_in;               // MicroBatch::n_deepstack_in (none in a kv_only probe)
     std::vector<ggml_tensor *> captured_q;  // per layer F32 [head_dim, n_head, capture_q]; graph outputs
     bool ends_with_logits() const { return layer_end == hp.n_layer; }
 
     // Graph inputs, filled by the context once the graph is allocated.
-    ggml_tensor * inp_tokens = nullptr;          // I32 [n_tokens]
-    ggml_tensor * inp_pos = nullptr;             // I32 [n_tokens * n_pos_per_token]
-    ggml_tensor * inp_kq_mask = nullptr;         // F16 [n_kv, n_tokens]
-    ggml_tensor * inp_kq_mask_swa = nullptr;     // F16 [n_kv_swa, n_tokens]; the window layers' (hp.n_swa > 0)
-    ggml_tensor * inp_out_ids = nullptr;         // I32 [n_outputs]; nullptr when all rows are outputs
-    ggml_tensor * inp_residual = nullptr;        // F32 [n_embd, n_tokens]; when layer_begin > 0 or embd_input
-    ggml_tensor * inp_deepstack = nullptr;       // F32 [n_embd * n_deepstack_in, n_tokens]; when n_deepstack_in > 0
-    ggml_tensor * inp_kq_mask_sparse = nullptr;  // F16 [n_kv_sparse, n_tokens]; compacted cache only
-    std::vector<RoutedLayerInputs> inp_routed;   // per layer; compacted cache only
+    ggml_tensor * inp_tokens = nullptr;       // I32 [n_tokens]
+    ggml_tensor * inp_pos = nullptr;          // I32 [n_tokens * n_pos_per_token]
+    ggml_tensor * inp_kq_mask = nullptr;      // F16 [n_kv, n_tokens]
+    ggml_tensor * inp_kq_mask_swa = nullptr;  // F16 [n_kv_swa, n_tokens]; the window layers' (hp.n_swa > 0)
+    // The same for window layers >= window_pruned_from: the unkept cells hidden.
+    ggml_tensor * inp_kq_mask_swa_pruned = nullptr;  // F16 [n_kv_swa, n_tokens]
+    ggml_tensor * inp_window_rows = nullptr;         // I32 [n_tokens]; with window_cells: the rows they go to
+    ggml_tensor * inp_out_ids = nullptr;             // I32 [n_outputs]; nullptr when all rows are outputs
+    ggml_tensor * inp_residual = nullptr;            // F32 [n_embd, n_tokens]; when layer_begin > 0 or embd_input
+    ggml_tensor * inp_deepstack = nullptr;           // F32 [n_embd * n_deepstack_in, n_tokens]; when n_deepstack_in > 0
+    ggml_tensor * inp_kq_mask_sparse = nullptr;      // F16 [n_kv_sparse, n_tokens]; compacted cache only
+    std::vector<RoutedLayerInputs> inp_routed;       // per layer; compacted cache only
 
     // The stream entering layer_begin: token embeddings, or the residual input.
     ggml_tensor * build_inp_stream();  // [n_embd, n_tokens]
@@ -108,6 +123,11 @@ public:
     // The same over a compacted cache: full and sparse KV heads attend over
     // their own caches (hts_routed_attention).
     ggml_tensor * build_routed_attn(const LayerWeights & l, const QKV & qkv, int il);  // [n_embd, n_tokens]
+    // Sliding-window layers under HT-Sparse: every layer in the batch from the
+    // pruned zone on (the unkept cells hidden), and whether any is.
+    bool has_pruned_window_layers() const;
+    // q as the model scales it before attention, and the scale left for the kernel.
+    std::pair<ggml_tensor *, float> scaled_q(ggml_tensor * q) const;
     // Selection probe: captures q, stores k and v in the dense cache; returns k.
     ggml_tensor * build_kv_probe(const QKV & qkv, int il);
     // After layer il's output: adds its DeepStack row (Qwen3-VL) when one was given.

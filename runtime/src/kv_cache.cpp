@@ -17,8 +17,8 @@ KvCache::KvCache(const Model & model, int n_ctx, int n_batch, ggml_type type) : 
     // window and one batch fit, so nothing a query sees is overwritten.
     const int ring = hp.n_swa > 0 ? GGML_PAD(hp.n_swa + std::max(1, n_batch), kCellPad) : 0;
     ring_ = ring > 0 && ring < limit_ ? ring : 0;
-    ring_layer_.assign(hp.n_layer, false);
-    for (int il = 0; il < hp.n_layer; ++il) ring_layer_[il] = ring_ > 0 && hp.is_swa(il);
+    window_layer_.assign(hp.n_layer, false);
+    for (int il = 0; il < hp.n_layer; ++il) window_layer_[il] = hp.is_swa(il);
     n_embd_head_ = hp.n_embd_head;
     n_head_kv_ = hp.n_head_kv;
     full_.resize(hp.n_layer);
@@ -122,6 +122,17 @@ void KvCache::store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * 
             // Expanded now so the copy precedes the attention that reads the cache.
             ggml_build_forward_expand(gf, ggml_cpy(ctx, part, cells));
         }
+    }
+}
+
+void KvCache::store_rows(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
+                         ggml_tensor * rows) const {
+    const Storage & s = full_[il];
+    for (auto [src, dst] : {std::make_pair(k_cur, s.k), std::make_pair(v_cur, s.v)}) {
+        if (!ggml_is_contiguous(src)) src = ggml_cont(ctx, src);
+        src = ggml_reshape_2d(ctx, src, src->ne[0] * src->ne[1], src->ne[2]);  // [n_embd_kv, n_tokens]
+        // Expanded now so the copy precedes the attention that reads the cache.
+        ggml_build_forward_expand(gf, ggml_set_rows(ctx, dst, src, rows));
     }
 }
 

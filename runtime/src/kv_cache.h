@@ -55,7 +55,10 @@ public:
     // Rows of a sliding-window layer's ring: 0 when the model has none, or the
     // window covers the whole context (then those layers keep every cell).
     int window_rows() const { return ring_; }
-    bool is_ring(int il) const { return ring_ > 0 && ring_layer_[il]; }
+    bool is_ring(int il) const { return ring_ > 0 && window_layer_[il]; }
+    // A sliding-window layer, ring or not (a window that covers the whole
+    // context keeps every cell): HT-Sparse neither routes nor compacts it.
+    bool is_window(int il) const { return window_layer_[il]; }
     // Rows a sliding-window layer's attention reads for a batch ending at cell
     // n_used (n_kv_for(n_used), at most the ring).
     int n_kv_window(int n_used) const { return ring_ > 0 ? std::min(ring_, n_kv_for(n_used)) : n_kv_for(n_used); }
@@ -71,6 +74,12 @@ public:
     // into cells [first_cell, first_cell + n_tokens) of layer il.
     void store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
                int first_cell) const;
+    // The same into the rows `rows` lists (I32 [n_tokens], one per token;
+    // window_row() of each token's cell): tokens at cells that are not
+    // contiguous (HT-Sparse's kept tokens in a window layer of the pruned zone).
+    void store_rows(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
+                    ggml_tensor * rows) const;
+    int window_row(int cell) const { return ring_ > 0 ? cell % ring_ : cell; }  // the row holding `cell`
     // Views of the first n_kv cells of layer il: [head_dim, n_head_kv, n_kv].
     ggml_tensor * keys(ggml_context * ctx, int il, int n_kv) const;
     ggml_tensor * values(ggml_context * ctx, int il, int n_kv) const;
@@ -89,7 +98,8 @@ public:
     // keep every cell (same cell numbering as before), "sparse" heads keep only
     // the listed cells, renumbered 0.. in order. Layer by layer, the dense
     // tensors give way to the two groups, so compaction's transient cost is
-    // one layer. Kept cells a layer never held (tokens still waiting at the
+    // one layer. Sliding-window layers stay as they are, every head whole
+    // (they hold only their window). Kept cells a layer never held (tokens still waiting at the
     // prune layer) are left zero for the pruned zone to write.
     //   full_kv[il][g]: KV head g of layer il is full
     //   kept_cells:     ascending cells the sparse heads keep, all < n_used
@@ -129,8 +139,8 @@ private:
     std::vector<Storage> sparse_;  // per layer, split mode: the sparse group at compact cells
     size_t bytes_ = 0, peak_ = 0;
 
-    int ring_ = 0;                  // window_rows()
-    std::vector<bool> ring_layer_;  // per layer: a sliding-window ring
+    int ring_ = 0;                    // window_rows()
+    std::vector<bool> window_layer_;  // per layer: a sliding-window layer (hp.is_swa)
     bool split_ = false;
     std::vector<std::vector<bool>> full_kv_;  // per layer, per KV head
     std::vector<int> n_full_;                 // per layer

@@ -133,7 +133,6 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
                       int n_used) {
     const int n_layer = int(full_.size());
     if (split_) fail(ErrorKind::InvalidArgument, "the KV cache is already compacted");
-    if (ring_ > 0) fail(ErrorKind::UnsupportedModel, "sliding-window rings are not compacted (HT-Sparse on windows)");
     if (int(full_kv.size()) != n_layer)
         fail(ErrorKind::InvalidArgument, format("routing must list %d layers", n_layer));
     for (const auto & layer : full_kv) {
@@ -149,6 +148,10 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
     ggml_backend_t backend = model_->backends().main();
     n_full_.assign(n_layer, 0);
     for (int il = 0; il < n_layer; ++il) {
+        if (window_layer_[il]) {  // a window layer keeps its window, every head (not routed)
+            n_full_[il] = n_head_kv_;
+            continue;
+        }
         const std::vector<int32_t> full_heads = heads_where(full_kv[il], true);
         const std::vector<int32_t> sparse_heads = heads_where(full_kv[il], false);
         Storage & dense = full_[il];

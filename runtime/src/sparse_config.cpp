@@ -16,7 +16,21 @@ namespace {
 // from the select layer on (P = S) kept the pass-key accuracy of dense at 2K
 // tokens with 2.8x llama.cpp's prefill speed, against 2.1x for P = S + L/6
 // (BENCHMARKS.md); a whole-span task may yet argue for a routed zone.
-int default_select_layer(const HParams & hp) { return std::max(1, int(std::lround(hp.n_layer / 6.0))); }
+// On a model with sliding-window layers, the first global layer from there on
+// (a window layer sees no span behind its window, so it cannot select).
+int default_select_layer(const HParams & hp) {
+    int s = std::max(1, int(std::lround(hp.n_layer / 6.0)));
+    while (s < hp.n_layer - 1 && hp.is_swa(s)) ++s;
+    return s;
+}
+
+std::string global_layers(const HParams & hp) {
+    std::string out;
+    for (int il = 0; il < hp.n_layer; ++il) {
+        if (!hp.is_swa(il)) out += (out.empty() ? "" : ", ") + std::to_string(il);
+    }
+    return out.empty() ? "none" : out;
+}
 int default_prune_layer(const HParams &, int select) { return select; }
 constexpr float kDefaultKeepRatio = 0.2f;
 constexpr float kDefaultFullHeadRatio = 0.25f;
@@ -36,6 +50,10 @@ void validate(const SparseConfig & c, const HParams & hp) {
           format("full_head_ratio must be in [0, 1], got %g", c.full_head_ratio));
     check(c.select_layer >= 0 && c.select_layer <= L,
           format("select_layer must be in [0, %d] for this %d-layer model, got %d", L, L, c.select_layer));
+    check(!hp.is_swa(std::min(c.select_layer, L - 1)),
+          format("select_layer %d is a sliding-window layer, which sees no span behind its %d-token window; this "
+                 "model's global layers are %s",
+                 c.select_layer, hp.n_swa, global_layers(hp).c_str()));
     check(c.prune_layer >= c.select_layer && c.prune_layer <= L,
           format("prune_layer must be in [select_layer=%d, %d], got %d", c.select_layer, L, c.prune_layer));
     check(!c.reroute || c.select_layer < L,

@@ -48,9 +48,13 @@ LayerSaliency measure(const Model & model, const Context & context, const std::v
     ggml_context * ctx = runner.ctx();
     ggml_tensor * mask = runner.input_f32(window_mask(n_q), {n_q, n_q});
     const float scale = 1.0f / std::sqrt(float(hp.n_embd_head));
-    std::vector<ggml_tensor *> outputs;  // head scores: layer-major, then span
+    std::vector<ggml_tensor *> outputs;  // head scores: layer-major, then span; none for window layers
+    std::vector<int> first_output(n_measured, -1);
     std::vector<ggml_tensor *> token_attn;
     for (int il = 0; il < n_measured; ++il) {
+        // A window layer sees no span behind the window: it neither scores nor keeps.
+        if (hp.is_swa(il)) continue;
+        first_output[il] = int(outputs.size());
         const std::vector<float> & captured = context.captured_queries()[il];
         if (captured.size() != size_t(hp.n_embd_head) * hp.n_head * n_q) {
             fail(ErrorKind::InvalidArgument, format("no captured queries at layer %d", il));
@@ -74,9 +78,9 @@ LayerSaliency measure(const Model & model, const Context & context, const std::v
     LayerSaliency out;
     for (int il = 0; il < hp.n_layer; ++il) {
         std::vector<float> score(hp.n_head, 0.0f);
-        for (size_t i = 0; il < n_measured && i < n_spans; ++i) {
+        for (size_t i = 0; il < n_measured && first_output[il] >= 0 && i < n_spans; ++i) {
             const float w = float(spans[i].end - spans[i].begin) / float(n_sparse);
-            const std::vector<float> s = GraphRunner::read_f32(outputs[size_t(il) * n_spans + i]);
+            const std::vector<float> s = GraphRunner::read_f32(outputs[size_t(first_output[il]) + i]);
             for (int h = 0; h < hp.n_head; ++h) score[h] += w * s[h];
         }
         out.head_score.push_back(score);
@@ -116,10 +120,11 @@ std::vector<int32_t> pick_tokens(const Model & model, const SparseSpan & span, c
 // Every KV head of layers [0, first_routed) is full; of the (layer, KV head)
 // pairs of layers [first_routed, n_routed) the top full_head_ratio by score
 // are; the heads of later layers (pruned zone) are sparse.
-std::vector<std::vector<bool>> route_heads(const std::vector<std::vector<float>> & kv_score, float full_head_ratio,
-                                           int first_routed, int n_routed) {
+std::vector<std::vector<bool>> route_heads(const HParams & hp, const std::vector<std::vector<float>> & kv_score,
+                                           float full_head_ratio, int first_routed, int n_routed) {
     std::vector<std::pair<float, std::pair<int, int>>> ranked;
     for (size_t il = size_t(first_routed); il < size_t(n_routed); ++il) {
+        if (hp.is_swa(int(il))) continue;  // window layers keep their window, every head: not routed
         for (size_t g = 0; g < kv_score[il].size(); ++g) ranked.push_back({kv_score[il][g], {int(il), int(g)}});
     }
     std::stable_sort(ranked.begin(), ranked.end(), [](const auto & a, const auto & b) { return a.first > b.first; });
@@ -127,7 +132,7 @@ std::vector<std::vector<bool>> route_heads(const std::vector<std::vector<float>>
     std::vector<std::vector<bool>> full(kv_score.size(),
                                         std::vector<bool>(kv_score.empty() ? 0 : kv_score[0].size(), false));
     for (size_t i = 0; i < n_full; ++i) full[ranked[i].second.first][ranked[i].second.second] = true;
-    for (int il = 0; il < first_routed; ++il) full[il].assign(full[il].size(), true);
+    for (int il = 0; il < first_routed; ++il) full[il].assign(full[il].size(), !hp.is_swa(il));
     return full;
 }
 
@@ -161,6 +166,11 @@ SparseSelection select_sparse(const Model & model, const Context & context, cons
     }
     check_spans(spans, n_used, n_q);
     const int select_layer = std::min(config.select_layer, hp.n_layer - 1);
+    if (hp.is_swa(select_layer)) {
+        fail(ErrorKind::InvalidArgument,
+             format("select layer %d is a sliding-window layer: it sees no span behind its %d-token window",
+                    select_layer, hp.n_swa));
+    }
     // Staged prefill holds tokens at P: queries exist for layers [0, P), and
     // for layer P too when S = P (the probe). Routing covers layers [0, P).
     const int n_routed = config.prune_layer;
@@ -191,7 +201,7 @@ SparseSelection select_sparse(const Model & model, const Context & context, cons
     // Re-routing rebuilds layers [S, L) for each question, so the dense zone
     // keeps every token (no retroactive compaction there).
     const int first_routed = config.reroute ? std::min(select_layer, n_routed) : 0;
-    sel.full_kv = route_heads(ranking, config.full_head_ratio, first_routed, n_routed);
+    sel.full_kv = route_heads(hp, ranking, config.full_head_ratio, first_routed, n_routed);
 
     // Head weights at the select layer: normalised scores (uniform if all vanish).
     std::vector<float> head_w = sal.head_score[select_layer];

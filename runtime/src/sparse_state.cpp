@@ -29,14 +29,6 @@ std::vector<int32_t> line_segments(const Model & model, const std::vector<int32_
 
 SparseState::SparseState(Context & context, const SparseConfig & config)
     : context_(context), config_(resolve_sparse_config(config, context.model().file(), context.model().hparams())) {
-    const HParams & hp = context.model().hparams();
-    if (hp.n_swa > 0) {
-        // A window layer must neither keep nor score a token outside its window; selection and the
-        // compacted caches do not know windows yet, so a sparse session would attend past them.
-        fail(ErrorKind::UnsupportedModel,
-             format("HT-Sparse does not run on models with sliding-window layers yet ('%s'); use a dense session",
-                    hp.arch.c_str()));
-    }
     // The whole conversation's residual stream at S, for re-running layers
     // [S, L) with each new question's selection.
     if (config_.reroute) context_.log_residual_at(config_.select_layer);
@@ -147,7 +139,7 @@ std::optional<SelectTimings> SparseState::select(const KeptReplacer * replace_ke
     if (t.held) context_.replay_held(&sel.kept_cells);
     t.pruned_zone = ms_since(t0);
     t0 = std::chrono::steady_clock::now();
-    context_.compact_kv(sel.full_kv, sel.kept_cells);
+    context_.compact_kv(sel.full_kv, sel.kept_cells, t.held ? config_.prune_layer : context_.model().hparams().n_layer);
     selection_ = std::move(sel);
     t.select += ms_since(t0);
 

@@ -20,6 +20,8 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
     Qwen2_5_VLConfig,
@@ -134,6 +136,33 @@ def qwen3_model(n_vocab: int, seed: int = 5) -> torch.nn.Module:
     config = Qwen3Config(vocab_size=n_vocab, tie_word_embeddings=True, head_dim=32, rope_theta=1000000.0, **DECODER)
     model = Qwen3ForCausalLM(config)
     assert model.lm_head.weight is model.model.embed_tokens.weight, "expected tied embeddings"
+    randomize_(model, seed)
+    return model
+
+
+# Gemma 3's layer kinds: global layers at 0 and 3 (so HT-Sparse can select at
+# layer 0 and at 3), window layers around them; not the 5:1 default pattern,
+# so the converter writes the per-layer flags. A 16-token window, so short
+# prompts already run past it.
+GEMMA3_LAYERS = ["full_attention", "sliding_attention", "sliding_attention", "full_attention", "sliding_attention"]
+GEMMA3_WINDOW = 16
+
+
+def gemma3_model(n_vocab: int, seed: int = 9) -> torch.nn.Module:
+    """Gemma3ForCausalLM: embeddings scaled by sqrt(hidden), 1 + w norms
+    before and after attention and FFN, q/k norms, GELU-tanh gated FFN, window
+    layers with their own rope base, q scaled by 1/sqrt(head_dim)
+    (query_pre_attn_scalar = head_dim, as llama.cpp assumes below 62 layers)."""
+    config = Gemma3TextConfig(
+        vocab_size=n_vocab,
+        head_dim=16,
+        query_pre_attn_scalar=16,
+        sliding_window=GEMMA3_WINDOW,
+        layer_types=GEMMA3_LAYERS,
+        tie_word_embeddings=True,
+        **dict(DECODER, num_hidden_layers=len(GEMMA3_LAYERS)),
+    )
+    model = Gemma3ForCausalLM(config)
     randomize_(model, seed)
     return model
 
@@ -271,6 +300,17 @@ def tiny_qwen3(qwen_vocab, tiny_dir) -> TinyModel:
 @pytest.fixture(scope="session")
 def tiny_qwen3vl(qwen_vocab, tiny_dir) -> TinyModel:
     return _tiny("qwen3vl", qwen3vl_model(qwen_vocab.n_tokens), tiny_dir / "qwen3vl-f32.gguf", qwen_vocab)
+
+
+@pytest.fixture(scope="session")
+def gemma_vocab(gemma_gguf) -> GgufVocab:
+    """The Gemma 3 tokenizer (262144 tokens), read once."""
+    return GgufVocab(gemma_gguf)
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma3(gemma_vocab, tiny_dir) -> TinyModel:
+    return _tiny("gemma3", gemma3_model(gemma_vocab.n_tokens), tiny_dir / "gemma3-f32.gguf", gemma_vocab)
 
 
 @pytest.fixture(scope="session")

@@ -155,17 +155,6 @@ def _open_vlm(args: argparse.Namespace):
     return model, Vision(model, mmproj_path, n_threads=args.threads)
 
 
-def _dense_on_sliding_windows(args: argparse.Namespace, model) -> None:
-    """A model with sliding-window layers (gemma3) chats dense, and says so:
-    HT-Sparse does not run on them yet (the runtime refuses a sparse session)."""
-    if not args.dense and model.info["n_swa"] > 0:
-        print(
-            f"note: HT-Sparse does not run on {model.arch}'s sliding-window layers yet; this chat is dense",
-            file=sys.stderr,
-        )
-        args.dense = True
-
-
 def _load_turn(args: argparse.Namespace, vision: Vision) -> VideoTurn:
     cache, progress = EmbeddingCache(args.cache_dir), _Bars(sys.stderr.isatty())
     if args.video:
@@ -232,13 +221,11 @@ def run(args: argparse.Namespace) -> int:
     context = read_context_file(args)
     if visual:
         model, vision = _open_vlm(args)
-        _dense_on_sliding_windows(args, model)
         turn = _load_turn(args, vision)
         print(turn.describe(), file=sys.stderr)
         n_ctx = max(args.ctx, turn.n_visual_tokens + 1024)
     else:
         model, vision, turn = load_model(args), None, None
-        _dense_on_sliding_windows(args, model)
         n_ctx = args.ctx
     conv = _Conversation(args, model.session(n_ctx=n_ctx, sparse=sparse_config(args)), vision, turn, context)
     explainer = Explainer(args.explain, turn, args.video, args.image or ()) if args.explain else None
