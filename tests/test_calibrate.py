@@ -146,3 +146,87 @@ def test_video_calibration_on_the_demo_model(qwen_gguf, tmp_path):
     assert len(recall) == model.n_layer and all(v in (0.0, 0.5, 1.0) for v in recall)  # 2 prompts
     assert SparseConfig().resolve(model)["select_layer"] == int(keys["htsparse.select_layer"].contents())
     assert same_tensors(text, out)
+
+
+# -- video calibration on Qwen3-VL ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def qwen3_vlm(qwen_vocab, tiny_dir):
+    """The tiny Qwen3-VL of support/tiny_vlms.py: text GGUF + mmproj (8-px patches, 2 DeepStack taps)."""
+    from support.tiny_vlms import build
+
+    return build("qwen3_vl", qwen_vocab, tiny_dir / "vision-qwen3_vl")
+
+
+def test_qwen3vl_needle_pair_is_one_segment_of_its_own_grid(qwen3_vlm):
+    """Qwen3-VL's needle video: frames planned in its own units (2 x 8 px on
+    the tiny tower, not Qwen2's 28), so libmtmd encodes every pair as planned
+    and within the budget; the needle pair is one segment of the span, the
+    timestamp text before it included, and it is what the calibration asks
+    the selection to keep."""
+    from htsparse_llama.calibrate.video import measure_prompt
+    from htsparse_llama.tasks.needle import QUESTION as NEEDLE_QUESTION
+    from htsparse_llama.tasks.needle import frames_with_needle
+    from htsparse_llama.video.frames import sample_clip_path
+    from htsparse_llama.video.turn import encode_video, vision_grid
+    from htsparse_llama.vision import Vision
+
+    model = qwen3_vlm.model()
+    vision = Vision(model, qwen3_vlm.mmproj, n_threads=2)
+    grid = vision_grid(vision)
+    assert (vision.video_family, grid.patch, grid.temporal) == ("qwen3vl", 16, 2)
+    budget = 2048  # measure_video's default: 4 pairs of the clip, each at least 224 px a side
+    times, frames, unit, code = frames_with_needle(str(sample_clip_path()), grid, np.random.default_rng(3), budget, 8)
+    h, w = frames[0].shape[:2]
+    n_pairs = len(frames) // 2
+    assert len(frames) == len(times) == 8 and 0 < unit < n_pairs - 1  # neither the first nor the last pair
+    assert np.array_equal(frames[2 * unit], frames[2 * unit + 1]) and not np.array_equal(frames[0], frames[2 * unit])
+
+    chunks = encode_video(vision, frames, times)
+    pairs = [c for c in chunks if c.is_image]
+    assert [p.n_tokens for p in pairs] == [(w // 16) * (h // 16)] * n_pairs  # the planned grid, not resized
+    assert chunks.n_visual_tokens <= budget
+
+    s = model.session(n_ctx=chunks.n_tokens + 256, sparse=SparseConfig(keep_ratio=0.1, select_layer=0, prune_layer=3))
+    vision.add_media_turn(s, chunks, NEEDLE_QUESTION)
+    (begin, end), starts = s.sparse.spans[0], s.sparse.seg_starts[0]
+    assert len(starts) == n_pairs
+    ends = starts[1:] + [end - begin]
+    between = len(chunks[2 * unit].tokens)  # <|vision_end|><t seconds><|vision_start|> before the needle pair
+    assert chunks[2 * unit].kind == "text" and chunks[2 * unit + 1].is_image  # text, pair, text, pair, ..., text
+    assert ends[unit] - starts[unit] == between + pairs[unit].n_tokens
+
+    # The prompt measure_prompt makes is this one (then the question runs for the trial selections).
+    (kept_at, scores), n_past = measure_prompt(model, vision, times, frames, unit, 0.1, 64)
+    assert len(kept_at) == model.n_layer and scores.shape == (model.n_layer, model.info["n_head_kv"])
+    assert n_past > s.n_past > chunks.n_tokens
+
+
+def test_video_calibration_on_qwen3vl(qwen3_vlm, tmp_path):
+    """calibrate --mmproj with a Qwen3-VL mmproj (refused before: Qwen2-VL /
+    Qwen2.5-VL only): random weights, so the mechanics as on the demo model."""
+    out = tmp_path / "qwen3vl-htsparse.gguf"
+    r = cli(
+        "calibrate", "-m", str(qwen3_vlm.text), "--mmproj", str(qwen3_vlm.mmproj), "-o", str(out),
+        "--samples", "2", "-t", "2",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    keys = htsparse_keys(out)
+    assert keys["htsparse.calibration.data"].contents() == "video:needle-frame"
+    recall = keys["htsparse.calibration.recall_by_layer"].contents()
+    model = Model(str(out), n_ctx=256, n_threads=2)
+    assert model.arch == "qwen3vl" and len(recall) == model.n_layer and all(v in (0.0, 0.5, 1.0) for v in recall)
+    assert SparseConfig().resolve(model)["select_layer"] == int(keys["htsparse.select_layer"].contents())
+    assert same_tensors(qwen3_vlm.text, out)
+
+
+def test_video_calibration_refuses_a_tower_without_frame_pairs(smolvlm, tmp_path):
+    """SmolVLM2 (one tile per frame) has no frame pairs to hide the needle in: one line naming the projector."""
+    out = tmp_path / "smolvlm-htsparse.gguf"
+    r = cli("calibrate", "-m", str(smolvlm.text), "--mmproj", str(smolvlm.mmproj), "-o", str(out), "--samples", "1")
+    assert r.returncode == 1 and not out.exists()
+    assert r.stderr.strip().splitlines() == [
+        "error: video calibration needs a Qwen2-VL, Qwen2.5-VL or Qwen3-VL mmproj (frame pairs); this one is "
+        "idefics3 (video family smolvlm); calibrate this model on text (without --mmproj)"
+    ]

@@ -1,5 +1,5 @@
 """`python -m htsparse_llama convert` end to end, on tiny random Qwen2.5-VL,
-Qwen2-VL and SmolVLM2 checkpoints and a text-only Qwen3 one, saved as users have them (config.json,
+Qwen2-VL, Qwen3-VL and SmolVLM2 checkpoints and a text-only Qwen3 one, saved as users have them (config.json,
 model.safetensors, the real Qwen2.5 / SmolLM2 tokenizers in their released
 layout, preprocessor_config.json; hf_checkpoints.py), each with as many
 embedding rows as its tokenizer has.
@@ -9,7 +9,7 @@ embedding rows as its tokenizer has.
    runs the text file as transformers runs the checkpoint; (c) our runtime
    runs it as llama-cpp-python; libmtmd encodes an image with the mmproj,
    which is the file write_mmproj_gguf writes.
-2. A k-quant (Q4_K_M) through libllama.
+2. A k-quant (Q4_K_M) through libllama (SmolVLM2, Qwen3-VL).
 3. Bad input: exit status 1, one line on stderr, nothing left behind.
 4. The text GGUF equals upstream convert_hf_to_gguf.py's, in f32, f16, bf16
    and q8_0 (last: upstream's converter runs in the background meanwhile).
@@ -20,7 +20,8 @@ chat turn followed by random ids, 64 tokens):
   The weights are exact; llama.cpp caches K and V in f16 and its CPU flash
   attention rounds Q to f16, so each layer adds f16 rounding (test_tiny_models
   bounds the same error of our runtime at 5e-3). Measured 9.0e-4 (Qwen2.5-VL),
-  9.3e-4 (Qwen2-VL), 1.8e-3 (SmolVLM2); the bound is ~2.2x the worst.
+  9.3e-4 (Qwen2-VL), 6.7e-4 (Qwen3-VL), 1.8e-3 (SmolVLM2); the bound is ~2.2x
+  the worst.
 - our runtime vs llama.cpp, f32 and Q4_K_M files: REL_TOL_LLAMA_CPP of
   support/parity.py (1e-5): same kernels, same graph. Measured 0.
 The RMS-norm epsilon of the Qwen checkpoints is 0 (1e-2 in the tiny models
@@ -60,10 +61,12 @@ from support.parity import REL_TOL_LLAMA_CPP, check_close, llama_cpp_logits, our
 from support.tiny_models import (
     VISION_2_5_MMPROJ,
     VISION_2_MMPROJ,
+    VISION_3_MMPROJ,
     attention_eager,
     qwen2vl_model,
     qwen2vl_v1_model,
     qwen3_model,
+    qwen3vl_model,
     smolvlm_model,
 )
 from support.tiny_vlms import CASES, MtmdEncoder, TextModel, pattern_image
@@ -79,11 +82,17 @@ pytestmark = pytest.mark.real_model  # the tokenizers are rebuilt from the real 
 REL_TOL_TRANSFORMERS = 4e-3
 QWEN_RMS_EPS = 0.0  # what llama.cpp's qwen2vl runs with, whatever the file says (see the module docstring)
 
-VLM_TYPES = ["qwen2_5_vl", "qwen2_vl", "smolvlm"]  # text GGUF + mmproj
+VLM_TYPES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl", "smolvlm"]  # text GGUF + mmproj
 TEXT_TYPES = ["qwen3"]  # text GGUF only
 MODEL_TYPES = VLM_TYPES + TEXT_TYPES
 OUT_TYPES = ["f32", "f16", "bf16", "q8_0"]
-GGUF_ARCH = {"qwen2_5_vl": "qwen2vl", "qwen2_vl": "qwen2vl", "smolvlm": "llama", "qwen3": "qwen3"}
+GGUF_ARCH = {
+    "qwen2_5_vl": "qwen2vl",
+    "qwen2_vl": "qwen2vl",
+    "qwen3_vl": "qwen3vl",
+    "smolvlm": "llama",
+    "qwen3": "qwen3",
+}
 
 # Keys our text GGUF and upstream's may differ in, and why.
 UPSTREAM_IGNORED_KEYS = {
@@ -112,8 +121,10 @@ BUILDERS: Dict[str, Tuple[Callable[[int], torch.nn.Module], str]] = {
     "qwen2_5_vl": (lambda n: _rms_eps(qwen2vl_model(n, seed=31, vision=VISION_2_5_MMPROJ), QWEN_RMS_EPS), "qwen"),
     "qwen2_vl": (lambda n: _rms_eps(qwen2vl_v1_model(n, seed=32, vision=VISION_2_MMPROJ), QWEN_RMS_EPS), "qwen"),
     "smolvlm": (lambda n: smolvlm_model(n, seed=33), "smollm"),
-    # llama.cpp's qwen3 reads the epsilon, so it keeps the tiny models' 1e-2.
+    # llama.cpp's qwen3 and qwen3vl read the epsilon, so they keep the tiny models' 1e-2.
     "qwen3": (lambda n: qwen3_model(n, seed=34), "qwen"),
+    # DeepStack taps after blocks 1 and 2 (the mmproj numbers its mergers by the layer).
+    "qwen3_vl": (lambda n: qwen3vl_model(n, seed=35, vision=VISION_3_MMPROJ), "qwen"),
 }
 
 
@@ -355,8 +366,9 @@ def test_mmproj_encodes_an_image_and_is_the_writers_file(checkpoints, cli_f32, m
     finally:
         text.close()
     assert len(chunks) == case.n_images
-    for chunk in chunks:
-        assert chunk.shape == (case.n_tokens, 64) and np.isfinite(chunk).all() and chunk.std() > 0
+    for chunk in chunks:  # Qwen3-VL: each row its merged embedding, then one per DeepStack merger
+        assert chunk.shape == (case.n_tokens, 64 * (1 + case.n_deepstack))
+        assert np.isfinite(chunk).all() and chunk.std() > 0
 
     direct = write_mmproj_gguf(
         tmp_path / "direct.gguf",
@@ -401,6 +413,42 @@ def test_q4_k_m(checkpoints, tmp_path):
 
     ids = prompt(ckpt.n_vocab, n=N_PROMPT, seed=5)
     check_close("smolvlm Q4_K_M: ours vs llama.cpp", ours(text, ids), llama_cpp_logits(text, ids), REL_TOL_LLAMA_CPP)
+
+
+def test_q4_k_m_qwen3_vl(checkpoints, tmp_path):
+    """Qwen3-VL through the k-quant path: libllama quantizes the qwen3vl file
+    (keys, DeepStack depth and sections kept), the mmproj is f16 with its
+    DeepStack mergers and libmtmd encodes with it (rows 64 x (1 + 2) wide);
+    our runtime and llama.cpp run the text file alike."""
+    ckpt, case = checkpoints["qwen3_vl"], CASES["qwen3_vl"]
+    proc = run_convert(ckpt.path, "-o", tmp_path, "--outtype", "Q4_K_M")
+    assert proc.returncode == 0, proc.stderr
+    text, mmproj = tmp_path / "qwen3_vl-Q4_K_M.gguf", tmp_path / "mmproj-qwen3_vl-F16.gguf"
+    assert listing(tmp_path) == sorted([text.name, mmproj.name])
+
+    T = gguf.GGMLQuantizationType
+    quantized = Gguf.read(text)
+    assert quantized.value("general.file_type") == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    assert quantized.value("qwen3vl.n_deepstack_layers") == 2
+    assert quantized.value("qwen3vl.rope.dimension_sections") == [4, 6, 6, 0]
+    types = quantized.types()
+    assert types["blk.0.attn_q_norm.weight"] == T.F32 and types["blk.0.ffn_up.weight"] not in (T.F32, T.F16)
+    vision = Gguf.read(mmproj)
+    assert vision.value("general.file_type") == 1 and set(vision.types().values()) == {T.F16, T.F32}
+    assert {name for name in vision.tensors if name.startswith("v.deepstack.") and name.endswith(".fc2.weight")} == {
+        "v.deepstack.1.fc2.weight",
+        "v.deepstack.2.fc2.weight",
+    }
+    model = TextModel(text)
+    try:
+        with MtmdEncoder(model, mmproj) as enc:
+            chunks = enc.encode(pattern_image(*case.image_wh))
+    finally:
+        model.close()
+    assert [c.shape for c in chunks] == [(case.n_tokens, 64 * 3)] and np.isfinite(chunks[0]).all()
+
+    ids = prompt(ckpt.n_vocab, n=N_PROMPT, seed=6)
+    check_close("qwen3_vl Q4_K_M: ours vs llama.cpp", ours(text, ids), llama_cpp_logits(text, ids), REL_TOL_LLAMA_CPP)
 
 
 # -- 3. bad input --------------------------------------------------------------------------------------
@@ -677,10 +725,16 @@ def test_text_gguf_same_as_upstream_converter(
     if arch == "qwen2vl":
         assert ours.value("qwen2vl.rope.dimension_sections") == [2, 3, 3, 0]
         assert ours.value("qwen2vl.attention.layer_norm_rms_epsilon") == QWEN_RMS_EPS
-    elif arch == "qwen3":
-        assert ours.value("qwen3.attention.key_length") == 32 and ours.value("qwen3.attention.value_length") == 32
+    elif arch in ("qwen3", "qwen3vl"):
+        assert ours.value(f"{arch}.attention.key_length") == 32 and ours.value(f"{arch}.attention.value_length") == 32
         assert ours.types()["blk.0.attn_q_norm.weight"] == gguf.GGMLQuantizationType.F32
-        assert "output.weight" not in ours.tensors  # tied
+        assert ours.value(f"{arch}.attention.layer_norm_rms_epsilon") == pytest.approx(1e-2)
+        if arch == "qwen3":
+            assert "output.weight" not in ours.tensors  # tied
+        else:  # interleaved M-RoPE sections, DeepStack depth, an output matrix of its own
+            assert ours.value("qwen3vl.rope.dimension_sections") == [4, 6, 6, 0]
+            assert ours.value("qwen3vl.n_deepstack_layers") == 2 and "output.weight" in ours.tensors
+            assert not any(name.startswith(("v.", "mm.")) for name in ours.tensors)  # the tower is the mmproj's
     else:
         assert ours.value("llama.vocab_size") == n_vocab and ours.value("llama.rope.dimension_count") == 16
         assert ours.value("llama.attention.layer_norm_rms_epsilon") == pytest.approx(1e-2)

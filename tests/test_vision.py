@@ -234,10 +234,12 @@ def test_image_prompt_matches_llama_cpp_mtmd(fixture, request):
 # -- (b) files that do not fit ---------------------------------------------------------------------
 
 
-def test_mismatched_mmproj_is_a_clear_error(qwen_vl, smolvlm, tiny_llama, smollm_gguf, tmp_path):
-    other = Model(smollm_gguf, n_ctx=64, n_threads=THREADS, device="cpu")  # SmolLM2-135M: n_embd 576
-    with pytest.raises(hts.InvalidArgumentError, match=r"does not match.*64 wide.*n_embd is 576"):
+def test_mismatched_mmproj_is_a_clear_error(qwen_vl, smolvlm, tiny_llama, demo_model, tmp_path):
+    # The same family (qwen2vl), another width: the demo model is 128 wide.
+    other = Model(str(demo_model[0]), n_ctx=64, n_threads=THREADS, device="cpu")
+    with pytest.raises(hts.InvalidArgumentError, match=r"does not match.*64 wide.*n_embd is 128"):
         Vision(other, qwen_vl.mmproj)
+    # Another family is refused by name before its width (test_bad_input: the families as wide).
     # As wide, but SmolLM2's vocabulary lacks the tokens SmolVLM2's images come wrapped in.
     plain = Model(str(tiny_llama.gguf_path), n_ctx=64, n_threads=THREADS, device="cpu")
     with pytest.raises(hts.InvalidArgumentError, match="does not match.*not in the model's vocabulary"):

@@ -81,6 +81,32 @@ int mmproj_output_width(const GgufFile & f) {
                                         f.path().c_str()));
 }
 
+// The text architecture each projector we know was trained with. An mmproj
+// of another family may have the model's width (and the vocabulary may hold
+// the tokens libmtmd puts around its images), so libmtmd would encode with it
+// and the model would read embeddings it never learned: refused by name.
+struct ProjectorFamily {
+    const char * projector;  // clip.projector_type
+    const char * family;     // the models whose tower it is
+    const char * arch;       // their text GGUF's general.architecture
+};
+constexpr ProjectorFamily kProjectorFamilies[] = {
+    {"qwen2vl_merger", "Qwen2-VL", "qwen2vl"}, {"qwen2.5vl_merger", "Qwen2.5-VL", "qwen2vl"},
+    {"qwen3vl_merger", "Qwen3-VL", "qwen3vl"}, {"idefics3", "SmolVLM2 / Idefics3", "llama"},
+    {"gemma3", "Gemma 3", "gemma3"},
+};
+
+void check_family(const std::string & mmproj_path, const std::string & projector, const Model & model) {
+    const std::string & arch = model.hparams().arch;
+    for (const ProjectorFamily & f : kProjectorFamilies) {
+        if (projector != f.projector || arch == f.arch) continue;
+        fail(ErrorKind::InvalidArgument,
+             format("mmproj '%s' is a %s vision tower (clip.projector_type %s), made for a %s text model; the model "
+                    "'%s' is %s (use the mmproj made with this model)",
+                    mmproj_path.c_str(), f.family, f.projector, f.arch, model.file().path().c_str(), arch.c_str()));
+    }
+}
+
 }  // namespace
 
 // --- VisualTokens --------------------------------------------------------------
@@ -109,7 +135,8 @@ VisionEncoder::VisionEncoder(const Model & model, const std::string & mmproj_pat
         layout_.image_size = static_cast<int>(file.get_int("clip.vision.image_size", 0));
         layout_.patch_size = static_cast<int>(file.get_int("clip.vision.patch_size", 0));
         layout_.scale_factor = static_cast<int>(file.get_int("clip.vision.projector.scale_factor", 0));
-        const int width = mmproj_output_width(file);
+        const int width = mmproj_output_width(file);  // first: is it an mmproj at all
+        check_family(mmproj_path, layout_.projector, model);
         if (width != n_embd_) {
             fail(ErrorKind::InvalidArgument,
                  format("mmproj '%s' does not match the model '%s': its embeddings are %d wide, the model's "

@@ -2,7 +2,9 @@
 (tasks/needle.py) encoded by the mmproj through libmtmd and laid out exactly
 as chat --video does (video/turn.py), the question after them. The needle is
 its frame pair's segment of the visual span; recall at a layer is whether the
-runtime's selection there keeps all of it. Qwen-VL models (frame pairs)."""
+runtime's selection there keeps all of it. Models whose tower merges frame
+pairs: Qwen2-VL and Qwen2.5-VL (the pairs one block), Qwen3-VL (each pair an
+image after its timestamp, the segment that timestamp's text and the pair)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import numpy as np
 from ..model import Model
 from ..sparse_config import SparseConfig
 from ..tasks.needle import QUESTION, frames_with_needle
-from ..video.turn import encode_video
+from ..video.turn import encode_video, vision_grid
 from ..vision import Vision
 from .result import Calibration, check_settings, choose, recall_and_scores
+
+# The video families (Vision.video_family) whose frame pairs are the needle's unit.
+PAIR_FAMILIES = ("qwen", "qwen3vl")
 
 
 def measure_prompt(model: Model, vision: Vision, times, frames, unit: int, keep_ratio: float, q_window: int):
@@ -45,10 +50,10 @@ def measure_video(
     progress: Callable[[int, int], Any] = lambda i, n: None,
 ) -> Calibration:
     """Calibrates a VLM (Model + its Vision) on needle-frame prompts made from `videos`."""
-    if vision.video_family != "qwen":
+    if vision.video_family not in PAIR_FAMILIES:
         raise ValueError(
-            "video calibration needs a Qwen2-VL / Qwen2.5-VL mmproj (frame pairs); "
-            "calibrate this model on text (without --mmproj)"
+            f"video calibration needs a Qwen2-VL, Qwen2.5-VL or Qwen3-VL mmproj (frame pairs); this one is "
+            f"{vision.projector} (video family {vision.video_family}); calibrate this model on text (without --mmproj)"
         )
     check_settings(n_samples, keep_ratio)
     if not videos:
@@ -58,7 +63,7 @@ def measure_video(
     n_tokens: Optional[int] = None
     for i in range(n_samples):
         times, frames, unit, _ = frames_with_needle(
-            str(videos[i % len(videos)]), vision.frames_per_unit, rng, max_visual_tokens, max_frames
+            str(videos[i % len(videos)]), vision_grid(vision), rng, max_visual_tokens, max_frames
         )
         result, n_tokens = measure_prompt(model, vision, times, frames, unit, keep_ratio, q_window)
         results.append(result)

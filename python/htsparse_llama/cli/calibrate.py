@@ -21,7 +21,9 @@ def register(sub) -> None:
     p.add_argument("-m", "--model", required=True, help="GGUF model file (any supported architecture)")
     p.add_argument("-o", "--output", required=True, help="the calibrated GGUF to write")
     p.add_argument(
-        "--mmproj", default=None, help="calibrate on video with this mmproj (Qwen-VL): needle frames in --video clips"
+        "--mmproj",
+        default=None,
+        help="calibrate on video with this mmproj (Qwen2-VL, Qwen2.5-VL, Qwen3-VL): needle frames in --video clips",
     )
     p.add_argument(
         "--video",

@@ -22,7 +22,7 @@ from typing import Optional
 from ..errors import ContextOverflowError, InvalidArgumentError
 from ..fetch import resolve_model_path
 from ..fetch.demo_model import demo_model_paths
-from ..fetch.hf_repo import fetch_vlm
+from ..fetch.hf_repo import fetch_model, fetch_vlm
 from ..model import Model, Session
 from ..options import add_flags, from_args
 from ..video.cache import EmbeddingCache
@@ -70,7 +70,8 @@ def register(sub) -> None:
         metavar="OWNER/NAME[:QUANT]",
         default=None,
         help="instead of -m/--mmproj: a model GGUF (QUANT, default Q4_K_M) and its mmproj from a Hugging "
-        "Face repository, downloaded once (needs network and huggingface_hub)",
+        "Face repository, downloaded once (needs network and huggingface_hub); without --video/--image, "
+        "the model GGUF alone (a text model's repository, as Qwen/Qwen3-8B-GGUF)",
     )
     add_flags(g, VideoOptions, defaults={"max_visual_tokens": "auto"})
     g.add_argument("--cache-dir", default=None, help="keep visual embeddings here between runs")
@@ -125,11 +126,15 @@ def _check(args: argparse.Namespace) -> None:
     visual = bool(args.video or args.image)
     if visual and args.context_file:
         raise InvalidArgumentError("--context-file and --video/--image cannot be combined yet")
+    if args.hf_repo and (args.model or args.mmproj):
+        raise InvalidArgumentError("give either --hf-repo or -m/--mmproj, not both")
     if not visual:
-        if args.model is None:
-            raise InvalidArgumentError("chat needs -m MODEL (or --video/--image, which run a demo model without -m)")
-        if args.mmproj or args.explain or args.hf_repo:
-            raise InvalidArgumentError("--mmproj, --hf-repo and --explain go with --video or --image")
+        if args.model is None and not args.hf_repo:
+            raise InvalidArgumentError(
+                "chat needs -m MODEL or --hf-repo (or --video/--image, which run a demo model without -m)"
+            )
+        if args.mmproj or args.explain:
+            raise InvalidArgumentError("--mmproj and --explain go with --video or --image")
     if args.prompt is not None and not args.prompt.strip():
         raise InvalidArgumentError("--prompt is empty")
     if args.explain is not None:
@@ -142,8 +147,6 @@ def _check(args: argparse.Namespace) -> None:
 def _open_vlm(args: argparse.Namespace):
     """(model, vision) for --video / --image: -m/--mmproj, --hf-repo or the demo model."""
     if args.hf_repo:
-        if args.model or args.mmproj:
-            raise InvalidArgumentError("give either --hf-repo or -m/--mmproj, not both")
         model_path, mmproj_path = fetch_vlm(args.hf_repo)
     elif args.model is None:
         model_path, mmproj_path = demo_model_paths("running")
@@ -225,6 +228,8 @@ def run(args: argparse.Namespace) -> int:
         print(turn.describe(), file=sys.stderr)
         n_ctx = max(args.ctx, turn.n_visual_tokens + 1024)
     else:
+        if args.hf_repo:
+            args.model = fetch_model(args.hf_repo)
         model, vision, turn = load_model(args), None, None
         n_ctx = args.ctx
     conv = _Conversation(args, model.session(n_ctx=n_ctx, sparse=sparse_config(args)), vision, turn, context)

@@ -1,5 +1,5 @@
 """Needle-in-a-video prompts: a video's sampled frames with one frame pair
-(Qwen-VL) replaced by a "needle" picture, a five-digit code in large print,
+(Qwen2-VL, Qwen2.5-VL, Qwen3-VL) replaced by a "needle" picture, a five-digit code in large print,
 and the question "What code is shown in the video?". Calibration on video
 (calibrate/video.py) measures whether the runtime's selection keeps the
 needle's segment."""
@@ -31,13 +31,15 @@ def needle_image(width: int, height: int, code: int) -> np.ndarray:
 
 
 def frames_with_needle(
-    path: str, frames_per_unit: int, rng, max_visual_tokens: int, max_frames: int
+    path: str, grid: vp.VisionGrid, rng, max_visual_tokens: int, max_frames: int
 ) -> Tuple[List[float], List[np.ndarray], int, int]:
     """(frame times, frames, the unit replaced by the needle, its code): the
-    video's frames planned for a Qwen-VL tower, one unit of frames_per_unit
-    frames (not the first or last when there are more than two) the needle."""
+    video's frames planned for the tower `grid` describes (video.turn.vision_grid),
+    one unit of grid.temporal frames (not the first or last when there are
+    more than two) the needle."""
     info = vf.probe(path)
-    times, plan = vp.plan_video(info, max_frames=max_frames, max_visual_tokens=max_visual_tokens, grid=vp.QWEN2_5_VL)
+    times, plan = vp.plan_video(info, max_frames=max_frames, max_visual_tokens=max_visual_tokens, grid=grid)
+    frames_per_unit = grid.temporal
     frames = [f.rgb for f in vf.iter_frames(path, times, size=(plan.width, plan.height))]
     n_units = (len(frames) + frames_per_unit - 1) // frames_per_unit
     unit = int(rng.integers(1, max(2, n_units - 1))) if n_units > 2 else 0
