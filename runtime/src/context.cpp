@@ -7,6 +7,7 @@
 #include "model.h"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 
 namespace hts {
@@ -384,6 +385,7 @@ void Context::hold_from_layer(int layer, bool probe) {
     for (int il = 0; il < std::min(layer, n_layer); ++il) windows_below = windows_below || kv_->is_ring(il);
     held_.replay = layer > 0 && layer < n_layer && logged_.layer < 0 && !windows_below;
     held_.probe = probe && layer < n_layer;
+    if (held_.probe) kv_->keys_only_from(layer, n_past_);  // selection reads the held tokens' keys there, no values
     held_.n_ds = layer < n_layer ? std::max(0, model_.hparams().n_deepstack - layer) : 0;
 }
 
@@ -540,7 +542,8 @@ void Context::replay_held(const std::vector<int32_t> * kept_cells) {
 void Context::finish_held() {
     const int n_layer = model_.hparams().n_layer, n_embd = model_.hparams().n_embd, P = held_.layer;
     if (P < 0 || held_.tokens.empty()) fail(ErrorKind::InvalidArgument, "no tokens are held");
-    std::vector<int> idx;  // held tokens to finish
+    kv_->keys_only_from(P, INT_MAX);  // finishing tokens write their values at P
+    std::vector<int> idx;             // held tokens to finish
     int first_sparse = 0;
     for (int k = 0; k < n_held(); ++k) {
         const int cell = held_.first_cell + k;

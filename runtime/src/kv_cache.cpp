@@ -5,6 +5,7 @@
 #include "model.h"
 
 #include <algorithm>
+#include <climits>
 #include <tuple>
 
 namespace hts {
@@ -19,6 +20,7 @@ KvCache::KvCache(const Model & model, int n_ctx, int n_batch, ggml_type type) : 
     ring_ = ring > 0 && ring < limit_ ? ring : 0;
     window_layer_.assign(hp.n_layer, false);
     for (int il = 0; il < hp.n_layer; ++il) window_layer_[il] = hp.is_swa(il);
+    values_below_.assign(hp.n_layer, INT_MAX);
     n_embd_head_ = hp.n_embd_head;
     n_head_kv_ = hp.n_head_kv;
     full_.resize(hp.n_layer);
@@ -39,14 +41,23 @@ int KvCache::window_row_cell(int row, int last) const {
     return last - ((last - row) % ring_ + ring_) % ring_;           // the newest cell written to `row`
 }
 
-KvCache::Storage KvCache::alloc(int il, int n_heads, int capacity, const char * what) {
+void KvCache::keys_only_from(int il, int cell) { values_below_[il] = cell; }
+
+int KvCache::v_capacity_for(int il, int capacity) const {
+    const int below = values_below_[il];
+    // Exactly the cells before the held ones, so a probe batch (which starts there) stores no value.
+    return below == INT_MAX ? capacity : std::min(capacity, std::max(below, 1));
+}
+
+KvCache::Storage KvCache::alloc(int il, int n_heads, int capacity, const char * what, int v_capacity) {
     Storage s;
     s.capacity = capacity;
+    s.v_capacity = v_capacity < 0 ? capacity : v_capacity;
     s.n_heads = n_heads;
     ggml_init_params params = {ggml_tensor_overhead() * 2, nullptr, true};
     s.ctx = ggml_init(params);
     s.k = ggml_new_tensor_2d(s.ctx, type_, int64_t(n_embd_head_) * n_heads, capacity);
-    s.v = ggml_new_tensor_2d(s.ctx, type_, int64_t(n_embd_head_) * n_heads, capacity);
+    s.v = ggml_new_tensor_2d(s.ctx, type_, int64_t(n_embd_head_) * n_heads, s.v_capacity);
     ggml_format_name(s.k, "cache_k%s_l%d", what, il);
     ggml_format_name(s.v, "cache_v%s_l%d", what, il);
     s.buffer = ggml_backend_alloc_ctx_tensors(s.ctx, model_->backends().main());
@@ -70,7 +81,8 @@ void KvCache::release(Storage & s) {
 }
 
 void KvCache::grow(int il, Storage & s, int n_heads, int n_cells, int n_used, int limit, const char * what) {
-    if (n_cells <= s.capacity) return;
+    const bool values_short = s.buffer && s.v_capacity < v_capacity_for(il, s.capacity);  // keys_only_from lifted
+    if (n_cells <= s.capacity && !values_short) return;
     if (n_cells > limit) {
         fail(ErrorKind::ContextOverflow, format("%d cells exceed the context (%d)", n_cells, limit));
     }
@@ -79,12 +91,16 @@ void KvCache::grow(int il, Storage & s, int n_heads, int n_cells, int n_used, in
     // long span adds no quarter of slack to every layer at the peak.
     const bool few = n_cells <= GGML_PAD(s.capacity + 1, kCellPad);
     const int capacity =
-        std::min(limit, few ? std::max(n_cells, GGML_PAD(s.capacity + s.capacity / 4, kCellPad)) : n_cells);
-    Storage bigger = alloc(il, n_heads, capacity, what);
+        n_cells <= s.capacity
+            ? s.capacity
+            : std::min(limit, few ? std::max(n_cells, GGML_PAD(s.capacity + s.capacity / 4, kCellPad)) : n_cells);
+    Storage bigger = alloc(il, n_heads, capacity, what, v_capacity_for(il, capacity));
     const int n_keep = std::min(n_used, s.capacity);
     if (s.buffer && n_keep > 0) {
         // Rows are cells: the used ones are one prefix, copied on the device.
-        copy_rows(model_->backends().main(), {{s.k, bigger.k}, {s.v, bigger.v}}, n_keep);
+        copy_rows(model_->backends().main(), {{s.k, bigger.k}}, n_keep);
+        const int n_keep_v = std::min({n_keep, s.v_capacity, bigger.v_capacity});
+        if (n_keep_v > 0) copy_rows(model_->backends().main(), {{s.v, bigger.v}}, n_keep_v);
     }
     release(s);
     s = bigger;
@@ -113,6 +129,7 @@ void KvCache::store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * 
     const int64_t n_first = is_ring(il) ? std::min<int64_t>(n_tokens, ring_ - row0) : n_tokens;
     GGML_ASSERT(row0 + n_first <= s.capacity && n_tokens - n_first <= s.capacity && "KvCache::prepare() first");
     for (auto [src, dst] : {std::make_pair(k_cur, s.k), std::make_pair(v_cur, s.v)}) {
+        if (dst == s.v && s.v_capacity < s.capacity && first_cell >= s.v_capacity) continue;  // keys_only_from
         for (auto [t0, n, row] :
              {std::make_tuple(int64_t(0), n_first, row0), std::make_tuple(n_first, n_tokens - n_first, int64_t(0))}) {
             if (n == 0) continue;

@@ -80,6 +80,13 @@ public:
     void store_rows(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * k_cur, ggml_tensor * v_cur,
                     ggml_tensor * rows) const;
     int window_row(int cell) const { return ring_ > 0 ? cell % ring_ : cell; }  // the row holding `cell`
+    // Selection at S = P (staged prefill): the held tokens' keys at the prune
+    // layer feed selection, but nothing reads their values there (the kept
+    // ones write them again when they finish). From cell `cell` on, layer il
+    // then holds keys only: its values stop at `cell`, half a layer
+    // less at the peak. INT_MAX: values for every cell again (the next
+    // prepare() grows them; the rows past `cell` read as zeros until written).
+    void keys_only_from(int il, int cell);
     // Views of the first n_kv cells of layer il: [head_dim, n_head_kv, n_kv].
     ggml_tensor * keys(ggml_context * ctx, int il, int n_kv) const;
     ggml_tensor * values(ggml_context * ctx, int il, int n_kv) const;
@@ -125,7 +132,8 @@ private:
         ggml_backend_buffer_t buffer = nullptr;
         ggml_tensor * k = nullptr;
         ggml_tensor * v = nullptr;
-        int capacity = 0;  // cells
+        int capacity = 0;    // cells of K (and of V, unless keys_only_from limits it)
+        int v_capacity = 0;  // cells of V
         int n_heads = 0;
         size_t bytes() const { return buffer ? ggml_backend_buffer_get_size(buffer) : 0; }
     };
@@ -141,12 +149,14 @@ private:
 
     int ring_ = 0;                    // window_rows()
     std::vector<bool> window_layer_;  // per layer: a sliding-window layer (hp.is_swa)
+    std::vector<int> values_below_;   // per layer: keys_only_from's cell (INT_MAX: none)
     bool split_ = false;
     std::vector<std::vector<bool>> full_kv_;  // per layer, per KV head
     std::vector<int> n_full_;                 // per layer
 
     // Zero-filled K/V of n_heads heads x `capacity` cells for layer il (`what` names them).
-    Storage alloc(int il, int n_heads, int capacity, const char * what);
+    Storage alloc(int il, int n_heads, int capacity, const char * what, int v_capacity = -1);
+    int v_capacity_for(int il, int capacity) const;  // capacity, or less under keys_only_from
     void release(Storage & s);
     // `s` holds at least n_cells cells (a quarter more when one padding step would do), its first n_used kept.
     void grow(int il, Storage & s, int n_heads, int n_cells, int n_used, int limit, const char * what);

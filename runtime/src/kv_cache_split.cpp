@@ -9,6 +9,7 @@
 #include "ggml-alloc.h"
 
 #include <algorithm>
+#include <climits>
 #include <tuple>
 
 namespace hts {
@@ -66,17 +67,16 @@ void KvCache::store_split(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_ten
 
 namespace {
 
-// One layer's compaction graph: the full heads' rows of cells [0, n_valid)
-// and the sparse heads' rows of the first m kept cells, gathered from the
-// dense K/V into the two groups, on the device.
-void compact_layer(ggml_backend_t backend, ggml_tensor * dense_k, ggml_tensor * dense_v, int n_embd_head, int n_head_kv,
-                   int n_valid, const std::vector<int32_t> & full_heads, const std::vector<int32_t> & sparse_heads,
-                   const std::vector<int32_t> & kept, ggml_tensor * full_k, ggml_tensor * full_v,
-                   ggml_tensor * sparse_k, ggml_tensor * sparse_v) {
+// One tensor's (K or V) compaction graph for one layer: the full heads' rows
+// of cells [0, n_valid) and the sparse heads' rows of the kept cells, gathered
+// from the dense tensor into the two groups, on the device.
+void compact_tensor(ggml_backend_t backend, ggml_tensor * src, int n_embd_head, int n_head_kv, int n_valid,
+                    const std::vector<int32_t> & full_heads, const std::vector<int32_t> & sparse_heads,
+                    const std::vector<int32_t> & kept, ggml_tensor * dst_full, ggml_tensor * dst_sparse) {
     const int n_kept = int(kept.size());
-    const bool copy_full = full_k && n_valid > 0, copy_sparse = sparse_k && n_kept > 0;
+    const bool copy_full = dst_full && n_valid > 0, copy_sparse = dst_sparse && n_kept > 0;
     if (!copy_full && !copy_sparse) return;
-    const size_t graph_size = 64;
+    const size_t graph_size = 32;
     ggml_init_params iparams = {ggml_tensor_overhead() * 4, nullptr, true};
     ggml_context * ictx = ggml_init(iparams);
     ggml_init_params gparams = {ggml_tensor_overhead() * graph_size + ggml_graph_overhead_custom(graph_size, false),
@@ -84,33 +84,27 @@ void compact_layer(ggml_backend_t backend, ggml_tensor * dense_k, ggml_tensor * 
     ggml_context * gctx = ggml_init(gparams);
     ggml_cgraph * gf = ggml_new_graph_custom(gctx, graph_size, false);
     std::vector<IndexInput> inputs;
-    IndexInput kept_idx{nullptr, kept};
+    const size_t head_row = ggml_row_size(src->type, n_embd_head);
+    if (copy_full) {
+        IndexInput full_idx = head_rows(ictx, full_heads, n_valid);
+        ggml_tensor * cells = ggml_view_3d(gctx, src, n_embd_head, n_head_kv, n_valid, head_row, src->nb[1], 0);
+        ggml_tensor * rows = ggml_get_rows(gctx, cells, full_idx.tensor);  // [head_dim, G_full, n_valid]
+        ggml_tensor * dst = ggml_view_2d(gctx, dst_full, dst_full->ne[0], n_valid, dst_full->nb[1], 0);
+        ggml_build_forward_expand(gf, ggml_cpy(gctx, rows, dst));
+        inputs.push_back(std::move(full_idx));
+    }
     if (copy_sparse) {
-        kept_idx.tensor = ggml_new_tensor_1d(ictx, GGML_TYPE_I32, n_kept);
-        inputs.push_back(kept_idx);
+        IndexInput kept_idx{ggml_new_tensor_1d(ictx, GGML_TYPE_I32, n_kept), kept};
+        IndexInput sparse_idx = head_rows(ictx, sparse_heads, n_kept);
+        ggml_tensor * used = ggml_view_2d(gctx, src, src->ne[0], n_valid, src->nb[1], 0);
+        ggml_tensor * picked = ggml_get_rows(gctx, used, kept_idx.tensor);  // [n_embd_kv, n_kept]
+        picked = ggml_reshape_3d(gctx, picked, n_embd_head, n_head_kv, n_kept);
+        ggml_tensor * rows = ggml_get_rows(gctx, picked, sparse_idx.tensor);  // [head_dim, G_sparse, n_kept]
+        ggml_tensor * dst = ggml_view_2d(gctx, dst_sparse, dst_sparse->ne[0], n_kept, dst_sparse->nb[1], 0);
+        ggml_build_forward_expand(gf, ggml_cpy(gctx, rows, dst));
+        inputs.push_back(std::move(kept_idx));
+        inputs.push_back(std::move(sparse_idx));
     }
-    IndexInput full_idx = copy_full ? head_rows(ictx, full_heads, n_valid) : IndexInput{};
-    IndexInput sparse_idx = copy_sparse ? head_rows(ictx, sparse_heads, n_kept) : IndexInput{};
-    const size_t head_row = ggml_row_size(dense_k->type, n_embd_head);
-    for (auto [src, dst_full, dst_sparse] :
-         {std::make_tuple(dense_k, full_k, sparse_k), std::make_tuple(dense_v, full_v, sparse_v)}) {
-        if (copy_full) {
-            ggml_tensor * cells = ggml_view_3d(gctx, src, n_embd_head, n_head_kv, n_valid, head_row, src->nb[1], 0);
-            ggml_tensor * rows = ggml_get_rows(gctx, cells, full_idx.tensor);  // [head_dim, G_full, n_valid]
-            ggml_tensor * dst = ggml_view_2d(gctx, dst_full, dst_full->ne[0], n_valid, dst_full->nb[1], 0);
-            ggml_build_forward_expand(gf, ggml_cpy(gctx, rows, dst));
-        }
-        if (copy_sparse) {
-            ggml_tensor * used = ggml_view_2d(gctx, src, src->ne[0], n_valid, src->nb[1], 0);
-            ggml_tensor * picked = ggml_get_rows(gctx, used, kept_idx.tensor);  // [n_embd_kv, n_kept]
-            picked = ggml_reshape_3d(gctx, picked, n_embd_head, n_head_kv, n_kept);
-            ggml_tensor * rows = ggml_get_rows(gctx, picked, sparse_idx.tensor);  // [head_dim, G_sparse, n_kept]
-            ggml_tensor * dst = ggml_view_2d(gctx, dst_sparse, dst_sparse->ne[0], n_kept, dst_sparse->nb[1], 0);
-            ggml_build_forward_expand(gf, ggml_cpy(gctx, rows, dst));
-        }
-    }
-    if (copy_full) inputs.push_back(std::move(full_idx));
-    if (copy_sparse) inputs.push_back(std::move(sparse_idx));
     ggml_backend_buffer_t ibuf = ggml_backend_alloc_ctx_tensors(ictx, backend);
     bool ok = ibuf != nullptr;
     ggml_gallocr_t galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
@@ -165,10 +159,16 @@ void KvCache::compact(const std::vector<std::vector<bool>> & full_kv, const std:
             sparse_group = alloc(il, int(sparse_heads.size()), n_kv_for(int(kept_cells.size()) + 1), "_sparse");
         }
         if (dense.buffer) {
-            compact_layer(backend, dense.k, dense.v, n_embd_head_, n_head_kv_, n_valid, full_heads, sparse_heads, kept,
-                          full_group.k, full_group.v, sparse_group.k, sparse_group.v);
+            compact_tensor(backend, dense.k, n_embd_head_, n_head_kv_, n_valid, full_heads, sparse_heads, kept,
+                           full_group.k, sparse_group.k);
+            // Values of cells a keys-only layer never held (keys_only_from) are written when their tokens finish.
+            const int n_valid_v = std::min(n_valid, dense.v_capacity);
+            const std::vector<int32_t> kept_v(kept.begin(), std::lower_bound(kept.begin(), kept.end(), n_valid_v));
+            compact_tensor(backend, dense.v, n_embd_head_, n_head_kv_, n_valid_v, full_heads, sparse_heads, kept_v,
+                           full_group.v, sparse_group.v);
         }
         release(dense);  // one layer's dense K/V given up as soon as its groups hold it
+        values_below_[il] = INT_MAX;
         full_[il] = full_group;
         sparse_[il] = sparse_group;
         n_full_[il] = int(full_heads.size());
