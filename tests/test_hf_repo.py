@@ -146,48 +146,34 @@ def test_a_text_model_repository():
         pick_files(QWEN3)
 
 
+def offline_chat(tmp_path, *args):
+    """`chat` with the hub offline (an empty HF_HOME): its exit code and non-empty stderr lines."""
+    pytest.importorskip("huggingface_hub")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
+    r = subprocess.run(
+        [sys.executable, "-m", "htsparse_llama", "chat", *args, "--prompt", "hi"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert "Traceback" not in r.stderr
+    return r.returncode, [line for line in r.stderr.splitlines() if line.strip()]
+
+
 def test_cli_text_chat_from_a_repository_without_network(tmp_path):
     """chat --hf-repo without --video/--image fetches the model alone (here
     offline: the one line that says so, not a refusal of the flags)."""
-    pytest.importorskip("huggingface_hub")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
-    r = subprocess.run(
-        [sys.executable, "-m", "htsparse_llama", "chat", "--hf-repo", "Qwen/Qwen3-8B-GGUF", "--prompt", "hi"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert r.returncode != 0
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "could not get Qwen/Qwen3-8B-GGUF from Hugging Face" in lines[0], r.stderr
+    rc, lines = offline_chat(tmp_path, "--hf-repo", "Qwen/Qwen3-8B-GGUF")
+    assert rc != 0
+    assert len(lines) == 1 and "could not get Qwen/Qwen3-8B-GGUF from Hugging Face" in lines[0], lines
 
 
 def test_cli_without_network_is_one_clear_line(tmp_path):
-    pytest.importorskip("huggingface_hub")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "htsparse_llama",
-            "chat",
-            "--video",
-            "packaged:clip",
-            "--hf-repo",
-            "ggml-org/SmolVLM2-500M-Video-Instruct-GGUF",
-            "--prompt",
-            "hi",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
-    assert r.returncode != 0
-    lines = [line for line in r.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and "could not get ggml-org/SmolVLM2-500M-Video-Instruct-GGUF from Hugging Face" in lines[0]
-    assert "Traceback" not in r.stderr
+    repo = "ggml-org/SmolVLM2-500M-Video-Instruct-GGUF"
+    rc, lines = offline_chat(tmp_path, "--video", "packaged:clip", "--hf-repo", repo)
+    assert rc != 0
+    assert len(lines) == 1 and f"could not get {repo} from Hugging Face" in lines[0], lines
 
 
 def test_cli_hf_repo_and_model_conflict():
