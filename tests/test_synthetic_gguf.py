@@ -21,8 +21,10 @@ def vocab(qwen_gguf, tmp_path_factory):
     return write_vocab_gguf(tmp_path_factory.mktemp("vocab") / "vocab.gguf", qwen_gguf)
 
 
-# The qwen2 shape, and a qwen3 one (q/k norms, no biases, head_dim 96 where n_embd / n_head is 64).
-@pytest.fixture(scope="module", params=["tiny", "tiny-qwen3"])
+# The qwen2 shape, a qwen3 one (q/k norms, no biases, head_dim 96 where n_embd / n_head is 64), a
+# qwen3vl one (M-RoPE sections, DeepStack depth) and a gemma3 one (a 16-token window on five of
+# every six layers, post norms, linear rope scaling): the tiny forms of the benchmark shapes.
+@pytest.fixture(scope="module", params=["tiny", "tiny-qwen3", "tiny-qwen3vl", "tiny-gemma3"])
 def synthetic(vocab, request, tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic")
     return vocab, write_synthetic_gguf(folder / f"{request.param}-Q8_0.gguf", request.param, vocab_from=vocab)
@@ -46,7 +48,8 @@ def test_tensors_have_the_shape(synthetic):
     assert types["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
     assert types["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
     assert reader.fields["general.architecture"].contents() == shape.arch
-    assert ("blk.0.attn_q_norm.weight" in got) == (shape.arch == "qwen3") != ("blk.0.attn_q.bias" in got)
+    assert ("blk.0.attn_q_norm.weight" in got) == (shape.arch != "qwen2") != ("blk.0.attn_q.bias" in got)
+    assert ("blk.0.post_ffw_norm.weight" in got) == (shape.arch == "gemma3")
 
 
 def test_llama_cpp_and_ours_agree_on_it(synthetic):

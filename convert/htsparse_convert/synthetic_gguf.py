@@ -31,8 +31,10 @@ PathLike = Union[str, Path]
 
 @dataclass(frozen=True)
 class Shape:
-    """A text decoder's hyper-parameters: qwen2 (q/k/v biases) or qwen3 (per-head
-    q/k norms, no biases, head_dim given apart from n_embd / n_head)."""
+    """A text decoder's hyper-parameters: qwen2 (q/k/v biases), qwen3 and
+    qwen3vl (per-head q/k norms, no biases, head_dim given apart from
+    n_embd / n_head; qwen3vl with M-RoPE sections and DeepStack) or gemma3
+    (q/k norms, norms after attention and FFN, a sliding window)."""
 
     n_layer: int
     n_embd: int
@@ -45,6 +47,10 @@ class Shape:
     tied_embeddings: bool = False
     arch: str = "qwen2"
     head_dim: Optional[int] = None  # default n_embd / n_head; written as key_length when set
+    mrope_sections: Optional[Tuple[int, ...]] = None  # qwen3vl: rope pairs per t, h, w stream
+    n_deepstack: int = 0  # qwen3vl: layers that take DeepStack rows from the mmproj
+    sliding_window: int = 0  # gemma3: window of the local layers (llama.cpp's default 5:1 pattern)
+    rope_linear_factor: Optional[float] = None  # gemma3 4B+: the global layers' linear rope scaling
 
     @property
     def n_embd_head(self) -> int:
@@ -61,8 +67,59 @@ SHAPES: Dict[str, Shape] = {
     "qwen3-0.6b": Shape(
         n_layer=28, n_embd=1024, n_head=16, n_head_kv=8, n_ff=3072, tied_embeddings=True, arch="qwen3", head_dim=128
     ),
+    # Qwen3-VL-2B-Instruct's text decoder (its config.json): interleaved M-RoPE, DeepStack after 3 layers.
+    "qwen3-vl-2b": Shape(
+        n_layer=28,
+        n_embd=2048,
+        n_head=16,
+        n_head_kv=8,
+        n_ff=6144,
+        tied_embeddings=True,
+        arch="qwen3vl",
+        head_dim=128,
+        rope_freq_base=5000000.0,
+        mrope_sections=(24, 20, 20, 0),
+        n_deepstack=3,
+    ),
+    # Gemma-3-4B-it's text decoder: 1024-token windows on 5 of every 6 layers, linear rope x8 globally.
+    "gemma-3-4b": Shape(
+        n_layer=34,
+        n_embd=2560,
+        n_head=8,
+        n_head_kv=4,
+        n_ff=10240,
+        tied_embeddings=True,
+        arch="gemma3",
+        head_dim=256,
+        sliding_window=1024,
+        rope_linear_factor=8.0,
+    ),
     "tiny": Shape(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_ctx=4096),  # for tests
     "tiny-qwen3": Shape(n_layer=2, n_embd=256, n_head=4, n_head_kv=2, n_ff=512, n_ctx=4096, arch="qwen3", head_dim=96),
+    "tiny-qwen3vl": Shape(
+        n_layer=3,
+        n_embd=256,
+        n_head=4,
+        n_head_kv=2,
+        n_ff=512,
+        n_ctx=4096,
+        arch="qwen3vl",
+        head_dim=64,
+        mrope_sections=(12, 10, 10, 0),
+        n_deepstack=2,
+    ),
+    "tiny-gemma3": Shape(
+        n_layer=7,
+        n_embd=256,
+        n_head=4,
+        n_head_kv=2,
+        n_ff=512,
+        n_ctx=4096,
+        arch="gemma3",
+        head_dim=64,
+        sliding_window=16,
+        rope_linear_factor=8.0,
+    ),  # layer 5 global, 6 a window layer again
 }
 
 Q8_0_BLOCK = 32  # weights per Q8_0 block: an f16 scale and 32 int8 values
@@ -87,14 +144,18 @@ def tensor_shapes(shape: Shape, n_vocab: int) -> Iterator[Tuple[str, Tuple[int, 
         yield b + "attn_v.weight", (d, kv), True
         if bias:
             yield b + "attn_v.bias", (kv,), False
-        if shape.arch == "qwen3":
+        if shape.arch in ("qwen3", "qwen3vl", "gemma3"):
             yield b + "attn_k_norm.weight", (hd,), False
             yield b + "attn_q_norm.weight", (hd,), False
         yield b + "attn_output.weight", (q, d), True
+        if shape.arch == "gemma3":
+            yield b + "post_attention_norm.weight", (d,), False
         yield b + "ffn_norm.weight", (d,), False
         yield b + "ffn_gate.weight", (d, shape.n_ff), True
         yield b + "ffn_up.weight", (d, shape.n_ff), True
         yield b + "ffn_down.weight", (shape.n_ff, d), True
+        if shape.arch == "gemma3":
+            yield b + "post_ffw_norm.weight", (d,), False
     yield "output_norm.weight", (d,), False
     if not shape.tied_embeddings:
         yield "output.weight", (d, n_vocab), True
@@ -144,6 +205,14 @@ def write_synthetic_gguf(
         if shape.head_dim is not None:
             writer.add_key_length(shape.head_dim)
             writer.add_value_length(shape.head_dim)
+        if shape.mrope_sections is not None:
+            writer.add_rope_dimension_sections(list(shape.mrope_sections))
+            writer.add_num_deepstack_layers(shape.n_deepstack)
+        if shape.sliding_window:
+            writer.add_sliding_window(shape.sliding_window)
+        if shape.rope_linear_factor is not None:
+            writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            writer.add_rope_scaling_factor(shape.rope_linear_factor)
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         vocab.add_to(writer)
         for tensor, ne, is_matrix in tensor_shapes(shape, n_vocab):
