@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -130,6 +131,32 @@ def test_gguf_metadata(tiny_qwen2, tiny_qwen3, tiny_llama, tiny_llama_f16, tiny_
     assert kv["qwen2vl.rope.dimension_sections"] == MROPE_SECTION + [0]
     assert kv["qwen2vl.rope.freq_base"] == 1000000.0
     assert "output.weight" in tensors and len(tensors) == 3 + 12 * 3  # no vision tensors
+
+
+@real_vocab
+def test_gemma3_gguf_metadata(tiny_gemma3):
+    """Gemma 3 as upstream's Gemma3Model writes it: norms stored as 1 + w,
+    the post-attention and FFN norms under llama.cpp's names, key/value
+    length, the window; and, as the layer kinds are not the 5:1 default,
+    the per-layer pattern newer converters write."""
+    import gguf
+
+    reader = gguf.GGUFReader(tiny_gemma3.gguf_path)
+    kv = {k: f.contents() for k, f in reader.fields.items() if k.startswith("gemma3.")}
+    assert kv["gemma3.attention.sliding_window"] == 16 and kv["gemma3.attention.key_length"] == 16
+    assert kv["gemma3.attention.sliding_window_pattern"] == [False, True, True, False, True]
+    assert kv["gemma3.rope.freq_base"] == 1000000.0  # the global layers' base
+    tensors = {t.name: t for t in reader.tensors}
+    for il in range(5):
+        assert {f"blk.{il}.post_attention_norm.weight", f"blk.{il}.post_ffw_norm.weight"} <= set(tensors)
+    layer = tiny_gemma3.torch_model.model.layers[1]
+    for name, module in (
+        ("blk.1.ffn_norm.weight", layer.pre_feedforward_layernorm),
+        ("blk.1.post_attention_norm.weight", layer.post_attention_layernorm),
+        ("blk.1.attn_q_norm.weight", layer.self_attn.q_norm),
+    ):
+        assert np.array_equal(np.asarray(tensors[name].data), module.weight.detach().numpy() + 1)
+    assert "output.weight" not in tensors  # tied
 
 
 # -- M-RoPE ----------------------------------------------------------------------------------
