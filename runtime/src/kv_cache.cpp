@@ -129,7 +129,7 @@ void KvCache::store(ggml_context * ctx, ggml_cgraph * gf, int il, ggml_tensor * 
     const int64_t n_first = is_ring(il) ? std::min<int64_t>(n_tokens, ring_ - row0) : n_tokens;
     GGML_ASSERT(row0 + n_first <= s.capacity && n_tokens - n_first <= s.capacity && "KvCache::prepare() first");
     for (auto [src, dst] : {std::make_pair(k_cur, s.k), std::make_pair(v_cur, s.v)}) {
-        if (dst == s.v && s.v_capacity < s.capacity && first_cell >= s.v_capacity) continue;  // keys_only_from
+        if (dst == s.v && first_cell >= values_below_[il]) continue;  // keys only (keys_only_from): a probe
         for (auto [t0, n, row] :
              {std::make_tuple(int64_t(0), n_first, row0), std::make_tuple(n_first, n_tokens - n_first, int64_t(0))}) {
             if (n == 0) continue;
