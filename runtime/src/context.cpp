@@ -76,7 +76,7 @@ void Context::reset() {
     n_sparse_cells_ = 0;
     hidden_cells_.clear();
     kept_cells_.clear();
-    window_pruned_from_ = 1 << 30;
+    window_pruned_from_ = kNoPrunedZone;
     window_hidden_.clear();
     cell_pos_.clear();
     held_ = ResidualRows{};
@@ -361,7 +361,7 @@ int Context::window_batch(const int32_t * cells, int nb) const {
     // A ring row is rewritten by the cell one ring further on: the batch's
     // cells must lie closer together than the ring's rows beyond the window
     // (n_batch, padded), or a later token would overwrite what an earlier one sees.
-    const int span = kv_->window_rows() > 0 ? kv_->window_rows() - model_.hparams().n_swa : 1 << 30;
+    const int span = kv_->window_rows() > 0 ? kv_->window_rows() - model_.hparams().n_swa : INT_MAX;
     int k = 1;
     while (k < nb && cells[k] - cells[0] < span) ++k;
     return k;
@@ -645,7 +645,7 @@ void Context::rewind_to_logged_layer(int hold_layer) {
     n_sparse_cells_ = 0;
     kept_cells_.clear();
     hidden_cells_.clear();
-    window_pruned_from_ = 1 << 30;
+    window_pruned_from_ = kNoPrunedZone;
     window_hidden_.clear();
 
     hold_from_layer(hold_layer);

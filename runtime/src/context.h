@@ -6,6 +6,7 @@
 #pragma once
 
 #include "ggml-backend.h"
+#include "graph_context.h"
 #include "kv_cache.h"
 
 #include <cstdint>
@@ -16,7 +17,6 @@
 namespace hts {
 
 class Model;
-struct MicroBatch;
 
 // Explicit rope positions for a batch of n tokens, stream-major: n_streams rows
 // of n values. One row serves every rope stream; M-RoPE models also take three
@@ -90,7 +90,7 @@ public:
     // pruned zone) they hold only the kept tokens, so their masks hide the
     // cells not kept.
     void compact_kv(const std::vector<std::vector<bool>> & full_kv, const std::vector<int32_t> & kept_cells,
-                    int pruned_from = 1 << 30);
+                    int pruned_from = kNoPrunedZone);
     // The next evals keep, per layer, the roped queries of their last n
     // tokens (the query window), for select_sparse(). 0 turns it off.
     void set_query_capture(int n) { capture_q_ = n; }
@@ -173,11 +173,11 @@ private:
     int capture_q_ = 0;
     int n_captured_q_ = 0;
     std::vector<std::vector<float>> captured_q_;
-    std::vector<bool> hidden_cells_;    // set_hidden_cells
-    std::vector<int32_t> kept_cells_;   // compact_kv: cells the sparse heads keep
-    int window_pruned_from_ = 1 << 30;  // compact_kv's pruned_from (MicroBatch::window_pruned_from)
-    std::vector<bool> window_hidden_;   // compact_kv: cells before it that are not kept
-    std::vector<int32_t> cell_pos_;     // per cell, its (first) rope position: the window counts positions
+    std::vector<bool> hidden_cells_;          // set_hidden_cells
+    std::vector<int32_t> kept_cells_;         // compact_kv: cells the sparse heads keep
+    int window_pruned_from_ = kNoPrunedZone;  // compact_kv's pruned_from (MicroBatch::window_pruned_from)
+    std::vector<bool> window_hidden_;         // compact_kv: cells before it that are not kept
+    std::vector<int32_t> cell_pos_;           // per cell, its (first) rope position: the window counts positions
     std::function<bool(int, int)> batch_callback_;
 
     // Tokens waiting at a layer, with their residual stream there (that

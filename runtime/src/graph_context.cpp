@@ -182,10 +182,13 @@ std::pair<ggml_tensor *, float> GraphContext::scaled_q(ggml_tensor * q) const {
     return {q, 1.0f / std::sqrt(float(hp.n_embd_head))};
 }
 
+bool GraphContext::is_pruned_window(int il) const {
+    return kv.is_window(il) && kv.is_split() && il >= window_pruned_from;
+}
+
 bool GraphContext::has_pruned_window_layers() const {
-    if (!kv.is_split()) return false;
-    for (int il = std::max(layer_begin, window_pruned_from); il < layer_end; ++il) {
-        if (kv.is_window(il)) return true;
+    for (int il = layer_begin; il < layer_end; ++il) {
+        if (is_pruned_window(il)) return true;
     }
     return false;
 }
@@ -203,9 +206,7 @@ ggml_tensor * GraphContext::build_attn(const LayerWeights & l, const QKV & qkv, 
     const int rows = window ? n_kv_swa : n_kv;                                    // a window layer's ring, or cells
     ggml_tensor * k = ggml_permute(ctx0, kv.keys(ctx0, il, rows), 0, 2, 1, 3);    // [head_dim, rows, n_head_kv]
     ggml_tensor * v = ggml_permute(ctx0, kv.values(ctx0, il, rows), 0, 2, 1, 3);  // [head_dim, rows, n_head_kv]
-    ggml_tensor * mask = !window                                     ? inp_kq_mask
-                         : kv.is_split() && il >= window_pruned_from ? inp_kq_mask_swa_pruned
-                                                                     : inp_kq_mask_swa;
+    ggml_tensor * mask = !window ? inp_kq_mask : is_pruned_window(il) ? inp_kq_mask_swa_pruned : inp_kq_mask_swa;
     ggml_tensor * cur = ggml_flash_attn_ext(ctx0, q, k, v, mask, scale, 0.0f, 0.0f);  // [head_dim, n_head, n_tokens]
     ggml_prec_set_acc(cur, GGML_PREC_F32);
     name(cur, "attn_fa", il);

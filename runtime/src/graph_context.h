@@ -16,6 +16,9 @@ class Model;
 struct LayerWeights;
 struct ModelWeights;
 
+// MicroBatch::window_pruned_from when no window layer is in a pruned zone.
+constexpr int kNoPrunedZone = 1 << 30;
+
 struct MicroBatch {
     int n_tokens = 0;    // tokens in this batch
     int first_cell = 0;  // KV cell of the first token (cells fill in order)
@@ -47,7 +50,7 @@ struct MicroBatch {
     const int32_t * window_cells = nullptr;
     // Sliding-window layers from here on hold only the kept tokens (the
     // pruned zone after selection): their mask hides the unkept cells.
-    int window_pruned_from = 1 << 30;
+    int window_pruned_from = kNoPrunedZone;
 
     int end_cell() const {  // past the last
         const int32_t * at = cells ? cells : window_cells;
@@ -123,8 +126,9 @@ public:
     // The same over a compacted cache: full and sparse KV heads attend over
     // their own caches (hts_routed_attention).
     ggml_tensor * build_routed_attn(const LayerWeights & l, const QKV & qkv, int il);  // [n_embd, n_tokens]
-    // Sliding-window layers under HT-Sparse: every layer in the batch from the
-    // pruned zone on (the unkept cells hidden), and whether any is.
+    // A sliding-window layer of the pruned zone (it holds the kept tokens
+    // only: its mask hides the unkept cells), and whether the batch has any.
+    bool is_pruned_window(int il) const;
     bool has_pruned_window_layers() const;
     // q as the model scales it before attention, and the scale left for the kernel.
     std::pair<ggml_tensor *, float> scaled_q(ggml_tensor * q) const;

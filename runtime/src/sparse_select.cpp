@@ -165,12 +165,7 @@ SparseSelection select_sparse(const Model & model, const Context & context, cons
         fail(ErrorKind::InvalidArgument, "no query window: evaluate the question with query capture on");
     }
     check_spans(spans, n_used, n_q);
-    const int select_layer = std::min(config.select_layer, hp.n_layer - 1);
-    if (hp.is_swa(select_layer)) {
-        fail(ErrorKind::InvalidArgument,
-             format("select layer %d is a sliding-window layer: it sees no span behind its %d-token window",
-                    select_layer, hp.n_swa));
-    }
+    const int select_layer = std::min(config.select_layer, hp.n_layer - 1);  // a global layer (sparse_config.cpp)
     // Staged prefill holds tokens at P: queries exist for layers [0, P), and
     // for layer P too when S = P (the probe). Routing covers layers [0, P).
     const int n_routed = config.prune_layer;
