@@ -135,12 +135,21 @@ class TinyVLM:
         folder = self.folder / "hf"
         if not (folder / "config.json").exists():
             self.model.save_pretrained(folder)
+            if self.case.hub_name is not None:
+                _rename_saved(folder, self.case.hub_name)
             (folder / "preprocessor_config.json").write_text(json.dumps(self.case.preprocessor))
         return folder
 
     def close(self) -> None:
         if self._text is not None:
             self._text.close()
+
+
+def _rename_saved(folder: Path, rename) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    for shard in folder.glob("*.safetensors"):
+        save_file({rename(k): v for k, v in load_file(shard).items()}, shard, metadata={"format": "pt"})
 
 
 class TinyVLMs(Dict[str, TinyVLM]):

@@ -10,11 +10,13 @@ object), `preprocessor` the dict of preprocessor_config.json. Only the vision
 tower and its projector are written; the decoder is write_text_gguf's job.
 
 libmtmd's clip.cpp reads the result, so upstream convert_hf_to_gguf.py
-(MmprojModel and its Qwen2VLVisionModel / Qwen3VLVisionModel / SmolVLMModel
-subclasses) decides every choice here: tensor names, the clip.* keys and their
-types, the split of Qwen2's fused QKV (Qwen3-VL's stays fused) and of the 3D
-patch convolution into two 2D kernels, the numbering of Qwen3-VL's DeepStack
-mergers by the layer they tap, which tensors stay f32. Where clip.cpp
+(MmprojModel and its Qwen2VLVisionModel / Qwen3VLVisionModel / SmolVLMModel /
+Gemma3VisionModel subclasses) decides every choice here: tensor names, the
+clip.* keys and their types, the split of Qwen2's fused QKV (Qwen3-VL's stays
+fused) and of the 3D patch convolution into two 2D kernels, the numbering of
+Qwen3-VL's DeepStack mergers by the layer they tap, which tensors stay f32
+(Gemma 3's input projection is f16 in every file type), Gemma 3's 1 + w
+soft-embedding norm and its pooling factor (written only when not clip.cpp's 4). Where clip.cpp
 hard-codes a value that a config could set otherwise (Qwen's 2x2 merge, 2.5-VL's
 112-pixel window, Qwen3-VL's rope base), a config that differs is refused
 instead of written into a file that would compute something else.
@@ -112,6 +114,14 @@ class VisionSpec:
     # HF biases clip.cpp cannot do without (its graph adds them unchecked),
     # checked like the weights; the other biases are optional there.
     required_biases: Tuple[str, ...] = ()
+    # GGUF name fragments that are f16 whatever the file type (f32 included).
+    f16_fragments: Tuple[str, ...] = ()
+    # GGUF names written as 1 + w: HF's Gemma RMSNorm scales by 1 + weight, clip.cpp's by the weight.
+    plus_one: Tuple[str, ...] = ()
+    # (old, new) name prefixes read as one: the hub's files and transformers 5's save differ.
+    aliases: Tuple[Tuple[str, str], ...] = ()
+    # Parameters that are not part of the mmproj (a pooling head clip.cpp never runs).
+    skipped: Tuple[str, ...] = ()
 
 
 def _names(target: Target) -> Tuple[str, ...]:
@@ -433,6 +443,53 @@ def _idefics3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[st
     )
 
 
+# Gemma 3's SigLIP tower as SmolVLM's, under vision_tower.; its projector
+# pools each side of the patch grid by the factor that leaves
+# mm_tokens_per_image tokens, then RMS-norms and projects them.
+_GEMMA3_GLOBAL: Dict[str, Target] = {
+    **{"vision_tower." + k.partition(".")[2]: v for k, v in _IDEFICS3_GLOBAL.items() if k.startswith("vision_model.")},
+    "multi_modal_projector.mm_input_projection_weight": "mm.input_projection.weight",
+    "multi_modal_projector.mm_soft_emb_norm.weight": "mm.soft_emb_norm.weight",
+}
+GEMMA3_POOL = 4  # clip.cpp's default n_merge for Gemma 3: written only when another
+
+
+def _gemma3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
+    vcfg = {**_IDEFICS3_DEFAULTS, **vcfg}
+    n_embd, n_ff = _int(vcfg, "hidden_size"), _int(vcfg, "intermediate_size")
+    _check_mlp(n_embd, n_ff)
+    # Upstream takes the token count from the preprocessor (default 256); the
+    # model's own mm_tokens_per_image must agree or the file pools wrongly.
+    n_tokens = int(pre.get("image_seq_length", cfg.get("mm_tokens_per_image", 256)))
+    _require(
+        n_tokens == int(cfg.get("mm_tokens_per_image", n_tokens)),
+        f"preprocessor image_seq_length {n_tokens} differs from the model's mm_tokens_per_image "
+        f"{cfg.get('mm_tokens_per_image')}",
+    )
+    side = int(round(n_tokens**0.5))
+    patches = _int(vcfg, "image_size") // _int(vcfg, "patch_size")
+    _require(
+        side * side == n_tokens and side > 0 and patches % side == 0,
+        f"clip.cpp pools a square patch grid ({patches} per side) to a square of tokens; "
+        f"{n_tokens} tokens per image is not one that divides it",
+    )
+    pool = patches // side
+    mean, std = _mean_std((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pre)
+    return VisionHParams(
+        n_embd=n_embd,
+        n_ff=n_ff,
+        n_layer=_int(vcfg, "num_hidden_layers"),
+        n_head=_int(vcfg, "num_attention_heads"),
+        patch_size=_int(vcfg, "patch_size"),
+        image_size=_int(vcfg, "image_size"),
+        projection_dim=_text_width(cfg),
+        eps=float(vcfg.get("layer_norm_eps", 1e-6)),
+        image_mean=mean,
+        image_std=std,
+        extra=((_K.USE_GELU, True),) + (((_K.Projector.SCALE_FACTOR, pool),) if pool != GEMMA3_POOL else ()),
+    )
+
+
 _QWEN2VL = VisionSpec(
     gguf.VisionProjectorType.QWEN2VL,
     ("visual.",),
@@ -472,6 +529,21 @@ _IDEFICS3 = VisionSpec(
     f32_fragments=("v.patch_embd.", "v.position_embd."),
 )
 
+# Upstream's Gemma3VisionModel: embeddings f32, the input projection f16 in every file type.
+_GEMMA3 = VisionSpec(
+    gguf.VisionProjectorType.GEMMA3,
+    ("vision_tower.", "multi_modal_projector."),
+    "vision_tower.encoder.layers.",
+    _GEMMA3_GLOBAL,
+    _IDEFICS3_BLOCK,
+    _gemma3_hparams,
+    f32_fragments=("v.patch_embd.", "v.position_embd."),
+    f16_fragments=("mm.input_projection.",),
+    plus_one=("mm.soft_emb_norm.weight",),
+    aliases=(("vision_tower.vision_model.", "vision_tower."),),
+    skipped=("vision_tower.head.",),
+)
+
 # Keyed by the config's top-level model_type.
 VISION_ARCHITECTURES: Dict[str, VisionSpec] = {
     "qwen2_vl": _QWEN2VL,
@@ -479,6 +551,7 @@ VISION_ARCHITECTURES: Dict[str, VisionSpec] = {
     "qwen3_vl": _QWEN3VL,
     "smolvlm": _IDEFICS3,
     "idefics3": _IDEFICS3,
+    "gemma3": _GEMMA3,
 }
 
 
@@ -557,7 +630,9 @@ def mmproj_target(spec: VisionSpec, hp: VisionHParams, hf_name: str) -> Optional
     parameter. Raises on a vision parameter we do not know, or a DeepStack
     merger past those deepstack_visual_indexes names."""
     name = hf_name[len("model.") :] if hf_name.startswith("model.") else hf_name
-    if not name.startswith(spec.prefixes):
+    for old, new in spec.aliases:
+        name = new + name[len(old) :] if name.startswith(old) else name
+    if not name.startswith(spec.prefixes) or name.startswith(spec.skipped):
         return None
     if name in spec.global_tensors:
         return spec.global_tensors[name]
@@ -594,7 +669,7 @@ def mmproj_tensors(spec: VisionSpec, hp: VisionHParams, tensors: Mapping[str, An
             if gname in seen:
                 raise ValueError(f"{hf_name!r} and {seen[gname]!r} both map to {gname!r}")
             seen[gname] = hf_name
-            yield gname, np.ascontiguousarray(part)
+            yield gname, np.ascontiguousarray(part + 1.0 if gname in spec.plus_one else part)
 
 
 def _missing_tensors(spec: VisionSpec, hp: VisionHParams, names: Sequence[str]) -> List[str]:
@@ -627,6 +702,8 @@ def tensor_type(spec: VisionSpec, gguf_name: str, data: np.ndarray, out_type: st
     f32, f16 = gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16
     if data.ndim <= 1 or gguf_name.endswith("_norm.weight") or any(f in gguf_name for f in spec.f32_fragments):
         return f32
+    if any(f in gguf_name for f in spec.f16_fragments):
+        return f16
     if ".patch_embd.weight" in gguf_name:  # also matches the second frame, "...weight.1"
         return f16 if out_type == "f16" else f32
     if not gguf_name.endswith(".weight"):

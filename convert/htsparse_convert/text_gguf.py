@@ -80,9 +80,11 @@ _QWEN3VL = ArchSpec(
     deepstack=True,
 )
 
+# The hub's Gemma 3 VLM files keep the decoder under language_model.model.,
+# transformers 5 holds it under model.language_model.
 _GEMMA3 = ArchSpec(
     "gemma3",
-    ("model.language_model.", "model."),
+    ("model.language_model.", "language_model.model.", "model."),
     skip_prefixes=("model.vision_tower.", "model.multi_modal_projector.", "vision_tower.", "multi_modal_projector."),
     qk_norm=True,
     gemma=True,

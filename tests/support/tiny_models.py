@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 import torch
 from transformers import (
+    Gemma3Config,
     Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
     Gemma3TextConfig,
     LlamaConfig,
     LlamaForCausalLM,
@@ -148,12 +150,8 @@ GEMMA3_LAYERS = ["full_attention", "sliding_attention", "sliding_attention", "fu
 GEMMA3_WINDOW = 16
 
 
-def gemma3_model(n_vocab: int, seed: int = 9) -> torch.nn.Module:
-    """Gemma3ForCausalLM: embeddings scaled by sqrt(hidden), 1 + w norms
-    before and after attention and FFN, q/k norms, GELU-tanh gated FFN, window
-    layers with their own rope base, q scaled by 1/sqrt(head_dim)
-    (query_pre_attn_scalar = head_dim, as llama.cpp assumes below 62 layers)."""
-    config = Gemma3TextConfig(
+def gemma3_text_config(n_vocab: int) -> Gemma3TextConfig:
+    return Gemma3TextConfig(
         vocab_size=n_vocab,
         head_dim=16,
         query_pre_attn_scalar=16,
@@ -162,7 +160,40 @@ def gemma3_model(n_vocab: int, seed: int = 9) -> torch.nn.Module:
         tie_word_embeddings=True,
         **dict(DECODER, num_hidden_layers=len(GEMMA3_LAYERS)),
     )
-    model = Gemma3ForCausalLM(config)
+
+
+def gemma3_model(n_vocab: int, seed: int = 9) -> torch.nn.Module:
+    """Gemma3ForCausalLM: embeddings scaled by sqrt(hidden), 1 + w norms
+    before and after attention and FFN, q/k norms, GELU-tanh gated FFN, window
+    layers with their own rope base, q scaled by 1/sqrt(head_dim)
+    (query_pre_attn_scalar = head_dim, as llama.cpp assumes below 62 layers)."""
+    model = Gemma3ForCausalLM(gemma3_text_config(n_vocab))
+    randomize_(model, seed)
+    return model
+
+
+# Gemma 3's vision side: SmolVLM's SigLIP tower (8x8 patches of a 64x64
+# image), pooled 2x2 to 16 tokens per image (clip.cpp's default pools 4x4, so
+# the mmproj says the factor). Gemma 3's image tokens: <start_of_image> and
+# <end_of_image> of its tokenizer around the image; the placeholder id HF
+# swaps for the image rows is one past the 262144-token vocabulary, as
+# <image_soft_token> is in the released models.
+GEMMA3_MM_TOKENS = 16
+GEMMA3_BOI, GEMMA3_EOI = 255999, 256000
+
+
+def gemma3_vlm_model(n_vocab: int, seed: int = 15) -> torch.nn.Module:
+    """Gemma3ForConditionalGeneration: gemma3_model's decoder (layers, window)
+    and a SigLIP tower with Gemma 3's pooling projector."""
+    config = Gemma3Config(
+        text_config=gemma3_text_config(n_vocab).to_dict(),
+        vision_config=dict(SMOLVLM_VISION, layer_norm_eps=1e-6, vision_use_head=False),
+        mm_tokens_per_image=GEMMA3_MM_TOKENS,
+        boi_token_index=GEMMA3_BOI,
+        eoi_token_index=GEMMA3_EOI,
+        image_token_index=n_vocab,
+    )
+    model = Gemma3ForConditionalGeneration(config)
     randomize_(model, seed)
     return model
 

@@ -34,11 +34,13 @@ from htsparse_convert.mmproj_gguf import write_mmproj_gguf
 from htsparse_llama import Model
 from htsparse_llama.bench import llama_cpp as llama_cpp_mtmd
 from support.tiny_models import (
+    GEMMA3_MM_TOKENS,
     SMOLVLM_VISION,
     VISION_2_5_MMPROJ,
     VISION_2_MMPROJ,
     VISION_3_MMPROJ,
     attention_eager,
+    gemma3_vlm_model,
     qwen2vl_model,
     qwen2vl_v1_model,
     qwen3vl_model,
@@ -117,6 +119,25 @@ def smolvlm_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str,
     return out.pooler_output[0].float().numpy()
 
 
+def gemma3_reference(model: torch.nn.Module, rgb: np.ndarray, pre: Mapping[str, Any]) -> np.ndarray:
+    """Tower + pooling projector on `rgb` preprocessed by transformers' Gemma 3
+    image processor, at the tower's own size (no resize on either side):
+    [mm_tokens_per_image, n_embd]."""
+    try:
+        from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil as Processor
+    except ImportError:  # pragma: no cover - other transformers versions
+        from transformers import Gemma3ImageProcessor as Processor
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    proc = Processor(size={"height": h, "width": w}, image_mean=pre["image_mean"], image_std=pre["image_std"])
+    inputs = proc(images=[Image.fromarray(rgb)], return_tensors="pt")
+    assert tuple(inputs["pixel_values"].shape) == (1, 3, h, w)
+    with torch.no_grad():
+        out = model.model.get_image_features(inputs["pixel_values"])
+    return out.pooler_output[0].float().numpy()
+
+
 def smolvlm_text_part(tensors: Dict[str, np.ndarray], config: Any) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """SmolVLM's decoder as the llama checkpoint write_text_gguf knows (it has
     no SmolVLM entry yet): model.text_model.* -> model.*, the text config."""
@@ -142,6 +163,8 @@ class Case:
     reference: Callable[[torch.nn.Module, np.ndarray, Mapping[str, Any]], np.ndarray]
     text_part: Optional[Callable[[Dict[str, np.ndarray], Any], Tuple[Dict[str, np.ndarray], Any]]] = None
     n_deepstack: int = 0  # Qwen3-VL: DeepStack rows per token beside its own (output rows n_embd * (1 + this))
+    # A saved parameter's name in the hub's files, where transformers 5 saves another.
+    hub_name: Optional[Callable[[str], str]] = None
 
 
 _CLIP = {"image_mean": [0.48145466, 0.4578275, 0.40821073], "image_std": [0.26862954, 0.26130258, 0.27577711]}
@@ -189,6 +212,19 @@ CASES: Dict[str, Case] = {
         (_TILE // 8 // 2) ** 2,
         smolvlm_reference,
         smolvlm_text_part,
+    ),
+    # One 64x64 image (the tower's size), pooled to 16 tokens, between
+    # <start_of_image> and <end_of_image>.
+    "gemma3": Case(
+        lambda n: gemma3_vlm_model(n, seed=16),
+        "gemma_vocab",
+        {"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "image_seq_length": GEMMA3_MM_TOKENS},
+        (_TILE, _TILE),
+        1,
+        GEMMA3_MM_TOKENS,
+        gemma3_reference,
+        # google/gemma-3-*-it keep SigLIP's vision_model level (upstream's converter needs it).
+        hub_name=lambda k: k.replace("vision_tower.", "vision_tower.vision_model.", 1),
     ),
 }
 
