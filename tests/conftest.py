@@ -26,7 +26,7 @@ from support.tiny_models import (  # noqa: F401
     tiny_qwen3,
     tiny_qwen3vl,
 )
-from support.tiny_vlms import qwen_vl, smolvlm  # noqa: F401
+from support.tiny_vlms import gemma3_vlm, qwen_vl, smolvlm  # noqa: F401
 from support.upstream_converter import upstream_converter  # noqa: F401
 
 

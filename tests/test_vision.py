@@ -1,5 +1,6 @@
 """Vision (libmtmd) into a session, on the tiny converted Qwen2.5-VL and
-SmolVLM2 fixtures (support/tiny_vlms.py): a prompt with an image gives
+SmolVLM2 fixtures (Gemma 3's against llama.cpp here too; its own tests:
+test_gemma3_vision) (support/tiny_vlms.py): a prompt with an image gives
 transformers' logits (whole VLM forward) and llama.cpp's own (libmtmd's
 mtmd_helper_eval_chunks into llama.cpp's decoder); a mismatched mmproj is a
 clear error; video frames merge in pairs on Qwen and enter a sparse span as
@@ -11,7 +12,8 @@ Tolerances (relative L2 error per position's logits):
   all 69 positions max 3.1e-3; SmolVLM2 last position 1.7e-3) and the
   controls below that make wrong positions or embeddings fail.
 - vs llama.cpp: REL_TOL_LLAMA_CPP on the last position: same libmtmd, same
-  ggml kernels; measured 0 (Qwen2.5-VL) and 0 (SmolVLM2). llama.cpp's qwen2vl
+  ggml kernels; measured 0 (Qwen2.5-VL), 0 (SmolVLM2) and 0 (Gemma 3, its
+  image read both ways on both sides). llama.cpp's qwen2vl
   ignores the RMS-norm epsilon (see test_tiny_models.llama_cpp_twin), so that
   comparison runs on a copy of the text GGUF with epsilon 0, on both sides.
 - A sparse span with everything kept equals a dense session fed the same
@@ -188,9 +190,12 @@ def test_smolvlm_image_prompt_matches_transformers(smolvlm):
 # -- (a') llama.cpp's own mtmd path ------------------------------------------------------------------
 
 
-def llama_cpp_mtmd_logits(text: Path, mmproj: Path, prompt: str, images: List[np.ndarray]) -> np.ndarray:
+def llama_cpp_mtmd_logits(
+    text: Path, mmproj: Path, prompt: str, images: List[np.ndarray], add_special: bool = False
+) -> np.ndarray:
     """The last logits of llama.cpp + libmtmd (mtmd_helper_eval_chunks) on the
-    prompt, through llama-cpp-python."""
+    prompt, through llama-cpp-python; add_special: BOS first, as our session
+    puts it on models that want one (Gemma)."""
     import ctypes
 
     llama_cpp = pytest.importorskip("llama_cpp")
@@ -202,7 +207,7 @@ def llama_cpp_mtmd_logits(text: Path, mmproj: Path, prompt: str, images: List[np
     ctx = llama_cpp_mtmd.init_context(mmproj, llm.model, THREADS)
     chunks = None
     try:
-        chunks = llama_cpp_mtmd.tokenize(ctx, prompt, images)
+        chunks = llama_cpp_mtmd.tokenize(ctx, prompt, images, add_special=add_special)
         n_past = llama_cpp.llama_pos(0)
         assert mtmd.mtmd_helper_eval_chunks(ctx, llm._ctx.ctx, chunks, 0, 0, 512, True, ctypes.byref(n_past)) == 0
         n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llm.model))
@@ -214,7 +219,7 @@ def llama_cpp_mtmd_logits(text: Path, mmproj: Path, prompt: str, images: List[np
         llm.close()
 
 
-@pytest.mark.parametrize("fixture", ["qwen_vl", "smolvlm"])
+@pytest.mark.parametrize("fixture", ["qwen_vl", "smolvlm", "gemma3_vlm"])
 def test_image_prompt_matches_llama_cpp_mtmd(fixture, request):
     m: TinyVLMFiles = request.getfixturevalue(fixture)
     model = m.model(m.llama_cpp_text)
@@ -225,7 +230,8 @@ def test_image_prompt_matches_llama_cpp_mtmd(fixture, request):
     chunks = vision.add(s, prompt, [rgb])
     images = [c for c in chunks if c.is_image]
     assert len(images) == CASES[m.model_type].n_images  # SmolVLM2: the overview and one tile
-    ref = llama_cpp_mtmd_logits(m.llama_cpp_text, m.mmproj, prompt, [rgb])
+    bos = bool(model.tokenize("", add_special=True))
+    ref = llama_cpp_mtmd_logits(m.llama_cpp_text, m.mmproj, prompt, [rgb], add_special=bos)
     err = rel_l2(s.logits()[None], ref[None]).max()
     print(f"\n{m.model_type} vs llama.cpp + libmtmd: last-position relative L2 error {err:.2e}")
     assert err < REL_TOL_LLAMA_CPP

@@ -118,6 +118,8 @@ const char * family_name(VideoFamily f) {
             return "qwen";
         case VideoFamily::Qwen3VL:
             return "qwen3vl";
+        case VideoFamily::Gemma3:
+            return "gemma3";
         case VideoFamily::SmolVLM:
             break;
     }
@@ -180,6 +182,9 @@ void bind_video(py::module_ & mod) {
     mod.def("qwen3_timestamp", &qwen3_timestamp, py::arg("t"));
     mod.def("qwen3_video_prompt", &qwen3_video_prompt, py::arg("pair_times"), py::arg("marker"));
     mod.def("number_words", &number_words, py::arg("n"));
+    mod.def("gemma3_timestamp", &gemma3_timestamp, py::arg("t"));
+    mod.def("gemma3_video_prompt", &gemma3_video_prompt, py::arg("times"), py::arg("marker"),
+            py::arg("interval_s") = 5.0);
     mod.def("smolvlm_video_prompt", &smolvlm_video_prompt, py::arg("times"), py::arg("duration_s"), py::arg("marker"));
     mod.def("longest_edge_size", &longest_edge_size, py::arg("width"), py::arg("height"), py::arg("size"));
     mod.def(

@@ -79,6 +79,9 @@ void Context::reset() {
     window_pruned_from_ = kNoPrunedZone;
     window_hidden_.clear();
     cell_pos_.clear();
+    cell_block_.clear();
+    sparse_cell_block_.clear();
+    n_blocks_ = 0;
     held_ = ResidualRows{};
     logged_ = ResidualRows{};
     n_past_ = 0;
@@ -120,6 +123,8 @@ void Context::compact_kv(const std::vector<std::vector<bool>> & full_kv, const s
     kv_->compact(full_kv, kept_cells, n_past_);
     n_sparse_cells_ = static_cast<int>(kept_cells.size());
     kept_cells_ = kept_cells;
+    sparse_cell_block_.clear();
+    for (int32_t c : kept_cells) sparse_cell_block_.push_back(block_of(c));
     window_pruned_from_ = pruned_from;
     window_hidden_.assign(n_past_, true);
     for (int32_t c : kept_cells) window_hidden_[c] = false;
@@ -161,7 +166,7 @@ void Context::eval_staged(const std::vector<int32_t> & tokens, bool all_logits, 
 }
 
 void Context::eval_embd(const std::vector<float> & embd, int32_t placeholder, bool all_logits,
-                        const TokenPositions * positions) {
+                        const TokenPositions * positions, const std::vector<int32_t> * blocks) {
     const HParams & hp = model_.hparams();
     const size_t width = size_t(hp.n_embd_inp());  // n_embd, and a row per DeepStack layer
     if (embd.empty() || embd.size() % width != 0) {
@@ -173,11 +178,36 @@ void Context::eval_embd(const std::vector<float> & embd, int32_t placeholder, bo
         fail(ErrorKind::InvalidArgument, "embeddings cannot be held or logged at layer 0 (those keep token ids): "
                                          "use a select/prune layer of at least 1");
     }
-    eval_input(std::vector<int32_t>(embd.size() / width, placeholder), embd.data(), all_logits, hp.n_layer, positions);
+    const size_t n = embd.size() / width;
+    if (blocks && blocks->size() != n) {
+        fail(ErrorKind::InvalidArgument,
+             format("blocks must give one label per row: %zu for %zu rows", blocks->size(), n));
+    }
+    eval_input(std::vector<int32_t>(n, placeholder), embd.data(), all_logits, hp.n_layer, positions, blocks);
+}
+
+void Context::add_cell_blocks(int n, const std::vector<int32_t> * blocks) {
+    cell_block_.resize(n_past_, -1);  // drops what a failed eval left
+    int n_labels = 0;
+    for (int i = 0; i < n; ++i) {
+        const int32_t label = blocks ? (*blocks)[i] : -1;
+        if (label < -1) fail(ErrorKind::InvalidArgument, format("block label %d is below -1", label));
+        cell_block_.push_back(label < 0 ? -1 : n_blocks_ + label);
+        n_labels = std::max(n_labels, label + 1);
+    }
+    n_blocks_ += n_labels;
+}
+
+int Context::block_end(int cell) const {
+    const int b = block_of(cell);
+    int end = cell + 1;
+    if (b < 0) return end;
+    while (size_t(end) < cell_block_.size() && cell_block_[end] == b) ++end;
+    return end;
 }
 
 void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
-                         const TokenPositions * positions) {
+                         const TokenPositions * positions, const std::vector<int32_t> * blocks) {
     const int n_layer = model_.hparams().n_layer;
     if (split < 0 || split > n_layer)
         fail(ErrorKind::InvalidArgument, format("split layer %d is outside [0, %d]", split, n_layer));
@@ -194,6 +224,9 @@ void Context::eval_input(const std::vector<int32_t> & tokens, const float * embd
     const int n_embd = model_.hparams().n_embd;
     cell_pos_.resize(n_past_);  // drops what a failed eval left
     cell_pos_.insert(cell_pos_.end(), pos.begin(), pos.begin() + n);
+    add_cell_blocks(n, blocks);
+    sparse_cell_block_.resize(n_sparse_cells_);
+    if (kv_->is_split()) sparse_cell_block_.insert(sparse_cell_block_.end(), cell_block_.end() - n, cell_block_.end());
 
     // The tokens run [0, stop): every layer, or up to the hold layer P (staged
     // prefill: the rest in finish_held()). On the way the residual stream is
@@ -275,7 +308,8 @@ void Context::run_layers(const LayerRun & run) {
     if (!run.kv_only) {
         const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(run.first_sparse_cell + n) : 0;
         const int32_t * at = run.cells ? run.cells : run.window_cells;
-        const int end_cell = at ? at[n - 1] + 1 : run.first_cell + n;
+        // A replayed token sees its whole block, stored in the first pass.
+        const int end_cell = run.cells ? block_end(at[n - 1]) : at ? at[n - 1] + 1 : run.first_cell + n;
         kv_->prepare(run.begin, run.end + (run.probe_end ? 1 : 0), kv_->n_kv_for(end_cell),
                      run.cells ? n_past_ : run.first_cell, n_kv_sparse, run.first_sparse_cell);
     }
@@ -292,11 +326,13 @@ void Context::run_layers(const LayerRun & run) {
     for (int i = 0; i < n;) {
         int nb = i < last_start ? std::min(n_batch_, last_start - i) : n - i;
         if (run.window_cells) nb = window_batch(run.window_cells + i, nb);
+        if (!run.cells) nb = block_batch(run, i, nb);  // a replay stores nothing: its blocks are whole already
         const bool last = i + nb == n;
         MicroBatch mb;
         mb.n_tokens = nb;
         mb.first_cell = run.cells ? run.cells[i] : run.window_cells ? run.window_cells[i] : run.first_cell + i;
         mb.cells = run.cells ? run.cells + i : nullptr;
+        if (run.cells) mb.attend_end = block_end(run.cells[i + nb - 1]);
         mb.window_cells = run.window_cells ? run.window_cells + i : nullptr;
         mb.n_outputs = !logits || run.all_logits ? nb : 1;  // intermediate batches: one row keeps the graph uniform
         mb.layer_begin = run.begin;
@@ -365,6 +401,16 @@ int Context::window_batch(const int32_t * cells, int nb) const {
     int k = 1;
     while (k < nb && cells[k] - cells[0] < span) ++k;
     return k;
+}
+
+int Context::block_batch(const LayerRun & run, int i, int nb) const {
+    if (i + nb >= run.n) return nb;
+    const auto cell = [&](int t) { return run.window_cells ? run.window_cells[t] : run.first_cell + t; };
+    const int b = block_of(cell(i + nb - 1));
+    if (b < 0 || block_of(cell(i + nb)) != b) return nb;
+    int start = i + nb - 1;  // the block's first token in this batch
+    while (start > i && block_of(cell(start - 1)) == b) --start;
+    return start > i ? start - i : nb;
 }
 
 void Context::hold_from_layer(int layer, bool probe) {
@@ -644,6 +690,7 @@ void Context::rewind_to_logged_layer(int hold_layer) {
     replace_cache(std::move(fresh));
     n_sparse_cells_ = 0;
     kept_cells_.clear();
+    sparse_cell_block_.clear();
     hidden_cells_.clear();
     window_pruned_from_ = kNoPrunedZone;
     window_hidden_.clear();
@@ -699,17 +746,33 @@ template <typename Fill> void fill_mask(ggml_tensor * t, Fill fill) {
     }
 }
 
+// Which cells a token sees besides the causal ones: those of its bidirectional
+// block (Context::eval_embd's blocks) that are stored already (below `stored`:
+// a block a micro-batch could not hold whole is seen as far as it is stored,
+// as llama.cpp's non-causal decode sees its cache).
+struct Blocks {
+    const std::vector<int32_t> * of = nullptr;  // per cell: its block or -1
+    int stored = 0;                             // cells below this hold their K/V
+    int at(int cell) const { return of && size_t(cell) < of->size() ? (*of)[cell] : -1; }
+    bool sees(int own, int cell) const {
+        if (cell <= own) return true;
+        const int b = at(own);
+        return b >= 0 && cell < stored && at(cell) == b;
+    }
+};
+
 // Causal mask [n_kv, n_tokens] over cells filled in arrival order (not by rope
 // position: M-RoPE images reuse positions): row i sees cells <= its own
-// (first + i, or cells[i] in a replay), except `hidden` ones.
-void set_causal_mask(ggml_tensor * t, int first, const std::vector<bool> & hidden, const int32_t * cells = nullptr) {
+// (first + i, or cells[i] in a replay) and its block's, except `hidden` ones.
+void set_causal_mask(ggml_tensor * t, int first, const std::vector<bool> & hidden, const int32_t * cells,
+                     const Blocks & blocks) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
     const int n_kv = int(t->ne[0]);
     fill_mask(t, [&](int i, ggml_fp16_t * row) {
         const int own = cells ? cells[i] : first + i;
         for (int j = 0; j < n_kv; ++j) {
             const bool is_hidden = size_t(j) < hidden.size() && hidden[j];
-            row[j] = j <= own && !is_hidden ? zero : neg_inf;
+            row[j] = blocks.sees(own, j) && !is_hidden ? zero : neg_inf;
         }
     });
 }
@@ -721,7 +784,7 @@ void set_causal_mask(ggml_tensor * t, int first, const std::vector<bool> & hidde
 // kept tokens and tokens given at positions of their own see what the same
 // tokens would see at those positions in one dense pass.
 void set_window_mask(ggml_tensor * t, const GraphContext & gc, const std::vector<bool> & hidden, const int32_t * pos,
-                     const std::vector<int32_t> & cell_pos) {
+                     const std::vector<int32_t> & cell_pos, const Blocks & blocks) {
     const ggml_fp16_t zero = ggml_fp32_to_fp16(0.0f), neg_inf = ggml_fp32_to_fp16(-INFINITY);
     const int n_rows = gc.n_kv_swa, window = gc.hp.n_swa;
     const int last = gc.end_cell - 1;
@@ -736,7 +799,7 @@ void set_window_mask(ggml_tensor * t, const GraphContext & gc, const std::vector
         const int own = own_cells ? own_cells[i] : gc.first_cell + i;
         for (int r = 0; r < n_rows; ++r) {
             const int c = row_cell[r];
-            row[r] = c >= 0 && c <= own && pos[i] - cell_pos[c] < window ? zero : neg_inf;
+            row[r] = c >= 0 && blocks.sees(own, c) && pos[i] - cell_pos[c] < window ? zero : neg_inf;
         }
     });
 }
@@ -753,7 +816,7 @@ void set_i32_rows(ggml_tensor * t, const std::vector<int32_t> & row) {
 }
 
 // Head routing of every layer of a compacted cache (hts_routed_attention).
-void set_routed_inputs(const GraphContext & gc) {
+void set_routed_inputs(const GraphContext & gc, const std::vector<int32_t> & sparse_cell_block) {
     for (int il = gc.layer_begin; il < gc.layer_end; ++il) {
         if (gc.kv.is_window(il)) continue;  // not routed
         const RoutedLayerInputs & in = gc.inp_routed[il];
@@ -766,15 +829,25 @@ void set_routed_inputs(const GraphContext & gc) {
         set_i32_rows(in.full_heads, full);
         set_i32_rows(in.sparse_heads, sparse);
     }
-    if (in_graph(gc.inp_kq_mask_sparse)) set_causal_mask(gc.inp_kq_mask_sparse, gc.first_sparse_cell, {});
+    const Blocks blocks{&sparse_cell_block, gc.first_sparse_cell + gc.n_tokens};
+    if (in_graph(gc.inp_kq_mask_sparse))
+        set_causal_mask(gc.inp_kq_mask_sparse, gc.first_sparse_cell, {}, nullptr, blocks);
 }
 
 }  // namespace
 
 // pos: n_pos_per_token rows of this batch's positions, rows pos_stride apart.
+struct CellState {                              // what the masks read per cell, from the Context
+    const std::vector<bool> & hidden;           // set_hidden_cells
+    const std::vector<bool> & window_hidden;    // compact_kv's unkept cells
+    const std::vector<int32_t> & pos;           // rope position
+    const std::vector<int32_t> & block;         // bidirectional block, or -1
+    const std::vector<int32_t> & sparse_block;  // the same per compact cell
+    int n_stored;                               // cells with K/V before this batch (a replay's are all stored)
+};
+
 static void set_inputs(const GraphContext & gc, const int32_t * tokens, const float * residual, const int32_t * pos,
-                       int pos_stride, const std::vector<bool> & hidden_cells, const std::vector<bool> & window_hidden,
-                       const std::vector<int32_t> & cell_pos, const float * deepstack) {
+                       int pos_stride, const CellState & cs, const float * deepstack) {
     if (gc.inp_tokens) ggml_backend_tensor_set(gc.inp_tokens, tokens, 0, sizeof(int32_t) * gc.n_tokens);
     if (gc.inp_residual) ggml_backend_tensor_set(gc.inp_residual, residual, 0, ggml_nbytes(gc.inp_residual));
     if (in_graph(gc.inp_deepstack))
@@ -784,16 +857,18 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
         ggml_backend_tensor_set(gc.inp_pos, pos + size_t(s) * pos_stride, sizeof(int32_t) * size_t(s) * gc.n_tokens,
                                 sizeof(int32_t) * gc.n_tokens);
     }
-    if (in_graph(gc.inp_kq_mask)) set_causal_mask(gc.inp_kq_mask, gc.first_cell, hidden_cells, gc.cells);
-    if (in_graph(gc.inp_kq_mask_swa)) set_window_mask(gc.inp_kq_mask_swa, gc, hidden_cells, pos, cell_pos);
+    // This batch stores its own cells before attending: contiguous ones, or the pruned zone's window_cells.
+    const Blocks blocks{&cs.block, gc.cells ? cs.n_stored : std::max(cs.n_stored, gc.end_cell)};
+    if (in_graph(gc.inp_kq_mask)) set_causal_mask(gc.inp_kq_mask, gc.first_cell, cs.hidden, gc.cells, blocks);
+    if (in_graph(gc.inp_kq_mask_swa)) set_window_mask(gc.inp_kq_mask_swa, gc, cs.hidden, pos, cs.pos, blocks);
     if (in_graph(gc.inp_kq_mask_swa_pruned))
-        set_window_mask(gc.inp_kq_mask_swa_pruned, gc, window_hidden, pos, cell_pos);
+        set_window_mask(gc.inp_kq_mask_swa_pruned, gc, cs.window_hidden, pos, cs.pos, blocks);
     if (in_graph(gc.inp_window_rows)) {
         std::vector<int32_t> rows(gc.n_tokens);
         for (int i = 0; i < gc.n_tokens; ++i) rows[i] = gc.kv.window_row(gc.window_cells[i]);
         ggml_backend_tensor_set(gc.inp_window_rows, rows.data(), 0, ggml_nbytes(gc.inp_window_rows));
     }
-    if (gc.inp_kq_mask_sparse) set_routed_inputs(gc);
+    if (gc.inp_kq_mask_sparse) set_routed_inputs(gc, cs.sparse_block);
 
     if (in_graph(gc.inp_out_ids)) {
         std::vector<int32_t> ids(gc.n_outputs);
@@ -810,7 +885,7 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     const int n_layer = model_.hparams().n_layer;
     const int end = mb.layer_end < 0 ? n_layer : mb.layer_end;
     const int n_kv_sparse = kv_->is_split() ? kv_->n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0;
-    kv_->prepare(mb.layer_begin, end, kv_->n_kv_for(mb.end_cell()), mb.cells ? n_past_ : mb.first_cell, n_kv_sparse,
+    kv_->prepare(mb.layer_begin, end, kv_->n_kv_for(mb.kv_end()), mb.cells ? n_past_ : mb.first_cell, n_kv_sparse,
                  mb.first_sparse_cell);
     MicroBatch batch = mb;
     batch.window_pruned_from = window_pruned_from_;
@@ -822,7 +897,10 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
     note_compute_bytes();
-    set_inputs(gc, tokens, residual_in, pos, pos_stride, hidden_cells_, window_hidden_, cell_pos_, deepstack);
+    // Cells stored before this batch: every one a replay reads; otherwise up to the batch's first.
+    const int n_stored = mb.cells ? n_past_ : mb.first_cell;
+    const CellState cs{hidden_cells_, window_hidden_, cell_pos_, cell_block_, sparse_cell_block_, n_stored};
+    set_inputs(gc, tokens, residual_in, pos, pos_stride, cs, deepstack);
     record_graph_ops(gf);
     if (ggml_backend_sched_graph_compute(sched_, gf) != GGML_STATUS_SUCCESS) {
         fail(ErrorKind::Backend, "graph computation failed");

@@ -49,8 +49,13 @@ public:
     // (e.g. an image's visual tokens from libmtmd), run as eval() runs tokens.
     // The cells record token id `placeholder` (the model's image token) in
     // tokens(). Not with tokens held or logged at layer 0 (those keep ids).
+    // `blocks` (null: all causal): per row, a label; rows with the same
+    // label >= 0 see each other whatever their order (an image that Gemma 3
+    // reads bidirectionally, as llama.cpp's non-causal image decode and
+    // transformers' token_type_ids mask do), -1 rows are causal. Labels are
+    // this call's own; a micro-batch never splits a block it can hold whole.
     void eval_embd(const std::vector<float> & embd, int32_t placeholder, bool all_logits,
-                   const TokenPositions * positions = nullptr);
+                   const TokenPositions * positions = nullptr, const std::vector<int32_t> * blocks = nullptr);
 
     // The same as eval(), computed in two stages as staged prefill does: every
     // token through layers [0, split), the residual stream at `split` kept on
@@ -178,6 +183,9 @@ private:
     int window_pruned_from_ = kNoPrunedZone;  // compact_kv's pruned_from (MicroBatch::window_pruned_from)
     std::vector<bool> window_hidden_;         // compact_kv: cells before it that are not kept
     std::vector<int32_t> cell_pos_;           // per cell, its (first) rope position: the window counts positions
+    std::vector<int32_t> cell_block_;         // per cell, its bidirectional block (eval_embd's blocks), or -1
+    std::vector<int32_t> sparse_cell_block_;  // the same per compact cell (after compact_kv)
+    int n_blocks_ = 0;                        // block ids handed out since the last reset
     std::function<bool(int, int)> batch_callback_;
 
     // Tokens waiting at a layer, with their residual stream there (that
@@ -232,7 +240,12 @@ private:
     void check_fits(const std::vector<int32_t> & tokens) const;
     // eval_staged() for token ids, or for embedding rows when embd is set.
     void eval_input(const std::vector<int32_t> & tokens, const float * embd, bool all_logits, int split,
-                    const TokenPositions * positions);
+                    const TokenPositions * positions, const std::vector<int32_t> * blocks = nullptr);
+    // Records the new cells' bidirectional blocks (eval_embd's labels made context-wide).
+    void add_cell_blocks(int n, const std::vector<int32_t> * blocks);
+    int block_of(int cell) const { return size_t(cell) < cell_block_.size() ? cell_block_[cell] : -1; }
+    // One past the last cell of `cell`'s block (cell + 1 for a causal cell).
+    int block_end(int cell) const;
     // n tokens through layers [begin, end), in micro-batches (run_layers).
     struct LayerRun {
         const int32_t * tokens = nullptr;     // token ids (the cells' ids; layer 0's input without residual_in)
@@ -266,6 +279,9 @@ private:
     // How many of the nb tokens at `cells` (ascending) one micro-batch takes
     // so the sliding-window rings can store them all (window_cells runs).
     int window_batch(const int32_t * cells, int nb) const;
+    // How many of the nb tokens from run token i one micro-batch takes so it
+    // ends at a block's end, unless the block starts at i (larger than a batch).
+    int block_batch(const LayerRun & run, int i, int nb) const;
     // Runs one micro-batch over mb's layer range. Input: token ids, or the
     // residual [n_embd, n_tokens] when the range starts past layer 0. Output:
     // logits rows, or the residual when the range stops early (may be null).

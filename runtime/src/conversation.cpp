@@ -109,20 +109,20 @@ void Conversation::add_tokens(const std::vector<int32_t> & tokens, bool sparse, 
 
 void Conversation::add_embeddings(const std::vector<float> & rows, int32_t placeholder,
                                   const TokenPositions * positions, bool sparse, const std::vector<int32_t> * segments,
-                                  bool all_logits) {
+                                  bool all_logits, const std::vector<int32_t> * blocks) {
     const size_t n_embd = size_t(model_.hparams().n_embd_inp());  // a row's width, DeepStack rows included
     guarded([&] {
         const auto start = Clock::now();
         if (sparse && sparse_) {
             if (all_logits) fail(ErrorKind::InvalidArgument, "a sparse span takes no all_logits");
-            sparse_->add_embedding_span(rows, placeholder, positions, segments);
+            sparse_->add_embedding_span(rows, placeholder, positions, segments, blocks);
             stats_.n_sparse += static_cast<int>(rows.size() / n_embd);
         } else {
             if (holds_back()) {
                 fail(ErrorKind::InvalidArgument,
                      "embeddings after a sparse span and before the answer must be sparse too");
             }
-            context_.eval_embd(rows, placeholder, all_logits, positions);
+            context_.eval_embd(rows, placeholder, all_logits, positions, blocks);
         }
         count_prompt_time(start);
     });
@@ -183,7 +183,8 @@ void Conversation::add_chunks(std::vector<VisionChunk> chunks, int32_t placehold
                 pos = context_.next_pos();
             } else {
                 const TokenPositions at = c.image.positions_at(pos);
-                add_embeddings(c.image.embd, placeholder, &at);
+                const std::vector<int32_t> block(c.image.bidirectional ? c.image.n_tokens : 0, 0);
+                add_embeddings(c.image.embd, placeholder, &at, false, nullptr, false, block.empty() ? nullptr : &block);
                 pos += c.image.n_pos;
             }
         }
@@ -195,7 +196,7 @@ void Conversation::add_chunks(std::vector<VisionChunk> chunks, int32_t placehold
     for (auto it = last; it != chunks.end(); ++it) tail.insert(tail.end(), it->tokens.begin(), it->tokens.end());
     if (!head.empty()) add_tokens(head);
     const VisualSpan span = visual_span(model_, std::vector<VisionChunk>(first, last), next_input_pos());
-    add_embeddings(span.rows, placeholder, &span.positions, true, &span.segments);
+    add_embeddings(span.rows, placeholder, &span.positions, true, &span.segments, false, &span.blocks);
     if (!tail.empty()) add_tokens(tail);
 }
 

@@ -89,8 +89,10 @@ public:
     // Embedding rows F32 [n_embd, n] (visual tokens), shown as `placeholder`
     // in the context's tokens. sparse: a sparse span with segment starts
     // `segments` (null: runs of segment_tokens rows).
+    // blocks: see Context::eval_embd.
     void add_embeddings(const std::vector<float> & rows, int32_t placeholder, const TokenPositions * positions,
-                        bool sparse = false, const std::vector<int32_t> * segments = nullptr, bool all_logits = false);
+                        bool sparse = false, const std::vector<int32_t> * segments = nullptr, bool all_logits = false,
+                        const std::vector<int32_t> * blocks = nullptr);
     // Tokenizes and adds text (special markers parsed when `special`); BOS
     // first when the context is empty and the model wants it. Returns the
     // number of tokens.

@@ -11,7 +11,7 @@ namespace hts {
 GraphContext::GraphContext(const Model & model, const KvCache & kv_cache, ggml_context * ctx, ggml_cgraph * graph,
                            const MicroBatch & mb)
     : ctx0(ctx), gf(graph), hp(model.hparams()), w(model.weights()), kv(kv_cache), n_tokens(mb.n_tokens),
-      first_cell(mb.first_cell), n_outputs(mb.n_outputs), end_cell(mb.end_cell()), n_kv(kv_cache.n_kv_for(end_cell)),
+      first_cell(mb.first_cell), n_outputs(mb.n_outputs), end_cell(mb.end_cell()), n_kv(kv_cache.n_kv_for(mb.kv_end())),
       n_kv_swa(kv_cache.n_kv_window(end_cell)), layer_begin(mb.layer_begin),
       layer_end(mb.layer_end < 0 ? model.hparams().n_layer : mb.layer_end), first_sparse_cell(mb.first_sparse_cell),
       n_kv_sparse(kv_cache.is_split() ? kv_cache.n_sparse_kv_for(mb.first_sparse_cell + mb.n_tokens) : 0),

@@ -7,6 +7,7 @@
 #include "ggml.h"
 #include "hparams.h"
 
+#include <algorithm>
 #include <vector>
 
 namespace hts {
@@ -52,10 +53,15 @@ struct MicroBatch {
     // pruned zone after selection): their mask hides the unkept cells.
     int window_pruned_from = kNoPrunedZone;
 
+    // A replay's last token may see cells past its own (the rest of its
+    // bidirectional block): the cells attended reach this far (0: end_cell()).
+    int attend_end = 0;
+
     int end_cell() const {  // past the last
         const int32_t * at = cells ? cells : window_cells;
         return (at ? at[n_tokens - 1] : first_cell + n_tokens - 1) + 1;
     }
+    int kv_end() const { return std::max(end_cell(), attend_end); }  // past the last cell attended
 };
 
 // Graph inputs of one layer whose KV heads are split into full and sparse

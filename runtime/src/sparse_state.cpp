@@ -65,7 +65,8 @@ void SparseState::add_span(const std::vector<int32_t> & tokens) {
 }
 
 void SparseState::add_embedding_span(const std::vector<float> & rows, int32_t placeholder,
-                                     const TokenPositions * positions, const std::vector<int32_t> * segments) {
+                                     const TokenPositions * positions, const std::vector<int32_t> * segments,
+                                     const std::vector<int32_t> * blocks) {
     const int width = context_.model().hparams().n_embd_inp();  // DeepStack rows included
     const int n = static_cast<int>(rows.size() / std::max(1, width));
     std::vector<int32_t> starts;
@@ -81,7 +82,7 @@ void SparseState::add_embedding_span(const std::vector<float> & rows, int32_t pl
     }
     begin_span();
     const int begin = context_.n_past();
-    context_.eval_embd(rows, placeholder, false, positions);
+    context_.eval_embd(rows, placeholder, false, positions, blocks);
     spans_.push_back({begin, begin + n, starts});
 }
 

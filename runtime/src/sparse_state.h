@@ -74,8 +74,9 @@ public:
     void add_span(const std::vector<int32_t> & tokens);
     // Embedding rows (visual tokens) as a span: F32 [n_embd, n]. segments:
     // span-relative starts (one per frame, say); null: runs of segment_tokens rows.
+    // blocks: per row, see Context::eval_embd.
     void add_embedding_span(const std::vector<float> & rows, int32_t placeholder, const TokenPositions * positions,
-                            const std::vector<int32_t> * segments);
+                            const std::vector<int32_t> * segments, const std::vector<int32_t> * blocks = nullptr);
 
     // Evaluates the query window with its queries captured, selects, compacts,
     // and runs the kept tokens through the pruned zone. Returns the timings

@@ -21,6 +21,9 @@ constexpr const char * kFakeImage = "<fake_token_around_image>";
 constexpr const char * kGlobalImage = "<global-img>";
 constexpr const char * kVisionStart = "<|vision_start|>";
 constexpr const char * kVisionEnd = "<|vision_end|>";
+constexpr const char * kGemmaVideoStart = "Video:";  // llama.cpp's mtmd_helper_video prompt_start
+constexpr const char * kStartOfImage = "<start_of_image>";
+constexpr const char * kEndOfImage = "<end_of_image>";
 
 int32_t single_token(const Vocab & vocab, const char * text, const char * family) {
     const std::vector<int32_t> ids = vocab.tokenize(text, false, true);
@@ -73,10 +76,12 @@ VideoFamily video_family(const MmprojLayout & layout) {
     if (layout.projector == "qwen2vl_merger" || layout.projector == "qwen2.5vl_merger") return VideoFamily::QwenVL;
     if (layout.projector == "qwen3vl_merger") return VideoFamily::Qwen3VL;
     if (layout.projector == "idefics3") return VideoFamily::SmolVLM;
+    if (layout.projector == "gemma3") return VideoFamily::Gemma3;
     fail(ErrorKind::UnsupportedModel,
-         format("video input is supported for Qwen2-VL, Qwen2.5-VL, Qwen3-VL and SmolVLM2 models (this mmproj's "
-                "projector is '%s'); give the frames as images instead",
-                layout.projector.c_str()));
+         format(
+             "video input is supported for Qwen2-VL, Qwen2.5-VL, Qwen3-VL, SmolVLM2 and Gemma 3 models (this mmproj's "
+             "projector is '%s'); give the frames as images instead",
+             layout.projector.c_str()));
 }
 
 // --- Qwen-VL -------------------------------------------------------------------
@@ -184,6 +189,34 @@ std::string smolvlm_video_prompt(const std::vector<double> & times, double durat
     return text + kMediaOutro;
 }
 
+// --- Gemma 3 ------------------------------------------------------------------
+
+std::string gemma3_timestamp(double t) {
+    // mtmd_helper_video: elapsed seconds as a float, "[%dm%.2fs]", in the classic locale.
+    const float elapsed_s = static_cast<float>(t);
+    const int minutes = static_cast<int>(elapsed_s / 60);
+    const float seconds = elapsed_s - minutes * 60.0f;
+    std::ostringstream s;
+    s.imbue(std::locale::classic());
+    s << '[' << minutes << 'm' << std::fixed << std::setprecision(2) << seconds << "s]";
+    return s.str();
+}
+
+std::string gemma3_video_prompt(const std::vector<double> & times, const std::string & marker, double interval_s) {
+    if (times.empty()) fail(ErrorKind::InvalidArgument, "a video needs at least one frame");
+    std::string text = kGemmaVideoStart;
+    float next_ms = 0.0f;  // as llama.cpp: one interval further after each timestamp written
+    for (double t : times) {
+        text += std::string(kStartOfImage) + marker + kEndOfImage;
+        const float elapsed_ms = static_cast<float>(t) * 1000.0f;
+        if (interval_s > 0 && elapsed_ms >= next_ms) {
+            text += gemma3_timestamp(t);
+            next_ms += static_cast<float>(interval_s * 1000.0);
+        }
+    }
+    return text;
+}
+
 std::pair<int, int> longest_edge_size(int width, int height, int size) {
     // transformers' get_resize_output_image_size, in the same floating-point steps
     const double aspect = double(width) / height;
@@ -223,7 +256,9 @@ VideoEncoder::~VideoEncoder() = default;
 void VideoEncoder::add_frames(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress,
                               void * progress_user_data) {
     if (frames.empty()) return;
-    if (family_ != VideoFamily::SmolVLM) {
+    if (family_ == VideoFamily::Gemma3) {
+        add_images(frames, progress, progress_user_data);
+    } else if (family_ != VideoFamily::SmolVLM) {
         add_qwen(frames, progress, progress_user_data);
     } else {
         add_smolvlm(frames, progress, progress_user_data);
@@ -245,6 +280,20 @@ void VideoEncoder::add_qwen(const std::vector<VisionInput::Image> & frames, Visi
     in.progress_user_data = user_data;
     for (VisionChunk & c : vision_.encode(in)) {
         if (c.is_text()) continue;  // the text libmtmd puts around each pair: finish() writes the family's
+        c.image.first_image += n_frames_;
+        images_.push_back(std::move(c));
+    }
+}
+
+void VideoEncoder::add_images(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress,
+                              void * user_data) {
+    VisionInput in;
+    for (size_t i = 0; i < frames.size(); ++i) in.prompt += vision_.marker();
+    in.images = frames;
+    in.progress = progress;
+    in.progress_user_data = user_data;
+    for (VisionChunk & c : vision_.encode(in)) {
+        if (c.is_text()) continue;  // <start_of_image> / <end_of_image>: finish() writes them with the timestamps
         c.image.first_image += n_frames_;
         images_.push_back(std::move(c));
     }
@@ -320,6 +369,7 @@ std::vector<VisionChunk> VideoEncoder::finish(const std::vector<double> & times,
         return interleave(vocab, qwen3_video_prompt(unit_times(times, images_), marker), marker,
                           qwen3_place_pairs(images_));
     }
+    if (family_ == VideoFamily::Gemma3) return interleave(vocab, gemma3_video_prompt(times, marker), marker, images_);
     return interleave(vocab, smolvlm_video_prompt(times, duration_s, marker), marker, images_);
 }
 

@@ -57,6 +57,14 @@
 // cannot ask for the overview alone). Frames of another size are first made
 // square the way transformers does (longest side to the tile, then stretched
 // to tile x tile, Lanczos). Positions are sequential.
+//
+// Gemma 3 (gemma3 projector) has no video processor and no video in its chat
+// template; this follows llama.cpp's own video path (mtmd_helper_video in
+// mtmd-helper.cpp, what llama-mtmd-cli --video does): "Video:", then each
+// frame as one image between <start_of_image> and <end_of_image> (read both
+// ways, as every Gemma 3 image), and after a frame whose time reaches the
+// next 5-second mark that frame's time as "[0m5.00s]". llama.cpp writes the
+// stamp after the frame it dates; so does this. Positions are sequential.
 #pragma once
 
 #include "vision.h"
@@ -69,7 +77,7 @@ namespace hts {
 
 class Vocab;
 
-enum class VideoFamily { QwenVL, Qwen3VL, SmolVLM };
+enum class VideoFamily { QwenVL, Qwen3VL, SmolVLM, Gemma3 };
 
 // The family an mmproj's projector gets; UnsupportedModel for one without a video layout.
 VideoFamily video_family(const MmprojLayout & layout);
@@ -107,6 +115,15 @@ std::pair<int, int> longest_edge_size(int width, int height, int size);
 // longest_edge_size(tile) and then stretched to tile x tile, each step with
 // Pillow's Lanczos filter and skipped when the size is already right.
 std::vector<uint8_t> square_frame(const VisionInput::Image & frame, int tile);
+
+// --- Gemma 3 ------------------------------------------------------------------
+// "[0m5.00s]": llama.cpp's video timestamp (mtmd-helper.cpp), t as a float.
+std::string gemma3_timestamp(double t);
+// The video's text as llama.cpp's video path writes it for Gemma 3 (which
+// has no video processor or template of its own): "Video:", then each frame
+// as an image (<start_of_image>, `marker`, <end_of_image>), and after a frame
+// at or past the next multiple of interval_s its timestamp.
+std::string gemma3_video_prompt(const std::vector<double> & times, const std::string & marker, double interval_s = 5.0);
 
 // A video streamed through the vision tower a group of frames at a time (a
 // long video is never held as pixels), then laid out for its family.
@@ -149,6 +166,8 @@ private:
     bool ended_odd_ = false;  // Qwen-VL: a call brought an odd count (a lone last frame)
 
     void add_qwen(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress, void * user_data);
+    // One image per frame, the text libmtmd puts around it dropped (Gemma 3).
+    void add_images(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress, void * user_data);
     void add_smolvlm(const std::vector<VisionInput::Image> & frames, VisionProgressCallback progress, void * user_data);
 };
 

@@ -134,7 +134,9 @@ VisionEncoder::VisionEncoder(const Model & model, const std::string & mmproj_pat
         layout_.tokens_per_second = static_cast<int>(file.get_int("htsparse.vision.tokens_per_second", 2));
         layout_.image_size = static_cast<int>(file.get_int("clip.vision.image_size", 0));
         layout_.patch_size = static_cast<int>(file.get_int("clip.vision.patch_size", 0));
-        layout_.scale_factor = static_cast<int>(file.get_int("clip.vision.projector.scale_factor", 0));
+        // clip.cpp pools Gemma 3's patch grid 4x4 unless the file says otherwise (converters write it only then).
+        const int64_t default_scale = layout_.projector == "gemma3" ? 4 : 0;
+        layout_.scale_factor = static_cast<int>(file.get_int("clip.vision.projector.scale_factor", default_scale));
         const int width = mmproj_output_width(file);  // first: is it an mmproj at all
         check_family(mmproj_path, layout_.projector, model);
         if (width != n_embd_) {
@@ -301,6 +303,7 @@ std::vector<VisionChunk> VisionEncoder::encode(const VisionInput & input) {
         v.n_pos = static_cast<int>(mtmd_input_chunk_get_n_pos(c));
         const char * id = mtmd_input_chunk_get_id(c);
         v.first_image = id ? std::atoi(id) : 0;
+        v.bidirectional = mtmd_decode_use_non_causal(ctx_, c);
         const size_t n = size_t(v.n_tokens);
         v.pos.n_streams = mrope ? 3 : 1;
         v.pos.values.resize(v.pos.n_streams * n);

@@ -50,6 +50,9 @@ struct VisualTokens {
     int n_pos = 0;        // positions the chunk takes: text after it resumes at pos_0 + n_pos
     int first_image = 0;  // index in VisionInput::images of its first (or only) image
     int n_images = 1;     // input images merged into it (2: a Qwen-VL frame pair); tiles of one image count 1
+    // Its tokens see each other whatever their order (Gemma 3: libmtmd's
+    // mtmd_decode_use_non_causal), as one block of Context::eval_embd.
+    bool bidirectional = false;
 
     TokenPositions positions_at(int pos_0) const;
 };

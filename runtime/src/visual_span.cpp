@@ -23,17 +23,21 @@ VisualSpan visual_span(const Model & model, const std::vector<VisionChunk> & chu
     }
     std::vector<std::vector<int32_t>> pos_rows(n_rows);
     VisualSpan span;
-    int pos = pos_0, n = 0, prev_image = -1, text_from = 0;
+    int pos = pos_0, n = 0, prev_image = -1, text_from = 0, n_blocks = 0;
     for (const VisionChunk & c : chunks) {
         if (c.is_text()) {
             if (c.tokens.empty()) continue;
-            const std::vector<float> e = token_embeddings(model, c.tokens);
+            std::vector<float> e = token_embeddings(model, c.tokens);
+            // Rows go in as they are: the scale the graph gives token ids (Gemma's sqrt(n_embd)) is applied here.
+            if (model.hparams().embd_scale > 0.0f)
+                for (float & v : e) v *= model.hparams().embd_scale;
             const size_t n_embd = size_t(model.hparams().n_embd), width = size_t(model.hparams().n_embd_inp());
             for (size_t t = 0; t < c.tokens.size(); ++t) {  // text has no DeepStack rows: zeros
                 span.rows.insert(span.rows.end(), e.begin() + t * n_embd, e.begin() + (t + 1) * n_embd);
                 span.rows.resize(span.rows.size() + width - n_embd, 0.0f);
             }
             const int m = static_cast<int>(c.tokens.size());
+            span.blocks.insert(span.blocks.end(), m, -1);
             TokenPositions seq;
             for (int i = 0; i < m; ++i) seq.values.push_back(pos + i);
             append_positions(pos_rows, seq, m);
@@ -46,6 +50,7 @@ VisualSpan visual_span(const Model & model, const std::vector<VisionChunk> & chu
             prev_image = c.image.first_image;
         }
         span.rows.insert(span.rows.end(), c.image.embd.begin(), c.image.embd.end());
+        span.blocks.insert(span.blocks.end(), c.image.n_tokens, c.image.bidirectional ? n_blocks++ : -1);
         append_positions(pos_rows, c.image.positions_at(pos), c.image.n_tokens);
         pos += c.image.n_pos;
         n += c.image.n_tokens;

@@ -19,6 +19,7 @@ struct VisualSpan {
     std::vector<float> rows;        // F32 [n_embd, n]: visual tokens and the text's token embeddings
     TokenPositions positions;       // absolute; 3 rows t/h/w on M-RoPE models, else 1
     std::vector<int32_t> segments;  // span-relative segment starts, one per image
+    std::vector<int32_t> blocks;    // per row: its bidirectional image chunk (Context::eval_embd), or -1
 };
 
 // The span of `chunks` (from an image chunk to an image chunk) when it starts

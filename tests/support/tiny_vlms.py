@@ -348,6 +348,12 @@ def qwen_vl(qwen_vocab, tiny_dir) -> TinyVLMFiles:
 
 
 @pytest.fixture(scope="module")
+def gemma3_vlm(gemma_vocab, tiny_dir) -> TinyVLMFiles:
+    """The tiny Gemma 3 (gemma-3-270m's tokenizer, window layers) as a text GGUF + f32 mmproj."""
+    return build("gemma3", gemma_vocab, tiny_dir / "vision-gemma3")
+
+
+@pytest.fixture(scope="module")
 def smolvlm(smollm_vocab, tiny_dir) -> TinyVLMFiles:
     """The tiny SmolVLM2 (SmolLM2's tokenizer plus its image tokens) as a text GGUF + f32 mmproj."""
     return build("smolvlm", WithImageTokens(smollm_vocab), tiny_dir / "vision-smolvlm")

@@ -40,7 +40,8 @@ from .frames import VideoInfo, check_int, check_number
 
 # The sampling rate each video family was trained with (Vision.video_family);
 # Qwen3-VL's is its transformers video processor's default fps.
-FAMILY_FPS = {"qwen": 2.0, "qwen3vl": 2.0, "smolvlm": 1.0}
+# Gemma 3 has no video training; 1 fps, as for SmolVLM2: a frame costs 256 tokens.
+FAMILY_FPS = {"qwen": 2.0, "qwen3vl": 2.0, "smolvlm": 1.0, "gemma3": 1.0}
 DEFAULT_FPS = FAMILY_FPS["qwen"]
 MAX_VIDEO_SIZE = 4096  # transformers' cap on SmolVLM's video_size
 
@@ -179,6 +180,13 @@ def smolvlm_mtmd_grid(image_size: int, patch_size: int, scale_factor: int, prepr
         tokens_per_tile=per_tile,
         longest_edge=preproc_image_size,
     )
+
+
+def gemma3_grid(image_size: int, patch_size: int, scale_factor: int) -> VisionGrid:
+    """Gemma 3: one image per frame, whatever its size (libmtmd stretches it
+    to image_size x image_size), the patch grid pooled by scale_factor (256
+    tokens on released checkpoints). A one-tile grid like SmolVLM2's video."""
+    return replace(smolvlm_mtmd_grid(image_size, patch_size, scale_factor, 0), name="gemma3", family="gemma3")
 
 
 @dataclass(frozen=True)

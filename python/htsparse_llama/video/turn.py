@@ -73,7 +73,7 @@ def vision_grid(vision: Vision) -> vp.VisionGrid:
     """How the model's tower turns frames into tokens, for its video family
     (which the runtime decides from the mmproj's projector): Qwen-VL 28-px
     patches merged in frame pairs, Qwen3-VL the same of its own patch size;
-    SmolVLM2 one tile per frame."""
+    SmolVLM2 one tile per frame; Gemma 3 one image per frame."""
     if vision.video_family == "qwen":
         return vp.QWEN2_5_VL
     layout = vision.layout
@@ -81,9 +81,12 @@ def vision_grid(vision: Vision) -> vp.VisionGrid:
         if layout["patch_size"] <= 0:
             raise VideoError(f"mmproj '{vision.path}' has no clip.vision.patch_size: not a Qwen3-VL mmproj")
         return vp.qwen3vl_grid(layout["patch_size"])
+    family = "Gemma 3" if vision.video_family == "gemma3" else "SmolVLM / Idefics3"
     for name in ("image_size", "patch_size", "scale_factor"):
         if layout[name] <= 0:
-            raise VideoError(f"mmproj '{vision.path}' has no clip.vision.{name}: not a SmolVLM / Idefics3 mmproj")
+            raise VideoError(f"mmproj '{vision.path}' has no clip.vision.{name}: not a {family} mmproj")
+    if vision.video_family == "gemma3":
+        return vp.gemma3_grid(layout["image_size"], layout["patch_size"], layout["scale_factor"])
     return vp.smolvlm_mtmd_grid(layout["image_size"], layout["patch_size"], layout["scale_factor"], 0)
 
 
@@ -124,8 +127,9 @@ def plan_frames(vision: Vision, path: str, options: VideoOptions) -> Tuple[vf.Vi
 
 
 def frame_size(info: vf.VideoInfo, plan: vp.FramePlan) -> Tuple[int, int]:
-    """The size frames are decoded at: the plan's (Qwen-VL), or SmolVLM2's first
-    resize (longest side to the tile, as transformers; the runtime squares it)."""
+    """The size frames are decoded at: the plan's (Qwen-VL), or the longest
+    side to the tile (SmolVLM2's first resize, as transformers, the runtime
+    squaring it; Gemma 3, which libmtmd stretches to its square)."""
     if plan.grid.kind == "tiles":
         return vp.decode_size(info.width, info.height, plan.grid)
     return plan.width, plan.height
