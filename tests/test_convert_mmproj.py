@@ -47,6 +47,7 @@ import htsparse_llama as hts
 from htsparse_convert import GgufVocab, read_gguf_header, write_text_gguf
 from htsparse_convert.mmproj_gguf import VISION_ARCHITECTURES, write_mmproj_gguf
 from htsparse_llama import Model, Vision
+from support.hf_checkpoints import rename_saved
 from support.tiny_models import VISION_2_5_MMPROJ, VISION_3_MMPROJ, attention_eager
 from support.tiny_vlms import CASES, MtmdEncoder, TextModel, pattern_image, qwen_reference
 from support.upstream_converter import converter_args, run_upstream_converter
@@ -136,20 +137,13 @@ class TinyVLM:
         if not (folder / "config.json").exists():
             self.model.save_pretrained(folder)
             if self.case.hub_name is not None:
-                _rename_saved(folder, self.case.hub_name)
+                rename_saved(folder, self.case.hub_name)
             (folder / "preprocessor_config.json").write_text(json.dumps(self.case.preprocessor))
         return folder
 
     def close(self) -> None:
         if self._text is not None:
             self._text.close()
-
-
-def _rename_saved(folder: Path, rename) -> None:
-    from safetensors.numpy import load_file, save_file
-
-    for shard in folder.glob("*.safetensors"):
-        save_file({rename(k): v for k, v in load_file(shard).items()}, shard, metadata={"format": "pt"})
 
 
 class TinyVLMs(Dict[str, TinyVLM]):

@@ -1,9 +1,11 @@
-"""HF tokenizer files -> GGUF tokenizer.* keys (htsparse_convert.hf_vocab),
-checked against upstream's convert_hf_to_gguf.py, the real GGUFs, llama.cpp's
-tokenizer and transformers' tokenizer.
+"""HF tokenizer files -> GGUF tokenizer.* keys (htsparse_convert.hf_vocab,
+and spm_vocab for Gemma 3's tokenizer.model), checked against upstream's
+convert_hf_to_gguf.py, the real GGUFs, llama.cpp's tokenizer and
+transformers' tokenizer.
 
-The tokenizers are the real Qwen2.5-Coder and SmolLM2 ones in their released
-layout (hf_checkpoints.py says how they are made).
+The tokenizers are the real Qwen2.5-Coder, SmolLM2 and gemma-3-270m ones in
+their released layout (hf_checkpoints.py says how they are made). Gemma's
+file against upstream's, key by key: test_convert_checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import gguf
 import pytest
 
 from htsparse_convert.hf_vocab import PRE_BY_CHKHSH, HfVocab, detect_pre
+from htsparse_convert.spm_vocab import SpmVocab
 from htsparse_convert.text_gguf import read_gguf_metadata, write_text_gguf
 from support.hf_checkpoints import KINDS, dump_json, load_json, released_tokenizer
 from support.upstream_converter import converter_args, run_upstream_converter
@@ -250,3 +253,64 @@ def test_unknown_pre_tokenizer(tmp_path, released_dir):
 def test_embedding_smaller_than_tokenizer(released_dir):
     with pytest.raises(ValueError, match="does not fit a vocabulary of 1000"):
         HfVocab(released_dir("smollm"), n_vocab=1000)
+
+
+# -- Gemma 3's SentencePiece tokenizer.model (htsparse_convert.spm_vocab) -----------------------
+
+
+@pytest.fixture(scope="module")
+def gemma_dir(rebuilt_dirs, tmp_path_factory):
+    """gemma-3-270m's tokenizer.model and tokenizer_config.json beside a Gemma 3 config."""
+    d = tmp_path_factory.mktemp("gemma")
+    n_vocab = released_tokenizer("gemma", rebuilt_dirs["gemma"], d)
+    dump_json({"model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"], "vocab_size": n_vocab,
+               "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0}, d / "config.json")  # fmt: skip
+    return d
+
+
+def test_spm_vocab_gives_back_the_real_gguf_vocab(gemma_dir, gemma_gguf):
+    """The pieces, scores and types sentencepiece reports, the control and
+    user-defined tokens of added_tokens_decoder over them and the special ids
+    are the published gemma-3-270m GGUF's (upstream made it from the released
+    tokenizer); the writer's keys are upstream's Gemma 3 ones."""
+    vocab = SpmVocab(gemma_dir)
+    real = _values(Path(gemma_gguf))
+    assert vocab.tokens == real["tokenizer.ggml.tokens"] and vocab.toktypes == real["tokenizer.ggml.token_type"]
+    assert vocab.scores == pytest.approx(real["tokenizer.ggml.scores"])
+    writer = gguf.GGUFWriter(gemma_dir / "keys.gguf", "gemma3")
+    vocab.add_to(writer)
+    keys = [k for k in writer.kv_data[0] if k.startswith("tokenizer.")]
+    assert keys[:5] == [f"tokenizer.ggml.{k}" for k in ("model", "pre", "tokens", "scores", "token_type")]
+    for key in ("bos_token_id", "eos_token_id", "padding_token_id", "add_bos_token", "add_eos_token",
+                "add_space_prefix"):  # fmt: skip
+        assert writer.kv_data[0][f"tokenizer.ggml.{key}"].value == real[f"tokenizer.ggml.{key}"], key
+
+
+def test_spm_vocab_is_refused_for_other_models(gemma_dir, tmp_path):
+    with pytest.raises(ValueError, match="gemma3 models only, not 'qwen2'"):
+        SpmVocab(gemma_dir, arch="qwen2")
+    with pytest.raises(ValueError, match="no tokenizer.model"):
+        SpmVocab(tmp_path, arch="gemma3")
+
+
+def test_llama_cpp_tokenizes_gemma_like_transformers(gemma_dir):
+    """The GGUF written from the tokenizer.model, read by llama.cpp, splits
+    text as transformers' Gemma tokenizer (built from the same file) does."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    path = write_text_gguf(gemma_dir / "tokens.gguf", *_tiny_gemma(gemma_dir), vocab_from=SpmVocab(gemma_dir))
+    hf = AutoTokenizer.from_pretrained(str(gemma_dir))
+    llm = llama_cpp.Llama(model_path=str(path), vocab_only=True, verbose=False)
+    try:
+        for text in TEXTS[:3] + ["<start_of_turn>user\nWhat is 12 * 34?<end_of_turn>\n<start_of_turn>model\n"]:
+            assert llm.tokenize(text.encode(), add_bos=False, special=True) == hf.encode(text, add_special_tokens=False)
+    finally:
+        llm.close()
+
+
+def _tiny_gemma(d: Path):
+    from support.tiny_models import gemma3_model
+
+    model = gemma3_model(load_json(d / "config.json")["vocab_size"])
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}, model.config

@@ -4,7 +4,8 @@ It imports nothing of the runtime package: convert -> GGUF files -> runtime.
 - convert_checkpoint: an HF checkpoint directory -> text GGUF + mmproj, any
   output type (`python -m htsparse_llama convert`).
 - write_text_gguf / write_mmproj_gguf: the two writers, on in-memory tensors.
-- HfVocab (tokenizer.json -> tokenizer.* keys) or GgufVocab (copied from a GGUF).
+- HfVocab (tokenizer.json -> tokenizer.* keys), SpmVocab (Gemma 3's
+  tokenizer.model) or GgufVocab (copied from a GGUF).
 - quantize_gguf: llama.cpp's k-quant mixes through the installed libllama.
 - write_gguf_with_metadata: a GGUF copied with new metadata (calibration's htsparse.* keys).
 """
@@ -15,6 +16,7 @@ from .gguf_metadata import write_gguf_with_metadata
 from .hf_vocab import HfVocab
 from .mmproj_gguf import VISION_ARCHITECTURES, write_mmproj_gguf
 from .quantize import K_QUANTS, quantize_gguf
+from .spm_vocab import SpmVocab
 from .text_gguf import (
     ARCHITECTURES,
     ArchSpec,
@@ -34,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "ConvertResult",
     "HfVocab",
+    "SpmVocab",
     "K_QUANTS",
     "VISION_ARCHITECTURES",
     "convert_checkpoint",

@@ -25,6 +25,7 @@ from .checkpoint import Checkpoint, CheckpointError, open_checkpoint
 from .hf_vocab import HfVocab
 from .mmproj_gguf import vision_hparams, write_mmproj_gguf
 from .quantize import K_QUANTS, quantize_gguf
+from .spm_vocab import SPM_ARCHS, SpmVocab
 from .text_gguf import ARCHITECTURES, OUT_TYPES, arch_spec, gguf_tensor_name, read_gguf_header, write_text_gguf
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -99,6 +100,14 @@ def mmproj_type(out_type: str) -> str:
     return out_type if out_type in OUT_TYPES else "f16"
 
 
+def checkpoint_vocab(folder: Path, n_vocab: int, arch: str) -> Union[HfVocab, SpmVocab]:
+    """The checkpoint's tokenizer as upstream reads it: Gemma 3's tokenizer.model
+    through sentencepiece when it has one, else tokenizer.json (byte-level BPE)."""
+    if arch in SPM_ARCHS and (folder / "tokenizer.model").is_file():
+        return SpmVocab(folder, n_vocab=n_vocab, arch=arch)
+    return HfVocab(folder, n_vocab=n_vocab)
+
+
 class _Progress:
     """A tqdm bar over tensors loaded, when asked for (and tqdm is there)."""
 
@@ -125,7 +134,7 @@ def _write_text(
     ckpt: Checkpoint, path: Path, out_type: str, name: str, n_threads: int, progress: bool, verbose: bool
 ) -> None:
     spec = _spec(ckpt)
-    vocab = HfVocab(ckpt.path, n_vocab=_embedding_rows(ckpt, spec))
+    vocab = checkpoint_vocab(ckpt.path, _embedding_rows(ckpt, spec), spec.gguf_arch)
     n_text = sum(1 for n in ckpt.tensors if not (spec.skip_prefixes and n.startswith(spec.skip_prefixes)))
     bar = _Progress(n_text, f"text model ({out_type})", progress)
     ckpt.tensors.on_load = bar.tick

@@ -191,7 +191,7 @@ class HfVocab:
             )
         self.pre, self.chkhsh = detect_pre(self._tok, self._json.get("pre_tokenizer"), tok_path)
         self.tokens, self.toktypes = self._tokens(vocab, target)
-        self.special = _SpecialVocab(self.dir, self._json)
+        self.special = SpecialVocab(self.dir, self._json)
 
     def _check_supported(self) -> None:
         model = self._json.get("model") or {}
@@ -269,22 +269,22 @@ class HfVocab:
             writer.add_bool(gguf.Keys.Tokenizer.ADD_BOS, False)
 
 
-class _SpecialVocab:
-    """gguf.SpecialVocab(dir, load_merges=True) of the pinned llama.cpp's
+class SpecialVocab:
+    """gguf.SpecialVocab(dir, load_merges) of the pinned llama.cpp's
     gguf-py. The gguf 0.19 wheel's copy is older (no ByteLevel post-processor
     rule, which sets add_bos/add_eos False for Qwen2.5; no normalizer flags),
     so the logic is ported here; warnings-only branches are left out."""
 
-    def __init__(self, path: Path, tokenizer: Dict[str, Any]) -> None:
+    def __init__(self, path: Path, tokenizer: Dict[str, Any], load_merges: bool = True) -> None:
         self.types: Tuple[str, ...] = _SPECIAL_TYPES
         self.ids: Dict[str, int] = {}
         self.add_special_token: Dict[str, bool] = {}
         self.chat_template: Union[None, str, List[Dict[str, str]]] = None
         self.normalizer: Dict[str, bool] = {}
-        self.merges = self._merges(tokenizer)
+        self.merges = self._merges(tokenizer) if load_merges else []
         self._from_tokenizer_json(path, tokenizer)
         self._from_config_json(path)
-        if not self.merges:
+        if not self.merges and load_merges:
             self.merges = self._merges_txt(path)
 
     @staticmethod

@@ -207,6 +207,7 @@ class TextHParams:
     sliding_window: int = 0  # Gemma 3: the window of the sliding layers (0: none)
     swa_layers: Optional[List[bool]] = None  # per layer, from layer_types
     final_logit_softcap: Optional[float] = None
+    rope_theta_swa: Optional[float] = None  # Gemma 3: the window layers' rope base
 
 
 def config_dict(config: Any) -> Dict[str, Any]:
@@ -238,6 +239,13 @@ def _rope_params(hp: Mapping[str, Any]) -> Dict[str, Any]:
     params = dict(hp.get("rope_parameters") or {})
     params = dict(params.get("full_attention", params))
     return {**(hp.get("rope_scaling") or {}), **params}
+
+
+def _rope_theta_swa(hp: Mapping[str, Any]) -> Optional[float]:
+    # transformers 5: rope_parameters["sliding_attention"]; 4.x: rope_local_base_freq.
+    local = dict(hp.get("rope_parameters") or {}).get("sliding_attention") or {}
+    theta = local.get("rope_theta", hp.get("rope_local_base_freq"))
+    return float(theta) if theta is not None else None
 
 
 def _swa_layers(hp: Mapping[str, Any]) -> Optional[List[bool]]:
@@ -281,6 +289,7 @@ def text_hparams(config: Any) -> TextHParams:
         sliding_window=int(hp.get("sliding_window") or 0),
         swa_layers=_swa_layers(hp),
         final_logit_softcap=hp.get("final_logit_softcapping"),
+        rope_theta_swa=_rope_theta_swa(hp),
     )
 
 
@@ -294,6 +303,8 @@ def add_hparams(writer: gguf.GGUFWriter, spec: ArchSpec, hp: TextHParams, n_voca
     writer.add_head_count_kv(hp.n_head_kv)
     writer.add_layer_norm_rms_eps(hp.rms_eps)
     writer.add_rope_freq_base(hp.rope_theta)
+    if hp.rope_theta_swa is not None:  # as upstream's TextModel, for any model whose config has one
+        writer.add_rope_freq_base_swa(hp.rope_theta_swa)
     if hp.head_dim_explicit:
         writer.add_key_length(hp.head_dim)
         writer.add_value_length(hp.head_dim)

@@ -3,7 +3,9 @@ have them: config.json, safetensors, tokenizer files in the released layout,
 preprocessor_config.json.
 
 The tokenizers are the real Qwen2.5-Coder and SmolLM2 ones, rebuilt by
-transformers from the real GGUFs (cached: rebuilding takes ~45 s). That
+transformers from the real GGUFs (cached: rebuilding takes ~45 s), and
+gemma-3-270m's SentencePiece vocabulary written back as a tokenizer.model
+(spm_tokenizer). That
 rebuild keeps the vocabulary, merges, added tokens and pre-tokenizer regex but
 not every detail of the released tokenizer.json, so `released_tokenizer`
 puts the released layout back (see _as_released_*): that is what users
@@ -17,13 +19,14 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import pytest
 
 from htsparse_llama.fetch.packaged import cache_dir
 
-KINDS = ("qwen", "smollm")  # the tokenizers
+KINDS = ("qwen", "smollm")  # the byte-level BPE tokenizers (tokenizer.json)
+SPM_KINDS = ("gemma",)  # the SentencePiece ones (tokenizer.model)
 
 
 def rebuilt_tokenizer(gguf_path: str) -> Path:
@@ -44,10 +47,78 @@ def rebuilt_tokenizer(gguf_path: str) -> Path:
     return target
 
 
+# Gemma 3's special tokens and a chat template in its tokenizer_config.json's
+# form (the real template is longer; this one has its turn markers).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def spm_tokenizer(gguf_path: str) -> Path:
+    """A Gemma tokenizer directory made from a GGUF's SentencePiece vocabulary,
+    cached by GGUF size: tokenizer.model (every piece with its score and type;
+    <unk> as the UNKNOWN piece sentencepiece needs) and tokenizer_config.json
+    whose added_tokens_decoder lists the control and user-defined tokens, as
+    the released gemma-3 repositories have them."""
+    import gguf
+    from sentencepiece import sentencepiece_model_pb2 as pb  # needs protobuf (the test extra)
+
+    src = Path(gguf_path)
+    stamp = f"{src.name} {src.stat().st_size}"
+    target = cache_dir() / "hf-tokenizers" / src.stem
+    if (target / "source.txt").is_file() and (target / "source.txt").read_text() == stamp:
+        return target
+    reader = gguf.GGUFReader(src)
+    tokens = reader.fields["tokenizer.ggml.tokens"].contents()
+    scores = reader.fields["tokenizer.ggml.scores"].contents()
+    types = reader.fields["tokenizer.ggml.token_type"].contents()
+    unk = reader.fields["tokenizer.ggml.unknown_token_id"].contents()
+    proto = pb.ModelProto()
+    proto.trainer_spec.model_type = pb.TrainerSpec.BPE
+    proto.trainer_spec.byte_fallback = True
+    proto.trainer_spec.vocab_size = len(tokens)
+    proto.trainer_spec.unk_id, proto.trainer_spec.bos_id = unk, 2
+    proto.trainer_spec.eos_id, proto.trainer_spec.pad_id = 1, 0
+    proto.normalizer_spec.name = "identity"
+    proto.normalizer_spec.add_dummy_prefix = False
+    for i, (token, score, kind) in enumerate(zip(tokens, scores, types)):
+        proto.pieces.add(piece=token, score=score, type=pb.ModelProto.SentencePiece.UNKNOWN if i == unk else kind)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
+    decoder = {
+        str(i): {"content": t, "special": k == gguf.TokenType.CONTROL, "normalized": False}
+        for i, (t, k) in enumerate(zip(tokens, types))
+        if k in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED)
+    }
+    config = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "bos_token": "<bos>",
+        "eos_token": "<eos>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "chat_template": GEMMA_TEMPLATE,
+        "added_tokens_decoder": decoder,
+        "tokenizer_class": "GemmaTokenizer",
+    }
+    dump_json(config, tmp / "tokenizer_config.json")
+    (tmp / "source.txt").write_text(stamp)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(tmp, target)
+    return target
+
+
 @pytest.fixture(scope="session")
-def rebuilt_dirs(qwen_gguf, smollm_gguf) -> Dict[str, Path]:
+def rebuilt_dirs(qwen_gguf, smollm_gguf, gemma_gguf) -> Dict[str, Path]:
     """kind -> the rebuilt tokenizer directory (a fixture of every test, through conftest.py)."""
-    return {"qwen": rebuilt_tokenizer(qwen_gguf), "smollm": rebuilt_tokenizer(smollm_gguf)}
+    return {
+        "qwen": rebuilt_tokenizer(qwen_gguf),
+        "smollm": rebuilt_tokenizer(smollm_gguf),
+        "gemma": spm_tokenizer(gemma_gguf),
+    }
 
 
 def load_json(path: Path) -> Any:
@@ -117,9 +188,29 @@ def released_tokenizer(kind: str, rebuilt: Path, dest: Path) -> int:
     """Copies the rebuilt tokenizer of `kind` into dest in the released
     layout; returns the embedding rows a model with it has."""
     dest.mkdir(parents=True, exist_ok=True)
+    if kind == "gemma":  # already in the released layout: tokenizer.model and tokenizer_config.json
+        for f in ("tokenizer.model", "tokenizer_config.json"):
+            shutil.copy(rebuilt / f, dest / f)
+        return _spm_size(dest)
     for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         shutil.copy(rebuilt / f, dest / f)
     return (_as_released_qwen if kind == "qwen" else _as_released_smollm)(dest)
+
+
+def _spm_size(d: Path) -> int:
+    from sentencepiece import SentencePieceProcessor
+
+    sp = SentencePieceProcessor()
+    sp.LoadFromFile(str(d / "tokenizer.model"))
+    return sp.vocab_size()
+
+
+def rename_saved(folder: Path, rename: Callable[[str], str]) -> None:
+    """Renames the parameters of a saved checkpoint's safetensors in place."""
+    from safetensors.numpy import load_file, save_file
+
+    for shard in folder.glob("*.safetensors"):
+        save_file({rename(k): v for k, v in load_file(shard).items()}, shard, metadata={"format": "pt"})
 
 
 def save_checkpoint(
