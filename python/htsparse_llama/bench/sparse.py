@@ -102,7 +102,7 @@ def _run_ours(model, prompt: SparsePrompt, sparse, random_keep: bool, seed: int)
         """The first follow-up question and its greedy answer."""
         question = prompt.follow_ups[0]
         s.answered()  # with reroute, the question is held for a new selection
-        s.add_tokens(follow_up_tokens(model, question.question))
+        s.add_tokens(follow_up_tokens(model, question.question, question.cue))
         if sparse is not None:
             t.follow_up_needle_kept = _select(s, prompt, question.needle, random_keep, seed + 7919)
             t.stages_ms = dict(s.stats().prefill_ms)

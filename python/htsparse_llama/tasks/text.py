@@ -9,6 +9,9 @@ benchmark (bench/sparse.py) and by calibration (calibrate/text.py).
 - timestamp: every line has a time and a code; the question gives a time.
 - order: two rare events far apart; the question asks which came first, so
   both lines must be kept (a whole-span task: one needle is not enough).
+
+Models with a chat template get the log as one user turn; base models (no
+template in the GGUF) get the log and the question as a text to complete.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class FollowUp:
     question: str
     needle: range  # span-relative tokens of the needle's line
     answer: str
+    cue: str = ""  # the question as text for a base model to complete (Question.cue)
 
 
 @dataclass
@@ -86,14 +90,36 @@ def _line_ranges(model, lines: List[str]):
     return span, ranges
 
 
-def _chat_prompt(model, lines: List[str], where: int, question: str, answer: str) -> Tuple[SparsePrompt, List[range]]:
+@dataclass
+class Question:
+    """A question two ways: `text` for a chat model's user turn; `cue` for a
+    base model (no chat template in its GGUF), which answers by completing
+    a sentence ("What is the pass key? The pass key is")."""
+
+    text: str
+    cue: str
+
+
+def is_base_model(model) -> bool:
+    return not model.info["chat_template"]
+
+
+def _chat_prompt(
+    model, lines: List[str], where: int, question: Question, answer: str
+) -> Tuple[SparsePrompt, List[range]]:
     """The log as the sparse span of one user turn, the question after it;
-    line `where` is the needle. Also every line's token range in the span."""
-    template = model.apply_chat_template([("user", "@@span@@")], add_assistant=True)
-    before, after = template.split("@@span@@")
+    line `where` is the needle. Also every line's token range in the span.
+    A base model gets the log and the question's cue as text to complete."""
+    if is_base_model(model):
+        before, after, text = "", "", question.cue
+    else:
+        template = model.apply_chat_template([("user", "@@span@@")], add_assistant=True)
+        before, after = template.split("@@span@@")
+        text = question.text
     span, ranges = _line_ranges(model, lines)
-    suffix = model.tokenize("\n" + question + after)
-    prompt = SparsePrompt(model.tokenize(before), span, suffix, line_segments(model, span), ranges[where], answer)
+    suffix = model.tokenize("\n" + text + after)
+    prefix = model.tokenize(before, add_special=is_base_model(model))  # a document starts with BOS
+    prompt = SparsePrompt(prefix, span, suffix, line_segments(model, span), ranges[where], answer)
     return prompt, ranges
 
 
@@ -104,7 +130,8 @@ def passkey(model, seed: int, n_lines: int = 80) -> SparsePrompt:
     key = int(rng.integers(10000, 99999))
     where = int(rng.integers(n_lines // 8, n_lines - n_lines // 8))
     lines[where] = f"[{where:03d}] The pass key is {key}. Remember it."
-    return _chat_prompt(model, lines, where, "What is the pass key? Answer with the number only.", str(key))[0]
+    question = Question("What is the pass key? Answer with the number only.", "What is the pass key? The pass key is")
+    return _chat_prompt(model, lines, where, question, str(key))[0]
 
 
 def multikey(model, seed: int, n_lines: int = 80, n_keys: int = 4) -> SparsePrompt:
@@ -122,12 +149,14 @@ def multikey(model, seed: int, n_lines: int = 80, n_keys: int = 4) -> SparseProm
         lines[where] = f"[{where:03d}] The pass key of {service} is {key}. Remember it."
     asked = int(rng.integers(n_keys))
 
-    def question(k: int) -> str:
-        return f"What is the pass key of {services[k]}? Answer with the number only."
+    def question(k: int) -> Question:
+        asked = f"What is the pass key of {services[k]}?"
+        return Question(f"{asked} Answer with the number only.", f"{asked} The pass key of {services[k]} is")
 
     prompt, ranges = _chat_prompt(model, lines, places[asked], question(asked), str(keys[asked]))
     # The other keys, as follow-up questions (multi-turn, re-routing).
-    prompt.follow_ups = [FollowUp(question(k), ranges[places[k]], str(keys[k])) for k in range(n_keys) if k != asked]
+    others = [k for k in range(n_keys) if k != asked]
+    prompt.follow_ups = [FollowUp(question(k).text, ranges[places[k]], str(keys[k]), question(k).cue) for k in others]
     return prompt
 
 
@@ -140,7 +169,8 @@ def timestamp(model, seed: int, n_lines: int = 80) -> SparsePrompt:
     stamps = [f"{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}" for t in seconds]
     lines = [f"{stamp} {_EVENTS[rng.integers(len(_EVENTS))]}, code {code}" for stamp, code in zip(stamps, codes)]
     where = int(rng.integers(n_lines // 8, n_lines - n_lines // 8))
-    question = f"What code was logged at {stamps[where]}? Answer with the number only."
+    asked = f"What code was logged at {stamps[where]}?"
+    question = Question(f"{asked} Answer with the number only.", f"{asked} The code logged at {stamps[where]} was")
     return _chat_prompt(model, lines, where, question, str(codes[where]))[0]
 
 
@@ -157,16 +187,20 @@ def order(model, seed: int, n_lines: int = 80) -> SparsePrompt:
     lines[a] = f"[{a:03d}] {first} on node {rng.integers(1, 99)}"
     lines[b] = f"[{b:03d}] {second} on node {rng.integers(1, 99)}"
     options = sorted([first, second], key=lambda _: rng.random())  # the question lists them in random order
-    question = f"Which happened first in the log, the {options[0]} or the {options[1]}? Answer with the event only."
+    asked = f"Which happened first in the log, the {options[0]} or the {options[1]}?"
+    question = Question(f"{asked} Answer with the event only.", f"{asked} The first to happen was the")
     prompt, ranges = _chat_prompt(model, lines, a, question, first)
     prompt.needle = list(ranges[a]) + list(ranges[b])
     prompt.wrong = second
     return prompt
 
 
-def follow_up_tokens(model, question: str) -> List[int]:
+def follow_up_tokens(model, question: str, cue: str = "") -> List[int]:
     """Tokens that close an assistant answer and ask `question` in a new user
-    turn, up to the assistant header, as the model's chat template puts them."""
+    turn, up to the assistant header, as the model's chat template puts them;
+    for a base model, the `cue` (default: the question) on a new line."""
+    if is_base_model(model):
+        return model.tokenize("\n" + (cue or question))
     mark = "@@answer@@"
     rendered = model.apply_chat_template([("user", "q"), ("assistant", mark), ("user", question)], add_assistant=True)
     return model.tokenize(rendered.split(mark, 1)[1])
