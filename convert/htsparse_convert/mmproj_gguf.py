@@ -416,12 +416,13 @@ _IDEFICS3_DEFAULTS = dict(
 )
 
 
-def _idefics3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
-    vcfg = {**_IDEFICS3_DEFAULTS, **vcfg}
+def _siglip_hparams(
+    cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any], extra: Tuple[Tuple[str, Any], ...]
+) -> VisionHParams:
+    """A SigLIP tower's keys (SmolVLM2's and Gemma 3's; vcfg with SmolVLM's defaults filled in), with the
+    projector's `extra` ones."""
     n_embd, n_ff = _int(vcfg, "hidden_size"), _int(vcfg, "intermediate_size")
     _check_mlp(n_embd, n_ff)
-    act = vcfg["hidden_act"]
-    _require(act in ("gelu_pytorch_tanh", "gelu"), f"clip.cpp runs idefics3's MLP with gelu, the config says {act!r}")
     mean, std = _mean_std((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pre)
     return VisionHParams(
         n_embd=n_embd,
@@ -434,13 +435,21 @@ def _idefics3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[st
         eps=float(vcfg["layer_norm_eps"]),
         image_mean=mean,
         image_std=std,
-        extra=(
-            (_K.Projector.SCALE_FACTOR, int(cfg.get("scale_factor", 2))),
-            (_K.USE_GELU, True),
-            # The longest edge libmtmd resizes to before cutting tiles.
-            (_K.PREPROC_IMAGE_SIZE, int((pre.get("size") or {}).get("longest_edge", vcfg["image_size"]))),
-        ),
+        extra=extra,
     )
+
+
+def _idefics3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
+    vcfg = {**_IDEFICS3_DEFAULTS, **vcfg}
+    act = vcfg["hidden_act"]
+    _require(act in ("gelu_pytorch_tanh", "gelu"), f"clip.cpp runs idefics3's MLP with gelu, the config says {act!r}")
+    extra = (
+        (_K.Projector.SCALE_FACTOR, int(cfg.get("scale_factor", 2))),
+        (_K.USE_GELU, True),
+        # The longest edge libmtmd resizes to before cutting tiles.
+        (_K.PREPROC_IMAGE_SIZE, int((pre.get("size") or {}).get("longest_edge", vcfg["image_size"]))),
+    )
+    return _siglip_hparams(cfg, vcfg, pre, extra)
 
 
 # Gemma 3's SigLIP tower as SmolVLM's, under vision_tower.; its projector
@@ -456,8 +465,6 @@ GEMMA3_POOL = 4  # clip.cpp's default n_merge for Gemma 3: written only when ano
 
 def _gemma3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str, Any]) -> VisionHParams:
     vcfg = {**_IDEFICS3_DEFAULTS, **vcfg}
-    n_embd, n_ff = _int(vcfg, "hidden_size"), _int(vcfg, "intermediate_size")
-    _check_mlp(n_embd, n_ff)
     # Upstream takes the token count from the preprocessor (default 256); the
     # model's own mm_tokens_per_image must agree or the file pools wrongly.
     n_tokens = int(pre.get("image_seq_length", cfg.get("mm_tokens_per_image", 256)))
@@ -474,20 +481,8 @@ def _gemma3_hparams(cfg: Dict[str, Any], vcfg: Dict[str, Any], pre: Mapping[str,
         f"{n_tokens} tokens per image is not one that divides it",
     )
     pool = patches // side
-    mean, std = _mean_std((0.5, 0.5, 0.5), (0.5, 0.5, 0.5), pre)
-    return VisionHParams(
-        n_embd=n_embd,
-        n_ff=n_ff,
-        n_layer=_int(vcfg, "num_hidden_layers"),
-        n_head=_int(vcfg, "num_attention_heads"),
-        patch_size=_int(vcfg, "patch_size"),
-        image_size=_int(vcfg, "image_size"),
-        projection_dim=_text_width(cfg),
-        eps=float(vcfg.get("layer_norm_eps", 1e-6)),
-        image_mean=mean,
-        image_std=std,
-        extra=((_K.USE_GELU, True),) + (((_K.Projector.SCALE_FACTOR, pool),) if pool != GEMMA3_POOL else ()),
-    )
+    extra = ((_K.USE_GELU, True),) + (((_K.Projector.SCALE_FACTOR, pool),) if pool != GEMMA3_POOL else ())
+    return _siglip_hparams(cfg, vcfg, pre, extra)
 
 
 _QWEN2VL = VisionSpec(

@@ -843,7 +843,7 @@ struct CellState {                              // what the masks read per cell,
     const std::vector<int32_t> & pos;           // rope position
     const std::vector<int32_t> & block;         // bidirectional block, or -1
     const std::vector<int32_t> & sparse_block;  // the same per compact cell
-    int n_stored;                               // cells with K/V before this batch (a replay's are all stored)
+    int n_stored;                               // cells holding K/V when this batch attends
 };
 
 static void set_inputs(const GraphContext & gc, const int32_t * tokens, const float * residual, const int32_t * pos,
@@ -857,8 +857,7 @@ static void set_inputs(const GraphContext & gc, const int32_t * tokens, const fl
         ggml_backend_tensor_set(gc.inp_pos, pos + size_t(s) * pos_stride, sizeof(int32_t) * size_t(s) * gc.n_tokens,
                                 sizeof(int32_t) * gc.n_tokens);
     }
-    // This batch stores its own cells before attending: contiguous ones, or the pruned zone's window_cells.
-    const Blocks blocks{&cs.block, gc.cells ? cs.n_stored : std::max(cs.n_stored, gc.end_cell)};
+    const Blocks blocks{&cs.block, cs.n_stored};
     if (in_graph(gc.inp_kq_mask)) set_causal_mask(gc.inp_kq_mask, gc.first_cell, cs.hidden, gc.cells, blocks);
     if (in_graph(gc.inp_kq_mask_swa)) set_window_mask(gc.inp_kq_mask_swa, gc, cs.hidden, pos, cs.pos, blocks);
     if (in_graph(gc.inp_kq_mask_swa_pruned))
@@ -897,8 +896,9 @@ void Context::eval_micro_batch(const int32_t * tokens, const float * residual_in
     ggml_backend_sched_reset(sched_);
     if (!ggml_backend_sched_alloc_graph(sched_, gf)) fail(ErrorKind::Backend, "cannot allocate the compute graph");
     note_compute_bytes();
-    // Cells stored before this batch: every one a replay reads; otherwise up to the batch's first.
-    const int n_stored = mb.cells ? n_past_ : mb.first_cell;
+    // Cells holding K/V when this batch attends: every one a replay reads; otherwise
+    // up to the batch's last, since a batch stores its own cells (contiguous, or window_cells) first.
+    const int n_stored = mb.cells ? n_past_ : mb.end_cell();
     const CellState cs{hidden_cells_, window_hidden_, cell_pos_, cell_block_, sparse_cell_block_, n_stored};
     set_inputs(gc, tokens, residual_in, pos, pos_stride, cs, deepstack);
     record_graph_ops(gf);

@@ -25,14 +25,11 @@ import pytest
 
 from htsparse_llama.fetch.packaged import cache_dir
 
-KINDS = ("qwen", "smollm")  # the byte-level BPE tokenizers (tokenizer.json)
-SPM_KINDS = ("gemma",)  # the SentencePiece ones (tokenizer.model)
+KINDS = ("qwen", "smollm")  # the byte-level BPE tokenizers (tokenizer.json); gemma: spm_tokenizer
 
 
-def rebuilt_tokenizer(gguf_path: str) -> Path:
-    """tokenizer.json etc. that transformers builds from a GGUF, cached by GGUF size."""
-    from transformers import AutoTokenizer
-
+def _cached_dir(gguf_path: str, build) -> Path:
+    """A tokenizer directory made from a GGUF by build(folder), cached by the GGUF's name and size."""
     src = Path(gguf_path)
     stamp = f"{src.name} {src.stat().st_size}"
     target = cache_dir() / "hf-tokenizers" / src.stem
@@ -40,11 +37,22 @@ def rebuilt_tokenizer(gguf_path: str) -> Path:
         return target
     tmp = target.with_name(f".{target.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name).save_pretrained(str(tmp))
+    build(tmp)
     (tmp / "source.txt").write_text(stamp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
     return target
+
+
+def rebuilt_tokenizer(gguf_path: str) -> Path:
+    """tokenizer.json etc. that transformers builds from a GGUF, cached by GGUF size."""
+    from transformers import AutoTokenizer
+
+    src = Path(gguf_path)
+    return _cached_dir(
+        gguf_path,
+        lambda d: AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name).save_pretrained(str(d)),
+    )
 
 
 # Gemma 3's special tokens and a chat template in its tokenizer_config.json's
@@ -61,15 +69,14 @@ def spm_tokenizer(gguf_path: str) -> Path:
     <unk> as the UNKNOWN piece sentencepiece needs) and tokenizer_config.json
     whose added_tokens_decoder lists the control and user-defined tokens, as
     the released gemma-3 repositories have them."""
+    return _cached_dir(gguf_path, lambda d: _write_spm_tokenizer(gguf_path, d))
+
+
+def _write_spm_tokenizer(gguf_path: str, folder: Path) -> None:
     import gguf
     from sentencepiece import sentencepiece_model_pb2 as pb  # needs protobuf (the test extra)
 
-    src = Path(gguf_path)
-    stamp = f"{src.name} {src.stat().st_size}"
-    target = cache_dir() / "hf-tokenizers" / src.stem
-    if (target / "source.txt").is_file() and (target / "source.txt").read_text() == stamp:
-        return target
-    reader = gguf.GGUFReader(src)
+    reader = gguf.GGUFReader(gguf_path)
     tokens = reader.fields["tokenizer.ggml.tokens"].contents()
     scores = reader.fields["tokenizer.ggml.scores"].contents()
     types = reader.fields["tokenizer.ggml.token_type"].contents()
@@ -84,10 +91,8 @@ def spm_tokenizer(gguf_path: str) -> Path:
     proto.normalizer_spec.add_dummy_prefix = False
     for i, (token, score, kind) in enumerate(zip(tokens, scores, types)):
         proto.pieces.add(piece=token, score=score, type=pb.ModelProto.SentencePiece.UNKNOWN if i == unk else kind)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "tokenizer.model").write_bytes(proto.SerializeToString())
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.model").write_bytes(proto.SerializeToString())
     decoder = {
         str(i): {"content": t, "special": k == gguf.TokenType.CONTROL, "normalized": False}
         for i, (t, k) in enumerate(zip(tokens, types))
@@ -104,11 +109,7 @@ def spm_tokenizer(gguf_path: str) -> Path:
         "added_tokens_decoder": decoder,
         "tokenizer_class": "GemmaTokenizer",
     }
-    dump_json(config, tmp / "tokenizer_config.json")
-    (tmp / "source.txt").write_text(stamp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    return target
+    dump_json(config, folder / "tokenizer_config.json")
 
 
 @pytest.fixture(scope="session")
